@@ -1,0 +1,232 @@
+"""The `concierge` command: run the platform, and operate on a service's events.
+
+  concierge up                      every service in one process (embedded default)
+  concierge run SERVICE             one service, distributed (AMQP_URI, CONCIERGE_DATABASE_URL)
+  concierge events SERVICE [--from N] [--stream ID] [--limit N]
+  concierge replay SERVICE [--from N]     re-publish a service's events to the bus
+  concierge rebuild SERVICE              drop and rebuild the service's read models
+"""
+
+from __future__ import annotations
+
+from concierge import green
+
+green.patch()
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from concierge.config import Settings  # noqa: E402
+from concierge.serve import load, serve_forever  # noqa: E402
+
+SERVICES = {
+    "accounts": "services.accounts.service",
+    "topology": "services.topology.service",
+    "notify": "services.notify.service",
+    "gateway": "services.gateway.service",
+}
+SERVICE_CLASSES = {
+    "accounts": "AccountsService",
+    "topology": "TopologyService",
+    "notify": "NotifyService",
+    "gateway": "GatewayService",
+}
+EVENT_SOURCED = ["accounts", "topology", "notify"]
+DEMO_DISTRIBUTOR = "demo-distributor:demo-distributor-pw"
+DEMO_INSTALLER = ("demo-installer", "demo-installer-pw", "installer@example.com")
+
+
+def service_class(name: str) -> type:
+    return load(f"{SERVICES[name]}:{SERVICE_CLASSES[name]}")
+
+
+def bootstrap_of(name: str) -> Any:
+    return load(f"{SERVICES[name]}:bootstrap")
+
+
+class Progress:
+    """One line that rewrites itself on a terminal, plain lines otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = f"{100 * done // total}%" if total else "-"
+        line = f"{self.label}: {done}/{total} ({pct})"
+        if self.tty:
+            sys.stderr.write("\r" + line)
+        elif done == total or done % 10000 < 1000:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    os.environ.setdefault("CONCIERGE_BOOTSTRAP_DISTRIBUTOR", DEMO_DISTRIBUTOR)
+    settings = Settings.from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    names = args.services or list(SERVICES)
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        raise SystemExit(f"unknown service(s): {', '.join(unknown)}")
+    user, _, password = settings.bootstrap_distributor.partition(":")
+    banner = "\n".join([
+        "ready",
+        f"SmartPlus Cloud is running ({'embedded' if settings.embedded_bus else 'on RabbitMQ'}"
+        f", {'PostgreSQL' if settings.uses_postgres else 'SQLite under ' + str(settings.data_dir)}"
+        ")",
+        f"  gateway:      http://{settings.gateway_host}:{settings.gateway_port}/api/v1"
+        f"  (OpenAPI: /openapi.json)",
+        f"  distributor:  {user} / {password}",
+        f"  installer:    {DEMO_INSTALLER[0]} / {DEMO_INSTALLER[1]}",
+        f"  mail folder:  {settings.data_dir / 'mail'}" if not settings.smtp_host else
+        f"  SMTP:         {settings.smtp_host}:{settings.smtp_port}",
+        "Press Ctrl+C to stop.",
+    ])
+    from concierge.serve import start
+
+    runner = start([service_class(n) for n in names], settings)
+    if "accounts" in names:
+        _ensure_demo_installer(settings, user, password)
+    print(banner, flush=True)
+    try:
+        runner.wait()
+    except KeyboardInterrupt:
+        runner.stop()
+    return 0
+
+
+def _ensure_demo_installer(settings: Settings, distributor: str, password: str) -> None:
+    """The embedded default prints a working installer login; create it once."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    from contracts.errors import Conflict
+
+    with ClusterRpcProxy(settings.nameko_config(), timeout=30) as rpc:
+        session = rpc.accounts.login({"username": distributor, "password": password})
+        principal = rpc.accounts.authenticate(session["token"])
+        ctx = {"actor": f"distributor:{distributor}", "role": "distributor",
+               "installer_id": None, "account_id": principal["account_id"]}
+        username, pw, email = DEMO_INSTALLER
+        with contextlib.suppress(Conflict):
+            rpc.accounts.create_installer(ctx, {"username": username, "password": pw,
+                                                "email": email})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_forever([service_class(args.service)], settings,
+                  banner=f"ready: {args.service} on {settings.amqp_uri}")
+    return 0
+
+
+def _operator_wiring(name: str, settings: Settings) -> Any:
+    if name not in EVENT_SOURCED:
+        raise SystemExit(f"{name} has no event store; choose one of {', '.join(EVENT_SOURCED)}")
+    return bootstrap_of(name)(settings)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    wiring = _operator_wiring(args.service, settings)
+    try:
+        if args.stream:
+            from concierge.envelope import build
+
+            records = wiring.app.stream(args.stream)
+            for record in records:
+                print(json.dumps(build(args.service, record,
+                                       publishable=wiring.publishable())))
+            return 0
+        printed, after = 0, max(args.start - 1, 0)
+        while args.limit is None or printed < args.limit:
+            batch = wiring.read_log(after, 500)
+            if not batch:
+                break
+            for message in batch:
+                print(json.dumps(message))
+                printed += 1
+                if args.limit is not None and printed >= args.limit:
+                    break
+            after = batch[-1]["position"]
+        return 0
+    finally:
+        wiring.close()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    wiring = _operator_wiring(args.service, settings)
+    progress = Progress(f"replaying {args.service}")
+    try:
+        total = wiring.relay.replay(max(args.start - 1, 0), progress=progress)
+    finally:
+        progress.close()
+        wiring.close()
+    print(f"re-published {total} events of {args.service} to {settings.amqp_uri}")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from concierge.runtime import rebuild
+
+    settings = Settings.from_env()
+    wiring = _operator_wiring(args.service, settings)
+
+    def report(label: str, position: int) -> None:
+        print(f"  {label}: up to position {position}", file=sys.stderr)
+
+    try:
+        total = rebuild(wiring, progress=report)
+    finally:
+        wiring.close()
+    print(f"rebuilt {len(wiring.read_models)} read models of {args.service} from {total} events")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="concierge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run every service in one process")
+    up.add_argument("services", nargs="*", default=[],
+                    help=f"only these services (default: all of {', '.join(SERVICES)})")
+    up.set_defaults(fn=cmd_up)
+    run = sub.add_parser("run", help="run one service (distributed mode)")
+    run.add_argument("service", choices=list(SERVICES))
+    run.set_defaults(fn=cmd_run)
+    events = sub.add_parser("events", help="print a service's events as JSON lines")
+    events.add_argument("service", choices=EVENT_SOURCED)
+    events.add_argument("--from", dest="start", type=int, default=1, help="first position")
+    events.add_argument("--stream", help="only this aggregate's events")
+    events.add_argument("--limit", type=int, default=None)
+    events.set_defaults(fn=cmd_events)
+    replay = sub.add_parser("replay", help="re-publish a service's events to the bus")
+    replay.add_argument("service", choices=EVENT_SOURCED)
+    replay.add_argument("--from", dest="start", type=int, default=1, help="first position")
+    replay.set_defaults(fn=cmd_replay)
+    rebuild_ = sub.add_parser("rebuild", help="drop and rebuild a service's read models")
+    rebuild_.add_argument("service", choices=EVENT_SOURCED)
+    rebuild_.set_defaults(fn=cmd_rebuild)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

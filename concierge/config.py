@@ -1,0 +1,86 @@
+"""Settings from environment variables (twelve-factor); the README's table lists every one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+EMBEDDED_AMQP_URI = "concierge-memory://"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("var")
+    amqp_uri: str = EMBEDDED_AMQP_URI
+    database_url: str = ""
+    schema_prefix: str = ""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    bootstrap_distributor: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: str = ""
+    mail_from: str = "SmartPlus Cloud <no-reply@smartplus.local>"
+    token_ttl_hours: int = 24
+    relay_idle_seconds: float = 1.0
+    log_level: str = "INFO"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        return cls(
+            data_dir=Path(env.get("CONCIERGE_DATA_DIR", "var")),
+            amqp_uri=env.get("AMQP_URI", "") or EMBEDDED_AMQP_URI,
+            database_url=env.get("CONCIERGE_DATABASE_URL", ""),
+            schema_prefix=env.get("CONCIERGE_SCHEMA_PREFIX", ""),
+            gateway_host=env.get("CONCIERGE_GATEWAY_HOST", "127.0.0.1"),
+            gateway_port=int(env.get("CONCIERGE_GATEWAY_PORT", "8000")),
+            bootstrap_distributor=env.get("CONCIERGE_BOOTSTRAP_DISTRIBUTOR", ""),
+            smtp_host=env.get("CONCIERGE_SMTP_HOST", ""),
+            smtp_port=int(env.get("CONCIERGE_SMTP_PORT", "25")),
+            smtp_user=env.get("CONCIERGE_SMTP_USER", ""),
+            smtp_password=env.get("CONCIERGE_SMTP_PASSWORD", ""),
+            mail_from=env.get("CONCIERGE_MAIL_FROM", cls.mail_from),
+            token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
+            relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
+            log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
+        )
+
+    @property
+    def embedded_bus(self) -> bool:
+        return self.amqp_uri.startswith("concierge-memory")
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
+    def schema_for(self, service: str) -> str:
+        return f"{self.schema_prefix}{service}"
+
+    def service_dir(self, service: str) -> Path:
+        path = self.data_dir / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def postgres_parts(self) -> dict[str, str]:
+        url = urlparse(self.database_url)
+        return {
+            "host": url.hostname or "127.0.0.1",
+            "port": str(url.port or 5432),
+            "user": url.username or "postgres",
+            "password": url.password or "",
+            "dbname": (url.path or "/postgres").lstrip("/") or "postgres",
+        }
+
+    def nameko_config(self) -> dict[str, object]:
+        return {
+            "AMQP_URI": self.amqp_uri,
+            "WEB_SERVER_ADDRESS": f"{self.gateway_host}:{self.gateway_port}",
+            "serializer": "json",
+            "max_workers": 20,
+            "parent_calls_tracked": 10,
+        }

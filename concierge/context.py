@@ -1,0 +1,59 @@
+"""Who is acting and why, carried with a command into every event it records.
+
+Commands arrive with a small `ctx` dict (actor, correlation id, installer scope); the chassis sets
+it for the duration of the call so the store stamps each new event without the domain knowing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CallContext:
+    actor: str = "system"
+    correlation_id: str = ""
+    installer_id: str | None = None
+    role: str = "system"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CallContext:
+        data = data or {}
+        return cls(
+            actor=str(data.get("actor") or "system"),
+            correlation_id=str(data.get("correlation_id") or uuid.uuid4()),
+            installer_id=data.get("installer_id"),
+            role=str(data.get("role") or "system"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "installer_id": self.installer_id,
+            "role": self.role,
+        }
+
+
+_SYSTEM = CallContext()
+_current: ContextVar[CallContext] = ContextVar("concierge_call_context", default=_SYSTEM)
+
+
+def current() -> CallContext:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def acting(ctx: CallContext | dict[str, Any] | None) -> Iterator[CallContext]:
+    """Run a block as `ctx`; events recorded inside carry its actor and correlation id."""
+    value = ctx if isinstance(ctx, CallContext) else CallContext.from_dict(ctx)
+    token = _current.set(value)
+    try:
+        yield value
+    finally:
+        _current.reset(token)

@@ -1,0 +1,62 @@
+"""Each service's relational database: read models, relay position, projection tracking.
+
+SQLite file beside the event store by default; in PostgreSQL, the service's own schema (the same
+one its event store uses), selected with `search_path` so table definitions stay schema-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, event
+from sqlalchemy.engine import Engine
+
+from concierge.config import Settings
+from concierge.store import ensure_postgres_schema
+
+chassis_metadata = MetaData()
+
+relay_position = Table(
+    "concierge_relay_position",
+    chassis_metadata,
+    Column("service", String(50), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+projection_tracking = Table(
+    "concierge_projection_tracking",
+    chassis_metadata,
+    Column("projection", String(100), primary_key=True),
+    Column("source", String(50), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)
+
+
+def service_engine(service: str, settings: Settings) -> Engine:
+    if settings.uses_postgres:
+        schema = settings.schema_for(service)
+        ensure_postgres_schema(settings, schema)
+        url = settings.database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        url = url.replace("postgres://", "postgresql+psycopg://", 1)
+        engine = create_engine(
+            url,
+            pool_size=5,
+            max_overflow=10,
+            pool_pre_ping=True,
+            connect_args={"options": f"-csearch_path={schema}"},
+        )
+    else:
+        path = settings.service_dir(service) / "readmodel.sqlite3"
+        engine = create_engine(
+            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 30}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    chassis_metadata.create_all(engine)
+    return engine

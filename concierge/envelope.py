@@ -1,0 +1,76 @@
+"""Turning stored events into envelopes (contracts/envelope.py) and back into plain data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+from concierge.store import META_KEY, StoredRecord
+
+# Attributes the eventsourcing library keeps on every event; they travel as envelope fields.
+_LIBRARY_KEYS = {"timestamp", "originator_topic", META_KEY, "class_version"}
+_EVENT_NAMESPACE = uuid.UUID("6f1c1a6e-0d5e-4c55-9b0e-2a7f4f4a5e10")
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe copy of an event attribute."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def event_id(source: str, stream_id: str, stream_version: int) -> str:
+    """Deterministic, so a replayed or re-published event keeps its identity."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{source}:{stream_id}:{stream_version}"))
+
+
+class Publishable:
+    """What of each event type may leave the service: its contract schema's fields.
+
+    A type with a schema is dumped through it, so attributes the contract does not declare
+    (password hashes, token digests) never reach the bus; a type without one goes as it is.
+    """
+
+    def __init__(self, schemas: dict[str, Any] | None = None, version: int = 1) -> None:
+        self.schemas = {name: cls() if isinstance(cls, type) else cls
+                        for name, cls in (schemas or {}).items()}
+        self.version = version
+
+    def data(self, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        schema = self.schemas.get(event_type)
+        return plain(schema.dump(data)) if schema is not None else data
+
+
+EVERYTHING = Publishable()
+
+
+def build(source: str, record: StoredRecord, version: int = 1,
+          publishable: Publishable = EVERYTHING) -> dict[str, Any]:
+    state = record.state
+    meta = state.get(META_KEY) or {}
+    occurred = state.get("timestamp")
+    return {
+        "event_id": event_id(source, record.stream_id, record.stream_version),
+        "type": record.type,
+        "version": int(state.get("class_version", version) or version),
+        "source": source,
+        "stream_id": record.stream_id,
+        "stream_version": record.stream_version,
+        "position": record.position,
+        "occurred_at": occurred.isoformat() if isinstance(occurred, dt.datetime) else occurred,
+        "actor": meta.get("actor", "system"),
+        "correlation_id": meta.get("correlation_id", ""),
+        "data": publishable.data(
+            record.type, {k: plain(v) for k, v in state.items() if k not in _LIBRARY_KEYS}
+        ),
+    }

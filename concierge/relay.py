@@ -1,0 +1,156 @@
+"""The outbox relay: the store's notification log, published to the bus at least once, in order.
+
+Only the holder of the service's leader lock publishes. The position is recorded only after the
+broker confirmed the batch, so a crash re-publishes (subscribers drop the duplicates) and nothing
+committed is ever skipped. A commit in this process wakes the relay at once; the idle timeout
+only matters for commits made by other replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from concierge import envelope
+from concierge.bus import CONNECTION_ERRORS, Publisher, PublishFailed
+from concierge.database import relay_position
+from concierge.green import Wakeup
+from concierge.locks import LeaderLock
+from concierge.store import ServiceApplication
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        service: str,
+        app: ServiceApplication,
+        engine: Engine,
+        publisher_factory: Callable[[], Publisher],
+        lock: LeaderLock,
+        batch_size: int = 1000,
+        idle_seconds: float = 1.0,
+        lock_check_seconds: float = 5.0,
+        publishable: envelope.Publishable = envelope.EVERYTHING,
+    ) -> None:
+        self.service = service
+        self.app = app
+        self.engine = engine
+        self.publisher_factory = publisher_factory
+        self.lock = lock
+        self.batch_size = batch_size
+        self.idle_seconds = idle_seconds
+        self.lock_check_seconds = lock_check_seconds
+        self.publishable = publishable
+        self.wakeup = Wakeup()
+        self.running = True
+        self.published = 0
+        self._publisher: Publisher | None = None
+        self._position: int | None = None
+        app.on_recorded(lambda _position: self.wakeup.set())
+
+    # -- position ----------------------------------------------------------------------------
+    def position(self) -> int:
+        if self._position is None:
+            with self.engine.connect() as conn:
+                value = conn.execute(
+                    select(relay_position.c.position).where(
+                        relay_position.c.service == self.service
+                    )
+                ).scalar()
+            self._position = int(value or 0)
+        return self._position
+
+    def _save_position(self, position: int) -> None:
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                relay_position.update()
+                .where(relay_position.c.service == self.service)
+                .values(position=position)
+            ).rowcount
+            if not updated:
+                conn.execute(relay_position.insert().values(service=self.service,
+                                                            position=position))
+        self._position = position
+
+    # -- publishing --------------------------------------------------------------------------
+    def _publisher_(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = self.publisher_factory()
+        return self._publisher
+
+    def publish_pending(self) -> int:
+        """Publish one batch past the recorded position; return how many went out."""
+        start = self.position()
+        records = self.app.read(after=start, limit=self.batch_size)
+        if not records:
+            return 0
+        envelopes = [envelope.build(self.service, r, publishable=self.publishable)
+                     for r in records]
+        try:
+            self._publisher_().publish_batch(envelopes)
+        except (PublishFailed, *CONNECTION_ERRORS):
+            self._drop_publisher()
+            raise
+        self._save_position(records[-1].position)
+        self.published += len(records)
+        return len(records)
+
+    def replay(self, after: int = 0, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-publish the log from `after` without moving the relay's own position."""
+        total, last = 0, self.app.max_position()
+        after = max(after, 0)
+        while True:
+            records = self.app.read(after=after, limit=self.batch_size)
+            if not records:
+                return total
+            self._publisher_().publish_batch(
+                [envelope.build(self.service, r, publishable=self.publishable) for r in records]
+            )
+            total += len(records)
+            after = records[-1].position
+            if progress:
+                progress(after, last)
+
+    def _drop_publisher(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    # -- the loop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.running = False
+        self.wakeup.set()
+
+    def run(self) -> None:
+        """Lead or stand by; while leading, publish whenever the log grows."""
+        from concierge import green
+
+        last_check = 0.0
+        while self.running:
+            if not self.lock.acquire():
+                self.wakeup.wait(self.idle_seconds, self.wakeup.count)
+                continue
+            now = time.monotonic()
+            if now - last_check > self.lock_check_seconds:
+                last_check = now
+                if not self.lock.held():
+                    self._position = None
+                    continue
+            seen = self.wakeup.count
+            try:
+                while self.running and self.publish_pending():
+                    seen = self.wakeup.count
+            except Exception as exc:  # broker or database trouble: back off, keep leading
+                log.warning("relay of %s could not publish (%s); retrying", self.service, exc)
+                self._position = None
+                green.sleep(0.5)
+                continue
+            self.wakeup.wait(self.idle_seconds, seen)
+        self._drop_publisher()
+        self.lock.release()

@@ -1,0 +1,270 @@
+"""The composition root of one service, and the nameko glue that runs it.
+
+Each context's `bootstrap(settings)` returns a `Wiring`: its application, its database, its read
+models and the policies that react to other services' events. The chassis adds the relay, the
+consumers and the catch-up loops; which store, which bus, which mail sender is decided here and
+in `bootstrap`, never in entrypoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nameko.extensions import DependencyProvider
+from nameko.rpc import rpc
+from sqlalchemy.engine import Engine
+
+from concierge import green
+from concierge.bus import ConsumerLoop, make_publisher, subscription_queue
+from concierge.config import Settings
+from concierge.database import service_engine
+from concierge.envelope import Publishable
+from concierge.envelope import build as build_envelope
+from concierge.locks import AdvisoryLock, FileLock, LeaderLock
+from concierge.projection import ReadModel
+from concierge.relay import OutboxRelay
+from concierge.store import ServiceApplication, store_env
+from concierge.subscription import Envelope, Handler, LogReader, Subscription
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Wiring:
+    service: str
+    settings: Settings
+    app: ServiceApplication
+    engine: Engine
+    read_models: list[ReadModel] = field(default_factory=list)
+    policies: list[tuple[str, Handler]] = field(default_factory=list)
+    background: list[Callable[[], Any]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    event_schemas: dict[str, Any] = field(default_factory=dict)
+    relay: OutboxRelay | None = None
+    subscriptions: dict[str, list[Subscription]] = field(default_factory=dict)
+    local: list[Subscription] = field(default_factory=list)
+    consumers: list[ConsumerLoop] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.relay:
+            self.relay.stop()
+            self.relay.lock.release()
+        self.app.close()
+        self.engine.dispose()
+
+    # -- reading this service's own log ------------------------------------------------------
+    def read_log(self, after: int = 0, limit: int = 500) -> list[Envelope]:
+        publishable = self.publishable()
+        return [build_envelope(self.service, r, publishable=publishable)
+                for r in self.app.read(after, limit)]
+
+    def publishable(self) -> Publishable:
+        if "publishable" not in self.extras:
+            self.extras["publishable"] = Publishable(self.event_schemas)
+        return self.extras["publishable"]
+
+    def local_reader(self, source: str, after: int, limit: int) -> list[Envelope]:
+        assert source == self.service
+        return self.read_log(after, limit)
+
+    def catch_up_local(self) -> None:
+        """Bring own read models up to the log now: a command's caller reads its own write."""
+        for sub in self.local:
+            try:
+                sub.catch_up()
+            except Exception:
+                log.exception("read model %s fell behind; the background loop retries",
+                              sub.handler.name)
+
+
+def open_store(service: str, settings: Settings, app_cls: type[ServiceApplication],
+               **app_kwargs: Any) -> tuple[ServiceApplication, Engine]:
+    app = app_cls(env=store_env(service, settings), **app_kwargs)
+    engine = service_engine(service, settings)
+    return app, engine
+
+
+def leader_lock(service: str, settings: Settings, engine: Engine) -> LeaderLock:
+    if settings.uses_postgres:
+        return AdvisoryLock(engine, f"concierge-relay:{settings.schema_for(service)}")
+    return FileLock(settings.service_dir(service) / "relay.lock")
+
+
+def rpc_log_reader(settings: Settings) -> LogReader:
+    """Reads another service's log over RPC (the catch-up path)."""
+
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    # One long-lived proxy: each new one costs a reply queue on the broker.
+    state: dict[str, Any] = {}
+
+    def read(source: str, after: int, limit: int) -> list[Envelope]:
+        if "proxy" not in state:
+            state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=30)
+            state["proxy"] = state["cluster"].start()
+        try:
+            return state["proxy"][source].read_log(after, limit)
+        except Exception:
+            cluster = state.pop("cluster")
+            state.pop("proxy")
+            with contextlib.suppress(Exception):
+                cluster.stop()
+            raise
+
+    return read
+
+
+def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
+    """Attach relay, subscriptions and local projections to a context's wiring."""
+    settings = wiring.settings
+    service = wiring.service
+    wiring.relay = OutboxRelay(
+        service,
+        wiring.app,
+        wiring.engine,
+        publisher_factory=lambda: make_publisher(settings.amqp_uri, service),
+        lock=leader_lock(service, settings, wiring.engine),
+        idle_seconds=settings.relay_idle_seconds,
+        publishable=wiring.publishable(),
+    )
+    read_remote = read_remote or rpc_log_reader(settings)
+    handlers: list[tuple[str, Handler]] = list(wiring.policies)
+    for model in wiring.read_models:
+        model.create(wiring.engine)
+        handlers.extend(model.projection_handlers(wiring.engine).items())
+    for source, handler in handlers:
+        if source == service:
+            wiring.local.append(Subscription(source, handler, wiring.local_reader))
+        else:
+            sub = Subscription(source, handler, read_remote)
+            wiring.subscriptions.setdefault(source, []).append(sub)
+    wiring.app.on_recorded(lambda _pos: wiring.catch_up_local())
+    return wiring
+
+
+def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None) -> int:
+    """Drop every read model of the service and rebuild it from the source logs."""
+    from concierge.subscription import ProjectionHandler
+
+    for model in wiring.read_models:
+        model.drop(wiring.engine)
+        model.create(wiring.engine)
+    subs = wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
+    total = 0
+    for sub in subs:
+        if not isinstance(sub.handler, ProjectionHandler):
+            continue
+        sub.forget_position()
+        total += sub.catch_up()
+        if progress:
+            progress(f"{sub.handler.name} <- {sub.source}", sub.position)
+    return total
+
+
+def dispatcher(subs: list[Subscription]) -> Callable[[Envelope], None]:
+    def handle(message: Envelope) -> None:
+        for sub in subs:
+            sub.deliver(message)
+
+    return handle
+
+
+class Runner:
+    """Runs a wiring's loops: relay, one consumer per source, startup catch-up, background."""
+
+    def __init__(self, wiring: Wiring, spawn: Callable[..., Any] = green.spawn) -> None:
+        self.wiring = wiring
+        self.spawn = spawn
+        self.running = False
+
+    def start(self) -> None:
+        w = self.wiring
+        self.running = True
+        assert w.relay is not None
+        for source, subs in w.subscriptions.items():
+            loop = ConsumerLoop(w.settings.amqp_uri, subscription_queue(w.service, source),
+                                dispatcher(subs))
+            loop.declare()
+            w.consumers.append(loop)
+            self.spawn(loop.run)
+        self.spawn(w.relay.run)
+        self.spawn(self._startup_catch_up)
+        for task in w.background:
+            self.spawn(task)
+
+    def _startup_catch_up(self) -> None:
+        """A subscriber that starts late reads what it missed from each source's log."""
+        w = self.wiring
+        w.catch_up_local()
+        pending = [s for subs in w.subscriptions.values() for s in subs]
+        delay = 0.2
+        while pending and self.running:
+            still = []
+            for sub in pending:
+                try:
+                    sub.catch_up()
+                except Exception as exc:
+                    log.info("%s cannot read %s's log yet (%s); retrying", w.service, sub.source,
+                             type(exc).__name__)
+                    still.append(sub)
+            pending = still
+            if pending:
+                green.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def stop(self) -> None:
+        self.running = False
+        w = self.wiring
+        if w.relay:
+            w.relay.stop()
+        for loop in w.consumers:
+            loop.stop()
+
+
+class Runtime(DependencyProvider):
+    """Gives a nameko service its context's wiring and runs the chassis loops beside it."""
+
+    def __init__(self, bootstrap: Callable[[Settings], Wiring]) -> None:
+        self.bootstrap = bootstrap
+        self.wiring: Wiring | None = None
+        self.runner: Runner | None = None
+
+    def setup(self) -> None:
+        settings = self.container.config.get("CONCIERGE_SETTINGS") or Settings.from_env()
+        self.wiring = self.bootstrap(settings)
+        self.runner = Runner(self.wiring, spawn=self._spawn)
+
+    def _spawn(self, fn: Callable[[], Any]) -> Any:
+        return self.container.spawn_managed_thread(fn, identifier=f"concierge.{fn}")
+
+    def start(self) -> None:
+        assert self.runner is not None
+        self.runner.start()
+
+    def stop(self) -> None:
+        if self.runner:
+            self.runner.stop()
+        if self.wiring:
+            self.wiring.close()
+
+    def kill(self) -> None:
+        if self.runner:
+            self.runner.stop()
+
+    def get_dependency(self, worker_ctx: Any) -> Wiring:
+        assert self.wiring is not None
+        return self.wiring
+
+
+class ServiceBase:
+    """Entrypoints every service has: its log, for subscribers that catch up."""
+
+    runtime: Any
+
+    @rpc
+    def read_log(self, after: int = 0, limit: int = 500) -> list[Envelope]:
+        return self.runtime.read_log(int(after), int(limit))

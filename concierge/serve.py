@@ -1,0 +1,61 @@
+"""Run nameko service classes in this process: `python -m concierge.serve module:Class ...`.
+
+The eventlet patch must come before any import of sockets or psycopg, so this module patches
+first and imports the services only afterwards, by name.
+"""
+
+from __future__ import annotations
+
+from concierge import green
+
+green.patch()
+
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from concierge.config import Settings  # noqa: E402
+
+
+def load(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def start(classes: Sequence[type], settings: Settings) -> Any:
+    from nameko.runners import ServiceRunner
+
+    runner = ServiceRunner({**settings.nameko_config(), "CONCIERGE_SETTINGS": settings})
+    for cls in classes:
+        runner.add_service(cls)
+    runner.start()
+    return runner
+
+
+def serve_forever(classes: Sequence[type], settings: Settings, banner: str = "ready") -> None:
+    runner = start(classes, settings)
+
+    def shutdown(*_: Any) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    print(banner, flush=True)
+    try:
+        runner.wait()
+    except KeyboardInterrupt:
+        runner.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    classes = [load(p) for p in (argv if argv is not None else sys.argv[1:])]
+    serve_forever(classes, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Accounts contracts: login and installer payloads, the authenticated principal, and the data of
+every accounts event.
+
+Request schemas refuse unknown fields (a typo is an error, not a silent no-op). Event schemas
+ignore them, as the envelope's version rule asks of subscribers. Secrets (`PRIVATE_FIELDS`) live
+in the accounts store only: no event schema declares them and they must never leave the service.
+"""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+__all__ = [
+    "EVENT_SCHEMAS",
+    "EVENT_VERSION",
+    "FamilyMemberAddedSchema",
+    "InstallerCreate",
+    "LoginRequest",
+    "LoginResponse",
+    "MasterAccountContactChangedSchema",
+    "MasterAccountCreatedSchema",
+    "MasterAccountRegisteredSchema",
+    "MasterAccountResetSchema",
+    "PasswordChangedSchema",
+    "PortalAccountCreatedSchema",
+    "Principal",
+    "SessionClosedSchema",
+    "SessionOpenedSchema",
+    "ValidationError",
+]
+
+EVENT_VERSION = 1
+
+# Same limits as services/accounts/domain.py (a unit test keeps them equal). The manual states no
+# rule for portal passwords; its "cannot contain @ : /" is about third-party camera passwords.
+USERNAME_MAX = 64
+USERNAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"  # \Z: "$" would let a trailing newline in
+EMAIL_MAX = 254
+PASSWORD_MIN = 8
+PASSWORD_MAX = 64
+NAME_MAX = 64
+PORTAL_ROLES = ("distributor", "installer")
+APP_STATUSES = ("unregistered", "registered")
+
+# Event attributes kept in the accounts store and stripped from anything published.
+PRIVATE_FIELDS = frozenset({"password_hash", "token_digest"})
+
+
+def _username(**kwargs: object) -> fields.String:
+    return fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=USERNAME_MAX),
+            validate.Regexp(
+                USERNAME_REGEX,
+                error="Username may hold only letters, digits, '.', '_' and '-', starting with "
+                "a letter or digit.",
+            ),
+        ],
+        **kwargs,
+    )
+
+
+# --- requests and responses ----------------------------------------------------------------
+
+
+class LoginRequest(Schema):
+    """POST /api/v1/auth/login. No minimum length here: a login only checks, it sets nothing."""
+
+    username = fields.String(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+
+
+class LoginResponse(Schema):
+    token = fields.String(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(PORTAL_ROLES))
+    account_id = fields.UUID(required=True)
+
+
+class InstallerCreate(Schema):
+    """A distributor creates an installer; the portal sends the login password to the email."""
+
+    username = _username()
+    password = fields.String(
+        required=True, validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX)
+    )
+    email = fields.Email(required=True, validate=validate.Length(max=EMAIL_MAX))
+
+
+class Principal(Schema):
+    """Who a bearer token belongs to, as the gateway scopes every query by it."""
+
+    account_id = fields.UUID(required=True)
+    role = fields.String(required=True, validate=validate.OneOf(PORTAL_ROLES))
+    username = fields.String(required=True)
+    # The installer whose sites the caller works on; None for a distributor.
+    installer_id = fields.UUID(required=True, allow_none=True)
+
+
+# --- event data ----------------------------------------------------------------------------
+
+
+class _EventData(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class PortalAccountCreatedSchema(_EventData):
+    role = fields.String(required=True, validate=validate.OneOf(PORTAL_ROLES))
+    username = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True)
+    # The distributor that created an installer; None for the bootstrap distributor.
+    created_by = fields.UUID(required=True, allow_none=True)
+
+
+class SessionOpenedSchema(_EventData):
+    expires_at = fields.AwareDateTime(required=True)
+
+
+class SessionClosedSchema(_EventData):
+    """The stream id says whose session; which token stays private."""
+
+
+class PasswordChangedSchema(_EventData):
+    """Only the fact is public; the hash stays in the store."""
+
+
+class MasterAccountCreatedSchema(_EventData):
+    apartment_id = fields.UUID(required=True)
+    community_id = fields.UUID(required=True)
+    installer_id = fields.UUID(required=True)
+    first_name = fields.String(required=True)
+    last_name = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True)
+
+
+class MasterAccountContactChangedSchema(_EventData):
+    first_name = fields.String(required=True)
+    last_name = fields.String(required=True)
+    email = fields.String(required=True, allow_none=True)
+
+
+class MasterAccountRegisteredSchema(_EventData):
+    """The resident initialised the app: app status becomes `registered`."""
+
+
+class FamilyMemberAddedSchema(_EventData):
+    family_member_id = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class MasterAccountResetSchema(_EventData):
+    """App status back to `unregistered`, credentials and contact data cleared."""
+
+    removed_family_member_ids = fields.List(fields.String(), required=True)
+
+
+EVENT_SCHEMAS: dict[str, type[Schema]] = {
+    "PortalAccountCreated": PortalAccountCreatedSchema,
+    "SessionOpened": SessionOpenedSchema,
+    "SessionClosed": SessionClosedSchema,
+    "PasswordChanged": PasswordChangedSchema,
+    "MasterAccountCreated": MasterAccountCreatedSchema,
+    "MasterAccountContactChanged": MasterAccountContactChangedSchema,
+    "MasterAccountRegistered": MasterAccountRegisteredSchema,
+    "FamilyMemberAdded": FamilyMemberAddedSchema,
+    "MasterAccountReset": MasterAccountResetSchema,
+}

@@ -1,0 +1,365 @@
+"""Accounts: portal accounts (distributors, installers) and residents' app master accounts.
+
+Plain Python. The application hashes passwords and tokens before calling in, so the domain only
+ever sees and stores digests. Aggregate ids are derived from natural keys (uuid5) so that a second
+account with the same username, or a duplicate ResidentAdded, collides with the first in the store
+instead of creating a twin.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
+
+# Fixed forever: changing it would give every existing account a new id.
+ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
+
+DISTRIBUTOR = "distributor"
+INSTALLER = "installer"
+PORTAL_ROLES = (DISTRIBUTOR, INSTALLER)
+
+USERNAME_MAX = 64
+# ASCII so that lower-casing is the whole of case folding and the uuid5 key is unambiguous.
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EMAIL_MAX = 254
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# The manual states no rule for portal passwords; these limits are ours (contracts/accounts.py).
+PASSWORD_MIN = 8
+PASSWORD_MAX = 64
+# The manual's import template: names "should not be more than 64 bytes in length".
+NAME_MAX_BYTES = 64
+TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+# Bounds the state a busy account carries; the oldest session is closed to make room.
+MAX_SESSIONS = 20
+
+# App status of a resident's master account. The manual shows "App Status: Unregistered" and says a
+# reset makes "the user's app ... unregistered and needs to be re-initialized"; `registered` is
+# the state after that initialisation.
+UNREGISTERED = "unregistered"
+REGISTERED = "registered"
+APP_STATUSES = (UNREGISTERED, REGISTERED)
+
+
+# --- rules shared by the aggregates and the application ------------------------------------
+
+
+def validate_username(username: Any) -> None:
+    """Raise Invalid unless the username is 1..64 ASCII letters, digits, '.', '_' or '-'."""
+    if not isinstance(username, str) or not username:
+        raise Invalid.field("username", "Username is required.")
+    if len(username) > USERNAME_MAX:
+        raise Invalid.field("username", f"Username is longer than {USERNAME_MAX} characters.")
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise Invalid.field(
+            "username",
+            "Username may hold only letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit.",
+        )
+
+
+def validate_email(email: Any, *, required: bool, field: str = "email") -> None:
+    """Raise Invalid unless the email looks like an address (or is None where allowed)."""
+    if email is None or email == "":
+        if required:
+            raise Invalid.field(field, "Email is required.")
+        return
+    if not isinstance(email, str) or len(email) > EMAIL_MAX or not EMAIL_PATTERN.fullmatch(email):
+        raise Invalid.field(field, "Not a valid email address.")
+
+
+def validate_password(password: Any) -> None:
+    """Raise Invalid unless a plain password fits our limits; call it before hashing."""
+    if not isinstance(password, str) or not password:
+        raise Invalid.field("password", "Password is required.")
+    if len(password) < PASSWORD_MIN:
+        raise Invalid.field("password", f"Password is shorter than {PASSWORD_MIN} characters.")
+    if len(password) > PASSWORD_MAX:
+        raise Invalid.field("password", f"Password is longer than {PASSWORD_MAX} characters.")
+
+
+def _validate_hash(password_hash: Any) -> None:
+    if not isinstance(password_hash, str) or not password_hash:
+        raise Invalid.field("password", "A password hash is required.")
+
+
+def _validate_token_digest(token_digest: Any) -> None:
+    if not isinstance(token_digest, str) or not TOKEN_DIGEST_PATTERN.fullmatch(token_digest):
+        raise Invalid.field("token", "Not a token digest (64 lower-case hex characters).")
+
+
+def _parse_instant(value: Any, field: str) -> datetime:
+    """An ISO 8601 time with its UTC offset; a naive time would compare wrongly across zones."""
+    try:
+        instant = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise Invalid.field(field, "Not an ISO 8601 date-time with a UTC offset.")
+    return instant
+
+
+def _validate_name(value: Any, field: str, label: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid.field(field, f"{label} is required.")
+    if len(value.encode("utf-8")) > NAME_MAX_BYTES:
+        raise Invalid.field(field, f"{label} is longer than {NAME_MAX_BYTES} bytes.")
+
+
+def _as_uuid(value: Any, field: str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise Invalid.field(field, "Not a valid id.") from None
+
+
+# --- portal accounts -----------------------------------------------------------------------
+
+
+class PortalAccount(Aggregate):
+    """A distributor's or installer's login to the portal."""
+
+    @event("PortalAccountCreated")
+    def __init__(
+        self,
+        role: str,
+        username: str,
+        email: str | None,
+        password_hash: str,
+        created_by: UUID | None,
+    ) -> None:
+        self.role = role
+        self.username = username
+        self.email = email
+        self.password_hash = password_hash
+        self.created_by = created_by
+        # token digest -> expires_at (ISO 8601); insertion order is the order sessions opened.
+        self.sessions: dict[str, str] = {}
+
+    @staticmethod
+    def id_for_username(username: str) -> UUID:
+        """The one id a username can have, so the store refuses a second account with it."""
+        return uuid5(ACCOUNTS_NAMESPACE, f"portal-account:{username.lower()}")
+
+    @staticmethod
+    def create_id(username: str) -> UUID:
+        """Used by eventsourcing when the account is created."""
+        return PortalAccount.id_for_username(username)
+
+    @classmethod
+    def open_distributor(
+        cls, username: str, password_hash: str, email: str | None = None
+    ) -> PortalAccount:
+        """The bootstrap distributor: the one account nobody created."""
+        validate_username(username)
+        validate_email(email, required=False)
+        _validate_hash(password_hash)
+        return cls(
+            role=DISTRIBUTOR,
+            username=username,
+            email=email or None,
+            password_hash=password_hash,
+            created_by=None,
+        )
+
+    def create_installer(self, username: str, email: str, password_hash: str) -> PortalAccount:
+        """A new installer account; installers get their accounts from a distributor."""
+        if self.role != DISTRIBUTOR:
+            raise Forbidden("Only a distributor can create installer accounts.")
+        validate_username(username)
+        # The portal sends the login password and password resets to this address.
+        validate_email(email, required=True)
+        _validate_hash(password_hash)
+        return PortalAccount(
+            role=INSTALLER,
+            username=username,
+            email=email,
+            password_hash=password_hash,
+            created_by=self.id,
+        )
+
+    @property
+    def installer_id(self) -> UUID | None:
+        """Whose sites this account works on: its own for an installer, none for a distributor."""
+        return self.id if self.role == INSTALLER else None
+
+    def open_session(self, token_digest: str, expires_at: str) -> None:
+        """Record a login; the token itself never reaches the domain."""
+        _validate_token_digest(token_digest)
+        _parse_instant(expires_at, "expires_at")
+        if token_digest in self.sessions:
+            raise Conflict("This session is already open.")
+        while len(self.sessions) >= MAX_SESSIONS:
+            self._close_session(token_digest=next(iter(self.sessions)))
+        self._open_session(token_digest=token_digest, expires_at=expires_at)
+
+    @event("SessionOpened")
+    def _open_session(self, token_digest: str, expires_at: str) -> None:
+        self.sessions[token_digest] = expires_at
+
+    def close_session(self, token_digest: str) -> None:
+        """Log out; a token that is not open is not a credential, hence Unauthorized."""
+        if token_digest not in self.sessions:
+            raise Unauthorized("No open session for this token.")
+        self._close_session(token_digest=token_digest)
+
+    @event("SessionClosed")
+    def _close_session(self, token_digest: str) -> None:
+        del self.sessions[token_digest]
+
+    def check_session(self, token_digest: str, now: datetime) -> None:
+        """Raise Unauthorized unless the session is open and not expired at `now`."""
+        expires_at = self.sessions.get(token_digest)
+        if expires_at is None:
+            raise Unauthorized("No open session for this token.")
+        if _parse_instant(expires_at, "expires_at") <= now:
+            raise Unauthorized("The session has expired.")
+
+    def change_password(self, new_hash: str) -> None:
+        """Replace the password hash (the application has checked the old password)."""
+        _validate_hash(new_hash)
+        self._change_password(password_hash=new_hash)
+
+    @event("PasswordChanged")
+    def _change_password(self, password_hash: str) -> None:
+        self.password_hash = password_hash
+
+
+# --- residents' app accounts ---------------------------------------------------------------
+
+
+class MasterAccount(Aggregate):
+    """The SmartPlus app account of an apartment's resident (the family master account)."""
+
+    @event("MasterAccountCreated")
+    def __init__(
+        self,
+        apartment_id: UUID,
+        community_id: UUID,
+        installer_id: UUID,
+        first_name: str,
+        last_name: str,
+        email: str | None,
+    ) -> None:
+        self.apartment_id = apartment_id
+        self.community_id = community_id
+        self.installer_id = installer_id
+        self.first_name: str | None = first_name
+        self.last_name: str | None = last_name
+        self.email = email
+        self.app_status = UNREGISTERED
+        self.password_hash: str | None = None
+        self.family_member_ids: list[str] = []
+
+    @staticmethod
+    def id_for_apartment(apartment_id: UUID | str) -> UUID:
+        """One master account per apartment, so a redelivered ResidentAdded cannot make two."""
+        return uuid5(ACCOUNTS_NAMESPACE, f"master-account:{_as_uuid(apartment_id, 'apartment_id')}")
+
+    @staticmethod
+    def create_id(apartment_id: UUID) -> UUID:
+        """Used by eventsourcing when the account is created."""
+        return MasterAccount.id_for_apartment(apartment_id)
+
+    @classmethod
+    def create(
+        cls,
+        apartment_id: UUID | str,
+        community_id: UUID | str,
+        installer_id: UUID | str,
+        first_name: str,
+        last_name: str,
+        email: str | None = None,
+    ) -> MasterAccount:
+        """The account for a resident just added to an apartment; the app is not yet set up."""
+        apartment = _as_uuid(apartment_id, "apartment_id")
+        community = _as_uuid(community_id, "community_id")
+        installer = _as_uuid(installer_id, "installer_id")
+        _validate_contact(first_name, last_name, email)
+        return cls(
+            apartment_id=apartment,
+            community_id=community,
+            installer_id=installer,
+            first_name=first_name,
+            last_name=last_name,
+            email=email or None,
+        )
+
+    def update_contact(self, first_name: str, last_name: str, email: str | None) -> None:
+        """The installer edited the resident; nothing is recorded when nothing changed."""
+        _validate_contact(first_name, last_name, email)
+        email = email or None
+        if (first_name, last_name, email) == (self.first_name, self.last_name, self.email):
+            return
+        self._change_contact(first_name=first_name, last_name=last_name, email=email)
+
+    @event("MasterAccountContactChanged")
+    def _change_contact(self, first_name: str, last_name: str, email: str | None) -> None:
+        self.first_name = first_name
+        self.last_name = last_name
+        self.email = email
+
+    def register(self, password_hash: str) -> None:
+        """The resident initialised the app and chose a password."""
+        _validate_hash(password_hash)
+        if self.app_status == REGISTERED:
+            raise Conflict("The app account is already registered.")
+        self._register(password_hash=password_hash)
+
+    @event("MasterAccountRegistered")
+    def _register(self, password_hash: str) -> None:
+        self.password_hash = password_hash
+        self.app_status = REGISTERED
+
+    def add_family_member(self, family_member_id: str) -> None:
+        """Link a family member account to this master account (full rules come later)."""
+        if not isinstance(family_member_id, str) or not family_member_id:
+            raise Invalid.field("family_member_id", "A family member id is required.")
+        if family_member_id in self.family_member_ids:
+            raise Conflict("This family member is already linked to the account.")
+        self._add_family_member(family_member_id=family_member_id)
+
+    @event("FamilyMemberAdded")
+    def _add_family_member(self, family_member_id: str) -> None:
+        self.family_member_ids.append(family_member_id)
+
+    def reset(self) -> None:
+        """Empty the account for the next tenant (manual: "Edit, Reset, and Delete Community
+        Residents"): family member accounts and contact data removed, login credentials reset,
+        app back to unregistered. The apartment and its subscription stay."""
+        self._reset(removed_family_member_ids=list(self.family_member_ids))
+
+    @event("MasterAccountReset")
+    def _reset(self, removed_family_member_ids: list[str]) -> None:
+        self.family_member_ids = [
+            member for member in self.family_member_ids if member not in removed_family_member_ids
+        ]
+        # The manual's list after a reset shows the resident's name and email blank.
+        self.first_name = None
+        self.last_name = None
+        self.email = None
+        self.password_hash = None
+        self.app_status = UNREGISTERED
+
+
+def _validate_contact(first_name: Any, last_name: Any, email: Any) -> None:
+    """All contact field errors at once, so the portal can mark every bad field."""
+    errors: dict[str, list[str]] = {}
+    for check in (
+        lambda: _validate_name(first_name, "first_name", "First name"),
+        lambda: _validate_name(last_name, "last_name", "Last name"),
+        lambda: validate_email(email, required=False),
+    ):
+        try:
+            check()
+        except Invalid as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise Invalid.fields(errors)

@@ -1,0 +1,118 @@
+"""Stacks for integration tests: embedded, RabbitMQ + SQLite, RabbitMQ + PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nameko.runners import ServiceRunner
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from concierge import transport
+from concierge.config import EMBEDDED_AMQP_URI, Settings
+from tests.support.harness import reset_bus
+
+STACKS = ["embedded", "rabbit-sqlite", "rabbit-postgres"]
+BROKER_STACKS = ["rabbit-sqlite", "rabbit-postgres"]
+
+
+def make_settings(kind: str, request: pytest.FixtureRequest, data_dir: Path,
+                  schema_prefix: str) -> Settings:
+    amqp = EMBEDDED_AMQP_URI
+    database = ""
+    if kind.startswith("rabbit"):
+        amqp = request.getfixturevalue("rabbit_uri")
+    if kind.endswith("postgres"):
+        database = request.getfixturevalue("postgres_url")
+    if kind == "embedded":
+        transport.reset()
+    return Settings(data_dir=data_dir, amqp_uri=amqp, database_url=database,
+                    schema_prefix=schema_prefix, relay_idle_seconds=0.2)
+
+
+@pytest.fixture
+def stack_factory(request: pytest.FixtureRequest, data_dir: Path,
+                  schema_prefix: str) -> Callable[[str], Settings]:
+    def make(kind: str) -> Settings:
+        return make_settings(kind, request, data_dir, schema_prefix)
+
+    return make
+
+
+class Services:
+    """Starts nameko services in this process, one runner each, and stops them all at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runners: dict[str, ServiceRunner] = {}
+        self._cluster: Any = None
+        self._proxy: Any = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**self.settings.nameko_config(), "CONCIERGE_SETTINGS": self.settings}
+
+    def start(self, cls: type, key: str | None = None) -> ServiceRunner:
+        runner = ServiceRunner(self.config)
+        runner.add_service(cls)
+        runner.start()
+        self.runners[key or cls.name] = runner
+        return runner
+
+    def stop(self, key: str) -> None:
+        self.runners.pop(key).stop()
+
+    def kill(self, key: str) -> None:
+        self.runners.pop(key).kill()
+
+    def runtime(self, key: str) -> Any:
+        runner = self.runners[key]
+        container = next(iter(runner.containers))
+        return next(d for d in container.dependencies if hasattr(d, "runner")).wiring
+
+    @contextmanager
+    def rpc(self) -> Iterator[Any]:
+        # One proxy per test: each new proxy leaves a reply queue on the broker for minutes.
+        if self._proxy is None:
+            self._cluster = ClusterRpcProxy(self.settings.nameko_config(), timeout=30)
+            self._proxy = self._cluster.start()
+        yield self._proxy
+
+    def stop_all(self) -> None:
+        for key in list(self.runners):
+            self.runners.pop(key).stop()
+        if self._cluster is not None:
+            self._cluster.stop()
+            self._cluster = self._proxy = None
+
+
+@pytest.fixture
+def services_factory() -> Iterator[Callable[[Settings, list[str]], Services]]:
+    created: list[Services] = []
+
+    def make(settings: Settings, names: list[str]) -> Services:
+        reset_bus(settings.amqp_uri, names)
+        services = Services(settings)
+        created.append(services)
+        return services
+
+    yield make
+    for services in created:
+        services.stop_all()
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[[Any], Any]]:
+    """Wirings a test opens itself (an operator's view of a store) are closed afterwards."""
+    wirings: list[Any] = []
+
+    def track(wiring: Any) -> Any:
+        wirings.append(wiring)
+        return wiring
+
+    yield track
+    for wiring in wirings:
+        wiring.close()

@@ -1,0 +1,181 @@
+"""A two-service toy used to prove the chassis guarantees without any real context.
+
+`ledger` records counter increments; `tally` reacts to them (an event-sourced policy with
+tracking) and keeps a read model of ledger events (a projection with tracking). Run one service in
+its own process with `python -m concierge.serve tests.support.toy:TallyService` to kill it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate, event
+from nameko.rpc import rpc
+from sqlalchemy import Column, Integer, MetaData, String, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from concierge import context
+from concierge.config import Settings
+from concierge.projection import ReadModel
+from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.store import ServiceApplication
+from concierge.subscription import ProcessHandler
+
+NS = uuid.UUID("0b7f1f7e-0000-4000-8000-000000000001")
+
+
+class Counter(Aggregate):
+    @event("CounterCreated")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = 0
+
+    @event("CounterIncremented")
+    def increment(self, by: int) -> None:
+        self.value += by
+
+
+class Tally(Aggregate):
+    """Per counter: the sum of increments seen by the tally service."""
+
+    @staticmethod
+    def create_id(counter_id: str, name: str = "") -> uuid.UUID:
+        return uuid.uuid5(NS, counter_id)
+
+    @event("TallyOpened")
+    def __init__(self, counter_id: str, name: str) -> None:
+        self.counter_id = counter_id
+        self.name = name
+        self.total = 0
+        self.seen: list[str] = []
+
+    @event("TallyAdded")
+    def add(self, amount: int, event_id: str) -> None:
+        self.total += amount
+        self.seen.append(event_id)
+
+
+class LedgerApp(ServiceApplication):
+    service_name = "ledger"
+
+    def create(self, name: str) -> str:
+        counter = Counter(name)
+        self.record(counter)
+        return str(counter.id)
+
+    def increment(self, counter_id: str, by: int = 1) -> None:
+        with self.serialised():
+            counter = self.repository.get(uuid.UUID(counter_id))
+            counter.increment(by)
+            self.record(counter)
+
+    def increment_many(self, counter_id: str, times: int) -> None:
+        with self.serialised():
+            counter = self.repository.get(uuid.UUID(counter_id))
+            for _ in range(times):
+                counter.increment(1)
+            self.record(counter)
+
+
+class TallyApp(ServiceApplication):
+    service_name = "tally"
+
+    def on_ledger_event(self, envelope: dict[str, Any]) -> list[Any]:
+        data = envelope["data"]
+        if envelope["type"] == "CounterCreated":
+            return [Tally(envelope["stream_id"], data["name"])]
+        tally = self.repository.get(Tally.create_id(envelope["stream_id"]))
+        tally.add(int(data["by"]), envelope["event_id"])
+        return [tally]
+
+    def total(self, counter_id: str) -> dict[str, Any]:
+        try:
+            tally = self.repository.get(Tally.create_id(counter_id))
+        except AggregateNotFoundError:
+            return {"total": 0, "seen": 0, "unique": 0}
+        return {"total": tally.total, "seen": len(tally.seen), "unique": len(set(tally.seen))}
+
+metadata = MetaData()
+counters = Table(
+    "toy_counters", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("value", Integer, nullable=False),
+    Column("increments", Integer, nullable=False),
+)
+
+
+def _upsert(conn: Any, **row: Any) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(counters).values(**row)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=row))
+
+
+class CountersView(ReadModel):
+    """Ledger's counters as the tally service sees them (a projection of another service)."""
+
+    name = "toy_counters"
+    metadata = metadata
+
+    def handlers(self) -> dict[str, dict[str, Any]]:
+        return {"ledger": {"CounterCreated": self.created,
+                           "CounterIncremented": self.incremented}}
+
+    @staticmethod
+    def created(conn: Any, env: dict[str, Any]) -> None:
+        _upsert(conn, id=env["stream_id"], name=env["data"]["name"], value=0, increments=0)
+
+    @staticmethod
+    def incremented(conn: Any, env: dict[str, Any]) -> None:
+        row = conn.execute(select(counters).where(counters.c.id == env["stream_id"])).one()
+        _upsert(conn, id=row.id, name=row.name, value=row.value + int(env["data"]["by"]),
+                increments=row.increments + 1)
+
+
+def bootstrap_ledger(settings: Settings) -> Wiring:
+    app, engine = open_store("ledger", settings, LedgerApp)
+    return assemble(Wiring("ledger", settings, app, engine))
+
+
+def bootstrap_tally(settings: Settings) -> Wiring:
+    app, engine = open_store("tally", settings, TallyApp)
+    handler = ProcessHandler("tally", app, {"CounterCreated", "CounterIncremented"},
+                             app.on_ledger_event)
+    wiring = Wiring("tally", settings, app, engine, read_models=[CountersView()],
+                    policies=[("ledger", handler)])
+    return assemble(wiring)
+
+
+class LedgerService(ServiceBase):
+    name = "ledger"
+    runtime = Runtime(bootstrap_ledger)
+
+    @rpc
+    def create(self, name: str) -> str:
+        with context.acting({"actor": "tester"}):
+            return self.runtime.app.create(name)
+
+    @rpc
+    def increment(self, counter_id: str, by: int = 1) -> None:
+        with context.acting({"actor": "tester"}):
+            self.runtime.app.increment(counter_id, by)
+
+    @rpc
+    def increment_many(self, counter_id: str, times: int) -> None:
+        self.runtime.app.increment_many(counter_id, times)
+
+
+class TallyService(ServiceBase):
+    name = "tally"
+    runtime = Runtime(bootstrap_tally)
+
+    @rpc
+    def total(self, counter_id: str) -> dict[str, Any]:
+        return self.runtime.app.total(counter_id)
+
+    @rpc
+    def view(self) -> list[dict[str, Any]]:
+        with self.runtime.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(counters))]

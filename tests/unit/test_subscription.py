@@ -1,0 +1,138 @@
+"""The subscription's ordering rules, with an in-memory source log and handler (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from concierge.subscription import Subscription
+
+
+def env(position: int, type_: str = "Added", amount: int = 1) -> dict[str, Any]:
+    return {"position": position, "type": type_, "source": "src", "data": {"amount": amount},
+            "event_id": f"e{position}"}
+
+
+class FakeLog:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.reads = 0
+
+    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        self.reads += 1
+        return [e for e in self.events if e["position"] > after][:limit]
+
+
+class FakeHandler:
+    """Keeps a total and the positions applied; its 'transaction' is the dict update."""
+
+    name = "fake"
+
+    def __init__(self, persisted: int = 0, fail_on: int | None = None) -> None:
+        self.persisted = persisted
+        self.total = 0
+        self.applied: list[int] = []
+        self.fail_on = fail_on
+
+    def interested(self, event_type: str) -> bool:
+        return event_type == "Added"
+
+    def tracked(self, source: str) -> int:
+        return self.persisted
+
+    def apply(self, envelope: dict[str, Any]) -> bool:
+        if envelope["position"] == self.fail_on:
+            self.fail_on = None
+            raise RuntimeError("database went away")
+        if envelope["position"] <= self.persisted:
+            return False
+        self.total += envelope["data"]["amount"]
+        self.applied.append(envelope["position"])
+        self.persisted = envelope["position"]
+        return True
+
+
+def test_in_order_deliveries_apply_once_each() -> None:
+    log = FakeLog([env(1), env(2), env(3)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    for e in log.events:
+        sub.deliver(e)
+    assert handler.applied == [1, 2, 3]
+    assert log.reads == 0
+
+
+def test_duplicate_delivery_changes_nothing() -> None:
+    log = FakeLog([env(1), env(2)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    for e in [env(1), env(2), env(1), env(2), env(2)]:
+        sub.deliver(e)
+    assert handler.applied == [1, 2]
+    assert handler.total == 2
+
+
+def test_gap_reads_the_source_log_and_later_copies_are_duplicates() -> None:
+    log = FakeLog([env(1), env(2, amount=10), env(3, amount=100)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver(env(1))
+    sub.deliver(env(3, amount=100))  # 2 was lost or is late
+    sub.deliver(env(2, amount=10))
+    assert handler.applied == [1, 2, 3]
+    assert handler.total == 111
+    assert log.reads >= 1
+
+
+def test_out_of_order_deliveries_end_in_log_order() -> None:
+    events = [env(i, amount=i) for i in range(1, 8)]
+    log = FakeLog(events)
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    for e in reversed(events):
+        sub.deliver(e)
+    assert handler.applied == list(range(1, 8))
+    assert handler.total == sum(range(1, 8))
+
+
+def test_events_it_does_not_handle_advance_the_position_without_an_effect() -> None:
+    log = FakeLog([env(1), env(2, "Renamed"), env(3)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    for e in log.events:
+        sub.deliver(e)
+    assert handler.applied == [1, 3]
+    assert sub.position == 3
+    assert log.reads == 0
+
+
+def test_restart_resumes_from_the_persisted_position() -> None:
+    log = FakeLog([env(i) for i in range(1, 6)])
+    handler = FakeHandler(persisted=3)
+    handler.total = 3
+    sub = Subscription("src", handler, log)
+    sub.deliver(env(2))  # redelivered after the crash: already applied
+    sub.deliver(env(5))  # 4 was acked before the crash but never applied here
+    assert handler.applied == [4, 5]
+    assert handler.total == 5
+
+
+def test_starting_late_catches_up_from_the_log() -> None:
+    log = FakeLog([env(i) for i in range(1, 1201)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log, batch_size=500)
+    assert sub.catch_up() == 1200
+    assert handler.applied == list(range(1, 1201))
+
+
+def test_a_failed_apply_is_retried_and_applied_once() -> None:
+    log = FakeLog([env(1), env(2), env(3)])
+    handler = FakeHandler(fail_on=2)
+    sub = Subscription("src", handler, log)
+    sub.deliver(env(1))
+    with pytest.raises(RuntimeError):
+        sub.deliver(env(2))
+    sub.deliver(env(2))  # the broker redelivers the requeued message
+    sub.deliver(env(3))
+    assert handler.applied == [1, 2, 3]
