@@ -86,6 +86,14 @@ class PublishFailed(Exception):
 
 
 class Publisher(Protocol):
+    def send(self, messages: Sequence[dict[str, Any]]) -> int:
+        """Publish without waiting; return a ticket for `wait`."""
+        ...
+
+    def wait(self, ticket: int) -> None:
+        """Return once everything sent up to `ticket` is confirmed; raise PublishFailed."""
+        ...
+
     def publish_batch(self, messages: Sequence[dict[str, Any]]) -> None: ...
     def close(self) -> None: ...
 
@@ -138,8 +146,11 @@ class ConfirmingPublisher:
         self._pending -= done
 
     def publish_batch(self, messages: Sequence[dict[str, Any]]) -> None:
+        self.wait(self.send(messages))
+
+    def send(self, messages: Sequence[dict[str, Any]]) -> int:
         if not messages:
-            return
+            return self._next_tag
         try:
             if self._conn is None:
                 self._connect()
@@ -162,12 +173,20 @@ class ConfirmingPublisher:
                 self._next_tag += 1
                 self._pending.add(self._next_tag)
             self._flush(chunks)
-            self._await_confirms()
         except CONNECTION_ERRORS as exc:
             self.close()
             raise PublishFailed(f"broker connection lost while publishing: {exc}") from exc
+        return self._next_tag
+
+    def wait(self, ticket: int) -> None:
+        try:
+            self._await_confirms(ticket)
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            raise PublishFailed(f"broker connection lost before confirming: {exc}") from exc
         if self._nacked:
             self._nacked.clear()
+            self.close()  # tags restart on a new channel; the relay resends from its position
             raise PublishFailed("broker nacked part of the batch")
 
     def _flush(self, chunks: list[bytes]) -> None:
@@ -178,9 +197,10 @@ class ConfirmingPublisher:
             connection.bytes_sent += len(chunks)  # py-amqp's heartbeat bookkeeping
             chunks.clear()
 
-    def _await_confirms(self) -> None:
-        assert self._conn is not None
-        while self._pending:
+    def _await_confirms(self, ticket: int) -> None:
+        if self._conn is None:
+            raise PublishFailed("connection was reset; unconfirmed messages must be resent")
+        while self._pending and min(self._pending) <= ticket:
             try:
                 self._conn.drain_events(timeout=self.confirm_timeout)
             except TimeoutError as exc:
@@ -202,6 +222,13 @@ class InProcessPublisher:
         self.exchange = events_exchange(service)
         self.producer = kombu.Producer(self.conn.channel(), exchange=self.exchange)
         self.exchange(self.producer.channel).declare()
+
+    def send(self, messages: Sequence[dict[str, Any]]) -> int:
+        self.publish_batch(messages)
+        return 0
+
+    def wait(self, ticket: int) -> None:
+        return None
 
     def publish_batch(self, messages: Sequence[dict[str, Any]]) -> None:
         for envelope in messages:

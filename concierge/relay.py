@@ -34,6 +34,7 @@ class OutboxRelay:
         publisher_factory: Callable[[], Publisher],
         lock: LeaderLock,
         batch_size: int = 1000,
+        window: int = 3,
         idle_seconds: float = 1.0,
         lock_check_seconds: float = 5.0,
         publishable: envelope.Publishable = envelope.EVERYTHING,
@@ -44,6 +45,7 @@ class OutboxRelay:
         self.publisher_factory = publisher_factory
         self.lock = lock
         self.batch_size = batch_size
+        self.window = window
         self.idle_seconds = idle_seconds
         self.lock_check_seconds = lock_check_seconds
         self.publishable = publishable
@@ -85,21 +87,36 @@ class OutboxRelay:
         return self._publisher
 
     def publish_pending(self) -> int:
-        """Publish one batch past the recorded position; return how many went out."""
-        start = self.position()
-        records = self.app.read(after=start, limit=self.batch_size)
-        if not records:
-            return 0
-        envelopes = [envelope.build(self.service, r, publishable=self.publishable)
-                     for r in records]
+        """Publish everything past the recorded position; return how many went out.
+
+        Up to `window` batches are in flight: the next batch is read and sent while the broker
+        persists and confirms the previous one. The position only ever moves to the end of a
+        confirmed prefix, so a failure re-sends from there (at least once, never a gap).
+        """
+        publisher = self._publisher_()
+        in_flight: list[tuple[int, int, int]] = []  # (ticket, last position, count)
+        after = self.position()
+        total = 0
         try:
-            self._publisher_().publish_batch(envelopes)
+            while True:
+                records = self.app.read(after=after, limit=self.batch_size)
+                if records:
+                    envelopes = [envelope.build(self.service, r, publishable=self.publishable)
+                                 for r in records]
+                    ticket = publisher.send(envelopes)
+                    after = records[-1].position
+                    in_flight.append((ticket, after, len(records)))
+                if in_flight and (not records or len(in_flight) >= self.window):
+                    ticket, last, count = in_flight.pop(0)
+                    publisher.wait(ticket)
+                    self._save_position(last)
+                    self.published += count
+                    total += count
+                if not records and not in_flight:
+                    return total
         except (PublishFailed, *CONNECTION_ERRORS):
             self._drop_publisher()
             raise
-        self._save_position(records[-1].position)
-        self.published += len(records)
-        return len(records)
 
     def replay(self, after: int = 0, progress: Callable[[int, int], None] | None = None) -> int:
         """Re-publish the log from `after` without moving the relay's own position."""
