@@ -5,6 +5,8 @@
   concierge events SERVICE [--from N] [--stream ID] [--limit N]
   concierge replay SERVICE [--from N]     re-publish a service's events to the bus
   concierge rebuild SERVICE              drop and rebuild the service's read models
+  concierge migrate SERVICE              create the service's schema and tables
+  concierge ping SERVICE                 exit 0 when the service answers RPC (probes)
 """
 
 from __future__ import annotations
@@ -196,6 +198,32 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create the service's schema, event tables and read-model tables (idempotent)."""
+    settings = Settings.from_env()
+    wiring = _operator_wiring(args.service, settings)
+    for model in wiring.read_models:
+        model.create(wiring.engine)
+    wiring.close()
+    print(f"{args.service}: store and read models are in place")
+    return 0
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Exit 0 when the service answers an RPC within the timeout (used by probes)."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    settings = Settings.from_env()
+    try:
+        with ClusterRpcProxy(settings.nameko_config(), timeout=args.timeout) as rpc:
+            rpc[args.service].read_log(0, 1)
+    except Exception as exc:
+        print(f"{args.service} did not answer: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(f"{args.service} answers")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="concierge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,6 +248,13 @@ def parser() -> argparse.ArgumentParser:
     rebuild_ = sub.add_parser("rebuild", help="drop and rebuild a service's read models")
     rebuild_.add_argument("service", choices=EVENT_SOURCED)
     rebuild_.set_defaults(fn=cmd_rebuild)
+    migrate = sub.add_parser("migrate", help="create a service's schema and tables")
+    migrate.add_argument("service", choices=EVENT_SOURCED)
+    migrate.set_defaults(fn=cmd_migrate)
+    ping = sub.add_parser("ping", help="check that a service answers RPC")
+    ping.add_argument("service", choices=EVENT_SOURCED)
+    ping.add_argument("--timeout", type=float, default=5.0)
+    ping.set_defaults(fn=cmd_ping)
     return p
 
 
