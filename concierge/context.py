@@ -20,6 +20,7 @@ class CallContext:
     correlation_id: str = ""
     installer_id: str | None = None
     role: str = "system"
+    account_id: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CallContext:
@@ -29,6 +30,7 @@ class CallContext:
             correlation_id=str(data.get("correlation_id") or uuid.uuid4()),
             installer_id=data.get("installer_id"),
             role=str(data.get("role") or "system"),
+            account_id=data.get("account_id"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -37,6 +39,7 @@ class CallContext:
             "correlation_id": self.correlation_id,
             "installer_id": self.installer_id,
             "role": self.role,
+            "account_id": self.account_id,
         }
 
 

@@ -35,20 +35,25 @@ def event_id(source: str, stream_id: str, stream_version: int) -> str:
 
 
 class Publishable:
-    """What of each event type may leave the service: its contract schema's fields.
+    """What of each event type may leave the service: the fields its contract schema declares.
 
-    A type with a schema is dumped through it, so attributes the contract does not declare
-    (password hashes, token digests) never reach the bus; a type without one goes as it is.
+    Attributes the contract does not declare (password hashes, token digests) never reach the
+    bus; a type without a schema goes as it is. Values are already JSON-safe here, so they are
+    filtered, not re-serialised.
     """
 
     def __init__(self, schemas: dict[str, Any] | None = None, version: int = 1) -> None:
-        self.schemas = {name: cls() if isinstance(cls, type) else cls
-                        for name, cls in (schemas or {}).items()}
+        self.declared: dict[str, frozenset[str]] = {}
+        for name, schema in (schemas or {}).items():
+            instance = schema() if isinstance(schema, type) else schema
+            self.declared[name] = frozenset(instance.fields)
         self.version = version
 
     def data(self, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
-        schema = self.schemas.get(event_type)
-        return plain(schema.dump(data)) if schema is not None else data
+        declared = self.declared.get(event_type)
+        if declared is None:
+            return data
+        return {k: v for k, v in data.items() if k in declared}
 
 
 EVERYTHING = Publishable()

@@ -6,6 +6,7 @@ holder dies). SQLite: an exclusive flock on a file beside the store (released by
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -58,9 +59,9 @@ class AdvisoryLock:
     def acquire(self) -> bool:
         if self._conn is not None:
             return True
-        conn = self.engine.connect()
+        # Autocommit: the session-level lock must not live inside a transaction.
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-        conn.commit()
         if not got:
             conn.close()
             return False
@@ -73,7 +74,6 @@ class AdvisoryLock:
             return False
         try:
             self._conn.execute(text("SELECT 1"))
-            self._conn.commit()
         except Exception:
             self._drop()
             return False
@@ -83,14 +83,10 @@ class AdvisoryLock:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-                self._conn.commit()
             finally:
                 self._drop()
 
     def _drop(self) -> None:
-        try:
-            self._conn.invalidate()
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:
-            pass
         self._conn = None

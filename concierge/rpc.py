@@ -50,6 +50,22 @@ def as_contract_error(exc: BaseException) -> ConciergeError | None:
     return None
 
 
+def translated(fn: F) -> F:
+    """Wrap an RPC entrypoint without a call context (login, authenticate): errors only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            contract_error = as_contract_error(exc)
+            if contract_error is None:
+                raise
+            raise contract_error from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 def command(fn: F) -> F:
     """Wrap an RPC entrypoint whose first argument (after self) is the call context dict."""
 

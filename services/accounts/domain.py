@@ -251,8 +251,8 @@ class MasterAccount(Aggregate):
         self.apartment_id = apartment_id
         self.community_id = community_id
         self.installer_id = installer_id
-        self.first_name: str | None = first_name
-        self.last_name: str | None = last_name
+        self.first_name = first_name
+        self.last_name = last_name
         self.email = email
         self.app_status = UNREGISTERED
         self.password_hash: str | None = None
@@ -332,8 +332,8 @@ class MasterAccount(Aggregate):
 
     def reset(self) -> None:
         """Empty the account for the next tenant (manual: "Edit, Reset, and Delete Community
-        Residents"): family member accounts and contact data removed, login credentials reset,
-        app back to unregistered. The apartment and its subscription stay."""
+        Residents"): family member accounts and email removed, login credentials reset, app back
+        to unregistered. The names, the apartment and its subscription stay."""
         self._reset(removed_family_member_ids=list(self.family_member_ids))
 
     @event("MasterAccountReset")
@@ -341,9 +341,8 @@ class MasterAccount(Aggregate):
         self.family_member_ids = [
             member for member in self.family_member_ids if member not in removed_family_member_ids
         ]
-        # The manual's list after a reset shows the resident's name and email blank.
-        self.first_name = None
-        self.last_name = None
+        # The manual's Reset list removes email, mobile, country, landlines, family members and
+        # credentials, not the names; topology keeps them too, so both lists stay in step.
         self.email = None
         self.password_hash = None
         self.app_status = UNREGISTERED

@@ -328,7 +328,8 @@ def test_reset_empties_the_account_for_the_next_tenant() -> None:
     assert account.app_status == "unregistered"
     assert account.password_hash is None
     assert account.family_member_ids == []
-    assert (account.first_name, account.last_name, account.email) == (None, None, None)
+    # Names stay (the manual's Reset list does not remove them; topology keeps them too).
+    assert (account.first_name, account.last_name, account.email) == ("Judy", "A", None)
     # The apartment link stays: the reset is for rental turnover, not deletion.
     assert account.apartment_id is not None
 

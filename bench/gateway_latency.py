@@ -1,0 +1,88 @@
+"""Gateway command latency for "add apartment", at 1 and at 20 concurrent clients.
+
+Each service runs in its own process on RabbitMQ and PostgreSQL, as in production; the clients are
+threads of this process using keep-alive HTTP connections. Each added apartment has a resident
+with an email, so the whole chain (master account, activation email) runs behind it.
+Prints one JSON line. Environment: BENCH_AMQP_URI, BENCH_DATABASE_URL, BENCH_PORT.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.platform import Platform
+from bench.stats import summary
+
+
+def add_apartments(port: int, token: str, building: str, prefix: int, count: int,
+                   latencies: list[float]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    for i in range(count):
+        number = f"{prefix}{i:04d}"
+        body = json.dumps({"number": number, "floor": 1, "name": f"APT {number}",
+                           "resident": {"first_name": "Bench", "last_name": f"R{number}",
+                                        "email": f"r{number}@example.org"}})
+        start = time.perf_counter()
+        conn.request("POST", f"/api/v1/buildings/{building}/apartments", body, headers)
+        response = conn.getresponse()
+        response.read()
+        elapsed = (time.perf_counter() - start) * 1000
+        if response.status != 201:
+            raise RuntimeError(f"add apartment answered {response.status}")
+        latencies.append(elapsed)
+    conn.close()
+
+
+def run(clients: int, per_client: int, port: int, token: str, building: str,
+        base: int) -> dict[str, object]:
+    latencies: list[float] = []
+    threads = [threading.Thread(target=add_apartments,
+                                args=(port, token, building, base + c, per_client, latencies))
+               for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"clients": clients, "requests": len(latencies),
+            "per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary(latencies)}
+
+
+def main() -> None:
+    port = int(os.environ.get("BENCH_PORT", "8811"))
+    platform = Platform(os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"),
+                        os.environ.get("BENCH_DATABASE_URL", ""),
+                        Path(tempfile.mkdtemp(prefix="bench-gw-")), port).start()
+    try:
+        token = platform.installer_session()
+        status, community = platform.call("POST", "/api/v1/communities",
+                                          {"name": "Bench Towers", "feature_plan": "premium",
+                                           "time_zone": "Europe/Paris"}, token)
+        assert status == 201, community
+        buildings = []
+        for name in ("A", "B"):
+            status, building = platform.call(
+                "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": name},
+                token)
+            assert status == 201, building
+            buildings.append(building["id"])
+        run(1, 30, port, token, buildings[0], 10)  # warm-up
+        one = run(1, int(sys.argv[1]) if len(sys.argv) > 1 else 300, port, token,
+                  buildings[0], 20)
+        twenty = run(20, 25, port, token, buildings[1], 30)
+    finally:
+        platform.stop()
+    print(json.dumps({"add_apartment_1_client": one, "add_apartment_20_clients": twenty}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The accounts application: portal logins and sessions, installer accounts, and the residents'
+master accounts that follow topology's apartments.
+
+Passwords are hashed and tokens digested here (the `Credentials` adapter), so the domain only ever
+sees digests. Token checks read the sessions read model, never the event store.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from concierge import context
+from concierge.store import ServiceApplication
+from contracts.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from services.accounts.domain import (
+    DISTRIBUTOR,
+    MasterAccount,
+    PortalAccount,
+    validate_password,
+    validate_username,
+)
+from services.accounts.projections import AccountsViews
+from services.accounts.security import Credentials
+
+log = logging.getLogger(__name__)
+
+# Topology events the master-account policy reacts to. ApartmentDeleted is not among them: the
+# domain has no way to close a master account yet.
+TOPOLOGY_EVENTS = frozenset({"ResidentAdded", "ResidentEdited", "ApartmentReset"})
+CONTACT_FIELDS = ("first_name", "last_name", "email")
+
+# One message for an unknown username and a wrong password, so a login cannot probe usernames.
+LOGIN_FAILED = "Wrong username or password."
+NOT_SIGNED_IN = "Not signed in: the token is unknown or the session was closed."
+EXPIRED = "The session has expired."
+ONLY_DISTRIBUTORS = "Only a distributor can create installer accounts."
+# Optimistic concurrency between replicas: a login racing another write to the same account
+# reloads and tries again instead of failing the user.
+SAVE_ATTEMPTS = 3
+
+
+def _taken(username: str) -> Conflict:
+    message = f"The username {username!r} is already taken."
+    return Conflict(message, {"username": [message]})
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None
+
+
+class AccountsApplication(ServiceApplication):
+    """Commands and queries of the accounts context."""
+
+    service_name = "accounts"
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        credentials: Credentials | None = None,
+        token_ttl: timedelta = timedelta(hours=24),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.credentials = credentials or Credentials()
+        self.token_ttl = token_ttl
+        self.clock = clock or (lambda: datetime.now(UTC))
+        # Set by the composition root (service.bootstrap): the read-model queries.
+        self.views: AccountsViews | None = None
+        self._decoy_hash: str | None = None
+        super().__init__(env=env)
+
+    # -- portal accounts -------------------------------------------------------------------
+    def ensure_distributor(self, username: str, password: str) -> str:
+        """The bootstrap distributor, created once: a restart or a second replica adds nothing.
+
+        An existing account is left as it is (its password included).
+        """
+        validate_username(username)
+        account_id = PortalAccount.id_for_username(username)
+        existing = self._portal_account(account_id)
+        if existing is None:
+            validate_password(password)
+            distributor = PortalAccount.open_distributor(
+                username, self.credentials.hash_password(password))
+            try:
+                with self.serialised():
+                    self.record(distributor)
+                return str(account_id)
+            except IntegrityError:
+                existing = self._portal_account(account_id)  # another replica was first
+                if existing is None:
+                    raise
+        if existing.role != DISTRIBUTOR:
+            raise _taken(username)
+        return str(account_id)
+
+    def create_installer(self, payload: Mapping[str, Any], distributor_id: str | None) -> str:
+        """A distributor creates an installer's login; returns the new account id.
+
+        `distributor_id` is the calling account (the call context carries no account id).
+        """
+        caller = context.current()
+        distributor_uuid = _uuid(distributor_id) if distributor_id else None
+        distributor = self._portal_account(distributor_uuid) if distributor_uuid else None
+        if caller.role != DISTRIBUTOR or distributor is None or distributor.role != DISTRIBUTOR:
+            raise Forbidden(ONLY_DISTRIBUTORS)
+        username = payload.get("username")
+        validate_username(username)
+        if self._portal_account(PortalAccount.id_for_username(username)) is not None:
+            raise _taken(username)
+        password = payload.get("password")
+        validate_password(password)
+        installer = distributor.create_installer(
+            username, payload.get("email"), self.credentials.hash_password(password))
+        try:
+            with self.serialised():
+                self.record(installer)
+        except IntegrityError:
+            # Created by someone else between our check and our save.
+            raise _taken(username) from None
+        return str(installer.id)
+
+    # -- sessions --------------------------------------------------------------------------
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        """Open a session; the raw token is returned once and only its digest is stored."""
+        account = None
+        if isinstance(username, str) and username:
+            account = self._portal_account(PortalAccount.id_for_username(username))
+        if account is None:
+            # Spend a hash verification anyway, so timing does not tell unknown usernames apart.
+            self.credentials.verify_password(self._decoy(), str(password))
+            raise Unauthorized(LOGIN_FAILED)
+        if not self.credentials.verify_password(account.password_hash, str(password)):
+            raise Unauthorized(LOGIN_FAILED)
+        token = self.credentials.new_token()
+        digest = self.credentials.token_digest(token)
+        expires_at = (self.clock() + self.token_ttl).isoformat()
+        with context.acting({"actor": f"{account.role}:{account.username}",
+                             "correlation_id": context.current().correlation_id,
+                             "role": account.role}):
+            self._change(account.id, lambda a: a.open_session(digest, expires_at))
+        return {"token": token, "expires_at": expires_at, "role": account.role,
+                "account_id": str(account.id)}
+
+    def logout(self, token: str) -> None:
+        """Close the token's session; an unknown or closed token is Unauthorized."""
+        digest = self._digest(token)
+        session = self._views().session(digest)
+        if session is None or session["closed"]:
+            raise Unauthorized(NOT_SIGNED_IN)
+        with context.acting({"actor": f"{session['role']}:{session['username']}",
+                             "correlation_id": context.current().correlation_id,
+                             "role": session["role"]}):
+            self._change(UUID(session["account_id"]), lambda a: a.close_session(digest))
+
+    def authenticate(self, token: str) -> dict[str, Any]:
+        """The principal of an open, unexpired session (one read-model lookup)."""
+        session = self._views().session(self._digest(token))
+        if session is None or session["closed"]:
+            raise Unauthorized(NOT_SIGNED_IN)
+        if session["expires_at"] <= self.clock():
+            raise Unauthorized(EXPIRED)
+        return {
+            "account_id": session["account_id"],
+            "role": session["role"],
+            "username": session["username"],
+            "installer_id": session["installer_id"],
+        }
+
+    # -- residents' master accounts (policy on topology events) ----------------------------
+    def on_topology_event(self, envelope: Mapping[str, Any]) -> list[Any]:
+        """The master-account changes a topology event asks for (the ProcessHandler saves them).
+
+        A reset sends no email: it records MasterAccountReset, which notify does not mail about.
+        An event the domain refuses is logged and skipped, so it cannot block the stream.
+        """
+        kind = envelope["type"]
+        apartment_id = envelope["stream_id"]
+        data = envelope["data"]
+        try:
+            if kind == "ResidentAdded":
+                return self._resident_added(apartment_id, data)
+            if kind == "ResidentEdited":
+                return self._resident_edited(apartment_id, data.get("changes") or {})
+            if kind == "ApartmentReset":
+                return self._apartment_reset(apartment_id)
+        except Invalid as exc:
+            log.error("accounts refused topology %s of apartment %s (position %s): %s %s",
+                      kind, apartment_id, envelope.get("position"), exc.detail, exc.errors)
+        return []
+
+    def _resident_added(self, apartment_id: str, data: Mapping[str, Any]) -> list[Any]:
+        if self._master_account(apartment_id) is not None:
+            return []
+        account = MasterAccount.create(
+            apartment_id=apartment_id,
+            community_id=data["community_id"],
+            installer_id=data["installer_id"],
+            first_name=data["first_name"],
+            last_name=data["last_name"],
+            email=data.get("email"),
+        )
+        return [account]
+
+    def _resident_edited(self, apartment_id: str, changes: Mapping[str, Any]) -> list[Any]:
+        if not any(name in changes for name in CONTACT_FIELDS):
+            return []
+        account = self._master_account(apartment_id)
+        if account is None:
+            log.warning("ResidentEdited for apartment %s, which has no master account",
+                        apartment_id)
+            return []
+        account.update_contact(
+            first_name=changes.get("first_name", account.first_name),
+            last_name=changes.get("last_name", account.last_name),
+            email=changes.get("email", account.email),
+        )
+        return [account]
+
+    def _apartment_reset(self, apartment_id: str) -> list[Any]:
+        account = self._master_account(apartment_id)
+        if account is None:
+            log.warning("ApartmentReset for apartment %s, which has no master account",
+                        apartment_id)
+            return []
+        account.reset()
+        return [account]
+
+    # -- queries ---------------------------------------------------------------------------
+    def get_master_account(self, apartment_id: str, installer_id: str | None) -> dict[str, Any]:
+        """The apartment's master account, if it belongs to `installer_id` (else NotFound)."""
+        apartment = _uuid(apartment_id)
+        owner = _uuid(installer_id) if installer_id else None
+        row = self._views().master_account(str(apartment)) if apartment else None
+        if row is None or owner is None or _uuid(row["installer_id"]) != owner:
+            raise NotFound("No master account for this apartment.")
+        return row
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _views(self) -> AccountsViews:
+        if self.views is None:
+            raise RuntimeError("accounts read models are not wired (see service.bootstrap)")
+        return self.views
+
+    def _digest(self, token: Any) -> str:
+        if not isinstance(token, str) or not token:
+            raise Unauthorized(NOT_SIGNED_IN)
+        return self.credentials.token_digest(token)
+
+    def _decoy(self) -> str:
+        if self._decoy_hash is None:
+            self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
+        return self._decoy_hash
+
+    def _portal_account(self, account_id: UUID) -> PortalAccount | None:
+        found = self._get(account_id)
+        return found if isinstance(found, PortalAccount) else None
+
+    def _master_account(self, apartment_id: str) -> MasterAccount | None:
+        found = self._get(MasterAccount.id_for_apartment(apartment_id))
+        return found if isinstance(found, MasterAccount) else None
+
+    def _get(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def _change(self, account_id: UUID, change: Callable[[Any], None]) -> None:
+        """Load, change and save one aggregate, reloading when another process wrote first."""
+        for attempt in range(SAVE_ATTEMPTS):
+            with self.serialised():
+                aggregate = self.repository.get(account_id)
+                change(aggregate)
+                try:
+                    self.record(aggregate)
+                    return
+                except IntegrityError:
+                    if attempt == SAVE_ATTEMPTS - 1:
+                        raise

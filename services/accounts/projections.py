@@ -1,0 +1,226 @@
+"""Accounts read models: open sessions (for fast token checks), portal accounts, master accounts.
+
+All three are fed by the service's own events and brought up to date inside the command that
+wrote them, so a caller reads its own write (a token works as soon as `login` returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from concierge.projection import ReadModel
+from concierge.store import ServiceApplication
+from concierge.subscription import Envelope, ProjectFn
+
+SOURCE = "accounts"
+
+sessions_metadata = MetaData()
+sessions = Table(
+    "sessions", sessions_metadata,
+    Column("token_digest", String(64), primary_key=True),
+    Column("account_id", String(36), nullable=False, index=True),
+    Column("role", String(20), nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("installer_id", String(36), nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("closed", Boolean, nullable=False),
+)
+
+portal_metadata = MetaData()
+portal_accounts = Table(
+    "portal_accounts", portal_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("email", String(254), nullable=True),
+    Column("created_by", String(36), nullable=True),
+)
+
+master_metadata = MetaData()
+master_accounts = Table(
+    "master_accounts", master_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("apartment_id", String(36), nullable=False, unique=True),
+    Column("community_id", String(36), nullable=False, index=True),
+    Column("installer_id", String(36), nullable=False, index=True),
+    Column("first_name", String(255), nullable=False),
+    Column("last_name", String(255), nullable=False),
+    Column("email", String(254), nullable=True),
+    Column("app_status", String(20), nullable=False),
+)
+
+
+def _upsert(conn: Connection, table: Table, key: str, row: Mapping[str, Any]) -> None:
+    """Insert or overwrite by primary key: a rebuilt or re-applied row ends the same."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**row)
+    changes = {name: value for name, value in row.items() if name != key}
+    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes))
+
+
+def _instant(value: datetime | str) -> datetime:
+    """UTC, aware; SQLite hands back naive datetimes for what was written in UTC."""
+    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC)
+
+
+class SessionsView(ReadModel):
+    """Open and closed sessions by token digest, so `authenticate` is one primary-key read.
+
+    Published events leave the token digest out (it is private), and own read models get the
+    published data; so each session event syncs the account's rows from the aggregate itself.
+    Syncing to the latest state converges on rebuild too: the last event of a stream syncs last.
+    """
+
+    name = "accounts_sessions"
+    metadata = sessions_metadata
+
+    def __init__(self, app: ServiceApplication) -> None:
+        self.app = app
+
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
+        return {SOURCE: {"SessionOpened": self.sync, "SessionClosed": self.sync}}
+
+    def sync(self, conn: Connection, env: Envelope) -> None:
+        try:
+            account = self.app.repository.get(UUID(env["stream_id"]))
+        except AggregateNotFoundError:
+            return
+        account_id = str(account.id)
+        open_now: dict[str, str] = dict(account.sessions)
+        known = set(conn.execute(
+            select(sessions.c.token_digest).where(
+                sessions.c.account_id == account_id, sessions.c.closed.is_(False))
+        ).scalars())
+        installer_id = account.installer_id
+        for digest in open_now.keys() - known:
+            _upsert(conn, sessions, "token_digest", {
+                "token_digest": digest,
+                "account_id": account_id,
+                "role": account.role,
+                "username": account.username,
+                "installer_id": str(installer_id) if installer_id else None,
+                "expires_at": _instant(open_now[digest]),
+                "closed": False,
+            })
+        gone = known - open_now.keys()
+        if gone:
+            conn.execute(update(sessions).where(sessions.c.token_digest.in_(sorted(gone)))
+                         .values(closed=True))
+
+
+class PortalAccountsView(ReadModel):
+    """Distributors and installers, for lists and for scoping by who created whom."""
+
+    name = "accounts_portal_accounts"
+    metadata = portal_metadata
+
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
+        return {SOURCE: {"PortalAccountCreated": self.created}}
+
+    @staticmethod
+    def created(conn: Connection, env: Envelope) -> None:
+        data = env["data"]
+        _upsert(conn, portal_accounts, "id", {
+            "id": env["stream_id"],
+            "role": data["role"],
+            "username": data["username"],
+            "email": data.get("email"),
+            "created_by": data.get("created_by"),
+        })
+
+
+class MasterAccountsView(ReadModel):
+    """Residents' app accounts by apartment, with the app status the resident list shows."""
+
+    name = "accounts_master_accounts"
+    metadata = master_metadata
+
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
+        return {SOURCE: {
+            "MasterAccountCreated": self.created,
+            "MasterAccountContactChanged": self.contact_changed,
+            "MasterAccountRegistered": self.registered,
+            "MasterAccountReset": self.reset,
+        }}
+
+    @staticmethod
+    def created(conn: Connection, env: Envelope) -> None:
+        data = env["data"]
+        _upsert(conn, master_accounts, "id", {
+            "id": env["stream_id"],
+            "apartment_id": data["apartment_id"],
+            "community_id": data["community_id"],
+            "installer_id": data["installer_id"],
+            "first_name": data["first_name"],
+            "last_name": data["last_name"],
+            "email": data.get("email"),
+            "app_status": "unregistered",
+        })
+
+    @staticmethod
+    def contact_changed(conn: Connection, env: Envelope) -> None:
+        data = env["data"]
+        _set(conn, env, first_name=data["first_name"], last_name=data["last_name"],
+             email=data.get("email"))
+
+    @staticmethod
+    def registered(conn: Connection, env: Envelope) -> None:
+        _set(conn, env, app_status="registered")
+
+    @staticmethod
+    def reset(conn: Connection, env: Envelope) -> None:
+        # Names stay: the manual's Reset list does not remove them.
+        _set(conn, env, email=None, app_status="unregistered")
+
+
+def _set(conn: Connection, env: Envelope, **values: Any) -> None:
+    conn.execute(update(master_accounts).where(master_accounts.c.id == env["stream_id"])
+                 .values(**values))
+
+
+class AccountsViews:
+    """The queries the application answers from the read models."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def session(self, token_digest: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(sessions).where(sessions.c.token_digest == token_digest)
+            ).one_or_none()
+        if row is None:
+            return None
+        found = dict(row._mapping)
+        found["expires_at"] = _instant(found["expires_at"])
+        return found
+
+    def master_account(self, apartment_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(master_accounts).where(master_accounts.c.apartment_id == apartment_id)
+            ).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
+    def portal_account(self, account_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(portal_accounts).where(portal_accounts.c.id == account_id)
+            ).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
+
+def read_models(app: ServiceApplication) -> list[ReadModel]:
+    """Every read model of the accounts service, in the order they are brought up to date."""
+    return [SessionsView(app), PortalAccountsView(), MasterAccountsView()]
