@@ -1,0 +1,107 @@
+"""Notify contracts: the data of every notify event, and the operators' email query.
+
+Event schemas ignore unknown fields, as the envelope's version rule asks of subscribers. The
+rendered bodies (`text`, `html`) stay in the notify store: subscribers learn that an email to whom
+about what was queued, sent or given up, not its content. Times are ISO 8601 strings in UTC.
+"""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
+
+__all__ = [
+    "EVENT_SCHEMAS",
+    "EVENT_VERSION",
+    "STATUSES",
+    "TEMPLATES",
+    "TRANSPORTS",
+    "EmailFailedSchema",
+    "EmailQuery",
+    "EmailQueuedSchema",
+    "EmailSentSchema",
+    "EmailSummary",
+]
+
+EVENT_VERSION = 1
+
+# Same values as services/notify/domain.py and mailer.py.
+TEMPLATES = ("activation",)
+STATUSES = ("queued", "retrying", "sent", "failed")
+TRANSPORTS = ("smtp", "mail-folder")
+PER_PAGE_MAX = 100
+
+
+class _EventData(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class EmailQueuedSchema(_EventData):
+    """An email was rendered and waits for the mailer; the stream id is the email id."""
+
+    cause_event_id = fields.UUID(required=True)
+    template = fields.String(required=True)
+    recipient = fields.String(required=True)
+    subject = fields.String(required=True)
+    apartment_id = fields.UUID(required=True, allow_none=True)
+    installer_id = fields.UUID(required=True, allow_none=True)
+
+
+class EmailSentSchema(_EventData):
+    """The transport accepted the message (an SMTP server, or the local mail folder)."""
+
+    sent_at = fields.String(required=True)
+    transport = fields.String(required=True)
+
+
+class EmailFailedSchema(_EventData):
+    """An attempt failed; `retry_at` is the next try, or None when `gave_up`."""
+
+    reason = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+    failed_at = fields.String(required=True)
+    retry_at = fields.String(required=True, allow_none=True)
+    gave_up = fields.Boolean(required=True)
+
+
+EVENT_SCHEMAS: dict[str, type[Schema]] = {
+    "EmailQueued": EmailQueuedSchema,
+    "EmailSent": EmailSentSchema,
+    "EmailFailed": EmailFailedSchema,
+}
+
+
+# --- operators' queries ----------------------------------------------------------------------
+
+
+class EmailQuery(Schema):
+    """`list_emails`: every filter optional; newest first."""
+
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    recipient = fields.String(validate=validate.Length(min=1, max=254))
+    apartment_id = fields.UUID()
+    installer_id = fields.UUID()
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=10, validate=validate.Range(min=1, max=PER_PAGE_MAX))
+
+
+class EmailSummary(Schema):
+    """One email as operators see it (no bodies)."""
+
+    id = fields.String(required=True)
+    template = fields.String(required=True)
+    recipient = fields.String(required=True)
+    subject = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    attempts = fields.Integer(required=True)
+    queued_at = fields.String(required=True, allow_none=True)
+    retry_at = fields.String(required=True, allow_none=True)
+    sent_at = fields.String(required=True, allow_none=True)
+    transport = fields.String(required=True, allow_none=True)
+    last_error = fields.String(required=True, allow_none=True)
+    cause_event_id = fields.String(required=True)
+    apartment_id = fields.String(required=True, allow_none=True)
+    installer_id = fields.String(required=True, allow_none=True)

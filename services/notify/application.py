@@ -1,0 +1,275 @@
+"""Notify's application: the policies that queue emails, rendering, and the mailer's bookkeeping.
+
+The emails read model (`EmailsView`, fed by notify's own events) tells the mailer what is due and
+operators what was sent; it lives here rather than in a `projections.py` while it is this small.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from marshmallow import ValidationError
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from concierge import context
+from concierge.projection import ReadModel
+from concierge.store import META_KEY, ServiceApplication
+from contracts.accounts import MasterAccountCreatedSchema
+from contracts.errors import Invalid
+from services.notify.domain import QUEUED, RETRYING, Email
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+ACTIVATION = "activation"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def template_environment(folder: Path = TEMPLATES_DIR) -> Environment:
+    """HTML templates autoescape (names and addresses are user input); text ones do not."""
+    return Environment(
+        loader=FileSystemLoader(str(folder)),
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False,
+                                     default=False),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+class NotifyApplication(ServiceApplication):
+    service_name = "notify"
+
+    def __init__(self, env: dict[str, str] | None = None,
+                 templates: Path = TEMPLATES_DIR) -> None:
+        super().__init__(env=env)
+        self.templates = template_environment(templates)
+        self.emails: EmailsView | None = None  # wired in bootstrap, beside the store's engine
+
+    # -- policies ----------------------------------------------------------------------------
+    def on_accounts_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
+        """A resident's new app account with an email gets the activation email, once."""
+        if envelope.get("type") != "MasterAccountCreated":
+            return []
+        try:
+            data = MasterAccountCreatedSchema().load(envelope["data"])
+        except ValidationError as exc:
+            # A producer bug; holding back every later email behind it would be worse.
+            log.error("MasterAccountCreated %s breaks its contract (%s); no activation email",
+                      envelope.get("event_id"), exc.messages)
+            return []
+        if not data["email"]:
+            return []
+        email_id = Email.create_id(envelope["event_id"], ACTIVATION)
+        if email_id in self.repository:
+            return []
+        rendered = self.render(ACTIVATION, first_name=data["first_name"],
+                               last_name=data["last_name"], email=data["email"])
+        try:
+            email = Email.queue(
+                cause_event_id=envelope["event_id"],
+                template=ACTIVATION,
+                recipient=data["email"],
+                subject=rendered.subject,
+                text=rendered.text,
+                html=rendered.html,
+                apartment_id=data["apartment_id"],
+                installer_id=data["installer_id"],
+            )
+        except Invalid as exc:
+            log.warning("no activation email for %s: %s", envelope.get("event_id"), exc.detail)
+            return []
+        return [email]
+
+    def render(self, template: str, **values: Any) -> Rendered:
+        """Subject, plain text and HTML of one template; the subject is forced onto one line."""
+        subject = self.templates.get_template(f"{template}.subject.txt").render(**values)
+        subject = " ".join(subject.split())
+        text = self.templates.get_template(f"{template}.txt").render(subject=subject, **values)
+        html = self.templates.get_template(f"{template}.html").render(subject=subject, **values)
+        return Rendered(subject=subject, text=text, html=html)
+
+    # -- the mailer's bookkeeping -------------------------------------------------------------
+    def email(self, email_id: UUID | str) -> Email:
+        return self.repository.get(UUID(str(email_id)))
+
+    def record_sent(self, email_id: UUID | str, sent_at: datetime, transport: str) -> None:
+        with context.acting(self._mailer_context(email_id)), self.serialised():
+            email = self.email(email_id)
+            email.mark_sent(sent_at, transport)
+            self.record(email)
+
+    def record_failure(self, email_id: UUID | str, reason: str, failed_at: datetime,
+                       permanent: bool = False) -> None:
+        with context.acting(self._mailer_context(email_id)), self.serialised():
+            email = self.email(email_id)
+            email.mark_failed(reason, failed_at, permanent=permanent)
+            self.record(email)
+
+    def _mailer_context(self, email_id: UUID | str) -> dict[str, str]:
+        """Delivery events keep the correlation id of the request that queued the email."""
+        meta = next((r.state.get(META_KEY) or {} for r in self.stream(email_id)), {})
+        return {"actor": "notify:mailer",
+                "correlation_id": meta.get("correlation_id") or str(email_id)}
+
+    def pending(self, due_by: datetime | None = None, limit: int = 100) -> list[UUID]:
+        """Emails not yet sent nor given up, oldest due first; only those due by `due_by`."""
+        return self._view().pending(due_by, limit)
+
+    def next_due(self) -> datetime | None:
+        return self._view().next_due()
+
+    def list_emails(self, query: dict[str, Any]) -> dict[str, Any]:
+        return self._view().search(query)
+
+    def _view(self) -> EmailsView:
+        if self.emails is None:
+            raise RuntimeError("the emails view is wired in services.notify.service.bootstrap")
+        return self.emails
+
+
+# --- the emails read model -------------------------------------------------------------------
+
+metadata = MetaData()
+emails = Table(
+    "notify_emails", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("position", BigInteger, nullable=False, index=True),
+    Column("template", String(50), nullable=False),
+    Column("recipient", String(254), nullable=False, index=True),
+    Column("subject", Text, nullable=False),
+    Column("status", String(20), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False),
+    # Naive UTC: SQLite keeps no zone; every value here is converted on the way in and out.
+    Column("queued_at", DateTime, nullable=True),
+    Column("due_at", DateTime, nullable=True, index=True),
+    Column("sent_at", DateTime, nullable=True),
+    Column("transport", String(20), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("cause_event_id", String(36), nullable=False),
+    Column("apartment_id", String(36), nullable=True, index=True),
+    Column("installer_id", String(36), nullable=True, index=True),
+)
+
+
+def _naive_utc(value: datetime | str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    instant = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if instant.tzinfo is None:
+        return instant
+    return instant.astimezone(UTC).replace(tzinfo=None)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.replace(tzinfo=UTC).isoformat()
+
+
+class EmailsView(ReadModel):
+    """Every email and its delivery state, from notify's own events."""
+
+    name = "notify_emails"
+    metadata = metadata
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def handlers(self) -> dict[str, dict[str, Any]]:
+        return {"notify": {"EmailQueued": self.queued, "EmailSent": self.sent,
+                           "EmailFailed": self.failed}}
+
+    @staticmethod
+    def queued(conn: Connection, env: dict[str, Any]) -> None:
+        data = env["data"]
+        queued_at = _naive_utc(env.get("occurred_at"))
+        row = {
+            "id": env["stream_id"], "position": int(env["position"]),
+            "template": data["template"], "recipient": data["recipient"],
+            "subject": data["subject"], "status": QUEUED, "attempts": 0,
+            "queued_at": queued_at, "due_at": queued_at, "sent_at": None, "transport": None,
+            "last_error": None, "cause_event_id": data["cause_event_id"],
+            "apartment_id": data.get("apartment_id"), "installer_id": data.get("installer_id"),
+        }
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(emails).values(**row)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=row))
+
+    @staticmethod
+    def sent(conn: Connection, env: dict[str, Any]) -> None:
+        data = env["data"]
+        conn.execute(emails.update().where(emails.c.id == env["stream_id"]).values(
+            status="sent", sent_at=_naive_utc(data["sent_at"]), transport=data["transport"],
+            due_at=None))
+
+    @staticmethod
+    def failed(conn: Connection, env: dict[str, Any]) -> None:
+        data = env["data"]
+        conn.execute(emails.update().where(emails.c.id == env["stream_id"]).values(
+            status="failed" if data["gave_up"] else RETRYING, attempts=int(data["attempts"]),
+            last_error=data["reason"], due_at=_naive_utc(data["retry_at"])))
+
+    # -- queries ----------------------------------------------------------------------------
+    def pending(self, due_by: datetime | None, limit: int) -> list[UUID]:
+        query = select(emails.c.id).where(emails.c.status.in_((QUEUED, RETRYING)))
+        if due_by is not None:
+            query = query.where(emails.c.due_at <= _naive_utc(due_by))
+        query = query.order_by(emails.c.due_at, emails.c.position).limit(limit)
+        with self.engine.connect() as conn:
+            return [UUID(r.id) for r in conn.execute(query)]
+
+    def next_due(self) -> datetime | None:
+        query = select(func.min(emails.c.due_at)).where(emails.c.status.in_((QUEUED, RETRYING)))
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else value.replace(tzinfo=UTC)
+
+    def search(self, query: dict[str, Any]) -> dict[str, Any]:
+        where = [getattr(emails.c, key) == str(query[key])
+                 for key in ("status", "recipient", "apartment_id", "installer_id")
+                 if query.get(key) is not None]
+        page, per_page = int(query.get("page", 1)), int(query.get("per_page", 10))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(emails).where(*where)).scalar()
+            rows = conn.execute(select(emails).where(*where).order_by(emails.c.position.desc())
+                                .limit(per_page).offset((page - 1) * per_page)).all()
+        return {"items": [self._summary(r._mapping) for r in rows], "total": int(total or 0),
+                "page": page, "per_page": per_page}
+
+    @staticmethod
+    def _summary(row: Any) -> dict[str, Any]:
+        return {
+            "id": row["id"], "template": row["template"], "recipient": row["recipient"],
+            "subject": row["subject"], "status": row["status"], "attempts": row["attempts"],
+            "queued_at": _iso(row["queued_at"]),
+            "retry_at": _iso(row["due_at"]) if row["status"] == RETRYING else None,
+            "sent_at": _iso(row["sent_at"]), "transport": row["transport"],
+            "last_error": row["last_error"], "cause_event_id": row["cause_event_id"],
+            "apartment_id": row["apartment_id"], "installer_id": row["installer_id"],
+        }

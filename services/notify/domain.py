@@ -1,0 +1,190 @@
+"""Notify: emails the cloud sends, from queued to sent (or given up).
+
+Plain Python. An email's id is derived from the event that caused it and its template (uuid5), so
+a redelivered or replayed cause finds the email it already queued instead of queueing a twin, and
+a resend after a crash carries the same id (and Message-ID). Rendering and sending happen outside:
+the aggregate holds the rendered message and the facts of each delivery attempt.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.errors import Conflict, Invalid
+
+# Fixed forever: changing it would give every queued email a new id and send it again.
+NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
+
+QUEUED = "queued"
+RETRYING = "retrying"
+SENT = "sent"
+FAILED = "failed"
+STATUSES = (QUEUED, RETRYING, SENT, FAILED)
+
+# Back-off after the n-th failed attempt: 1, 2, 4, ... minutes, never more than an hour apart.
+# After MAX_ATTEMPTS failures (about two hours of a mail server down) the email is given up.
+MAX_ATTEMPTS = 8
+FIRST_RETRY = timedelta(minutes=1)
+LONGEST_WAIT = timedelta(hours=1)
+REASON_MAX = 500
+
+EMAIL_MAX = 254
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+TEMPLATE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,49}")
+SUBJECT_MAX = 255
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long to wait after the `attempts`-th failure before the next try."""
+    return min(FIRST_RETRY * 2 ** max(attempts - 1, 0), LONGEST_WAIT)
+
+
+def _validate_recipient(recipient: Any) -> None:
+    # One address, no line breaks: it goes straight into the To header.
+    if (not isinstance(recipient, str) or len(recipient) > EMAIL_MAX
+            or not EMAIL_PATTERN.fullmatch(recipient)):
+        raise Invalid.field("recipient", "Not a valid email address.")
+
+
+def _validate_subject(subject: Any) -> None:
+    if not isinstance(subject, str) or not subject.strip():
+        raise Invalid.field("subject", "A subject is required.")
+    if len(subject) > SUBJECT_MAX or "\r" in subject or "\n" in subject:
+        raise Invalid.field("subject", f"A subject is one line of at most {SUBJECT_MAX} "
+                                       "characters.")
+
+
+def _validate_instant(value: Any, field: str) -> None:
+    # A naive time would compare wrongly with the retry schedule of another zone.
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise Invalid.field(field, "A time with its UTC offset is required.")
+
+
+class Email(Aggregate):
+    """One message to one recipient, caused by one event and rendered from one template."""
+
+    @staticmethod
+    def create_id(cause_event_id: UUID | str, template: str) -> UUID:
+        """The one id an email for this cause and template can have."""
+        return uuid5(NOTIFY_NAMESPACE, f"email:{UUID(str(cause_event_id))}:{template}")
+
+    @classmethod
+    def queue(
+        cls,
+        *,
+        cause_event_id: UUID | str,
+        template: str,
+        recipient: str,
+        subject: str,
+        text: str,
+        html: str,
+        apartment_id: UUID | None = None,
+        installer_id: UUID | None = None,
+    ) -> Email:
+        """A rendered email waiting for the mailer."""
+        try:
+            cause = UUID(str(cause_event_id))
+        except ValueError:
+            raise Invalid.field("cause_event_id", "Not a valid event id.") from None
+        if not isinstance(template, str) or not TEMPLATE_PATTERN.fullmatch(template):
+            raise Invalid.field("template", "Not a template name.")
+        _validate_recipient(recipient)
+        _validate_subject(subject)
+        if not isinstance(text, str) or not text.strip():
+            raise Invalid.field("text", "The plain-text body is required.")
+        if not isinstance(html, str) or not html.strip():
+            raise Invalid.field("html", "The HTML body is required.")
+        return cls(
+            cause_event_id=cause,
+            template=template,
+            recipient=recipient,
+            subject=subject,
+            text=text,
+            html=html,
+            apartment_id=apartment_id,
+            installer_id=installer_id,
+        )
+
+    @event("EmailQueued")
+    def __init__(
+        self,
+        cause_event_id: UUID,
+        template: str,
+        recipient: str,
+        subject: str,
+        text: str,
+        html: str,
+        apartment_id: UUID | None,
+        installer_id: UUID | None,
+    ) -> None:
+        self.cause_event_id = cause_event_id
+        self.template = template
+        self.recipient = recipient
+        self.subject = subject
+        self.text = text
+        self.html = html
+        self.apartment_id = apartment_id
+        self.installer_id = installer_id
+        self.status = QUEUED
+        self.attempts = 0
+        self.retry_at: datetime | None = None
+        self.last_error: str | None = None
+        self.sent_at: datetime | None = None
+        self.transport: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Still to be sent: neither delivered nor given up."""
+        return self.status in (QUEUED, RETRYING)
+
+    def is_due(self, now: datetime) -> bool:
+        """Pending, and not waiting out the back-off of a failed attempt."""
+        return self.pending and (self.retry_at is None or self.retry_at <= now)
+
+    def mark_sent(self, sent_at: datetime, transport: str) -> None:
+        """The transport accepted the message. Reported twice (a race of two mailers), the
+        second report records nothing: the email was sent, once as far as we know."""
+        _validate_instant(sent_at, "sent_at")
+        if not isinstance(transport, str) or not transport:
+            raise Invalid.field("transport", "The transport is required.")
+        if self.status == SENT:
+            return
+        self._record_sent(sent_at=sent_at, transport=transport)
+
+    @event("EmailSent")
+    def _record_sent(self, sent_at: datetime, transport: str) -> None:
+        self.status = SENT
+        self.sent_at = sent_at
+        self.transport = transport
+        self.retry_at = None
+
+    def mark_failed(self, reason: str, failed_at: datetime, permanent: bool = False) -> None:
+        """An attempt failed: retry after a back-off, or give up after MAX_ATTEMPTS (at once when
+        the failure is permanent, such as a recipient the mail server refuses)."""
+        _validate_instant(failed_at, "failed_at")
+        if self.status == SENT:
+            raise Conflict("The email was already sent.")
+        if self.status == FAILED:
+            raise Conflict("The email was already given up.")
+        attempts = self.attempts + 1
+        gave_up = permanent or attempts >= MAX_ATTEMPTS
+        self._record_failure(
+            reason=(str(reason) or "unknown error")[:REASON_MAX],
+            attempts=attempts,
+            failed_at=failed_at,
+            retry_at=None if gave_up else failed_at + retry_delay(attempts),
+            gave_up=gave_up,
+        )
+
+    @event("EmailFailed")
+    def _record_failure(self, reason: str, attempts: int, failed_at: datetime,
+                        retry_at: datetime | None, gave_up: bool) -> None:
+        self.attempts = attempts
+        self.last_error = reason
+        self.retry_at = retry_at
+        self.status = FAILED if gave_up else RETRYING

@@ -1,0 +1,289 @@
+"""Sending queued emails: one `MailSender` protocol, two adapters, and the loop that drives them.
+
+Bootstrap picks the adapter: `SmtpSender` when an SMTP host is configured, `MailFolderSender`
+(one `.eml` file per email under the data folder) otherwise. The `Mailer` sends what is due and
+records the outcome as events. A crash between sending and recording sends again on restart:
+at least once over SMTP, where the repeated Message-ID (derived from the email id) lets the
+receiving side recognise the copy, and exactly one file in the mail folder, whose name is the
+email id and which is written atomically and never twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import smtplib
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+from concierge.config import Settings
+from concierge.green import Wakeup
+from concierge.locks import LeaderLock
+from services.notify.application import NotifyApplication
+from services.notify.domain import Email
+
+log = logging.getLogger(__name__)
+
+SMTPS_PORT = 465  # implicit TLS; any other port upgrades with STARTTLS before a login
+
+
+class SendFailed(Exception):
+    """The transport did not take the message; `permanent` when retrying cannot help."""
+
+    def __init__(self, reason: str, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class MailSender(Protocol):
+    transport: str
+
+    def send(self, email_id: UUID, message: EmailMessage) -> None:
+        """Hand the message over, or raise (SendFailed for a failure the transport explains)."""
+        ...
+
+
+# --- the message -----------------------------------------------------------------------------
+
+
+def message_id(email_id: UUID, mail_from: str) -> str:
+    """The same for every attempt at one email, so a resend is recognisably the same message."""
+    domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
+    return f"<{email_id}@{domain}>"
+
+
+def compose(email: Email, mail_from: str) -> EmailMessage:
+    """The RFC 5322 message of an email: multipart/alternative, plain text then HTML.
+
+    Every header and the MIME boundary come from the stored email, so each attempt produces
+    the same bytes.
+    """
+    message = EmailMessage()
+    message["Message-ID"] = message_id(email.id, mail_from)
+    message["Date"] = format_datetime(email.created_on.astimezone(UTC))
+    message["From"] = mail_from
+    message["To"] = email.recipient
+    message["Subject"] = email.subject
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: out-of-office replies stay away
+    message.set_content(email.text)
+    message.add_alternative(email.html, subtype="html")
+    message.set_boundary(f"=_concierge_{email.id.hex}")
+    return message
+
+
+# --- adapters --------------------------------------------------------------------------------
+
+
+class SmtpSender:
+    """Sends through the configured SMTP server; credentials only ever travel over TLS."""
+
+    transport = "smtp"
+
+    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
+        self.host = settings.smtp_host
+        self.port = settings.smtp_port
+        self.user = settings.smtp_user
+        self.password = settings.smtp_password
+        self.timeout = timeout
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.port == SMTPS_PORT:
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                    context=ssl.create_default_context())
+        return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+
+    def send(self, email_id: UUID, message: EmailMessage) -> None:
+        try:
+            with self._connect() as smtp:
+                smtp.ehlo()
+                if self.user:
+                    if self.port != SMTPS_PORT:
+                        smtp.starttls(context=ssl.create_default_context())
+                        smtp.ehlo()
+                    smtp.login(self.user, self.password)
+                smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise SendFailed(f"recipient refused: {_describe(exc.recipients)}",
+                             permanent=all(500 <= code < 600 for code in codes)) from exc
+        except smtplib.SMTPDataError as exc:
+            # A 5xx after DATA refuses this very message (too large, rejected as spam).
+            raise SendFailed(f"message refused: {exc.smtp_code} {_text(exc.smtp_error)}",
+                             permanent=500 <= exc.smtp_code < 600) from exc
+        except smtplib.SMTPResponseException as exc:
+            # Sender refused, authentication failed: our configuration, worth retrying once fixed.
+            raise SendFailed(f"SMTP {exc.smtp_code} {_text(exc.smtp_error)}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _describe(recipients: dict[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"{addr}: {code} {_text(reply)}" for addr, (code, reply) in recipients.items())
+
+
+class MailFolderSender:
+    """Delivers into a folder: `<email-id>.eml`, whole or absent, never written twice."""
+
+    transport = "mail-folder"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def path_for(self, email_id: UUID) -> Path:
+        return self.folder / f"{email_id}.eml"
+
+    def send(self, email_id: UUID, message: EmailMessage) -> None:
+        target = self.path_for(email_id)
+        if target.exists():  # delivered before a crash: the file is the delivery
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = message.as_bytes(policy=SMTP)  # RFC 5322 wants CRLF line ends
+        # Hidden, and not ending in .eml, so nothing reading the folder takes a half-written file.
+        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{email_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        _sync_folder(self.folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable, or a power cut could lose a file already reported sent."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Mailer:
+    """Sends due emails and records each outcome; one mailer per service sends at a time.
+
+    Woken by every commit in this process; the idle timeout covers commits of other replicas
+    and the next retry falling due.
+    """
+
+    def __init__(
+        self,
+        app: NotifyApplication,
+        sender: MailSender,
+        lock: LeaderLock,
+        mail_from: str,
+        refresh: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+        idle_seconds: float = 1.0,
+        batch_size: int = 50,
+        lock_check_seconds: float = 5.0,
+    ) -> None:
+        self.app = app
+        self.sender = sender
+        self.lock = lock
+        self.mail_from = mail_from
+        self.refresh = refresh
+        self.clock = clock
+        self.idle_seconds = idle_seconds
+        self.batch_size = batch_size
+        self.lock_check_seconds = lock_check_seconds
+        self.wakeup = Wakeup()
+        self.running = True
+        self.sent = 0
+        self.failed = 0
+        app.on_recorded(lambda _position: self.wakeup.set())
+
+    def send_due(self) -> int:
+        """One pass over the emails due now; return how many were attempted."""
+        self.refresh()  # the emails view follows the store; bring it up to date first
+        attempted = 0
+        for email_id in self.app.pending(self.clock(), self.batch_size):
+            if not self.running:
+                break
+            attempted += self._deliver(email_id)
+        return attempted
+
+    def _deliver(self, email_id: UUID) -> int:
+        email = self.app.email(email_id)
+        if not email.is_due(self.clock()):  # the view lagged behind the store
+            return 0
+        try:
+            self.sender.send(email.id, compose(email, self.mail_from))
+        except SendFailed as exc:
+            self._record_failure(email, exc.reason, exc.permanent)
+            return 1
+        except Exception as exc:
+            self._record_failure(email, f"{type(exc).__name__}: {exc}", False)
+            return 1
+        # A crash here sends the email again after the restart: at least once, never lost.
+        self.app.record_sent(email.id, self.clock(), self.sender.transport)
+        self.sent += 1
+        return 1
+
+    def _record_failure(self, email: Email, reason: str, permanent: bool) -> None:
+        log.warning("email %s to %s not sent (attempt %d): %s", email.id, email.recipient,
+                    email.attempts + 1, reason)
+        self.app.record_failure(email.id, reason, self.clock(), permanent=permanent)
+        self.failed += 1
+
+    def _timeout(self) -> float:
+        """Until the next retry falls due, at most the idle timeout."""
+        due = self.app.next_due()
+        now = self.clock()
+        if due is None or due <= now:
+            return self.idle_seconds
+        return min(self.idle_seconds, max((due - now).total_seconds(), 0.01))
+
+    def stop(self) -> None:
+        self.running = False
+        self.wakeup.set()
+
+    def run(self) -> None:
+        """Lead or stand by; while leading, send what is due, then wait for a commit or a retry."""
+        last_check = 0.0
+        try:
+            while self.running:
+                if not self.lock.acquire():
+                    self.wakeup.wait(self.idle_seconds, self.wakeup.count)
+                    continue
+                now = time.monotonic()
+                if now - last_check > self.lock_check_seconds:
+                    last_check = now
+                    if not self.lock.held():
+                        continue
+                seen = self.wakeup.count
+                try:
+                    if self.send_due() >= self.batch_size:
+                        continue  # more may be due right now
+                    timeout = self._timeout()
+                except Exception:
+                    log.exception("the mailer could not finish a pass; retrying")
+                    timeout = self.idle_seconds
+                self.wakeup.wait(timeout, seen)
+        finally:
+            self.lock.release()

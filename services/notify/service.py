@@ -1,0 +1,67 @@
+"""The notify service: its composition root and its (few) nameko entrypoints.
+
+Notify reacts to other services' events; its only RPC is for operators and tests. Which mail
+transport is used is decided here and nowhere else: SMTP when `CONCIERGE_SMTP_HOST` is set, the
+local mail folder (`<data dir>/mail`) otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nameko.rpc import rpc
+from sqlalchemy.engine import Engine
+
+from concierge.config import Settings
+from concierge.locks import AdvisoryLock, FileLock, LeaderLock
+from concierge.rpc import command
+from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.subscription import ProcessHandler
+from contracts.notify import EVENT_SCHEMAS, EmailQuery, EmailSummary
+from services.notify.application import EmailsView, NotifyApplication
+from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
+
+SERVICE = "notify"
+
+
+def mail_sender(settings: Settings) -> MailSender:
+    if settings.smtp_host:
+        return SmtpSender(settings)
+    return MailFolderSender(settings.data_dir / "mail")
+
+
+def mailer_lock(settings: Settings, engine: Engine) -> LeaderLock:
+    """One sending mailer however many replicas run (its own lock: the relay holds another)."""
+    if settings.uses_postgres:
+        return AdvisoryLock(engine, f"concierge-mailer:{settings.schema_for(SERVICE)}")
+    return FileLock(settings.service_dir(SERVICE) / "mailer.lock")
+
+
+def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
+    app, engine = open_store(SERVICE, settings, NotifyApplication)
+    assert isinstance(app, NotifyApplication)
+    app.emails = EmailsView(engine)
+    policy = ProcessHandler(SERVICE, app, {"MasterAccountCreated"}, app.on_accounts_event)
+    wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
+                             policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
+    # Built after assemble: its wake-up then follows the emails view's catch-up on each commit.
+    mailer = Mailer(app, sender or mail_sender(settings), mailer_lock(settings, engine),
+                    settings.mail_from, refresh=wiring.catch_up_local,
+                    idle_seconds=settings.relay_idle_seconds)
+    wiring.background.append(mailer.run)
+    wiring.extras["mailer"] = mailer
+    return wiring
+
+
+class NotifyService(ServiceBase):
+    name = SERVICE
+    runtime = Runtime(bootstrap)
+
+    @rpc
+    @command
+    def list_emails(self, ctx: dict[str, Any] | None, query: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+        """Emails and their delivery state, newest first (operators and tests)."""
+        page = self.runtime.app.list_emails(EmailQuery().load(query or {}))
+        page["items"] = EmailSummary(many=True).dump(page["items"])
+        return page

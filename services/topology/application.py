@@ -1,0 +1,248 @@
+"""Topology's application: the installer's commands and queries on communities, buildings, APTs.
+
+Every call is scoped to the installer in the call context: another installer's community,
+building or apartment is "not found", never "forbidden", so ids cannot be probed. A parent and
+the child it reserves a name or number for are saved in one `record`, so a concurrent change to
+either loses with a conflict instead of both winning.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from concierge import context
+from concierge.envelope import Publishable, plain
+from concierge.envelope import build as build_envelope
+from concierge.store import ServiceApplication
+from contracts.errors import Forbidden, Invalid, NotFound
+from contracts.topology import EVENT_SCHEMAS
+from services.topology.domain import Apartment, Building, Community
+from services.topology.projections import TopologyViews
+
+A = TypeVar("A", Community, Building, Apartment)
+
+INSTALLER_ROLE = "installer"
+_LABELS = {Community: "Community", Building: "Building", Apartment: "APT"}
+
+
+def _installer() -> UUID:
+    """The calling installer's id; topology is managed by installers only (manual: Sites)."""
+    ctx = context.current()
+    if ctx.role != INSTALLER_ROLE:
+        raise Forbidden("Only an installer manages communities, buildings and apartments.")
+    try:
+        return UUID(str(ctx.installer_id))
+    except ValueError:
+        raise Forbidden("The call carries no installer account.") from None
+
+
+def _nul_errors(value: Any) -> Any:
+    """Where text holds NUL: no database read model can store it (PostgreSQL refuses)."""
+    if isinstance(value, str):
+        return ["Must not contain NUL characters."] if "\x00" in value else None
+    if isinstance(value, dict):
+        found = {str(k): e for k, v in value.items() if (e := _nul_errors(v)) is not None}
+        return found or None
+    if isinstance(value, list):
+        found_items = {str(i): e for i, v in enumerate(value) if (e := _nul_errors(v)) is not None}
+        return found_items or None
+    return None
+
+
+def _printable(payload: dict[str, Any]) -> dict[str, Any]:
+    errors = _nul_errors(payload)
+    if errors:
+        raise Invalid.fields(errors)
+    return payload
+
+
+def _when(aggregate: Any, name: str) -> str | None:
+    value = getattr(aggregate, name, None)
+    return value.isoformat() if value is not None else None
+
+
+class TopologyApplication(ServiceApplication):
+    service_name = "topology"
+    # Set by bootstrap: the read models' queries (lists, counts, app status).
+    views: TopologyViews | None = None
+
+    # -- loading, scoped to the caller ------------------------------------------------------
+    def _load(self, cls: type[A], item_id: Any) -> A:
+        """The live aggregate of this type that belongs to the caller, or NotFound."""
+        installer = _installer()
+        missing = NotFound(f"{_LABELS[cls]} not found.")
+        try:
+            uid = item_id if isinstance(item_id, UUID) else UUID(str(item_id))
+        except ValueError:
+            raise missing from None
+        try:
+            aggregate = self.repository.get(uid)
+        except AggregateNotFoundError:
+            raise missing from None
+        if (not isinstance(aggregate, cls) or aggregate.installer_id != installer
+                or aggregate.deleted):
+            raise missing
+        return aggregate
+
+    def _building_and_community(self, building_id: Any) -> tuple[Building, Community]:
+        building = self._load(Building, building_id)
+        return building, self._load(Community, building.community_id)
+
+    def _apartment_tree(self, apartment_id: Any) -> tuple[Apartment, Building, Community]:
+        apartment = self._load(Apartment, apartment_id)
+        building, community = self._building_and_community(apartment.building_id)
+        return apartment, building, community
+
+    # -- community --------------------------------------------------------------------------
+    def create_community(self, payload: dict[str, Any]) -> str:
+        community = Community.create(installer_id=_installer(), **_printable(payload))
+        self.record(community)
+        return str(community.id)
+
+    def edit_community(self, community_id: Any, payload: dict[str, Any]) -> None:
+        with self.serialised():
+            community = self._load(Community, community_id)
+            community.edit(**_printable(payload))
+            self.record(community)
+
+    def delete_community(self, community_id: Any) -> None:
+        """Refused (Conflict) while the community holds buildings: nothing is orphaned."""
+        with self.serialised():
+            community = self._load(Community, community_id)
+            community.delete()
+            self.record(community)
+
+    # -- building ---------------------------------------------------------------------------
+    def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
+        with self.serialised():
+            community = self._load(Community, community_id)
+            building = community.add_building(**_printable(payload))
+            self.record(community, building)
+            return str(building.id)
+
+    def edit_building(self, building_id: Any, payload: dict[str, Any]) -> None:
+        with self.serialised():
+            building, community = self._building_and_community(building_id)
+            building.edit(community, **_printable(payload))
+            self.record(building, community)
+
+    def delete_building(self, building_id: Any) -> None:
+        with self.serialised():
+            building, community = self._building_and_community(building_id)
+            building.delete(community)
+            self.record(building, community)
+
+    # -- apartment --------------------------------------------------------------------------
+    def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
+        with self.serialised():
+            building, community = self._building_and_community(building_id)
+            apartment = building.add_apartment(community, **_printable(payload))
+            self.record(building, apartment)
+            return str(apartment.id)
+
+    def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> None:
+        # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
+        with self.serialised():
+            apartment, building, community = self._apartment_tree(apartment_id)
+            apartment.edit(building, community, **_printable(payload))
+            self.record(apartment, building)
+
+    def reset_apartment(self, apartment_id: Any) -> None:
+        with self.serialised():
+            apartment = self._load(Apartment, apartment_id)
+            apartment.reset()
+            self.record(apartment)
+
+    def delete_apartment(self, apartment_id: Any) -> None:
+        with self.serialised():
+            apartment, building, _community = self._apartment_tree(apartment_id)
+            apartment.delete(building)
+            self.record(apartment, building)
+
+    # -- queries ----------------------------------------------------------------------------
+    def get_community(self, community_id: Any) -> dict[str, Any]:
+        community = self._load(Community, community_id)
+        counts = self.views.community_counts(str(community.id)) if self.views else {}
+        return plain({
+            "id": community.id,
+            "installer_id": community.installer_id,
+            **community.settings(),
+            "building_count": community.building_count,
+            "apartment_count": counts.get("apartment_count", 0),
+            "resident_count": counts.get("resident_count", 0),
+            "device_count": counts.get("device_count", 0),
+            "property_manager_count": counts.get("property_manager_count", 0),
+            "created_at": _when(community, "created_on"),
+            "modified_at": _when(community, "modified_on"),
+        })
+
+    def get_building(self, building_id: Any) -> dict[str, Any]:
+        building = self._load(Building, building_id)
+        return plain({
+            "id": building.id,
+            "community_id": building.community_id,
+            "installer_id": building.installer_id,
+            **building.settings(),
+            "apartment_count": building.apartment_count,
+            "created_at": _when(building, "created_on"),
+            "modified_at": _when(building, "modified_on"),
+        })
+
+    def get_apartment(self, apartment_id: Any) -> dict[str, Any]:
+        """The APT, its resident, and the resident's app status from the read model."""
+        apartment = self._load(Apartment, apartment_id)
+        status = self.views.app_status(str(apartment.id)) if self.views else {}
+        return plain({
+            "id": apartment.id,
+            "building_id": apartment.building_id,
+            "community_id": apartment.community_id,
+            "installer_id": apartment.installer_id,
+            **apartment.settings(),
+            "resident": apartment.resident(),
+            "app_status": status.get("app_status"),
+            "master_account_id": status.get("master_account_id"),
+            "created_at": _when(apartment, "created_on"),
+            "modified_at": _when(apartment, "modified_on"),
+        })
+
+    def apartment_history(self, apartment_id: Any) -> list[dict[str, Any]]:
+        """The APT's events, oldest first: what changed, when, and who did it."""
+        apartment = self._load(Apartment, apartment_id)
+        publishable = Publishable(EVENT_SCHEMAS)
+        history = []
+        for record in self.stream(apartment.id):
+            envelope = build_envelope(self.service_name, record, publishable=publishable)
+            history.append({
+                "type": envelope["type"],
+                "version": envelope["stream_version"],
+                "occurred_at": envelope["occurred_at"],
+                "actor": envelope["actor"],
+                "data": envelope["data"],
+            })
+        return history
+
+    def list_communities(self, **query: Any) -> dict[str, Any]:
+        return self._views().list_communities(str(_installer()), **query)
+
+    def list_buildings(self, community_id: Any, **query: Any) -> dict[str, Any]:
+        community = self._load(Community, community_id)
+        return self._views().list_buildings(str(community.installer_id), str(community.id),
+                                            **query)
+
+    def list_residents(self, community_id: Any, **query: Any) -> dict[str, Any]:
+        community = self._load(Community, community_id)
+        if query.get("building_id") is not None:
+            query["building_id"] = str(query["building_id"])
+        return self._views().list_residents(str(community.installer_id), str(community.id),
+                                            **query)
+
+    def dashboard(self) -> dict[str, Any]:
+        return self._views().dashboard(str(_installer()))
+
+    def _views(self) -> TopologyViews:
+        if self.views is None:
+            raise RuntimeError("The topology read models are not wired (see service.bootstrap).")
+        return self.views

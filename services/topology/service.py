@@ -1,0 +1,154 @@
+"""The topology nameko service: communities, buildings and APTs over RPC. Thin by design.
+
+Each entrypoint takes the caller's context first, loads its payload through the contract schema
+(a marshmallow error becomes Invalid in `command`) and returns plain JSON-safe data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nameko.rpc import rpc
+
+from concierge.config import Settings
+from concierge.rpc import command
+from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from contracts.topology import (
+    EVENT_SCHEMAS,
+    ApartmentCreate,
+    ApartmentEdit,
+    BuildingCreate,
+    BuildingEdit,
+    CommunityCreate,
+    CommunityEdit,
+)
+from services.topology.application import TopologyApplication
+from services.topology.projections import (
+    READ_MODELS,
+    BuildingListQuery,
+    CommunityListQuery,
+    ResidentListQuery,
+    TopologyViews,
+)
+
+Ctx = dict[str, Any] | None
+
+
+def wiring(settings: Settings) -> Wiring:
+    """Topology's store and read models, before the chassis attaches relay and subscriptions."""
+    app, engine = open_store("topology", settings, TopologyApplication)
+    assert isinstance(app, TopologyApplication)
+    app.views = TopologyViews(engine)
+    return Wiring("topology", settings, app, engine,
+                  read_models=[model() for model in READ_MODELS],
+                  event_schemas=EVENT_SCHEMAS)
+
+
+def bootstrap(settings: Settings) -> Wiring:
+    return assemble(wiring(settings))
+
+
+class TopologyService(ServiceBase):
+    name = "topology"
+    runtime = Runtime(bootstrap)
+
+    @property
+    def app(self) -> TopologyApplication:
+        return self.runtime.app
+
+    # -- community --------------------------------------------------------------------------
+    @rpc
+    @command
+    def create_community(self, ctx: Ctx, payload: Any) -> dict[str, str]:
+        return {"id": self.app.create_community(CommunityCreate().load(payload))}
+
+    @rpc
+    @command
+    def get_community(self, ctx: Ctx, community_id: Any) -> dict[str, Any]:
+        return self.app.get_community(community_id)
+
+    @rpc
+    @command
+    def list_communities(self, ctx: Ctx, query: Any = None) -> dict[str, Any]:
+        return self.app.list_communities(**CommunityListQuery().load(query or {}))
+
+    @rpc
+    @command
+    def edit_community(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, Any]:
+        self.app.edit_community(community_id, CommunityEdit().load(payload))
+        return self.app.get_community(community_id)
+
+    @rpc
+    @command
+    def delete_community(self, ctx: Ctx, community_id: Any) -> None:
+        self.app.delete_community(community_id)
+
+    # -- building ---------------------------------------------------------------------------
+    @rpc
+    @command
+    def add_building(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, str]:
+        return {"id": self.app.add_building(community_id, BuildingCreate().load(payload))}
+
+    @rpc
+    @command
+    def list_buildings(self, ctx: Ctx, community_id: Any, query: Any = None) -> dict[str, Any]:
+        return self.app.list_buildings(community_id, **BuildingListQuery().load(query or {}))
+
+    @rpc
+    @command
+    def get_building(self, ctx: Ctx, building_id: Any) -> dict[str, Any]:
+        return self.app.get_building(building_id)
+
+    @rpc
+    @command
+    def edit_building(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, Any]:
+        self.app.edit_building(building_id, BuildingEdit().load(payload))
+        return self.app.get_building(building_id)
+
+    @rpc
+    @command
+    def delete_building(self, ctx: Ctx, building_id: Any) -> None:
+        self.app.delete_building(building_id)
+
+    # -- apartment and resident -------------------------------------------------------------
+    @rpc
+    @command
+    def add_apartment(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, str]:
+        return {"id": self.app.add_apartment(building_id, ApartmentCreate().load(payload))}
+
+    @rpc
+    @command
+    def get_apartment(self, ctx: Ctx, apartment_id: Any) -> dict[str, Any]:
+        return self.app.get_apartment(apartment_id)
+
+    @rpc
+    @command
+    def edit_apartment(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
+        self.app.edit_apartment(apartment_id, ApartmentEdit().load(payload))
+        return self.app.get_apartment(apartment_id)
+
+    @rpc
+    @command
+    def reset_apartment(self, ctx: Ctx, apartment_id: Any) -> dict[str, Any]:
+        self.app.reset_apartment(apartment_id)
+        return self.app.get_apartment(apartment_id)
+
+    @rpc
+    @command
+    def delete_apartment(self, ctx: Ctx, apartment_id: Any) -> None:
+        self.app.delete_apartment(apartment_id)
+
+    @rpc
+    @command
+    def apartment_history(self, ctx: Ctx, apartment_id: Any) -> list[dict[str, Any]]:
+        return self.app.apartment_history(apartment_id)
+
+    @rpc
+    @command
+    def list_residents(self, ctx: Ctx, community_id: Any, query: Any = None) -> dict[str, Any]:
+        return self.app.list_residents(community_id, **ResidentListQuery().load(query or {}))
+
+    @rpc
+    @command
+    def dashboard(self, ctx: Ctx) -> dict[str, Any]:
+        return self.app.dashboard()

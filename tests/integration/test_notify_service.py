@@ -1,0 +1,503 @@
+"""Notify end to end: accounts' MasterAccountCreated -> one activation email, sent once.
+
+Stores are real (SQLite files; PostgreSQL in the broker test); the mail transports are the real
+adapters, writing into a temporary mail folder or talking SMTP to a tiny server started here.
+"Restart" means closing the wiring and bootstrapping a new one on the same store. Each test ends
+by asserting the final state: what the folder or the SMTP server holds, and what the store says.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socketserver
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, BinaryIO
+from uuid import UUID, uuid4
+
+import pytest
+from nameko.rpc import rpc
+
+from concierge import green
+from concierge.bus import make_publisher
+from concierge.config import Settings
+from concierge.locks import FileLock
+from concierge.runtime import Wiring, rebuild
+from concierge.subscription import Subscription
+from contracts.errors import Invalid
+from services.notify.application import ACTIVATION, NotifyApplication
+from services.notify.domain import Email
+from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
+from services.notify.service import NotifyService, bootstrap
+from tests.support.harness import eventually
+
+# --- the accounts side, faked --------------------------------------------------------------
+
+
+def master_account_created(position: int = 1, address: str | None = "judy@example.com",
+                           first_name: str = "Judy", last_name: str = "Anders"
+                           ) -> dict[str, Any]:
+    """A MasterAccountCreated envelope as the accounts service publishes it."""
+    stream = uuid4()
+    return {
+        "event_id": str(uuid4()), "type": "MasterAccountCreated", "version": 1,
+        "source": "accounts", "stream_id": str(stream), "stream_version": 1,
+        "position": position, "occurred_at": datetime.now(UTC).isoformat(),
+        "actor": "installer:luna", "correlation_id": f"req-{position}",
+        "data": {"apartment_id": str(uuid4()), "community_id": str(uuid4()),
+                 "installer_id": str(uuid4()), "first_name": first_name,
+                 "last_name": last_name, "email": address},
+    }
+
+
+class AccountsLog:
+    """The accounts log as `read_log` answers it: envelopes past a position."""
+
+    def __init__(self, envelopes: list[dict[str, Any]] | None = None) -> None:
+        self.envelopes = list(envelopes or [])
+
+    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        assert source == "accounts"
+        return [e for e in self.envelopes if e["position"] > after][:limit]
+
+
+ACCOUNTS_LOG = AccountsLog()
+
+
+class FakeAccountsService:
+    """Just enough of accounts for notify's catch-up: its log over RPC."""
+
+    name = "accounts"
+
+    @rpc
+    def read_log(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        return ACCOUNTS_LOG("accounts", int(after), int(limit))
+
+
+# --- transports, faked and real ------------------------------------------------------------
+
+
+class ProcessKilled(BaseException):
+    """Stands for SIGKILL: nothing after it runs, not even `except Exception`."""
+
+
+class DiesAfterSending:
+    """The real transport, then the process dies before the mailer can record the delivery."""
+
+    def __init__(self, sender: MailSender) -> None:
+        self.sender = sender
+        self.transport = sender.transport
+
+    def send(self, email_id: UUID, message: EmailMessage) -> None:
+        self.sender.send(email_id, message)
+        raise ProcessKilled
+
+
+class SmtpSink:
+    """A tiny SMTP server keeping every message it accepts; its replies can be scripted."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.commands: list[str] = []
+        self.rcpt_replies: list[str] = []  # next replies to RCPT, e.g. "550 no such user"
+        self.data_replies: list[str] = []  # next replies to the end of DATA
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                sink.session(self.rfile, self.wfile)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def session(self, rfile: BinaryIO, wfile: BinaryIO) -> None:
+        def reply(*lines: str) -> None:
+            wfile.write(b"".join(line.encode() + b"\r\n" for line in lines))
+            wfile.flush()
+
+        reply("220 sink ESMTP")
+        while line := rfile.readline():
+            verb = line.decode().strip().split(" ", 1)[0].upper()
+            self.commands.append(verb)
+            if verb == "EHLO":
+                reply("250-sink", "250 8BITMIME")
+            elif verb in {"HELO", "MAIL", "RSET", "NOOP"}:
+                reply("250 ok")
+            elif verb == "RCPT":
+                reply(self.rcpt_replies.pop(0) if self.rcpt_replies else "250 ok")
+            elif verb == "DATA":
+                reply("354 end with <CRLF>.<CRLF>")
+                lines = []
+                while (data := rfile.readline()) not in (b".\r\n", b""):
+                    lines.append(data[1:] if data.startswith(b".") else data)
+                answer = self.data_replies.pop(0) if self.data_replies else "250 queued"
+                if answer.startswith("250"):
+                    self.messages.append(b"".join(lines))
+                reply(answer)
+            elif verb == "QUIT":
+                reply("221 bye")
+                return
+            else:
+                reply("502 not implemented")
+
+    def parsed(self) -> list[EmailMessage]:
+        return [email.message_from_bytes(m, policy=email.policy.default)  # type: ignore[misc]
+                for m in self.messages]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Clock:
+    """Time the test moves on, so a back-off is waited out without waiting."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+class NotifyStack:
+    """Opens notify wirings on one store, restarts them, runs their mailers; cleans up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.open_wirings: list[Wiring] = []
+        self.loops: list[tuple[Mailer, Any]] = []
+
+    @property
+    def folder(self) -> Path:
+        return self.settings.data_dir / "mail"
+
+    def open(self, sender: MailSender | None = None) -> Wiring:
+        wiring = bootstrap(self.settings, sender)
+        self.open_wirings.append(wiring)
+        return wiring
+
+    def restart(self, wiring: Wiring, sender: MailSender | None = None) -> Wiring:
+        self.close(wiring)
+        return self.open(sender)
+
+    def close(self, wiring: Wiring) -> None:
+        for mailer, thread in [loop for loop in self.loops if loop[0].app is wiring.app]:
+            mailer.stop()
+            thread.wait()
+        wiring.close()
+        self.open_wirings.remove(wiring)
+
+    def run_mailer(self, wiring: Wiring) -> Mailer:
+        mailer = wiring.extras["mailer"]
+        self.loops.append((mailer, green.spawn(mailer.run)))
+        return mailer
+
+    def files(self) -> list[str]:
+        """Everything in the mail folder, hidden files included."""
+        return sorted(p.name for p in self.folder.iterdir()) if self.folder.exists() else []
+
+    def close_all(self) -> None:
+        for wiring in list(self.open_wirings):
+            self.close(wiring)
+
+
+@pytest.fixture
+def stack(data_dir: Path) -> Iterator[NotifyStack]:
+    notify = NotifyStack(Settings(data_dir=data_dir, relay_idle_seconds=0.2))
+    yield notify
+    notify.close_all()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    yield sink
+    sink.close()
+
+
+def subscribe(wiring: Wiring, log: AccountsLog) -> Subscription:
+    """Notify's policy on accounts' events, fed by the test instead of the bus."""
+    [(source, policy)] = wiring.policies
+    return Subscription(source, policy, log)
+
+
+def app_of(wiring: Wiring) -> NotifyApplication:
+    assert isinstance(wiring.app, NotifyApplication)
+    return wiring.app
+
+
+def read_eml(path: Path) -> EmailMessage:
+    return email.message_from_bytes(path.read_bytes(),  # type: ignore[return-value]
+                                    policy=email.policy.default)
+
+
+def bodies(message: EmailMessage) -> tuple[str, str]:
+    text, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert text is not None and html is not None
+    return text.get_content(), html.get_content()
+
+
+def event_types(app: NotifyApplication, email_id: UUID) -> list[str]:
+    return [r.type for r in app.stream(email_id)]
+
+
+# --- the mail folder -------------------------------------------------------------------------
+
+
+def test_a_master_account_created_delivered_twice_gives_one_email_and_one_file(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created(1, "judy.o'neil@example.com")
+    sub = subscribe(notify, AccountsLog([created]))
+    stack.run_mailer(notify)
+
+    sub.deliver(created)
+    sub.deliver(created)
+    sub.catch_up()
+
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    eventually(lambda: app.email(email_id).status == "sent")
+    assert stack.files() == [f"{email_id}.eml"]
+    assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
+    assert app.list_emails({})["total"] == 1
+    message = read_eml(stack.folder / f"{email_id}.eml")
+    assert message["To"] == "judy.o'neil@example.com"
+    assert message["Subject"] == "Activate your SmartPlus account"
+    assert message["Message-ID"] == f"<{email_id}@smartplus.local>"
+    text, html = bodies(message)
+    assert "Judy Anders" in text and "judy.o'neil@example.com" in text
+    assert "Judy Anders" in html and "judy.o&#39;neil@example.com" in html
+
+
+def test_a_mailer_killed_after_sending_leaves_one_file_after_the_restart(
+        stack: NotifyStack) -> None:
+    notify = stack.open(DiesAfterSending(MailFolderSender(stack.folder)))
+    created = master_account_created()
+    subscribe(notify, AccountsLog([created])).deliver(created)
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+
+    with pytest.raises(ProcessKilled):
+        notify.extras["mailer"].send_due()
+    assert app_of(notify).email(email_id).status == "queued"  # the delivery was never recorded
+
+    notify = stack.restart(notify)
+    app = app_of(notify)
+    assert app.pending() == [email_id]
+    assert notify.extras["mailer"].send_due() == 1
+
+    assert stack.files() == [f"{email_id}.eml"]  # no second file, no temporary left behind
+    assert app.email(email_id).status == "sent"
+    assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
+    assert app.pending() == []
+    assert read_eml(stack.folder / f"{email_id}.eml")["To"] == "judy@example.com"
+
+
+def test_the_same_event_after_a_restart_creates_nothing_and_sends_nothing(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    created = master_account_created()
+    log = AccountsLog([created])
+    subscribe(notify, log).deliver(created)
+    assert notify.extras["mailer"].send_due() == 1
+    positions = notify.app.max_position()
+
+    notify = stack.restart(notify)
+    app = app_of(notify)
+    sub = subscribe(notify, log)
+    sub.deliver(created)  # replayed to the bus by an operator
+    sub.catch_up()
+    assert app.on_accounts_event(created) == []  # even past the tracking: the email exists
+    assert notify.extras["mailer"].send_due() == 0
+
+    assert app.max_position() == positions
+    assert len(stack.files()) == 1
+    assert app.list_emails({})["total"] == 1
+
+
+def test_a_rebuilt_emails_view_sends_nothing_again(stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    sent, waiting = master_account_created(1), master_account_created(2, "zoe@example.com")
+    sub = subscribe(notify, AccountsLog([sent]))
+    sub.catch_up()
+    assert notify.extras["mailer"].send_due() == 1
+    sub.read_log = AccountsLog([sent, waiting])
+    sub.catch_up()
+    before = app.list_emails({})
+
+    rebuild(notify)  # an operator drops the read models and rebuilds them from the store
+
+    assert app.list_emails({}) == before
+    assert app.pending() == [Email.create_id(waiting["event_id"], ACTIVATION)]
+    assert notify.extras["mailer"].send_due() == 1
+    assert len(stack.files()) == 2
+
+
+def test_accounts_without_email_and_other_events_send_nothing(stack: NotifyStack) -> None:
+    notify = stack.open()
+    without = master_account_created(1, address=None)
+    reset = dict(master_account_created(2), type="MasterAccountReset",
+                 data={"removed_family_member_ids": []})
+    sub = subscribe(notify, AccountsLog([without, reset]))
+
+    sub.catch_up()
+
+    assert notify.extras["mailer"].send_due() == 0
+    assert notify.app.tracked_position("accounts") == 1  # the reset is not even looked at
+    assert app_of(notify).list_emails({})["total"] == 0
+    assert stack.files() == []
+
+
+# --- SMTP ------------------------------------------------------------------------------------
+
+
+def smtp_settings(stack: NotifyStack, sink: SmtpSink, **extra: Any) -> Settings:
+    return Settings(data_dir=stack.settings.data_dir, smtp_host="127.0.0.1", smtp_port=sink.port,
+                    **extra)
+
+
+def test_smtp_resends_after_a_crash_with_the_same_message_id(stack: NotifyStack,
+                                                             smtp: SmtpSink) -> None:
+    stack.settings = smtp_settings(stack, smtp)
+    notify = stack.open(DiesAfterSending(SmtpSender(stack.settings)))
+    created = master_account_created()
+    subscribe(notify, AccountsLog([created])).deliver(created)
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    with pytest.raises(ProcessKilled):
+        notify.extras["mailer"].send_due()
+
+    notify = stack.restart(notify)  # bootstrap picks SMTP: a host is configured
+    assert notify.extras["mailer"].send_due() == 1
+
+    first, second = smtp.parsed()  # at least once over SMTP ...
+    assert first["Message-ID"] == second["Message-ID"] == f"<{email_id}@smartplus.local>"
+    assert first.as_bytes() == second.as_bytes()  # ... and recognisably the same message
+    assert first["To"] == "judy@example.com"
+    assert "Judy Anders" in bodies(first)[0]
+    app = app_of(notify)
+    assert app.email(email_id).transport == "smtp"
+    assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
+    assert notify.extras["mailer"].send_due() == 0
+    assert len(smtp.messages) == 2
+    assert stack.files() == []  # nothing went to the mail folder
+
+
+def test_a_refused_attempt_is_retried_after_the_back_off(stack: NotifyStack,
+                                                         smtp: SmtpSink) -> None:
+    stack.settings = smtp_settings(stack, smtp)
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created()
+    subscribe(notify, AccountsLog([created])).deliver(created)
+    clock = Clock()  # starts now, after the email was queued
+    mailer = Mailer(app, SmtpSender(stack.settings), FileLock(stack.settings.data_dir / "t.lock"),
+                    stack.settings.mail_from, refresh=notify.catch_up_local, clock=clock)
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    smtp.data_replies.append("451 4.3.0 try again later")
+
+    assert mailer.send_due() == 1
+    failed = app.email(email_id)
+    assert (failed.status, failed.attempts) == ("retrying", 1)
+    assert failed.retry_at == clock.now + timedelta(minutes=1)
+    assert mailer.send_due() == 0  # waiting out the back-off
+    clock.advance(timedelta(minutes=1))
+    assert mailer.send_due() == 1
+
+    assert app.email(email_id).status == "sent"
+    assert event_types(app, email_id) == ["EmailQueued", "EmailFailed", "EmailSent"]
+    assert len(smtp.messages) == 1
+    [summary] = app.list_emails({"status": "sent"})["items"]
+    assert (summary["attempts"], summary["last_error"]) == (1, "message refused: 451 4.3.0 try "
+                                                                "again later")
+
+
+def test_a_recipient_the_server_refuses_is_given_up(stack: NotifyStack, smtp: SmtpSink) -> None:
+    stack.settings = smtp_settings(stack, smtp)
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created(address="gone@example.com")
+    subscribe(notify, AccountsLog([created])).deliver(created)
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    smtp.rcpt_replies.append("550 5.1.1 no such user")
+
+    assert notify.extras["mailer"].send_due() == 1
+
+    given_up = app.email(email_id)
+    assert (given_up.status, given_up.attempts, given_up.retry_at) == ("failed", 1, None)
+    assert app.pending() == []
+    assert smtp.messages == []
+
+
+def test_credentials_never_travel_without_tls(stack: NotifyStack, smtp: SmtpSink) -> None:
+    stack.settings = smtp_settings(stack, smtp, smtp_user="mailer", smtp_password="secret")
+    notify = stack.open()
+    created = master_account_created()
+    subscribe(notify, AccountsLog([created])).deliver(created)
+
+    assert notify.extras["mailer"].send_due() == 1
+
+    assert "AUTH" not in smtp.commands  # the sink offers no STARTTLS, so no login either
+    assert smtp.messages == []
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    assert app_of(notify).email(email_id).status == "retrying"
+
+
+# --- on the bus: the in-process one; RabbitMQ with PostgreSQL -------------------------------------
+
+
+@pytest.fixture
+def accounts_log() -> Iterator[AccountsLog]:
+    ACCOUNTS_LOG.envelopes.clear()
+    yield ACCOUNTS_LOG
+    ACCOUNTS_LOG.envelopes.clear()
+
+
+@pytest.mark.parametrize("kind", ["embedded", "rabbit-postgres"])
+def test_an_account_published_on_the_bus_gets_one_email(
+        kind: str, stack_factory: Callable[[str], Settings], services_factory: Any,
+        accounts_log: AccountsLog) -> None:
+    settings = stack_factory(kind)
+    folder = settings.data_dir / "mail"
+    services = services_factory(settings, ["notify", "accounts"])
+    services.start(FakeAccountsService)
+    services.start(NotifyService)
+    created = master_account_created(1)
+    accounts_log.envelopes.append(created)  # what a gap repair would read
+
+    publisher = make_publisher(settings.amqp_uri, "accounts")  # ConfirmingPublisher on RabbitMQ
+    try:
+        publisher.publish_batch([created, created])  # a duplicate delivery, too
+    finally:
+        publisher.close()
+
+    email_id = Email.create_id(created["event_id"], ACTIVATION)
+
+    def sent() -> list[dict[str, Any]]:
+        with services.rpc() as proxy:
+            return proxy.notify.list_emails({"actor": "operator"}, {"status": "sent"})["items"]
+
+    [summary] = eventually(sent)
+    assert (summary["id"], summary["recipient"], summary["transport"]) == (
+        str(email_id), "judy@example.com", "mail-folder")
+    assert sorted(p.name for p in folder.iterdir()) == [f"{email_id}.eml"]
+    assert read_eml(folder / f"{email_id}.eml")["Subject"] == "Activate your SmartPlus account"
+    with services.rpc() as proxy:
+        assert proxy.notify.list_emails(None, {})["total"] == 1
+        with pytest.raises(Invalid):
+            proxy.notify.list_emails(None, {"status": "bounced"})
+    assert services.runtime("notify").app.tracked_position("accounts") == 1
