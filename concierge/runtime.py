@@ -42,6 +42,7 @@ class Wiring:
     read_models: list[ReadModel] = field(default_factory=list)
     policies: list[tuple[str, Handler]] = field(default_factory=list)
     background: list[Callable[[], Any]] = field(default_factory=list)
+    stoppers: list[Callable[[], Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     event_schemas: dict[str, Any] = field(default_factory=dict)
     relay: OutboxRelay | None = None
@@ -50,6 +51,8 @@ class Wiring:
     consumers: list[ConsumerLoop] = field(default_factory=list)
 
     def close(self) -> None:
+        for stop in self.stoppers:
+            stop()
         if self.relay:
             self.relay.stop()
             self.relay.lock.release()
@@ -89,10 +92,12 @@ def open_store(service: str, settings: Settings, app_cls: type[ServiceApplicatio
     return app, engine
 
 
-def leader_lock(service: str, settings: Settings, engine: Engine) -> LeaderLock:
+def leader_lock(service: str, settings: Settings, engine: Engine,
+                purpose: str = "relay") -> LeaderLock:
+    """One holder per (service, purpose) across every replica: the relay, a mailer, ..."""
     if settings.uses_postgres:
-        return AdvisoryLock(engine, f"concierge-relay:{settings.schema_for(service)}")
-    return FileLock(settings.service_dir(service) / "relay.lock")
+        return AdvisoryLock(engine, f"concierge-{purpose}:{settings.schema_for(service)}")
+    return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
 def rpc_log_reader(settings: Settings) -> LogReader:
@@ -224,6 +229,8 @@ class Runner:
             w.relay.stop()
         for loop in w.consumers:
             loop.stop()
+        for stop in w.stoppers:
+            stop()
 
 
 class Runtime(DependencyProvider):

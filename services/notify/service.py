@@ -10,12 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from nameko.rpc import rpc
-from sqlalchemy.engine import Engine
 
 from concierge.config import Settings
-from concierge.locks import AdvisoryLock, FileLock, LeaderLock
 from concierge.rpc import command
-from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, leader_lock, open_store
 from concierge.subscription import ProcessHandler
 from contracts.notify import EVENT_SCHEMAS, EmailQuery, EmailSummary
 from services.notify.application import EmailsView, NotifyApplication
@@ -30,13 +28,6 @@ def mail_sender(settings: Settings) -> MailSender:
     return MailFolderSender(settings.data_dir / "mail")
 
 
-def mailer_lock(settings: Settings, engine: Engine) -> LeaderLock:
-    """One sending mailer however many replicas run (its own lock: the relay holds another)."""
-    if settings.uses_postgres:
-        return AdvisoryLock(engine, f"concierge-mailer:{settings.schema_for(SERVICE)}")
-    return FileLock(settings.service_dir(SERVICE) / "mailer.lock")
-
-
 def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     app, engine = open_store(SERVICE, settings, NotifyApplication)
     assert isinstance(app, NotifyApplication)
@@ -45,10 +36,11 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
     # Built after assemble: its wake-up then follows the emails view's catch-up on each commit.
-    mailer = Mailer(app, sender or mail_sender(settings), mailer_lock(settings, engine),
-                    settings.mail_from, refresh=wiring.catch_up_local,
+    lock = leader_lock(SERVICE, settings, engine, "mailer")
+    mailer = Mailer(app, sender or mail_sender(settings), lock, settings.mail_from, refresh=wiring.catch_up_local,
                     idle_seconds=settings.relay_idle_seconds)
     wiring.background.append(mailer.run)
+    wiring.stoppers.append(mailer.stop)
     wiring.extras["mailer"] = mailer
     return wiring
 
