@@ -37,8 +37,8 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
     # Built after assemble: its wake-up then follows the emails view's catch-up on each commit.
     lock = leader_lock(SERVICE, settings, engine, "mailer")
-    mailer = Mailer(app, sender or mail_sender(settings), lock, settings.mail_from, refresh=wiring.catch_up_local,
-                    idle_seconds=settings.relay_idle_seconds)
+    mailer = Mailer(app, sender or mail_sender(settings), lock, settings.mail_from,
+                    refresh=wiring.catch_up_local, idle_seconds=settings.relay_idle_seconds)
     wiring.background.append(mailer.run)
     wiring.stoppers.append(mailer.stop)
     wiring.extras["mailer"] = mailer
