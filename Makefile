@@ -31,7 +31,7 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	PYTHONPATH=. $(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
