@@ -1,0 +1,194 @@
+"""The first cross-service flow with the real services: topology -> accounts -> notify.
+
+Adding a resident with an email makes topology publish `ResidentAdded`; accounts creates the
+master account (app status unregistered); notify queues and sends one activation email (the mail
+folder of the embedded default and of these tests). `ApartmentReset` reaches accounts the same way
+and sends no email. Every test ends by asserting the final state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from concierge.runtime import rebuild
+from services.accounts.service import AccountsService
+from services.accounts.service import bootstrap as accounts_bootstrap
+from services.notify.service import NotifyService
+from services.topology.service import TopologyService
+from services.topology.service import bootstrap as topology_bootstrap
+from tests.integration.conftest import BROKER_STACKS, STACKS
+from tests.support.harness import ServiceProcess, eventually
+
+SERVICES = ["topology", "accounts", "notify"]
+
+
+def installer_ctx() -> dict[str, Any]:
+    return {"actor": "installer:luna", "installer_id": str(uuid.uuid4()), "role": "installer",
+            "correlation_id": str(uuid.uuid4())}
+
+
+def mails(settings: Any) -> list[Path]:
+    folder = Path(settings.data_dir) / "mail"
+    return sorted(folder.glob("*.eml")) if folder.exists() else []
+
+
+def setup_building(rpc: Any, ctx: dict[str, Any]) -> str:
+    community = rpc.topology.create_community(
+        ctx, {"name": "Sunrise Court", "feature_plan": "premium", "time_zone": "Europe/Paris"})
+    return rpc.topology.add_building(ctx, community["id"], {"name": "A"})["id"]
+
+
+def add_resident(rpc: Any, ctx: dict[str, Any], building: str, number: str,
+                 email: str | None = None) -> str:
+    resident: dict[str, Any] = {"first_name": "Ann", "last_name": f"Lee {number}"}
+    if email:
+        resident["email"] = email
+    payload = {"number": number, "floor": 1, "name": f"APT {number}", "resident": resident}
+    return rpc.topology.add_apartment(ctx, building, payload)["id"]
+
+
+def status_of(rpc: Any, ctx: dict[str, Any], apartment: str) -> str | None:
+    try:
+        return rpc.accounts.get_master_account(ctx, apartment)["app_status"]
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("kind", STACKS)
+def test_a_resident_with_an_email_gets_an_account_and_one_activation_email(
+        kind: str, stack_factory: Any, services_factory: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService, NotifyService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        apartment = add_resident(rpc, ctx, building, "101", "ann@example.org")
+        no_email = add_resident(rpc, ctx, building, "102")
+        eventually(lambda: status_of(rpc, ctx, apartment) == "unregistered")
+        eventually(lambda: status_of(rpc, ctx, no_email) == "unregistered")
+        eventually(lambda: len(mails(settings)) == 1)
+        message = message_from_bytes(mails(settings)[0].read_bytes())
+        assert message["To"].endswith("ann@example.org")
+        assert message.is_multipart()
+        # The resident list shows the account's status (a projection of accounts' events).
+        page = rpc.topology.list_residents(ctx, rpc.topology.get_building(
+            ctx, building)["community_id"], {"q": "Lee 101"})
+        assert [item["app_status"] for item in page["items"]] == ["unregistered"]
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_the_same_events_delivered_twice_create_one_account_and_one_email(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService, NotifyService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        apartments = [add_resident(rpc, ctx, building, str(100 + i), f"r{i}@example.org")
+                      for i in range(5)]
+        eventually(lambda: len(mails(settings)) == 5)
+        # An operator replays topology's whole stream, and accounts' too: every event again.
+        assert opened(topology_bootstrap(settings)).relay.replay(0) > 0
+        assert opened(accounts_bootstrap(settings)).relay.replay(0) > 0
+        marker = add_resident(rpc, ctx, building, "999", "marker@example.org")
+        eventually(lambda: len(mails(settings)) == 6)
+        eventually(lambda: status_of(rpc, ctx, marker) == "unregistered")
+        assert all(status_of(rpc, ctx, a) == "unregistered" for a in apartments)
+    accounts = opened(accounts_bootstrap(settings))
+    created = [r for r in accounts.app.iter_log() if r.type == "MasterAccountCreated"]
+    assert len(created) == 6
+    assert len(mails(settings)) == 6
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_accounts_killed_mid_stream_ends_in_the_same_state(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    services.start(TopologyService)
+    services.start(NotifyService)
+    accounts = ServiceProcess(["services.accounts.service:AccountsService"], settings)
+    accounts.start()
+    ctx = installer_ctx()
+    try:
+        with services.rpc() as rpc:
+            building = setup_building(rpc, ctx)
+            apartments = [add_resident(rpc, ctx, building, str(1000 + i), f"k{i}@example.org")
+                          for i in range(40)]
+            eventually(lambda: status_of(rpc, ctx, apartments[2]) == "unregistered")
+            accounts.kill()  # SIGKILL mid-stream
+            # Events published while accounts is down wait in its queue.
+            apartments += [add_resident(rpc, ctx, building, str(2000 + i), f"d{i}@example.org")
+                           for i in range(20)]
+            accounts.start()
+            eventually(lambda: all(status_of(rpc, ctx, a) == "unregistered"
+                                   for a in apartments), timeout=120)
+            eventually(lambda: len(mails(settings)) == 60, timeout=120)
+    finally:
+        accounts.stop()
+    store = opened(accounts_bootstrap(settings))
+    created = [r for r in store.app.iter_log() if r.type == "MasterAccountCreated"]
+    assert len(created) == 60
+    assert len({r.stream_id for r in created}) == 60
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_apartment_reset_reaches_accounts_and_sends_no_email(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService, NotifyService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        apartment = add_resident(rpc, ctx, building, "301", "reset@example.org")
+        eventually(lambda: len(mails(settings)) == 1)
+        eventually(lambda: status_of(rpc, ctx, apartment) == "unregistered")
+        reset = rpc.topology.reset_apartment(ctx, apartment)
+        assert reset["resident"]["email"] in (None, "")
+        assert reset["resident"]["first_name"] == "Ann"
+
+        def account_reset() -> bool:
+            account = rpc.accounts.get_master_account(ctx, apartment)
+            return account["email"] is None and account["app_status"] == "unregistered"
+
+        eventually(account_reset)
+        history = rpc.topology.apartment_history(ctx, apartment)
+        assert [h["type"] for h in history][-1] == "ApartmentReset"
+        assert history[-1]["actor"] == "installer:luna"
+    store = opened(accounts_bootstrap(settings))
+    assert [r.type for r in store.app.iter_log()].count("MasterAccountReset") == 1
+    assert len(mails(settings)) == 1  # nobody is emailed about a reset
+
+
+@pytest.mark.parametrize("kind", ["rabbit-postgres"])
+def test_topology_read_models_rebuild_to_the_same_rows(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        for i in range(12):
+            add_resident(rpc, ctx, building, str(500 + i), f"b{i}@example.org")
+        community = rpc.topology.get_building(ctx, building)["community_id"]
+        eventually(lambda: all(item["master_account_id"] for item in rpc.topology.list_residents(
+            ctx, community, {"per_page": 100})["items"]))
+        before = rpc.topology.list_residents(ctx, community, {"per_page": 100})
+        dashboard = rpc.topology.dashboard(ctx)
+        operator = opened(topology_bootstrap(settings))
+        assert rebuild(operator) > 0
+        assert rpc.topology.list_residents(ctx, community, {"per_page": 100}) == before
+        assert rpc.topology.dashboard(ctx) == dashboard
