@@ -9,13 +9,14 @@ a duplicate too. Handlers record the position in the same transaction as their e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from concierge import context
@@ -141,8 +142,26 @@ class ProcessHandler:
 ProjectFn = Callable[[Connection, Envelope], None]
 
 
+_MODEL_LOCKS: dict[tuple[int, str], threading.RLock] = {}
+
+
+def _model_lock(engine: Engine, name: str) -> threading.RLock:
+    return _MODEL_LOCKS.setdefault((id(engine), name), threading.RLock())
+
+
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"read-model:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
 class ProjectionHandler:
-    """Feeds a SQLAlchemy read model; rows and position commit together."""
+    """Feeds a SQLAlchemy read model; rows and position commit together.
+
+    A read model fed by several sources (its own log and another service's events) has one
+    writer at a time, in this process (a lock) and across replicas (a transaction-scoped
+    advisory lock on PostgreSQL): otherwise two transactions could each miss the other's
+    uncommitted row and leave the model inconsistent.
+    """
 
     def __init__(self, name: str, engine: Engine, handlers: dict[str, ProjectFn]) -> None:
         self.name = name
@@ -158,8 +177,11 @@ class ProjectionHandler:
 
     def apply(self, envelope: Envelope) -> bool:
         source, position = envelope["source"], int(envelope["position"])
-        with self.engine.begin() as conn:
-            current = _tracked(conn, self.name, source, for_update=True)
+        with _model_lock(self.engine, self.name), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": _advisory_key(self.name)})
+            current = _tracked(conn, self.name, source)
             if current >= position:
                 return False
             self.handlers[envelope["type"]](conn, envelope)
@@ -167,13 +189,11 @@ class ProjectionHandler:
         return True
 
 
-def _tracked(conn: Connection, projection: str, source: str, for_update: bool = False) -> int:
+def _tracked(conn: Connection, projection: str, source: str) -> int:
     query = select(projection_tracking.c.position).where(
         and_(projection_tracking.c.projection == projection,
              projection_tracking.c.source == source)
     )
-    if for_update and conn.dialect.name == "postgresql":
-        query = query.with_for_update()
     return int(conn.execute(query).scalar() or 0)
 
 

@@ -1,0 +1,488 @@
+"""HTTP plumbing of the gateway: routes, authentication, request parsing and problem+json errors.
+
+`service.py` declares each route with `@api(...)` and stays one RPC call per route; everything a
+route has in common (who is calling, is the body valid, which status an error maps to) lives here
+so no route can forget it. Errors always leave as `application/problem+json`, never as nameko's
+plain-text or werkzeug's HTML pages.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from marshmallow import Schema, ValidationError, fields, validate
+from nameko.exceptions import UnknownService
+from nameko.extensions import DependencyProvider
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import RequestRedirect
+from werkzeug.wrappers import Request, Response
+
+from concierge.rpc import as_contract_error
+from contracts.accounts import APP_STATUSES
+from contracts.errors import (
+    ConciergeError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_DEPTH = 32
+MAX_TOKEN_CHARS = 512
+PER_PAGE_DEFAULT = 10
+PER_PAGE_MAX = 100
+# Far beyond any real list, small enough that no database offset overflows (topology agrees).
+PAGE_MAX = 100_000
+SESSION_CACHE_SECONDS = 5.0
+SESSION_CACHE_SIZE = 10_000
+# nameko config key; tests raise it so a cached session outlives a slow machine.
+SESSION_CACHE_CONFIG_KEY = "GATEWAY_SESSION_CACHE_SECONDS"
+
+
+class Malformed(Invalid):
+    """The body is not a JSON object at all (400), as opposed to an object with bad fields."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"body": [message]})
+
+
+# The one table from error class to HTTP status (looked up along the class's MRO, so an error
+# subclass raised inside a service maps as its contract base). Equal to the `status` each
+# contract error declares; a unit test keeps them equal.
+ERROR_STATUS: dict[type[Exception], int] = {
+    Malformed: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    ConciergeError: 400,
+    UnknownService: 503,  # the service is not running: nobody consumes its RPC queue
+}
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+_TOKEN = re.compile(r"[\x21-\x7e]+\Z")
+# Text no store can keep: PostgreSQL refuses NUL, UTF-8 cannot encode lone surrogates.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SORT = r"^-?[a-z][a-z0-9_]{0,39}\Z"
+
+
+# --- problem+json --------------------------------------------------------------------------
+
+
+def problem_kind(status: int) -> str:
+    """The `type` URI of a problem: one per HTTP status, stable for clients to match on."""
+    slug = HTTP_STATUS_CODES.get(status, "error").lower().replace(" ", "-").replace("'", "")
+    return f"urn:concierge:problem:{slug}"
+
+
+def problem(status: int, detail: str, errors: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body = {
+        "type": problem_kind(status),
+        "title": HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "errors": errors or {},
+    }
+    return Response(json.dumps(body), status=status, headers=headers, content_type=PROBLEM_JSON)
+
+
+def problem_from_http(exc: HTTPException) -> Response:
+    """werkzeug's routing errors (unknown route, wrong method, body too large) as problems."""
+    status = exc.code or 500
+    headers = {}
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    detail = {
+        404: "No such route.",
+        405: "This route does not accept that method.",
+        413: f"The body is larger than {MAX_BODY_BYTES} bytes.",
+    }.get(status, exc.description or "")
+    errors = {"body": [detail]} if status == 413 else {}
+    return problem(status, detail, errors, headers)
+
+
+def problem_from(exc: Exception, request_id: str) -> Response:
+    """Map an error to its problem response; anything unexpected becomes a logged, bare 500."""
+    if isinstance(exc, HTTPException):
+        return problem_from_http(exc)
+    if not isinstance(exc, ConciergeError):
+        exc = as_contract_error(exc) or exc  # a contract error nameko could not rebuild
+    status = next((ERROR_STATUS[c] for c in type(exc).__mro__ if c in ERROR_STATUS), 500)
+    if isinstance(exc, ConciergeError):
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return problem(status, exc.detail, exc.errors, headers)
+    if status == 503:
+        log.warning("request %s: %r", request_id, exc)
+        return problem(503, "A service needed for this request is not running; retry later.")
+    log.exception("request %s failed", request_id)
+    return problem(500, f"Something went wrong on our side (request id {request_id}).")
+
+
+# --- the nameko entrypoint ------------------------------------------------------------------
+
+
+class ApiWsgiApp(WsgiApp):
+    """nameko's WSGI app, but routing errors answer in problem+json and bodies are bounded."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ, shallow=True)
+        request.max_content_length = MAX_BODY_BYTES
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+        except RequestRedirect as exc:  # a trailing slash or doubled slash: a plain redirect
+            return exc(environ, start_response)
+        except HTTPException as exc:
+            return problem_from_http(exc)(environ, start_response)
+        request.path_values = values
+        return provider.handle_request(request)(environ, start_response)
+
+
+class ApiServer(WebServer):
+    def get_wsgi_app(self) -> ApiWsgiApp:
+        return ApiWsgiApp(self)
+
+    def process_request(self, sock: socket.socket, address: Any) -> None:
+        # Without TCP_NODELAY a response of more than a few segments waits out the client's
+        # delayed ACK (40 ms on Linux) on its last segment: measured on GET /openapi.json.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().process_request(sock, address)
+
+
+class ApiEndpoint(HttpRequestHandler):
+    """nameko's `http` entrypoint on the problem+json server."""
+
+    server = ApiServer()
+
+    def response_from_exception(self, exc: Exception) -> Response:
+        # Only reached if the route wrapper itself failed; the wrapper answers every error.
+        log.error("gateway entrypoint failed: %r", exc)
+        return problem(500, "Something went wrong on our side.")
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route: what it accepts and answers, for the wrapper and for OpenAPI."""
+
+    name: str
+    method: str
+    path: str
+    summary: str
+    tag: str
+    body: type[Schema] | None = None
+    query: type[Schema] | None = None
+    status: int = 200
+    # A marshmallow schema or the name of a schema in openapi.BUILTIN_SCHEMAS; None: no body.
+    returns: type[Schema] | str | None = "Resource"
+    auth: bool = True
+    roles: tuple[str, ...] = ()
+    # Where a created resource lives, filled in from the response ("/api/v1/x/{id}").
+    location: str | None = None
+    # Error statuses beyond the ones the route's shape implies (see openapi.error_statuses).
+    errors: tuple[int, ...] = ()
+    calls_rpc: bool = True
+
+
+@dataclass(frozen=True)
+class Call:
+    """A parsed request as a route method sees it."""
+
+    ctx: dict[str, Any]
+    body: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+
+
+class Gatekeeper(Protocol):
+    def principal(self, token: str) -> dict[str, Any]: ...
+
+
+Handler = Callable[..., Any]
+
+
+def api(method: str, path: str, *, summary: str, tag: str, **options: Any) -> Callable[
+        [Handler], Handler]:
+    """Declare a route: the method receives a `Call` (authenticated, validated) and path ids."""
+
+    def decorate(fn: Handler) -> Handler:
+        route = Route(fn.__name__, method, path, summary, tag, **options)
+
+        @functools.wraps(fn)
+        def endpoint(service: Gatekeeper, request: Request, **values: Any) -> Response:
+            return serve(service, route, fn, request, values)
+
+        endpoint.route = route  # type: ignore[attr-defined]
+        return ApiEndpoint.decorator(method, path)(endpoint)
+
+    return decorate
+
+
+def routes_of(service_cls: type) -> list[Route]:
+    """Every route a service class declares, in declaration order."""
+    return [fn.route for fn in vars(service_cls).values() if hasattr(fn, "route")]
+
+
+def serve(service: Gatekeeper, route: Route, fn: Handler, request: Request,
+          values: dict[str, Any]) -> Response:
+    request_id = _request_id(request)
+    try:
+        call = parse(service, route, request, request_id)
+        result = fn(service, call, **{name: str(value) for name, value in values.items()})
+        response = respond(route, result)
+    except Exception as exc:
+        response = problem_from(exc, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def respond(route: Route, result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    if route.status == 204 or result is None:
+        return Response(status=204)
+    headers = {}
+    if route.location and isinstance(result, dict) and "id" in result:
+        headers["Location"] = route.location.format(id=result["id"])
+    return Response(json.dumps(result), status=route.status, headers=headers,
+                    content_type="application/json")
+
+
+def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) -> Call:
+    """Authenticate first (a stranger learns nothing about the body), then validate."""
+    token = bearer_token(request)
+    ctx: dict[str, Any] = {"actor": "anonymous", "correlation_id": request_id,
+                           "installer_id": None, "role": "anonymous"}
+    if route.auth:
+        if token is None:
+            raise Unauthorized("Log in and send 'Authorization: Bearer <token>'.")
+        principal = service.principal(token)
+        role = str(principal.get("role"))
+        if route.roles and role not in route.roles:
+            raise Forbidden(f"Only a {' or '.join(route.roles)} may do this.")
+        ctx = {
+            "actor": f"{role}:{principal.get('username')}",
+            "correlation_id": request_id,
+            "installer_id": principal.get("installer_id"),
+            "role": role,
+            "account_id": principal.get("account_id"),
+        }
+    body = read_body(request, route.body) if route.body is not None else {}
+    query = read_query(request, route.query) if route.query is not None else {}
+    return Call(ctx=ctx, body=body, query=query, token=token)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer token, or None; a malformed header counts as no token."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    return token if _TOKEN.match(token) else None
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else str(uuid.uuid4())
+
+
+# --- bodies and queries ---------------------------------------------------------------------
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_body(request: Request, schema: type[Schema]) -> dict[str, Any]:
+    """The JSON object sent, once it passed `schema` (unknown fields are errors).
+
+    The object goes on as sent; the service loads it with the same schema and fills defaults.
+    """
+    raw = request.get_data(cache=False)
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Malformed("The body must be JSON in UTF-8.") from None
+    if not isinstance(data, dict):
+        raise Malformed("The body must be a JSON object.")
+    _check_text(data)
+    try:
+        schema().load(data)
+    except ValidationError as exc:
+        raise Invalid.fields(_messages(exc)) from None
+    return data
+
+
+def read_query(request: Request, schema: type[Schema]) -> dict[str, Any]:
+    """Query parameters loaded with `schema`; unknown or repeated parameters are errors."""
+    args = request.args
+    repeated = {name: ["Give this parameter once."] for name in args if len(args.getlist(name)) > 1}
+    if repeated:
+        raise Invalid.fields(repeated)
+    data = args.to_dict()
+    _check_text(data)
+    try:
+        loaded = schema().load(data)
+    except ValidationError as exc:
+        raise Invalid.fields(_messages(exc)) from None
+    return {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in loaded.items()}
+
+
+def _messages(exc: ValidationError) -> dict[str, Any]:
+    return exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+
+
+def _check_text(data: dict[str, Any]) -> None:
+    """Refuse text no store can keep and nesting no request needs, naming the field."""
+    for path, value in _walk(data):
+        if len(path) > MAX_BODY_DEPTH:
+            raise Malformed(f"The body is nested deeper than {MAX_BODY_DEPTH} levels.")
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            raise Invalid.fields(
+                _nest(path, "Text may not contain NUL characters or unpaired surrogates."))
+
+
+def _walk(data: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every value with its path; iterative, so depth cannot exhaust the stack.
+
+    Keys need no check: the strict schemas refuse every key they do not declare.
+    """
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        yield path, value
+        if len(path) > MAX_BODY_DEPTH:
+            continue
+        if isinstance(value, dict):
+            stack.extend(((*path, str(key)), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, str(i)), item) for i, item in enumerate(value))
+
+
+def _nest(path: tuple[str, ...], message: str) -> dict[str, Any]:
+    if not path:
+        return {"body": [message]}
+    errors: Any = [message]
+    for key in reversed(path[1:]):
+        errors = {key: errors}
+    return {path[0]: errors}
+
+
+class ListQuery(Schema):
+    """The portal's list parameters (ARCHITECTURE: page, per_page default 10, sort, q)."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(1, PAGE_MAX))
+    per_page = fields.Integer(load_default=PER_PAGE_DEFAULT,
+                              validate=validate.Range(1, PER_PAGE_MAX))
+    sort = fields.String(validate=validate.Regexp(
+        _SORT, error="A field name such as 'name' or '-created_at'."))
+    q = fields.String(validate=validate.Length(max=128))
+
+
+class ResidentsQuery(ListQuery):
+    """Residents of a community, as the portal's resident list filters them."""
+
+    app_status = fields.String(validate=validate.OneOf(APP_STATUSES))
+    building_id = fields.UUID()
+
+
+def page(call: Call, result: dict[str, Any]) -> dict[str, Any]:
+    """A list answer in the gateway's shape, whatever paging fields the service echoes."""
+    return {"items": result["items"], "total": result["total"],
+            "page": call.query["page"], "per_page": call.query["per_page"]}
+
+
+def created(result: Any) -> dict[str, Any]:
+    """A create RPC answers the new id, bare or as {"id": ...}."""
+    return result if isinstance(result, dict) else {"id": result}
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class SessionCache:
+    """Principals of recently authenticated tokens, so most requests skip the accounts RPC.
+
+    A logout here forgets the token at once (and keeps an in-flight request from caching it
+    again); a session closed elsewhere (another replica, an expiry) is noticed within `ttl`.
+    """
+
+    def __init__(self, ttl: float, size: int = SESSION_CACHE_SIZE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._forgotten: dict[str, float] = {}
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[0] <= self.clock():
+            self._entries.pop(token, None)
+            return None
+        return entry[1]
+
+    def put(self, token: str, principal: dict[str, Any]) -> None:
+        now = self.clock()
+        if self.ttl <= 0 or self._forgotten.get(token, now) > now:
+            return
+        self._entries.pop(token, None)
+        self._bound(self._entries, now, lambda entry: entry[0])
+        self._entries[token] = (now + self.ttl, principal)
+
+    def forget(self, token: str) -> None:
+        now = self.clock()
+        self._entries.pop(token, None)
+        self._bound(self._forgotten, now, lambda until: until)
+        self._forgotten[token] = now + self.ttl
+
+    def _bound(self, entries: dict[str, Any], now: float, expiry: Callable[[Any], float]) -> None:
+        if len(entries) < self.size:
+            return
+        for token in [t for t, e in entries.items() if expiry(e) <= now]:
+            del entries[token]
+        while len(entries) >= self.size:
+            del entries[next(iter(entries))]  # the oldest
+
+
+class Sessions(DependencyProvider):
+    """The gateway's session cache, shared by all its workers."""
+
+    def setup(self) -> None:
+        ttl = float(self.container.config.get(SESSION_CACHE_CONFIG_KEY, SESSION_CACHE_SECONDS))
+        self.cache = SessionCache(ttl)
+
+    def get_dependency(self, worker_ctx: Any) -> SessionCache:
+        return self.cache

@@ -1,0 +1,337 @@
+"""The OpenAPI 3.1 document of the gateway, generated from its routes and the contract schemas.
+
+A small converter from marshmallow fields to JSON Schema (2020-12, the dialect of OpenAPI 3.1)
+instead of apispec: the contracts use a handful of field types and validators, and owning the
+mapping keeps one pinned dependency fewer. Rules a validator expresses only in code (an APT
+number may not start with '#') stay server-side; the schema says what it can.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from marshmallow import RAISE, Schema, fields, missing, validate
+
+from contracts.topology import FLOOR_MAX, FLOOR_MESSAGE, FLOOR_MIN, GROUND_FLOORS, Floor
+from services.gateway.http import MAX_BODY_BYTES, Route
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+SECURITY_SCHEME = "bearer"
+
+# The most specific class first: Email is a String, AwareDateTime a DateTime.
+FIELD_TYPES: list[tuple[type[fields.Field], dict[str, Any]]] = [
+    (fields.Email, {"type": "string", "format": "email"}),
+    (fields.UUID, {"type": "string", "format": "uuid"}),
+    (fields.Url, {"type": "string", "format": "uri"}),
+    (fields.DateTime, {"type": "string", "format": "date-time"}),
+    (fields.Date, {"type": "string", "format": "date"}),
+    (fields.Time, {"type": "string", "format": "time"}),
+    (fields.String, {"type": "string"}),
+    (fields.Integer, {"type": "integer"}),
+    (fields.Number, {"type": "number"}),
+    (fields.Boolean, {"type": "boolean"}),
+    (fields.Mapping, {"type": "object"}),
+]
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details. `errors` maps each bad field (or `body`) to its "
+    "messages; nested fields nest the same way.",
+    "required": ["type", "title", "status", "detail", "errors"],
+    "properties": {
+        "type": {"type": "string", "format": "uri-reference",
+                 "examples": ["urn:concierge:problem:unprocessable-entity"]},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {"type": "object", "additionalProperties": True},
+    },
+}
+
+BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": PROBLEM_SCHEMA,
+    "Resource": {"type": "object", "description": "The resource as the service returns it."},
+    "Created": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "string"}},
+    },
+    "Page": {
+        "type": "object",
+        "required": ["items", "total", "page", "per_page"],
+        "properties": {
+            "items": {"type": "array", "items": {"type": "object"}},
+            "total": {"type": "integer", "minimum": 0},
+            "page": {"type": "integer", "minimum": 1},
+            "per_page": {"type": "integer", "minimum": 1},
+        },
+    },
+    "Items": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": {"type": "object"}}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+    },
+    "OpenApiDocument": {"type": "object", "description": "This document."},
+}
+
+ERROR_RESPONSES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The body is not a JSON object (`errors.body` says why)."),
+    401: ("Unauthorized", "No valid bearer token (or wrong credentials at login)."),
+    403: ("Forbidden", "This role may never do this."),
+    404: ("NotFound", "No such route or resource, or not one the caller may see."),
+    409: ("Conflict", "Clashes with the current state: a duplicate or a concurrent change."),
+    413: ("ContentTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
+    422: ("UnprocessableContent", "A field or query parameter broke a rule; see `errors`."),
+    500: ("InternalError", "Our fault; quote the X-Request-Id."),
+    503: ("ServiceUnavailable", "A service behind the gateway is not running; retry later."),
+}
+
+_PATH_PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
+_CONVERTERS: dict[str, dict[str, Any]] = {
+    "uuid": {"type": "string", "format": "uuid"},
+    "int": {"type": "integer"},
+    "string": {"type": "string"},
+}
+
+
+class Components:
+    """Schemas referenced so far, converted once each and named after their class."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, dict[str, Any]] = {}
+        self._classes: dict[str, type[Schema]] = {}
+
+    def ref(self, target: type[Schema] | str) -> dict[str, Any]:
+        if isinstance(target, str):
+            self.schemas.setdefault(target, BUILTIN_SCHEMAS[target])
+            return {"$ref": f"#/components/schemas/{target}"}
+        name = target.__name__
+        known = self._classes.get(name)
+        if known is not None and known is not target:
+            raise ValueError(f"two schemas are both named {name}: {known} and {target}")
+        if known is None:
+            self._classes[name] = target
+            self.schemas[name] = {}  # reserved first: a schema may nest itself
+            self.schemas[name] = object_schema(target(), self)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+
+def object_schema(schema: Schema, components: Components) -> dict[str, Any]:
+    """A request schema as a JSON Schema object; unknown fields are refused if the schema does."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for name, field in schema.fields.items():
+        if field.dump_only:
+            continue
+        key = field.data_key or name
+        properties[key] = field_schema(field, components)
+        if field.required:
+            required.append(key)
+    result: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        result["required"] = required
+    if schema.unknown == RAISE:
+        result["additionalProperties"] = False
+    summary = _first_line(type(schema).__doc__)
+    if summary:
+        result["description"] = summary
+    return result
+
+
+def field_schema(field: fields.Field, components: Components) -> dict[str, Any]:
+    if isinstance(field, fields.Nested):
+        target = components.ref(type(field.schema))
+        result = {"type": "array", "items": target} if field.many else target
+    elif isinstance(field, fields.List):
+        result = {"type": "array", "items": field_schema(field.inner, components)}
+    elif isinstance(field, Floor):
+        result = floor_schema(allow_all=field.allow_all)
+    else:
+        result = next((dict(s) for cls, s in FIELD_TYPES if isinstance(field, cls)), {})
+    for validator in field.validators:
+        _apply(validator, result)
+    if field.allow_none:
+        result = _nullable(result)
+    default = field.load_default
+    if default is not missing:
+        value = default() if callable(default) else default
+        if _is_json(value):
+            result = {**result, "default": value}
+    return result
+
+
+def floor_schema(*, allow_all: bool) -> dict[str, Any]:
+    names = [*GROUND_FLOORS, "all"] if allow_all else list(GROUND_FLOORS)
+    return {
+        "anyOf": [
+            {"type": "integer", "minimum": FLOOR_MIN, "maximum": FLOOR_MAX},
+            {"type": "string", "enum": names},
+        ],
+        "description": FLOOR_MESSAGE + (" Or 'all' (All Floors)." if allow_all else ""),
+    }
+
+
+def _apply(validator: Any, result: dict[str, Any]) -> None:
+    kind = result.get("type")
+    if isinstance(validator, validate.Length):
+        low, high = ("minItems", "maxItems") if kind == "array" else ("minLength", "maxLength")
+        if validator.equal is not None:
+            result[low] = result[high] = validator.equal
+        if validator.min is not None:
+            result[low] = validator.min
+        if validator.max is not None:
+            result[high] = validator.max
+    elif isinstance(validator, validate.Range):
+        if validator.min is not None:
+            result["minimum" if validator.min_inclusive else "exclusiveMinimum"] = validator.min
+        if validator.max is not None:
+            result["maximum" if validator.max_inclusive else "exclusiveMaximum"] = validator.max
+    elif isinstance(validator, validate.OneOf):
+        result["enum"] = list(validator.choices)
+    elif isinstance(validator, validate.Regexp):
+        result["pattern"] = ecma_pattern(validator.regex.pattern)
+
+
+def ecma_pattern(pattern: str) -> str:
+    r"""A Python pattern in ECMA-262 syntax: `\Z` (end of text) is `$` there without flags."""
+    return re.sub(r"(?<!\\)\\Z", "$", pattern)
+
+
+def _nullable(result: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(result.get("type"), str) and "$ref" not in result:
+        nullable = {**result, "type": [result["type"], "null"]}
+        if "enum" in nullable:
+            nullable["enum"] = [*nullable["enum"], None]
+        return nullable
+    if "anyOf" in result:
+        return {**result, "anyOf": [*result["anyOf"], {"type": "null"}]}
+    return {"anyOf": [result, {"type": "null"}]}
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n\n")[0].replace("\n", " ").strip()
+
+
+# --- the document ---------------------------------------------------------------------------
+
+
+def openapi_path(path: str) -> tuple[str, list[dict[str, Any]]]:
+    """werkzeug's `/x/<uuid:id>` as OpenAPI's `/x/{id}`, with its path parameters."""
+    parameters = [
+        {"name": m["name"], "in": "path", "required": True,
+         "schema": dict(_CONVERTERS[m["converter"] or "string"])}
+        for m in _PATH_PARAM.finditer(path)
+    ]
+    return _PATH_PARAM.sub(lambda m: "{" + m["name"] + "}", path), parameters
+
+
+def query_parameters(schema: type[Schema] | None, components: Components) -> list[dict[str, Any]]:
+    if schema is None:
+        return []
+    return [
+        {"name": field.data_key or name, "in": "query", "required": field.required,
+         "schema": field_schema(field, components)}
+        for name, field in schema().fields.items()
+    ]
+
+
+def error_statuses(route: Route) -> list[int]:
+    """The error statuses a route can answer, from its shape (see services/gateway/http.py)."""
+    statuses = {500, *route.errors}
+    if route.body is not None:
+        statuses |= {400, 413, 422}
+    if route.query is not None:
+        statuses.add(422)
+    if route.auth:
+        statuses |= {401, 403}
+    if "<" in route.path:
+        statuses.add(404)
+    if route.calls_rpc:
+        statuses.add(503)
+        if route.method in {"POST", "PATCH", "DELETE"}:
+            statuses.add(409)  # every write may meet a concurrent one
+    return sorted(statuses)
+
+
+def operation(route: Route, components: Components) -> dict[str, Any]:
+    _, path_parameters = openapi_path(route.path)
+    success: dict[str, Any] = {"description": route.summary}
+    if route.returns is not None and route.status != 204:
+        success["content"] = {"application/json": {"schema": components.ref(route.returns)}}
+    if route.location:
+        success["headers"] = {"Location": {"schema": {"type": "string", "format": "uri-reference"},
+                                           "description": "Where the new resource lives."}}
+    responses: dict[str, Any] = {str(route.status): success}
+    for status in error_statuses(route):
+        responses[str(status)] = {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
+    result: dict[str, Any] = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "tags": [route.tag],
+        "parameters": [*path_parameters, *query_parameters(route.query, components)],
+        "responses": responses,
+        "security": [{SECURITY_SCHEME: []}] if route.auth else [],
+    }
+    if route.roles:
+        result["description"] = f"Only for: {', '.join(route.roles)}."
+    if route.body is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": components.ref(route.body)}},
+        }
+    return result
+
+
+def document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The whole OpenAPI document for these routes."""
+    components = Components()
+    components.ref("Problem")
+    paths: dict[str, dict[str, Any]] = {}
+    tags: list[str] = []
+    for route in routes:
+        path, _ = openapi_path(route.path)
+        paths.setdefault(path, {})[route.method.lower()] = operation(route, components)
+        if route.tag not in tags:
+            tags.append(route.tag)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "SmartPlus Cloud (Concierge) gateway",
+            "version": API_VERSION,
+            "description": "The web portal's HTTP API. Errors are application/problem+json; "
+            "lists take page, per_page (default 10, at most 100), sort and q.",
+        },
+        "tags": [{"name": tag} for tag in tags],
+        "paths": paths,
+        "components": {
+            "schemas": components.schemas,
+            "responses": {
+                name: {
+                    "description": description,
+                    "content": {"application/problem+json": {"schema": components.ref("Problem")}},
+                }
+                for name, description in ERROR_RESPONSES.values()
+            },
+            "securitySchemes": {
+                SECURITY_SCHEME: {"type": "http", "scheme": "bearer",
+                                  "description": "The token from POST /api/v1/auth/login."},
+            },
+        },
+    }

@@ -1,0 +1,185 @@
+"""The gateway: the web portal's HTTP API (ARCHITECTURE.md, "Gateway conventions").
+
+Each route is one method: `@api` authenticates the caller, validates the body with its contract
+schema and the query with the list schema, and turns every error into problem+json
+(services/gateway/http.py); the method makes one RPC and shapes its answer.
+`GET /openapi.json` describes the same routes (services/gateway/openapi.py).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from nameko.rpc import RpcProxy
+
+from contracts.accounts import InstallerCreate, LoginRequest, LoginResponse
+from contracts.errors import Unauthorized
+from contracts.topology import (
+    ApartmentCreate,
+    ApartmentEdit,
+    BuildingCreate,
+    BuildingEdit,
+    CommunityCreate,
+    CommunityEdit,
+)
+from services.gateway import openapi
+from services.gateway.http import (
+    Call,
+    ListQuery,
+    ResidentsQuery,
+    Sessions,
+    api,
+    created,
+    page,
+    routes_of,
+)
+
+V1 = "/api/v1"
+COMMUNITY = f"{V1}/communities/<uuid:community_id>"
+BUILDING = f"{V1}/buildings/<uuid:building_id>"
+APARTMENT = f"{V1}/apartments/<uuid:apartment_id>"
+
+
+class GatewayService:
+    name = "gateway"
+
+    topology = RpcProxy("topology")
+    accounts = RpcProxy("accounts")
+    sessions = Sessions()
+
+    def principal(self, token: str) -> dict[str, Any]:
+        """Who holds this bearer token: from the short-lived cache, else from accounts."""
+        found = self.sessions.get(token)
+        if found is None:
+            found = self.accounts.authenticate(token)
+            if not found:
+                raise Unauthorized("The session has ended; log in again.")
+            self.sessions.put(token, found)
+        return found
+
+    # --- service ----------------------------------------------------------------------------
+
+    @api("GET", "/healthz", summary="Liveness", tag="service", auth=False, returns="Health",
+         calls_rpc=False)
+    def healthz(self, call: Call) -> Any:
+        return {"status": "ok"}
+
+    @api("GET", "/openapi.json", summary="This API as OpenAPI 3.1", tag="service", auth=False,
+         returns="OpenApiDocument", calls_rpc=False)
+    def openapi_document(self, call: Call) -> Any:
+        return _document()
+
+    # --- auth -------------------------------------------------------------------------------
+
+    @api("POST", f"{V1}/auth/login", summary="Log in", tag="auth", auth=False, body=LoginRequest,
+         returns=LoginResponse, errors=(401,))
+    def login(self, call: Call) -> Any:
+        return self.accounts.login(call.body)
+
+    @api("POST", f"{V1}/auth/logout", summary="Log out", tag="auth", status=204, returns=None)
+    def logout(self, call: Call) -> Any:
+        assert call.token is not None  # authenticated routes always have one
+        self.sessions.forget(call.token)
+        self.accounts.logout(call.token)
+
+    @api("POST", f"{V1}/installers", summary="Create an installer", tag="installers",
+         body=InstallerCreate, roles=("distributor",), status=201, returns="Created")
+    def create_installer(self, call: Call) -> Any:
+        return created(self.accounts.create_installer(call.ctx, call.body))
+
+    # --- communities ------------------------------------------------------------------------
+
+    @api("GET", f"{V1}/dashboard", summary="Dashboard figures", tag="communities")
+    def dashboard(self, call: Call) -> Any:
+        return self.topology.dashboard(call.ctx)
+
+    @api("GET", f"{V1}/communities", summary="List communities", tag="communities",
+         query=ListQuery, returns="Page")
+    def list_communities(self, call: Call) -> Any:
+        return page(call, self.topology.list_communities(call.ctx, call.query))
+
+    @api("POST", f"{V1}/communities", summary="Create a community", tag="communities",
+         body=CommunityCreate, status=201, returns="Created", location=f"{V1}/communities/{{id}}")
+    def create_community(self, call: Call) -> Any:
+        return created(self.topology.create_community(call.ctx, call.body))
+
+    @api("GET", COMMUNITY, summary="Get a community", tag="communities")
+    def get_community(self, call: Call, community_id: str) -> Any:
+        return self.topology.get_community(call.ctx, community_id)
+
+    @api("PATCH", COMMUNITY, summary="Edit a community", tag="communities", body=CommunityEdit)
+    def edit_community(self, call: Call, community_id: str) -> Any:
+        return self.topology.edit_community(call.ctx, community_id, call.body)
+
+    @api("DELETE", COMMUNITY, summary="Delete a community", tag="communities", status=204,
+         returns=None)
+    def delete_community(self, call: Call, community_id: str) -> Any:
+        self.topology.delete_community(call.ctx, community_id)
+
+    @api("GET", f"{COMMUNITY}/residents", summary="List a community's residents",
+         tag="residents", query=ResidentsQuery, returns="Page")
+    def list_residents(self, call: Call, community_id: str) -> Any:
+        return page(call, self.topology.list_residents(call.ctx, community_id, call.query))
+
+    # --- buildings --------------------------------------------------------------------------
+
+    @api("GET", f"{COMMUNITY}/buildings", summary="List a community's buildings",
+         tag="buildings", query=ListQuery, returns="Page")
+    def list_buildings(self, call: Call, community_id: str) -> Any:
+        return page(call, self.topology.list_buildings(call.ctx, community_id, call.query))
+
+    @api("POST", f"{COMMUNITY}/buildings", summary="Add a building", tag="buildings",
+         body=BuildingCreate, status=201, returns="Created", location=f"{V1}/buildings/{{id}}")
+    def add_building(self, call: Call, community_id: str) -> Any:
+        return created(self.topology.add_building(call.ctx, community_id, call.body))
+
+    @api("GET", BUILDING, summary="Get a building", tag="buildings")
+    def get_building(self, call: Call, building_id: str) -> Any:
+        return self.topology.get_building(call.ctx, building_id)
+
+    @api("PATCH", BUILDING, summary="Edit a building", tag="buildings", body=BuildingEdit)
+    def edit_building(self, call: Call, building_id: str) -> Any:
+        return self.topology.edit_building(call.ctx, building_id, call.body)
+
+    @api("DELETE", BUILDING, summary="Delete a building", tag="buildings", status=204,
+         returns=None)
+    def delete_building(self, call: Call, building_id: str) -> Any:
+        self.topology.delete_building(call.ctx, building_id)
+
+    # --- apartments -------------------------------------------------------------------------
+
+    @api("POST", f"{BUILDING}/apartments", summary="Add an apartment (APT) and its resident",
+         tag="apartments", body=ApartmentCreate, status=201, returns="Created",
+         location=f"{V1}/apartments/{{id}}")
+    def add_apartment(self, call: Call, building_id: str) -> Any:
+        return created(self.topology.add_apartment(call.ctx, building_id, call.body))
+
+    @api("GET", APARTMENT, summary="Get an apartment", tag="apartments")
+    def get_apartment(self, call: Call, apartment_id: str) -> Any:
+        return self.topology.get_apartment(call.ctx, apartment_id)
+
+    @api("PATCH", APARTMENT, summary="Edit an apartment and its resident", tag="apartments",
+         body=ApartmentEdit)
+    def edit_apartment(self, call: Call, apartment_id: str) -> Any:
+        return self.topology.edit_apartment(call.ctx, apartment_id, call.body)
+
+    @api("DELETE", APARTMENT, summary="Delete an apartment", tag="apartments", status=204,
+         returns=None)
+    def delete_apartment(self, call: Call, apartment_id: str) -> Any:
+        self.topology.delete_apartment(call.ctx, apartment_id)
+
+    @api("POST", f"{APARTMENT}/reset", summary="Reset an apartment (manual: Reset)",
+         tag="apartments")
+    def reset_apartment(self, call: Call, apartment_id: str) -> Any:
+        return self.topology.reset_apartment(call.ctx, apartment_id)
+
+    @api("GET", f"{APARTMENT}/history", summary="An apartment's event history",
+         tag="apartments", returns="Items")
+    def apartment_history(self, call: Call, apartment_id: str) -> Any:
+        return {"items": self.topology.apartment_history(call.ctx, apartment_id)}
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return openapi.document(routes_of(GatewayService))
