@@ -100,8 +100,13 @@ def leader_lock(service: str, settings: Settings, engine: Engine,
     return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
-def rpc_log_reader(settings: Settings) -> LogReader:
-    """Reads another service's log over RPC (the catch-up path)."""
+def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
+    """Reads another service's log over RPC (the catch-up path).
+
+    A short timeout: a request sent before the source's RPC queue exists is dropped (the
+    in-process bus cannot return it), and a catch-up holds its subscription while it waits;
+    the caller retries with back-off instead.
+    """
 
     from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -110,7 +115,7 @@ def rpc_log_reader(settings: Settings) -> LogReader:
 
     def read(source: str, after: int, limit: int) -> list[Envelope]:
         if "proxy" not in state:
-            state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=30)
+            state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
             state["proxy"] = state["cluster"].start()
         try:
             return state["proxy"][source].read_log(after, limit)
