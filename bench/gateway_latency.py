@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.platform import Platform
+from bench.cluster import Platform
 from bench.stats import summary
 
 

@@ -26,6 +26,7 @@ class Settings:
     mail_from: str = "SmartPlus Cloud <no-reply@smartplus.local>"
     token_ttl_hours: int = 24
     relay_idle_seconds: float = 1.0
+    gateway_timeout_seconds: float = 10.0
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -47,6 +48,7 @@ class Settings:
             mail_from=env.get("CONCIERGE_MAIL_FROM", cls.mail_from),
             token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
             relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
+            gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
         )
 
@@ -83,4 +85,5 @@ class Settings:
             "serializer": "json",
             "max_workers": 20,
             "parent_calls_tracked": 10,
+            "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
         }

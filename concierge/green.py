@@ -6,8 +6,9 @@ blocks the whole hub under eventlet, so we make it use `select`, which eventlet 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _patched = False
@@ -26,6 +27,22 @@ def patch() -> None:
 
     eventlet.monkey_patch()
     _patched = True
+
+
+class DeadlineExceeded(Exception):
+    """A block did not finish within its deadline (e.g. a service did not answer an RPC)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the block with DeadlineExceeded after `seconds` (any green wait inside ends)."""
+    import eventlet
+
+    timer = eventlet.Timeout(seconds, DeadlineExceeded(f"no answer within {seconds:g} s"))
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def spawn(fn: Callable[..., Any], *args: Any) -> Any:

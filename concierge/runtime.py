@@ -157,17 +157,21 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     return wiring
 
 
-def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None) -> int:
-    """Drop every read model of the service and rebuild it from the source logs."""
+def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
+            only: set[str] | None = None) -> int:
+    """Drop the service's read models (or those named in `only`) and rebuild them from the
+    source logs; return how many events were read."""
     from concierge.subscription import ProjectionHandler
 
-    for model in wiring.read_models:
+    models = [m for m in wiring.read_models if only is None or m.name in only]
+    names = {m.name for m in models}
+    for model in models:
         model.drop(wiring.engine)
         model.create(wiring.engine)
     subs = wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
     total = 0
     for sub in subs:
-        if not isinstance(sub.handler, ProjectionHandler):
+        if not isinstance(sub.handler, ProjectionHandler) or sub.handler.name not in names:
             continue
         sub.forget_position()
         total += sub.catch_up()

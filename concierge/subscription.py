@@ -79,10 +79,21 @@ class Subscription:
 
     def _catch_up(self, until: int | None) -> int:
         count = 0
+        apply_batch = getattr(self.handler, "apply_batch", None)
         while True:
             batch = self.read_log(self.source, self.position, self.batch_size)
-            for message in batch:
-                if int(message["position"]) > self.position:
+            fresh = [m for m in batch if int(m["position"]) > self.position]
+            if apply_batch is not None and fresh:
+                # Read models take a whole section in one transaction (rebuilds, late starts).
+                try:
+                    self.applied += apply_batch(fresh)
+                except Exception:
+                    self._position = None
+                    raise
+                self._position = int(fresh[-1]["position"])
+                count += len(fresh)
+            else:
+                for message in fresh:
                     self._apply(message)
                     count += 1
             if len(batch) < self.batch_size:
@@ -176,17 +187,29 @@ class ProjectionHandler:
             return _tracked(conn, self.name, source)
 
     def apply(self, envelope: Envelope) -> bool:
-        source, position = envelope["source"], int(envelope["position"])
+        return self.apply_batch([envelope]) == 1
+
+    def apply_batch(self, envelopes: list[Envelope]) -> int:
+        """Apply the events past the recorded position, in order, in one transaction."""
+        source = envelopes[0]["source"]
         with _model_lock(self.engine, self.name), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
                              {"k": _advisory_key(self.name)})
             current = _tracked(conn, self.name, source)
-            if current >= position:
-                return False
-            self.handlers[envelope["type"]](conn, envelope)
-            _set_tracked(conn, self.name, source, current, position)
-        return True
+            applied, last = 0, current
+            for envelope in envelopes:
+                position = int(envelope["position"])
+                if position <= last:
+                    continue
+                handler = self.handlers.get(envelope["type"])
+                if handler is not None:
+                    handler(conn, envelope)
+                    applied += 1
+                last = position
+            if last > current:
+                _set_tracked(conn, self.name, source, current, last)
+        return applied
 
 
 def _tracked(conn: Connection, projection: str, source: str) -> int:

@@ -29,6 +29,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
+from concierge.green import DeadlineExceeded, deadline
 from concierge.rpc import as_contract_error
 from contracts.accounts import APP_STATUSES
 from contracts.errors import (
@@ -77,6 +78,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     Invalid: 422,
     ConciergeError: 400,
     UnknownService: 503,  # the service is not running: nobody consumes its RPC queue
+    DeadlineExceeded: 504,  # a service did not answer in time
 }
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
@@ -135,6 +137,10 @@ def problem_from(exc: Exception, request_id: str) -> Response:
     if status == 503:
         log.warning("request %s: %r", request_id, exc)
         return problem(503, "A service needed for this request is not running; retry later.")
+    if status == 504:
+        log.warning("request %s: %r", request_id, exc)
+        return problem(504, "A service needed for this request did not answer in time; "
+                            "retry later.")
     log.exception("request %s failed", request_id)
     return problem(500, f"Something went wrong on our side (request id {request_id}).")
 
@@ -218,6 +224,8 @@ class Call:
 
 
 class Gatekeeper(Protocol):
+    timeout_seconds: float
+
     def principal(self, token: str) -> dict[str, Any]: ...
 
 
@@ -250,8 +258,9 @@ def serve(service: Gatekeeper, route: Route, fn: Handler, request: Request,
           values: dict[str, Any]) -> Response:
     request_id = _request_id(request)
     try:
-        call = parse(service, route, request, request_id)
-        result = fn(service, call, **{name: str(value) for name, value in values.items()})
+        with deadline(service.timeout_seconds):
+            call = parse(service, route, request, request_id)
+            result = fn(service, call, **{name: str(value) for name, value in values.items()})
         response = respond(route, result)
     except Exception as exc:
         response = problem_from(exc, request_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from nameko.dependency_providers import Config
 from nameko.rpc import RpcProxy
 
 from contracts.accounts import InstallerCreate, LoginRequest, LoginResponse
@@ -47,6 +48,12 @@ class GatewayService:
     topology = RpcProxy("topology")
     accounts = RpcProxy("accounts")
     sessions = Sessions()
+    config = Config()
+
+    @property
+    def timeout_seconds(self) -> float:
+        """Every request ends within this time, answered 504 if a service is stuck."""
+        return float(self.config.get("GATEWAY_TIMEOUT_SECONDS", 10.0))
 
     def principal(self, token: str) -> dict[str, Any]:
         """Who holds this bearer token: from the short-lived cache, else from accounts."""

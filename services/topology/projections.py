@@ -27,11 +27,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from concierge.projection import ReadModel
+from concierge.projection import ReadModel, upsert
 from contracts.errors import Invalid
 
 Envelope = dict[str, Any]
@@ -101,13 +100,7 @@ class ResidentListQuery(_ListQuery):
 
 def _upsert(conn: Connection, table: Table, keys: Sequence[str], **row: Any) -> None:
     """Insert or overwrite: a replayed event writes the same row again."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**row)
-    changes = {name: value for name, value in row.items() if name not in keys}
-    if changes:
-        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=changes))
-    else:
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=list(keys)))
+    upsert(conn, table, keys, row)
 
 
 def _instant(value: Any) -> str | None:

@@ -1044,3 +1044,4 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
                 assert_problem(response, response.status_code)
     assert cases == 200 * len(routes)
     assert not failures, "\n".join(failures[:10])
+

@@ -21,9 +21,12 @@ class Platform:
 
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
                  services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, embedded: bool = False) -> None:
+        """`embedded`: one `concierge up` process on the in-process bus, as `make run` does."""
         self.port = port
         self.services = services
+        self.embedded = embedded
+        self.data_dir = data_dir
         self.env = {
             **os.environ,
             "AMQP_URI": amqp_uri,
@@ -42,7 +45,13 @@ class Platform:
 
     def start(self, timeout: float = 90) -> Platform:
         concierge = str(Path(sys.executable).with_name("concierge"))
-        for name in self.services:
+        if self.embedded:
+            env = {k: v for k, v in self.env.items()
+                   if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
+            self.procs.append(subprocess.Popen([concierge, "up"], env=env, cwd=ROOT,
+                                               stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+        for name in () if self.embedded else self.services:
             self.procs.append(subprocess.Popen([concierge, "run", name], env=self.env, cwd=ROOT,
                                                stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
@@ -84,10 +93,14 @@ class Platform:
             raw = err.read()
             return err.code, json.loads(raw) if raw else None
 
-    def installer_session(self, name: str = "bench-installer") -> str:
+    def distributor_token(self) -> str:
         _, session = self.call("POST", "/api/v1/auth/login",
                                {"username": "bench-distributor",
                                 "password": "bench-distributor-pw"})
+        return session["token"]
+
+    def installer_session(self, name: str = "bench-installer") -> str:
+        session = {"token": self.distributor_token()}
         self.call("POST", "/api/v1/installers",
                   {"username": name, "password": "installer-pw-1", "email": f"{name}@x.org"},
                   token=session["token"])
