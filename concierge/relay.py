@@ -9,7 +9,6 @@ only matters for commits made by other replicas.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -19,6 +18,7 @@ from concierge import envelope
 from concierge.bus import CONNECTION_ERRORS, Publisher, PublishFailed
 from concierge.database import relay_position
 from concierge.green import Wakeup
+from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
 from concierge.store import ServiceApplication
 
@@ -51,6 +51,8 @@ class OutboxRelay:
         self.publishable = publishable
         self.wakeup = Wakeup()
         self.running = True
+        self.loop = LeaderLoop(f"relay of {service}", lock, self.wakeup, idle_seconds,
+                               lock_check_seconds)
         self.published = 0
         self._publisher: Publisher | None = None
         self._position: int | None = None
@@ -142,32 +144,20 @@ class OutboxRelay:
     # -- the loop -------------------------------------------------------------------------------
     def stop(self) -> None:
         self.running = False
-        self.wakeup.set()
+        self.loop.stop()
 
     def run(self) -> None:
         """Lead or stand by; while leading, publish whenever the log grows."""
-        from concierge import green
 
-        last_check = 0.0
-        while self.running:
-            if not self.lock.acquire():
-                self.wakeup.wait(self.idle_seconds, self.wakeup.count)
-                continue
-            now = time.monotonic()
-            if now - last_check > self.lock_check_seconds:
-                last_check = now
-                if not self.lock.held():
-                    self._position = None
-                    continue
-            seen = self.wakeup.count
-            try:
-                while self.running and self.publish_pending():
-                    seen = self.wakeup.count
-            except Exception as exc:  # broker or database trouble: back off, keep leading
-                log.warning("relay of %s could not publish (%s); retrying", self.service, exc)
-                self._position = None
-                green.sleep(0.5)
-                continue
-            self.wakeup.wait(self.idle_seconds, seen)
-        self._drop_publisher()
-        self.lock.release()
+        def step() -> float:
+            published = self.publish_pending()
+            return 0 if published and self.running else self.idle_seconds
+
+        def forget() -> None:
+            self._position = None
+            self._drop_publisher()
+
+        try:
+            self.loop.run(step, on_lost=forget)
+        finally:
+            self._drop_publisher()

@@ -16,7 +16,6 @@ import os
 import smtplib
 import ssl
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -28,6 +27,7 @@ from uuid import UUID
 
 from concierge.config import Settings
 from concierge.green import Wakeup
+from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
 from services.notify.application import NotifyApplication
 from services.notify.domain import Email
@@ -214,6 +214,8 @@ class Mailer:
         self.lock_check_seconds = lock_check_seconds
         self.wakeup = Wakeup()
         self.running = True
+        self.loop = LeaderLoop("mailer", lock, self.wakeup, idle_seconds, lock_check_seconds,
+                               failure_pause=idle_seconds)
         self.sent = 0
         self.failed = 0
         app.on_recorded(lambda _position: self.wakeup.set())
@@ -261,29 +263,14 @@ class Mailer:
 
     def stop(self) -> None:
         self.running = False
-        self.wakeup.set()
+        self.loop.stop()
 
     def run(self) -> None:
         """Lead or stand by; while leading, send what is due, then wait for a commit or a retry."""
-        last_check = 0.0
-        try:
-            while self.running:
-                if not self.lock.acquire():
-                    self.wakeup.wait(self.idle_seconds, self.wakeup.count)
-                    continue
-                now = time.monotonic()
-                if now - last_check > self.lock_check_seconds:
-                    last_check = now
-                    if not self.lock.held():
-                        continue
-                seen = self.wakeup.count
-                try:
-                    if self.send_due() >= self.batch_size:
-                        continue  # more may be due right now
-                    timeout = self._timeout()
-                except Exception:
-                    log.exception("the mailer could not finish a pass; retrying")
-                    timeout = self.idle_seconds
-                self.wakeup.wait(timeout, seen)
-        finally:
-            self.lock.release()
+
+        def step() -> float:
+            if self.send_due() >= self.batch_size:
+                return 0  # more may be due right now
+            return self._timeout()
+
+        self.loop.run(step)

@@ -1,0 +1,59 @@
+"""Work that only one replica of a service may do at a time: the relay, the mailer.
+
+`LeaderLoop.run(step)` holds the service's lock for that purpose (standing by while another
+replica holds it), re-checks it now and then, and calls `step()` whenever a commit wakes it or the
+idle timeout passes. `step` returns how long to wait before the next call (0: at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from concierge.green import Wakeup
+from concierge.locks import LeaderLock
+
+log = logging.getLogger(__name__)
+
+
+class LeaderLoop:
+    def __init__(self, name: str, lock: LeaderLock, wakeup: Wakeup, idle_seconds: float,
+                 lock_check_seconds: float = 5.0, failure_pause: float = 0.5) -> None:
+        self.name = name
+        self.lock = lock
+        self.wakeup = wakeup
+        self.idle_seconds = idle_seconds
+        self.lock_check_seconds = lock_check_seconds
+        self.failure_pause = failure_pause
+        self.running = True
+
+    def stop(self) -> None:
+        self.running = False
+        self.wakeup.set()
+
+    def run(self, step: Callable[[], float], on_lost: Callable[[], None] = lambda: None) -> None:
+        """`on_lost` runs when leadership was lost or a step failed (forget cached state)."""
+        last_check = 0.0
+        try:
+            while self.running:
+                if not self.lock.acquire():
+                    self.wakeup.wait(self.idle_seconds, self.wakeup.count)
+                    continue
+                now = time.monotonic()
+                if now - last_check > self.lock_check_seconds:
+                    last_check = now
+                    if not self.lock.held():
+                        on_lost()
+                        continue
+                seen = self.wakeup.count
+                try:
+                    wait = step()
+                except Exception as exc:  # broker or database trouble: back off, keep leading
+                    log.warning("%s failed a pass (%s); retrying", self.name, exc)
+                    on_lost()
+                    wait = self.failure_pause
+                if wait > 0:
+                    self.wakeup.wait(wait, seen)
+        finally:
+            self.lock.release()
