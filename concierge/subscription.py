@@ -68,8 +68,14 @@ class Subscription:
                 return
             if position > self.position + 1:
                 self._catch_up(until=position)
-                if position <= self.position:
-                    return
+                if position > self.position:
+                    # Not in the source's log even after reading it to the end: a message
+                    # left in a durable queue by an earlier store (a wiped data folder, a
+                    # recreated schema). Applying it would skip every real event below it.
+                    log.warning("%s ignores %s %s at position %s: the log of %s ends at %s",
+                                self.handler.name, message.get("type"),
+                                message.get("event_id"), position, self.source, self.position)
+                return
             self._apply(message)
 
     def catch_up(self) -> int:

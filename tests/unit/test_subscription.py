@@ -136,3 +136,17 @@ def test_a_failed_apply_is_retried_and_applied_once() -> None:
     sub.deliver(env(2))  # the broker redelivers the requeued message
     sub.deliver(env(3))
     assert handler.applied == [1, 2, 3]
+
+
+def test_a_stale_message_beyond_the_source_log_is_ignored_not_applied() -> None:
+    """A durable queue may still hold messages of an earlier store (data folder wiped)."""
+    log = FakeLog([env(1), env(2)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver(env(500, amount=1000))  # from an earlier deployment: not in this log
+    assert handler.applied == [1, 2]  # the log was read and applied instead
+    assert sub.position == 2
+    log.events.append(env(3))
+    sub.deliver(env(3))  # real events after it are not mistaken for duplicates
+    assert handler.applied == [1, 2, 3]
+    assert handler.total == 3
