@@ -1,5 +1,5 @@
 # Everything goes through the project's own virtual environment, so a fresh machine needs only Python 3.11.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -8,8 +8,9 @@ rejected command always reaches the gateway as Invalid / NotFound / Conflict, ne
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
@@ -50,18 +51,25 @@ def as_contract_error(exc: BaseException) -> ConciergeError | None:
     return None
 
 
+@contextlib.contextmanager
+def contract_errors() -> Iterator[None]:
+    """Re-raise library and domain errors as the contract error they stand for."""
+    try:
+        yield
+    except Exception as exc:
+        contract_error = as_contract_error(exc)
+        if contract_error is None:
+            raise
+        raise contract_error from exc
+
+
 def translated(fn: F) -> F:
     """Wrap an RPC entrypoint without a call context (login, authenticate): errors only."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with contract_errors():
             return fn(*args, **kwargs)
-        except Exception as exc:
-            contract_error = as_contract_error(exc)
-            if contract_error is None:
-                raise
-            raise contract_error from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -71,13 +79,7 @@ def command(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: Any, ctx: dict[str, Any] | None, *args: Any, **kwargs: Any) -> Any:
-        with context.acting(ctx):
-            try:
-                return fn(self, ctx, *args, **kwargs)
-            except Exception as exc:
-                translated = as_contract_error(exc)
-                if translated is None:
-                    raise
-                raise translated from exc
+        with context.acting(ctx), contract_errors():
+            return fn(self, ctx, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
