@@ -44,6 +44,11 @@ class Platform:
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 90) -> Platform:
+        if not self.embedded:
+            # A fresh store must not meet messages an earlier run left in durable queues.
+            from tests.support.harness import reset_bus
+
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
         concierge = str(Path(sys.executable).with_name("concierge"))
         if self.embedded:
             env = {k: v for k, v in self.env.items()
