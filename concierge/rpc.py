@@ -4,6 +4,8 @@ Contract errors (contracts/errors.py) are registered with nameko so a caller get
 error back, with its field messages. `command` wraps a service entrypoint: it sets the caller's
 context for the events the call records and turns library errors into contract errors, so a
 rejected command always reaches the gateway as Invalid / NotFound / Conflict, never as a crash.
+`rpc` is nameko's decorator with those errors declared expected, so a refused request is logged
+as what it is (a caller's mistake, at WARNING) rather than as a service failure (ERROR).
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from marshmallow import ValidationError
+from nameko import rpc as nameko_rpc
 from nameko.exceptions import RemoteError, registry
 
 from concierge import context
 from contracts.errors import ERROR_TYPES, ConciergeError, Conflict, Invalid, NotFound, rebuild
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Every error a caller is meant to see: the request was refused, the service did not fail.
+# nameko matches with isinstance, so errors a service subclasses from these match too.
+EXPECTED_ERRORS: tuple[type[ConciergeError], ...] = tuple(ERROR_TYPES.values())
 
 
 def register_errors() -> None:
@@ -83,3 +90,27 @@ def command(fn: F) -> F:
             return fn(self, ctx, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+@overload
+def rpc(fn: F, /) -> F: ...
+
+
+@overload
+def rpc(*, expected_exceptions: Any = ..., sensitive_arguments: Any = ...
+        ) -> Callable[[F], F]: ...
+
+
+def rpc(fn: Any = None, /, *, expected_exceptions: Any = (), sensitive_arguments: Any = ()
+        ) -> Any:
+    """nameko's `@rpc`, with the contract errors always among its expected exceptions.
+
+    nameko 2.14 logs an entrypoint's exception at ERROR unless it is an instance of the
+    entrypoint's `expected_exceptions`, which it logs at WARNING (nameko.containers). Works bare
+    (`@rpc`) or called (`@rpc(sensitive_arguments=...)`); extra expected exceptions add to ours.
+    """
+    extra = (expected_exceptions if isinstance(expected_exceptions, tuple)
+             else (expected_exceptions,))
+    decorator = nameko_rpc.rpc(expected_exceptions=EXPECTED_ERRORS + extra,
+                               sensitive_arguments=sensitive_arguments)
+    return decorator if fn is None else decorator(fn)

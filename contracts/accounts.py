@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
+from contracts.fields import Email, Text
+
 __all__ = [
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
@@ -46,8 +48,8 @@ APP_STATUSES = ("unregistered", "registered")
 PRIVATE_FIELDS = frozenset({"password_hash", "token_digest"})
 
 
-def _username(**kwargs: object) -> fields.String:
-    return fields.String(
+def _username(**kwargs: object) -> Text:
+    return Text(
         required=True,
         validate=[
             validate.Length(min=1, max=USERNAME_MAX),
@@ -67,8 +69,8 @@ def _username(**kwargs: object) -> fields.String:
 class LoginRequest(Schema):
     """POST /api/v1/auth/login. No minimum length here: a login only checks, it sets nothing."""
 
-    username = fields.String(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
-    password = fields.String(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    username = Text(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
+    password = Text(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
 
 
 class LoginResponse(Schema):
@@ -82,10 +84,8 @@ class InstallerCreate(Schema):
     """A distributor creates an installer; the portal sends the login password to the email."""
 
     username = _username()
-    password = fields.String(
-        required=True, validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX)
-    )
-    email = fields.Email(required=True, validate=validate.Length(max=EMAIL_MAX))
+    password = Text(required=True, validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX))
+    email = Email(required=True, validate=validate.Length(max=EMAIL_MAX))
 
 
 class Principal(Schema):

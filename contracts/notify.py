@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
+from contracts.fields import Integer, Text
+
 __all__ = [
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
@@ -80,12 +82,14 @@ class EmailQuery(Schema):
     class Meta:
         unknown = RAISE
 
-    status = fields.String(validate=validate.OneOf(STATUSES))
-    recipient = fields.String(validate=validate.Length(min=1, max=254))
+    status = Text(validate=validate.OneOf(STATUSES))
+    recipient = Text(validate=validate.Length(min=1, max=254))
     apartment_id = fields.UUID()
     installer_id = fields.UUID()
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    per_page = fields.Integer(load_default=10, validate=validate.Range(min=1, max=PER_PAGE_MAX))
+    # Strict: this query travels as an RPC payload (JSON), never as an HTTP query string. A
+    # gateway route for it would parse the query string first, as its `ListQuery` does.
+    page = Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = Integer(load_default=10, validate=validate.Range(min=1, max=PER_PAGE_MAX))
 
 
 class EmailSummary(Schema):

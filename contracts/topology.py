@@ -2,7 +2,9 @@
 
 Command schemas refuse unknown fields (a typo is an error, not a silent no-op); create schemas
 fill in the manual's defaults, edit schemas are partial and fill in nothing. Event schemas ignore
-unknown fields, as the envelope's version rule asks of subscribers. Names, limits, choices and
+unknown fields, as the envelope's version rule asks of subscribers. Command integers are strict and
+command text refuses NUL (`contracts/fields.py`); events reuse the edit schemas, which is harmless
+since a service only records what its commands loaded. Names, limits, choices and
 defaults mirror services/topology/domain.py, which stays the authority (a unit test keeps the two
 equal); see its docstring for the manual's rules and our interpretations.
 """
@@ -16,6 +18,8 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from contracts.fields import Integer, Text
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -234,16 +238,16 @@ class Floor(fields.Field):
         return value
 
 
-def _text(max_chars: int, **kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Length(max=max_chars), **kwargs)
+def _text(max_chars: int, **kwargs: Any) -> Text:
+    return Text(validate=validate.Length(max=max_chars), **kwargs)
 
 
-def _choice(options: tuple[str, ...], **kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.OneOf(options), **kwargs)
+def _choice(options: tuple[str, ...], **kwargs: Any) -> Text:
+    return Text(validate=validate.OneOf(options), **kwargs)
 
 
-def _name(max_chars: int, **kwargs: Any) -> fields.String:
-    return fields.String(
+def _name(max_chars: int, **kwargs: Any) -> Text:
+    return Text(
         validate=[validate.Length(max=max_chars), _not_blank], allow_none=False, **kwargs
     )
 
@@ -253,8 +257,8 @@ def _not_blank(value: str) -> None:
         raise ValidationError("This field may not be blank.")
 
 
-def _email(**kwargs: Any) -> fields.String:
-    return fields.String(
+def _email(**kwargs: Any) -> Text:
+    return Text(
         allow_none=True,
         validate=[
             validate.Length(max=EMAIL_MAX),
@@ -264,8 +268,8 @@ def _email(**kwargs: Any) -> fields.String:
     )
 
 
-def _phone(**kwargs: Any) -> fields.String:
-    return fields.String(
+def _phone(**kwargs: Any) -> Text:
+    return Text(
         allow_none=True,
         validate=_optional_pattern(
             PHONE_REGEX, f"A phone number is 1 to {PHONE_MAX_DIGITS} digits."
@@ -274,8 +278,8 @@ def _phone(**kwargs: Any) -> fields.String:
     )
 
 
-def _mac(**kwargs: Any) -> fields.String:
-    return fields.String(
+def _mac(**kwargs: Any) -> Text:
+    return Text(
         allow_none=True,
         validate=_optional_pattern(
             MAC_REGEX, "Not a valid MAC address (12 hex digits, optionally ':' or '-' separated)."
@@ -293,8 +297,8 @@ def _call_sequence(**kwargs: Any) -> fields.List:
     )
 
 
-def _call_type(**kwargs: Any) -> fields.Integer:
-    return fields.Integer(
+def _call_type(**kwargs: Any) -> Integer:
+    return Integer(
         validate=validate.OneOf(tuple(CALL_TYPES)),
         metadata={"description": "; ".join(f"{k}={v}" for k, v in CALL_TYPES.items())},
         **kwargs,
@@ -305,14 +309,14 @@ def _accessible_floors(**kwargs: Any) -> fields.List:
     return fields.List(Floor(allow_all=True), validate=_floors, **kwargs)
 
 
-def _network_group(**kwargs: Any) -> fields.Integer:
-    return fields.Integer(validate=validate.Range(1, NETWORK_GROUP_MAX), **kwargs)
+def _network_group(**kwargs: Any) -> Integer:
+    return Integer(validate=validate.Range(1, NETWORK_GROUP_MAX), **kwargs)
 
 
 def _relays(**kwargs: Any) -> fields.List:
     """Relay1/2 names of the indoor monitor."""
     return fields.List(
-        fields.String(validate=validate.Length(max=DEVICE_NAME_MAX)),
+        Text(validate=validate.Length(max=DEVICE_NAME_MAX)),
         validate=validate.Length(max=INDOOR_MONITOR_RELAYS_MAX),
         **kwargs,
     )
@@ -343,7 +347,7 @@ class CommunityCreate(Schema):
 
     name = _name(COMMUNITY_NAME_MAX, required=True)
     feature_plan = _choice(FEATURE_PLANS, required=True)
-    time_zone = fields.String(validate=_time_zone, load_default=COMMUNITY_DEFAULTS["time_zone"])
+    time_zone = Text(validate=_time_zone, load_default=COMMUNITY_DEFAULTS["time_zone"])
     address = fields.Nested(Address, load_default=lambda: dict.fromkeys(ADDRESS_PARTS))
     date_format = _choice(DATE_FORMATS, load_default=COMMUNITY_DEFAULTS["date_format"])
     time_format = _choice(TIME_FORMATS, load_default=COMMUNITY_DEFAULTS["time_format"])
@@ -376,7 +380,7 @@ class CommunityEdit(Schema):
 
     name = _name(COMMUNITY_NAME_MAX)
     feature_plan = _choice(FEATURE_PLANS)
-    time_zone = fields.String(validate=_time_zone)
+    time_zone = Text(validate=_time_zone)
     address = fields.Nested(Address)
     date_format = _choice(DATE_FORMATS)
     time_format = _choice(TIME_FORMATS)
@@ -407,7 +411,7 @@ class BuildingCreate(Schema):
 
     name = _name(BUILDING_NAME_MAX, required=True)
     ground_floor = _choice(GROUND_FLOORS, allow_none=True, load_default=None)
-    floor_start = fields.Integer(
+    floor_start = Integer(
         allow_none=True, validate=validate.Range(FLOOR_MIN, FLOOR_MAX), load_default=None
     )
 
@@ -417,7 +421,7 @@ class BuildingEdit(Schema):
 
     name = _name(BUILDING_NAME_MAX)
     ground_floor = _choice(GROUND_FLOORS, allow_none=True)
-    floor_start = fields.Integer(allow_none=True, validate=validate.Range(FLOOR_MIN, FLOOR_MAX))
+    floor_start = Integer(allow_none=True, validate=validate.Range(FLOOR_MIN, FLOOR_MAX))
 
 
 # --- commands: apartment and resident --------------------------------------------------------
@@ -426,21 +430,21 @@ class BuildingEdit(Schema):
 class ResidentFields(Schema):
     """The resident part of Add APT: first and last name required."""
 
-    first_name = fields.String(required=True, validate=_resident_name)
-    last_name = fields.String(required=True, validate=_resident_name)
+    first_name = Text(required=True, validate=_resident_name)
+    last_name = Text(required=True, validate=_resident_name)
     email = _email(load_default=None)
-    language = fields.String(
+    language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'."),
         load_default=RESIDENT_DEFAULTS["language"],
     )
-    country = fields.String(
+    country = Text(
         allow_none=True,
         validate=_optional_pattern(COUNTRY_REGEX, "Not an ISO 3166 alpha-2 country/region code."),
         load_default=None,
     )
     mobile = _phone(load_default=None)
     landlines = fields.List(
-        fields.String(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
+        Text(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
         validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
         load_default=list,
     )
@@ -449,19 +453,19 @@ class ResidentFields(Schema):
 class ResidentEditFields(Schema):
     """The resident part of Edit APT: any subset of ResidentFields."""
 
-    first_name = fields.String(validate=_resident_name)
-    last_name = fields.String(validate=_resident_name)
+    first_name = Text(validate=_resident_name)
+    last_name = Text(validate=_resident_name)
     email = _email()
-    language = fields.String(
+    language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'.")
     )
-    country = fields.String(
+    country = Text(
         allow_none=True,
         validate=_optional_pattern(COUNTRY_REGEX, "Not an ISO 3166 alpha-2 country/region code."),
     )
     mobile = _phone()
     landlines = fields.List(
-        fields.String(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
+        Text(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
         validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
     )
 
@@ -478,10 +482,10 @@ def _call_sequence_fits(data: dict[str, Any]) -> None:
 class ApartmentCreate(Schema):
     """Add APT: the apartment, its indoor monitor (required on the basic plan), the resident."""
 
-    number = fields.String(required=True, validate=_apartment_number)
+    number = Text(required=True, validate=_apartment_number)
     floor = Floor(allow_none=True, load_default=None)
     name = _text(APARTMENT_NAME_MAX, allow_none=True, load_default=None)
-    web_relay_id = fields.Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX), load_default=0)
+    web_relay_id = Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX), load_default=0)
     contact_preference = _choice(CONTACT_PREFERENCES, load_default="group_call")
     call_sequence = _call_sequence(load_default=list)
     call_type = _call_type(load_default=0)
@@ -503,10 +507,10 @@ class ApartmentCreate(Schema):
 class _ApartmentFields(Schema):
     """The apartment's own fields, all optional and without defaults."""
 
-    number = fields.String(validate=_apartment_number)
+    number = Text(validate=_apartment_number)
     floor = Floor(allow_none=True)
     name = _text(APARTMENT_NAME_MAX, allow_none=True)
-    web_relay_id = fields.Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX))
+    web_relay_id = Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX))
     contact_preference = _choice(CONTACT_PREFERENCES)
     call_sequence = _call_sequence()
     call_type = _call_type()

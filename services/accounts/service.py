@@ -12,12 +12,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from nameko.rpc import rpc
 from sqlalchemy.engine import Engine
 
 from concierge import context
 from concierge.config import Settings
-from concierge.rpc import command, translated
+from concierge.rpc import command, rpc, translated
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from concierge.subscription import ProcessHandler
 from contracts.accounts import EVENT_SCHEMAS, InstallerCreate, LoginRequest

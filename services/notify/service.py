@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nameko.rpc import rpc
-
 from concierge.config import Settings
-from concierge.rpc import command
+from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, leader_lock, open_store
 from concierge.subscription import ProcessHandler
 from contracts.notify import EVENT_SCHEMAS, EmailQuery, EmailSummary

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nameko.rpc import rpc
-
 from concierge.config import Settings
-from concierge.rpc import command
+from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from contracts.topology import (
     EVENT_SCHEMAS,
