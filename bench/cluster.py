@@ -74,6 +74,32 @@ class Platform:
         self.stop()
         raise RuntimeError("the platform did not come up")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by each service process and by the broker and database
+        (Linux /proc), to show where a benchmark's work goes."""
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def used(pid: int) -> float:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / tick
+
+        figures = {name: used(proc.pid) for name, proc in zip(
+            ("up",) if self.embedded else self.services, self.procs, strict=False)}
+        for label, command in (("rabbitmq", "beam.smp"), ("postgresql", "postgres")):
+            total = 0.0
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        if (entry / "comm").read_text().strip() == command:
+                            total += used(int(entry.name))
+                    except OSError:
+                        continue
+            figures[label] = total
+        return figures
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()

@@ -42,19 +42,29 @@ def add_apartments(port: int, token: str, building: str, prefix: int, count: int
 
 
 def run(clients: int, per_client: int, port: int, token: str, building: str,
-        base: int) -> dict[str, object]:
+        base: int, platform: Platform | None = None) -> dict[str, object]:
     latencies: list[float] = []
     threads = [threading.Thread(target=add_apartments,
                                 args=(port, token, building, base + c, per_client, latencies))
                for c in range(clients)]
+    cpu_before = platform.cpu_seconds() if platform else {}
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"clients": clients, "requests": len(latencies),
-            "per_s": round(len(latencies) / elapsed, 1), "latency_ms": summary(latencies)}
+    result: dict[str, object] = {"clients": clients, "requests": len(latencies),
+                                 "per_s": round(len(latencies) / elapsed, 1),
+                                 "latency_ms": summary(latencies)}
+    if platform:
+        # CPU milliseconds per request, by process, while the requests ran (the work behind
+        # each request, such as accounts and notify, keeps running a little after).
+        after = platform.cpu_seconds()
+        result["cpu_ms_per_request"] = {
+            name: round((after[name] - cpu_before.get(name, 0.0)) * 1000 / len(latencies), 2)
+            for name in after}
+    return result
 
 
 def main() -> None:
@@ -77,8 +87,8 @@ def main() -> None:
             buildings.append(building["id"])
         run(1, 30, port, token, buildings[0], 10)  # warm-up
         one = run(1, int(sys.argv[1]) if len(sys.argv) > 1 else 300, port, token,
-                  buildings[0], 20)
-        twenty = run(20, 25, port, token, buildings[1], 30)
+                  buildings[0], 20, platform)
+        twenty = run(20, 25, port, token, buildings[1], 30, platform)
     finally:
         platform.stop()
     print(json.dumps({"add_apartment_1_client": one, "add_apartment_20_clients": twenty}))

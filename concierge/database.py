@@ -31,6 +31,14 @@ projection_tracking = Table(
     Column("position", BigInteger, nullable=False),
 )
 
+# The shape each read model's tables were created with (ReadModel.version).
+read_model_versions = Table(
+    "concierge_read_model_versions",
+    chassis_metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+
 
 def service_engine(service: str, settings: Settings) -> Engine:
     if settings.uses_postgres:

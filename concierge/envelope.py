@@ -14,12 +14,17 @@ _LIBRARY_KEYS = {"timestamp", "originator_topic", META_KEY, "class_version"}
 _EVENT_NAMESPACE = uuid.UUID("6f1c1a6e-0d5e-4c55-9b0e-2a7f4f4a5e10")
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
 def plain(value: Any) -> Any:
     """JSON-safe copy of an event attribute."""
+    if type(value) in _AS_IS:  # most attributes: checked first, it is the hot path of rebuilds
+        return value
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _AS_IS else plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
+        return [v if type(v) in _AS_IS else plain(v) for v in value]
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dt.datetime | dt.date):
@@ -76,6 +81,8 @@ def build(source: str, record: StoredRecord, version: int = 1,
         "actor": meta.get("actor", "system"),
         "correlation_id": meta.get("correlation_id", ""),
         "data": publishable.data(
-            record.type, {k: plain(v) for k, v in state.items() if k not in _LIBRARY_KEYS}
+            record.type,
+            {k: v if type(v) in _AS_IS else plain(v)
+             for k, v in state.items() if k not in _LIBRARY_KEYS}
         ),
     }

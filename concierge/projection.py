@@ -1,75 +1,311 @@
-"""Read models: SQLAlchemy tables fed by events, which can be dropped and rebuilt at any time."""
+"""Read models: SQLAlchemy tables fed by events, which can be dropped and rebuilt at any time.
+
+Handlers write through `Rows`, a unit of work addressed by primary key: it folds every change a
+batch of events makes to one row into a single final write, and sends the writes of a batch as
+one `executemany` per table and statement. A rebuild then costs a few statements per thousand
+events instead of several per event, and a command's own projection stays a short transaction.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import MetaData, Table, bindparam, delete
+from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from concierge.database import projection_tracking
-from concierge.subscription import ProjectFn, ProjectionHandler
+from concierge.database import projection_tracking, read_model_versions
+
+Key = tuple[Any, ...]
+_ABSENT = "absent"
+_ROW = "row"
+_PATCH = "patch"
+
+
+class Rows:
+    """Key-addressed reads and writes of read-model tables inside one transaction.
+
+    Each touched row is held in one of three states: a whole row (to be written as an upsert),
+    absent (to be deleted), or a patch of some columns (the row was never read: an UPDATE that
+    changes nothing when the row does not exist). Only the final state of each row is written,
+    so the order of writes across rows does not matter and they can be grouped freely.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._state: dict[tuple[str, Key], tuple[str, dict[str, Any] | None]] = {}
+        self._dirty: dict[tuple[str, Key], Table] = {}
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, table: Table, *key: Any) -> dict[str, Any] | None:
+        """The row with this primary key as the batch has left it, or None."""
+        slot = (table.fullname, tuple(key))
+        state = self._state.get(slot)
+        if state is not None and state[0] != _PATCH:
+            return dict(state[1]) if state[0] == _ROW and state[1] is not None else None
+        stored = self.conn.execute(select(table).where(_key_clause(table, key))).first()
+        if stored is None:
+            self._state[slot] = (_ABSENT, None)
+            self._dirty.pop(slot, None)
+            return None
+        row = dict(stored._mapping)
+        if state is not None:  # a pending patch on a row read only now: it stays to be written
+            row.update(state[1] or {})
+        self._state[slot] = (_ROW, row)
+        return dict(row)
+
+    def execute(self, statement: Any, *args: Any) -> Any:
+        """Run any other statement (a query over many rows): pending writes go first."""
+        self.flush()
+        return self.conn.execute(statement, *args)
+
+    # -- writes ----------------------------------------------------------------------------
+    def put(self, table: Table, **row: Any) -> None:
+        """Insert or replace the whole row; columns not given become NULL (or their default)."""
+        whole = {column.name: _default(column) for column in table.columns}
+        whole.update(row)
+        key = tuple(whole[c.name] for c in table.primary_key.columns)
+        self._write(table, key, (_ROW, whole))
+
+    def update(self, table: Table, key: Key | Any, **values: Any) -> None:
+        """Change some columns of the row, if it exists (a no-op otherwise, as in SQL)."""
+        if not values:
+            return
+        key = key if isinstance(key, tuple) else (key,)
+        slot = (table.fullname, key)
+        state = self._state.get(slot)
+        if state is None:
+            self._write(table, key, (_PATCH, dict(values)))
+        elif state[0] == _ABSENT:
+            return
+        else:
+            merged = dict(state[1] or {})
+            merged.update(values)
+            self._write(table, key, (state[0], merged))
+
+    def delete(self, table: Table, *key: Any) -> None:
+        self._write(table, tuple(key), (_ABSENT, None))
+
+    def _write(self, table: Table, key: Key, state: tuple[str, dict[str, Any] | None]) -> None:
+        slot = (table.fullname, key)
+        self._state[slot] = state
+        self._dirty[slot] = table
+
+    # -- flushing --------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write every pending change: one executemany per table and kind of statement."""
+        if not self._dirty:
+            return
+        groups: dict[tuple[str, str, tuple[str, ...]], tuple[Table, list[dict[str, Any]]]] = {}
+        for slot, table in self._dirty.items():
+            kind, row = self._state[slot]
+            key_names = [c.name for c in table.primary_key.columns]
+            if kind == _ABSENT:
+                params = {f"k_{name}": value for name, value in zip(key_names, slot[1],
+                                                                     strict=True)}
+                columns: tuple[str, ...] = ()
+            elif kind == _ROW:
+                params = dict(row or {})
+                columns = tuple(sorted(params))
+            else:
+                params = {f"v_{name}": value for name, value in (row or {}).items()}
+                params.update({f"k_{name}": value for name, value in zip(key_names, slot[1],
+                                                                          strict=True)})
+                columns = tuple(sorted(row or {}))
+            groups.setdefault((table.fullname, kind, columns), (table, []))[1].append(params)
+        self._dirty.clear()
+        for (_name, kind, columns), (table, batch) in groups.items():
+            if kind == _ROW and len(batch) > 1 and self.conn.dialect.name == "postgresql":
+                _upsert_many_values(self.conn, table, columns, batch)
+                continue
+            if kind == _ROW:
+                statement = _compiled_upsert(self.conn, table, columns)
+            elif kind == _ABSENT:
+                statement = _compiled_delete(self.conn, table)
+            else:
+                statement = _compiled_update(self.conn, table, columns)
+            _execute_many(self.conn, statement, batch)
+        # What was written is now the database's state; keep whole rows and absences for
+        # later reads in this transaction, forget patches (their row may not exist).
+        self._state = {slot: state for slot, state in self._state.items()
+                       if state[0] != _PATCH}
+
+
+def _default(column: Any) -> Any:
+    default = column.default
+    if default is not None and getattr(default, "is_scalar", False):
+        return default.arg
+    return None
+
+
+def _key_clause(table: Table, key: Sequence[Any]) -> Any:
+    columns = list(table.primary_key.columns)
+    if len(columns) != len(key):
+        raise ValueError(f"{table.name} has a key of {len(columns)} columns, got {len(key)}")
+    return and_(*(column == value for column, value in zip(columns, key, strict=True)))
+
+
+_COMPILED: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
+
+
+def _cached(conn: Connection, kind: str, table: Table, columns: tuple[str, ...],
+            build: Callable[[], Any]) -> Any:
+    """SQLAlchemy does not cache dialect ON CONFLICT statements: compile each shape once."""
+    cache_key = (conn.dialect.name, kind, table.fullname, columns)
+    compiled = _COMPILED.get(cache_key)
+    if compiled is None:
+        compiled = build().compile(dialect=conn.dialect)
+        _COMPILED[cache_key] = compiled
+    return compiled
+
+
+def _compiled_upsert(conn: Connection, table: Table, columns: tuple[str, ...]) -> Any:
+    def build() -> Any:
+        module = postgresql if conn.dialect.name == "postgresql" else sqlite
+        keys = [c.name for c in table.primary_key.columns]
+        insert = module.insert(table).values({c: bindparam(c) for c in columns})
+        changes = {c: insert.excluded[c] for c in columns if c not in keys}
+        if changes:
+            return insert.on_conflict_do_update(index_elements=keys, set_=changes)
+        return insert.on_conflict_do_nothing(index_elements=keys)
+
+    return _cached(conn, "upsert", table, columns, build)
+
+
+def _compiled_delete(conn: Connection, table: Table) -> Any:
+    def build() -> Any:
+        return delete(table).where(and_(*(c == bindparam(f"k_{c.name}")
+                                          for c in table.primary_key.columns)))
+
+    return _cached(conn, "delete", table, (), build)
+
+
+def _compiled_update(conn: Connection, table: Table, columns: tuple[str, ...]) -> Any:
+    def build() -> Any:
+        return (table.update()
+                .where(and_(*(c == bindparam(f"k_{c.name}") for c in table.primary_key.columns)))
+                .values({c: bindparam(f"v_{c}") for c in columns}))
+
+    return _cached(conn, "update", table, columns, build)
+
+
+def _execute_many(conn: Connection, compiled: Any, batch: list[dict[str, Any]]) -> None:
+    """Bound values go through the column types (datetimes, booleans), then to the driver."""
+    processors = compiled._bind_processors
+    rows = []
+    for params in batch:
+        values = compiled.construct_params(params)
+        for name, process in processors.items():
+            if name in values and values[name] is not None:
+                values[name] = process(values[name])
+        if compiled.positional:
+            rows.append(tuple(values[name] for name in compiled.positiontup))
+        else:
+            rows.append(values)
+    if len(rows) == 1:
+        conn.exec_driver_sql(compiled.string, rows[0])
+    else:
+        conn.exec_driver_sql(compiled.string, rows)
+
+
+def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...],
+                        batch: list[dict[str, Any]]) -> None:
+    """Many rows in one upsert: each column goes as one array, zipped back by `unnest`.
+
+    psycopg's executemany pipelines a statement per row, and every wait in the pipeline goes
+    through eventlet's hub (a thousand rows cost 75 ms that way); a multi-row VALUES list makes
+    psycopg parse a huge query each time. Here the statement text is short and the same for
+    every batch. Each key appears once in a flush, as ON CONFLICT DO UPDATE requires.
+    """
+    sql = _UNNEST_UPSERTS.get((table.fullname, columns))
+    if sql is None:
+        quote = conn.dialect.identifier_preparer.quote
+        keys = [c.name for c in table.primary_key.columns]
+        arrays = ", ".join(f"%s::{table.c[c].type.compile(dialect=conn.dialect)}[]"
+                           for c in columns)
+        changes = [c for c in columns if c not in keys]
+        conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO "
+        conflict += ("UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}"
+                                               for c in changes)) if changes else "NOTHING"
+        sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+               f"SELECT * FROM unnest({arrays}){conflict}")
+        _UNNEST_UPSERTS[(table.fullname, columns)] = sql
+    processors = {c: table.c[c].type.bind_processor(conn.dialect) for c in columns}
+    values = []
+    for column in columns:
+        process = processors[column]
+        cells = [row.get(column) for row in batch]
+        if process is not None:
+            cells = [process(v) if v is not None else v for v in cells]
+        values.append(cells)
+    conn.exec_driver_sql(sql, tuple(values))
+
+
+_UNNEST_UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+ProjectFn = Callable[[Rows, dict[str, Any]], None]
 
 
 class ReadModel:
-    """A named set of tables and, per source service, the event handlers that write them."""
+    """A named set of tables and, per source service, the event handlers that write them.
+
+    `version` names the shape of the tables: when it changes, the next start drops the tables
+    and rebuilds them from the logs (the positions are forgotten with them).
+    """
 
     name = "read_model"
+    version = 1
     metadata: MetaData
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
-        """{source service: {event type: fn(connection, envelope)}}."""
+        """{source service: {event type: fn(rows, envelope)}}."""
         raise NotImplementedError
 
-    def create(self, engine: Engine) -> None:
-        self.metadata.create_all(engine)
+    def create(self, engine: Engine) -> bool:
+        """Create the tables; drop them first if they hold an older shape. True if dropped."""
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": advisory_key(f"schema:{self.name}")})
+            stored = conn.execute(select(read_model_versions.c.version).where(
+                read_model_versions.c.name == self.name)).scalar()
+            existing = any(conn.dialect.has_table(conn, table.name)
+                           for table in self.metadata.sorted_tables)
+            outdated = existing and (stored or 1) != self.version
+            if outdated:
+                self._drop(conn)
+            self.metadata.create_all(conn)
+            if stored != self.version:
+                conn.execute(delete(read_model_versions).where(
+                    read_model_versions.c.name == self.name))
+                conn.execute(read_model_versions.insert().values(name=self.name,
+                                                                 version=self.version))
+        return outdated
 
     def drop(self, engine: Engine) -> None:
         """Drop the tables and forget every position, so the next catch-up starts from zero."""
-        self.metadata.drop_all(engine)
         with engine.begin() as conn:
-            conn.execute(delete(projection_tracking).where(
-                projection_tracking.c.projection == self.name))
+            self._drop(conn)
 
-    def projection_handlers(self, engine: Engine) -> dict[str, ProjectionHandler]:
+    def _drop(self, conn: Connection) -> None:
+        self.metadata.drop_all(conn)
+        conn.execute(delete(projection_tracking).where(
+            projection_tracking.c.projection == self.name))
+
+    def projection_handlers(self, engine: Engine) -> dict[str, Any]:
+        from concierge.subscription import ProjectionHandler
+
         return {
-            source: ProjectionHandler(f"{self.name}", engine, fns)
+            source: ProjectionHandler(self.name, engine, fns)
             for source, fns in self.handlers().items()
         }
 
 
-Progress = Callable[[str, int, int], None]
+def advisory_key(name: str) -> int:
+    """A PostgreSQL advisory lock key for a name (64 bits of its hash)."""
+    import hashlib
 
-_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
-
-
-def upsert(conn: Connection, table: Table, keys: Sequence[str], row: dict[str, Any]) -> None:
-    """Insert or overwrite a row (a replayed event writes the same row again).
-
-    The statement is built once per table and column set with bound parameters, so SQLAlchemy
-    compiles it once: building it with the values inside costs a compile per row, which made
-    rebuilds ten times slower.
-    """
-    dialect = conn.dialect.name
-    columns = tuple(sorted(row))
-    cache_key = (dialect, table.fullname, tuple(keys), columns)
-    compiled = _UPSERTS.get(cache_key)
-    if compiled is None:
-        module = postgresql if dialect == "postgresql" else sqlite
-        insert = module.insert(table).values({c: bindparam(c) for c in columns})
-        changes = {c: insert.excluded[c] for c in columns if c not in keys}
-        if changes:
-            stmt = insert.on_conflict_do_update(index_elements=list(keys), set_=changes)
-        else:
-            stmt = insert.on_conflict_do_nothing(index_elements=list(keys))
-        # SQLAlchemy does not cache dialect ON CONFLICT statements: compile once here.
-        compiled = stmt.compile(dialect=conn.dialect)
-        _UPSERTS[cache_key] = compiled
-    params = compiled.construct_params(row)
-    if compiled.positional:
-        conn.exec_driver_sql(compiled.string, tuple(params[name]
-                                                    for name in compiled.positiontup))
-    else:
-        conn.exec_driver_sql(compiled.string, params)
+    return int.from_bytes(hashlib.sha256(f"read-model:{name}".encode()).digest()[:8], "big",
+                          signed=True)

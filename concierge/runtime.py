@@ -27,8 +27,15 @@ from concierge.envelope import build as build_envelope
 from concierge.locks import AdvisoryLock, FileLock, LeaderLock
 from concierge.projection import ReadModel
 from concierge.relay import OutboxRelay
-from concierge.store import ServiceApplication, store_env
-from concierge.subscription import Envelope, Handler, LogReader, Subscription
+from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
+from concierge.subscription import (
+    Envelope,
+    Handler,
+    LogReader,
+    ProjectionHandler,
+    Subscription,
+    apply_together,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +77,60 @@ class Wiring:
             self.extras["publishable"] = Publishable(self.event_schemas)
         return self.extras["publishable"]
 
-    def local_reader(self, source: str, after: int, limit: int) -> list[Envelope]:
-        """Own read models see every attribute, private ones included: they never leave."""
-        assert source == self.service
-        return [build_envelope(self.service, r) for r in self.app.read(after, limit)]
+    def local_reader(self, handler: Handler) -> LogReader:
+        """Reads this service's own log for one of its read models.
 
-    def catch_up_local(self) -> None:
-        """Bring own read models up to the log now: a command's caller reads its own write."""
+        Own read models see every attribute, private ones included: they never leave. Events
+        the model does not handle are not decoded; they only carry their position past it.
+        """
+
+        def read(source: str, after: int, limit: int) -> list[Envelope]:
+            assert source == self.service
+            envelopes: list[Envelope] = []
+            for notification in self.app.read_notifications(after, limit):
+                kind = event_type(notification.topic)
+                if handler.interested(kind):
+                    envelopes.append(build_envelope(self.service, self.app.decode(notification)))
+                else:
+                    envelopes.append({"type": kind, "source": self.service,
+                                      "position": notification.id})
+            return envelopes
+
+        return read
+
+    def catch_up_local(self, records: list[StoredRecord] | None = None) -> None:
+        """Bring own read models up to the log now, in one transaction: a command's caller
+        reads its own write. `records`, just committed, spare reading them back from the log."""
+        if not self.local:
+            return
+        known = [build_envelope(self.service, r) for r in records] if records else None
+        try:
+            with contextlib.ExitStack() as held, self.engine.begin() as conn:
+                for sub in self.local:
+                    held.enter_context(sub.locked())
+                if known and self._project_together(conn, known):
+                    return
+                for sub in self.local:
+                    sub.catch_up(conn=conn, known=known)
+        except Exception:
+            for sub in self.local:
+                sub.forget_position()
+            log.exception("own read models fell behind; the background loop retries")
+
+
+    def _project_together(self, conn: Any, known: list[Envelope]) -> bool:
+        """The common case: every own read model stands right before the new events."""
+        first = int(known[0]["position"])
+        handlers = [sub.handler for sub in self.local]
+        if (any(sub.position != first - 1 for sub in self.local)
+                or not all(isinstance(h, ProjectionHandler) for h in handlers)):
+            return False
+        if not apply_together(handlers, conn, known):  # type: ignore[arg-type]
+            return False
+        last = int(known[-1]["position"])
         for sub in self.local:
-            try:
-                sub.catch_up()
-            except Exception:
-                log.exception("read model %s fell behind; the background loop retries",
-                              sub.handler.name)
+            sub.advanced(last, len(known))
+        return True
 
 
 def open_store(service: str, settings: Settings, app_cls: type[ServiceApplication],
@@ -149,11 +197,11 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
         handlers.extend(model.projection_handlers(wiring.engine).items())
     for source, handler in handlers:
         if source == service:
-            wiring.local.append(Subscription(source, handler, wiring.local_reader))
+            wiring.local.append(Subscription(source, handler, wiring.local_reader(handler)))
         else:
             sub = Subscription(source, handler, read_remote)
             wiring.subscriptions.setdefault(source, []).append(sub)
-    wiring.app.on_recorded(lambda _pos: wiring.catch_up_local())
+    wiring.app.on_recorded(wiring.catch_up_local)
     return wiring
 
 
@@ -161,8 +209,6 @@ def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
             only: set[str] | None = None) -> int:
     """Drop the service's read models (or those named in `only`) and rebuild them from the
     source logs; return how many events were read."""
-    from concierge.subscription import ProjectionHandler
-
     models = [m for m in wiring.read_models if only is None or m.name in only]
     names = {m.name for m in models}
     for model in models:

@@ -8,6 +8,8 @@ it has processed in the same transaction as the events it produces.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,12 +43,45 @@ class StampingMapper(Mapper):
         return domain_event
 
     def decode_state(self, state: bytes) -> dict[str, Any]:
-        """The raw attributes of a stored event, metadata included (for envelopes and history)."""
+        """The raw attributes of a stored event, metadata included, as JSON-safe values (ids
+        and instants as text): what envelopes and history carry."""
         if self.cipher:
             state = self.cipher.decrypt(state)
         if self.compressor:
             state = self.compressor.decompress(state)
-        return self.transcoder.decode(state)
+        decoder = self.__dict__.get("_plain_decoder")
+        if decoder is None:
+            decoder = self.__dict__["_plain_decoder"] = PlainDecoder(self.transcoder)
+        return decoder.decode(state)
+
+
+class PlainDecoder:
+    """Decodes stored event state straight to JSON-safe values.
+
+    The library's decoder builds a UUID or datetime for every tagged value, which envelopes
+    then turn back into text; here the tags become text directly (the same text: a UUID's
+    canonical form, the ISO string that was stored), several times faster on rebuilds.
+    """
+
+    def __init__(self, transcoder: Any) -> None:
+        self.transcoder = transcoder
+        self.decoder = json.JSONDecoder(object_hook=self._tagged)
+
+    def decode(self, state: bytes) -> dict[str, Any]:
+        return self.decoder.decode(state.decode("utf8"))
+
+    def _tagged(self, d: dict[str, Any]) -> Any:
+        if len(d) != 2 or "_type_" not in d or "_data_" not in d:
+            return d
+        name, data = d["_type_"], d["_data_"]
+        if name == "uuid_hex":
+            h = data.lower()
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        if name in ("datetime_iso", "decimal_str"):
+            return data
+        from concierge.envelope import plain
+
+        return plain(self.transcoder.names[name].decode(data))
 
 
 # Aggregates are cached and fast-forwarded with the events stored since, so a long stream is not
@@ -115,7 +150,13 @@ class StoredRecord:
 
     @property
     def type(self) -> str:
-        return self.topic.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+        return event_type(self.topic)
+
+
+@functools.cache
+def event_type(topic: str) -> str:
+    """The event's class name, from its stored topic ("module:Class.Event")."""
+    return topic.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
 
 
 class ServiceApplication(Application):
@@ -126,7 +167,7 @@ class ServiceApplication(Application):
     service_name = "service"
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self._listeners: list[Callable[[int], None]] = []
+        self._listeners: list[Callable[[list[StoredRecord]], None]] = []
         self._save_lock = threading.RLock()
         super().__init__(env=env)
 
@@ -152,14 +193,16 @@ class ServiceApplication(Application):
         return recordings
 
     def _notify(self, recordings: Sequence[Any]) -> None:
-        if not recordings:
+        if not recordings or not self._listeners:
             return
-        last = max(r.notification.id for r in recordings)
+        records = sorted((self.decode(r.notification) for r in recordings),
+                         key=lambda record: record.position)
         for listener in list(self._listeners):
-            listener(last)
+            listener(records)
 
-    def on_recorded(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(last_position)` after every commit (wakes the relay and projections)."""
+    def on_recorded(self, listener: Callable[[list[StoredRecord]], None]) -> None:
+        """Call `listener(records)` with what each commit stored, oldest first (it wakes the
+        relay and brings own read models up to date)."""
         self._listeners.append(listener)
 
     # -- tracking --------------------------------------------------------------------------
@@ -185,6 +228,12 @@ class ServiceApplication(Application):
             start=after, limit=limit, inclusive_of_start=False
         )
         return [self.decode(n) for n in notifications]
+
+    def read_notifications(self, after: int = 0, limit: int = 1000) -> list[Notification]:
+        """Raw log entries after `after`: callers decode only those they need."""
+        limit = max(1, min(limit, self.log_section_size))
+        return list(self.recorder.select_notifications(start=after, limit=limit,
+                                                       inclusive_of_start=False))
 
     def iter_log(self, after: int = 0, batch: int = 1000) -> Iterator[StoredRecord]:
         while True:

@@ -9,7 +9,7 @@ a duplicate too. Handlers record the position in the same transaction as their e
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,8 +19,9 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from sqlalchemy import and_, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from concierge import context
+from concierge import context, green
 from concierge.database import projection_tracking
+from concierge.projection import ProjectFn, Rows, advisory_key
 from concierge.store import ServiceApplication
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Handler(Protocol):
 
 class Subscription:
     def __init__(self, source: str, handler: Handler, read_log: LogReader,
-                 batch_size: int = 500) -> None:
+                 batch_size: int = 1000) -> None:
         self.source = source
         self.handler = handler
         self.read_log = read_log
@@ -55,6 +56,15 @@ class Subscription:
         if self._position is None:
             self._position = self.handler.tracked(self.source)
         return self._position
+
+    def locked(self) -> threading.RLock:
+        """Held while a caller applies events to this subscription's handler itself."""
+        return self._lock
+
+    def advanced(self, position: int, applied: int) -> None:
+        """The caller applied events up to `position` (committed with its transaction)."""
+        self._position = position
+        self.applied += applied
 
     def forget_position(self) -> None:
         """Re-read the persisted position next time (after a rebuild or a failed apply)."""
@@ -78,34 +88,64 @@ class Subscription:
                 return
             self._apply(message)
 
-    def catch_up(self) -> int:
-        """Apply everything the source's log holds past our position; return how many."""
-        with self._lock:
-            return self._catch_up(until=None)
+    def catch_up(self, conn: Connection | None = None,
+                 known: list[Envelope] | None = None) -> int:
+        """Apply everything the source's log holds past our position; return how many.
 
-    def _catch_up(self, until: int | None) -> int:
-        count = 0
-        apply_batch = getattr(self.handler, "apply_batch", None)
-        while True:
-            batch = self.read_log(self.source, self.position, self.batch_size)
-            fresh = [m for m in batch if int(m["position"]) > self.position]
-            if apply_batch is not None and fresh:
-                # Read models take a whole section in one transaction (rebuilds, late starts).
+        `known`: events just recorded, applied without reading the log when they follow on
+        from our position. `conn`: a transaction shared with other read models (the caller
+        forgets every position if it does not commit).
+        """
+        with self._lock:
+            apply_batch = getattr(self.handler, "apply_batch", None)
+            if (known and apply_batch is not None
+                    and int(known[0]["position"]) == self.position + 1):
                 try:
-                    self.applied += apply_batch(fresh)
+                    self.applied += apply_batch(known, conn=conn)
                 except Exception:
                     self._position = None
                     raise
-                self._position = int(fresh[-1]["position"])
-                count += len(fresh)
-            else:
-                for message in fresh:
-                    self._apply(message)
-                    count += 1
-            if len(batch) < self.batch_size:
-                return count
-            if until is not None and self.position >= until:
-                return count
+                self._position = int(known[-1]["position"])
+                return len(known)
+            return self._catch_up(until=None, conn=conn)
+
+    def _catch_up(self, until: int | None, conn: Connection | None = None) -> int:
+        count = 0
+        apply_batch = getattr(self.handler, "apply_batch", None)
+        ahead: Any = None
+        try:
+            while True:
+                if ahead is not None:
+                    batch, ahead = ahead.wait(), None
+                else:
+                    batch = self.read_log(self.source, self.position, self.batch_size)
+                more = len(batch) >= self.batch_size and (until is None or
+                                                          int(batch[-1]["position"]) < until)
+                if more and apply_batch is not None:
+                    # Read the next section while this one is written: the database works
+                    # on one while Python decodes the other.
+                    ahead = green.spawn(self.read_log, self.source, int(batch[-1]["position"]),
+                                        self.batch_size)
+                fresh = [m for m in batch if int(m["position"]) > self.position]
+                if apply_batch is not None and fresh:
+                    # Read models take a whole section in one transaction.
+                    try:
+                        self.applied += apply_batch(fresh, conn=conn)
+                    except Exception:
+                        self._position = None
+                        raise
+                    self._position = int(fresh[-1]["position"])
+                    count += len(fresh)
+                else:
+                    for message in fresh:
+                        self._apply(message)
+                        count += 1
+                if not more:
+                    return count
+        finally:
+            if ahead is not None:
+                with contextlib.suppress(Exception):
+                    ahead.wait()
 
     def _apply(self, message: Envelope) -> None:
         try:
@@ -156,19 +196,11 @@ class ProcessHandler:
         return True
 
 
-ProjectFn = Callable[[Connection, Envelope], None]
-
-
 _MODEL_LOCKS: dict[tuple[int, str], threading.RLock] = {}
 
 
 def _model_lock(engine: Engine, name: str) -> threading.RLock:
     return _MODEL_LOCKS.setdefault((id(engine), name), threading.RLock())
-
-
-def _advisory_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"read-model:{name}".encode()).digest()[:8], "big",
-                          signed=True)
 
 
 class ProjectionHandler:
@@ -195,14 +227,22 @@ class ProjectionHandler:
     def apply(self, envelope: Envelope) -> bool:
         return self.apply_batch([envelope]) == 1
 
-    def apply_batch(self, envelopes: list[Envelope]) -> int:
-        """Apply the events past the recorded position, in order, in one transaction."""
+    def apply_batch(self, envelopes: list[Envelope], conn: Connection | None = None) -> int:
+        """Apply the events past the recorded position, in order, in one transaction (the
+        given connection's, when several read models commit together)."""
+        if conn is not None:
+            return self._apply_within(conn, envelopes)
+        with self.engine.begin() as own:
+            return self._apply_within(own, envelopes)
+
+    def _apply_within(self, conn: Connection, envelopes: list[Envelope]) -> int:
         source = envelopes[0]["source"]
-        with _model_lock(self.engine, self.name), self.engine.begin() as conn:
+        with _model_lock(self.engine, self.name):
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                             {"k": _advisory_key(self.name)})
+                             {"k": advisory_key(self.name)})
             current = _tracked(conn, self.name, source)
+            rows = Rows(conn)
             applied, last = 0, current
             for envelope in envelopes:
                 position = int(envelope["position"])
@@ -210,12 +250,54 @@ class ProjectionHandler:
                     continue
                 handler = self.handlers.get(envelope["type"])
                 if handler is not None:
-                    handler(conn, envelope)
+                    handler(rows, envelope)
                     applied += 1
                 last = position
+            rows.flush()
             if last > current:
                 _set_tracked(conn, self.name, source, current, last)
         return applied
+
+
+def apply_together(handlers: list[ProjectionHandler], conn: Connection,
+                   envelopes: list[Envelope]) -> bool:
+    """Apply a run of one source's events to several read models in one transaction, with one
+    statement each to lock, read and move their positions (a command's own read models).
+
+    Only when every model stands right before the run; False (nothing written) otherwise, and
+    the caller falls back to catching up one model at a time.
+    """
+    source = envelopes[0]["source"]
+    first, last = int(envelopes[0]["position"]), int(envelopes[-1]["position"])
+    names = [h.name for h in handlers]
+    with contextlib.ExitStack() as held:
+        for handler in handlers:
+            held.enter_context(_model_lock(handler.engine, handler.name))
+        if conn.dialect.name == "postgresql":
+            keys = {f"k{i}": advisory_key(name) for i, name in enumerate(names)}
+            conn.execute(text("SELECT " + ", ".join(f"pg_advisory_xact_lock(:{k})" for k in keys)),
+                         keys)
+        pt = projection_tracking
+        tracked = dict(conn.execute(select(pt.c.projection, pt.c.position).where(
+            and_(pt.c.projection.in_(names), pt.c.source == source))).tuples().all())
+        if any(int(tracked.get(name, 0)) != first - 1 for name in names):
+            return False
+        rows = Rows(conn)
+        for envelope in envelopes:
+            for handler in handlers:
+                project = handler.handlers.get(envelope["type"])
+                if project is not None:
+                    project(rows, envelope)
+        rows.flush()
+        known = [name for name in names if name in tracked]
+        if known:
+            conn.execute(pt.update().where(and_(pt.c.projection.in_(known),
+                                                pt.c.source == source)).values(position=last))
+        fresh = [{"projection": n, "source": source, "position": last}
+                 for n in names if n not in tracked]
+        if fresh:
+            conn.execute(pt.insert(), fresh)
+    return True
 
 
 def _tracked(conn: Connection, projection: str, source: str) -> int:

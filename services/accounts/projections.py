@@ -6,19 +6,17 @@ wrote them, so a caller reads its own write (a token works as soon as `login` re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy.engine import Engine
 
-from concierge.projection import ReadModel
+from concierge.projection import ProjectFn, ReadModel, Rows
 from concierge.store import ServiceApplication
-from concierge.subscription import Envelope, ProjectFn
+from concierge.subscription import Envelope
 
 SOURCE = "accounts"
 
@@ -58,14 +56,6 @@ master_accounts = Table(
 )
 
 
-def _upsert(conn: Connection, table: Table, key: str, row: Mapping[str, Any]) -> None:
-    """Insert or overwrite by primary key: a rebuilt or re-applied row ends the same."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**row)
-    changes = {name: value for name, value in row.items() if name != key}
-    conn.execute(stmt.on_conflict_do_update(index_elements=[key], set_=changes))
-
-
 def _instant(value: datetime | str) -> datetime:
     """UTC, aware; SQLite hands back naive datetimes for what was written in UTC."""
     instant = datetime.fromisoformat(value) if isinstance(value, str) else value
@@ -91,32 +81,25 @@ class SessionsView(ReadModel):
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {SOURCE: {"SessionOpened": self.sync, "SessionClosed": self.sync}}
 
-    def sync(self, conn: Connection, env: Envelope) -> None:
+    def sync(self, rows: Rows, env: Envelope) -> None:
         try:
             account = self.app.repository.get(UUID(env["stream_id"]))
         except AggregateNotFoundError:
             return
         account_id = str(account.id)
         open_now: dict[str, str] = dict(account.sessions)
-        known = set(conn.execute(
+        known = set(rows.execute(
             select(sessions.c.token_digest).where(
                 sessions.c.account_id == account_id, sessions.c.closed.is_(False))
         ).scalars())
         installer_id = account.installer_id
         for digest in open_now.keys() - known:
-            _upsert(conn, sessions, "token_digest", {
-                "token_digest": digest,
-                "account_id": account_id,
-                "role": account.role,
-                "username": account.username,
-                "installer_id": str(installer_id) if installer_id else None,
-                "expires_at": _instant(open_now[digest]),
-                "closed": False,
-            })
-        gone = known - open_now.keys()
-        if gone:
-            conn.execute(update(sessions).where(sessions.c.token_digest.in_(sorted(gone)))
-                         .values(closed=True))
+            rows.put(sessions, token_digest=digest, account_id=account_id, role=account.role,
+                     username=account.username,
+                     installer_id=str(installer_id) if installer_id else None,
+                     expires_at=_instant(open_now[digest]), closed=False)
+        for digest in sorted(known - open_now.keys()):
+            rows.update(sessions, digest, closed=True)
 
 
 class PortalAccountsView(ReadModel):
@@ -129,15 +112,11 @@ class PortalAccountsView(ReadModel):
         return {SOURCE: {"PortalAccountCreated": self.created}}
 
     @staticmethod
-    def created(conn: Connection, env: Envelope) -> None:
+    def created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
-        _upsert(conn, portal_accounts, "id", {
-            "id": env["stream_id"],
-            "role": data["role"],
-            "username": data["username"],
-            "email": data.get("email"),
-            "created_by": data.get("created_by"),
-        })
+        rows.put(portal_accounts, id=env["stream_id"], role=data["role"],
+                 username=data["username"], email=data.get("email"),
+                 created_by=data.get("created_by"))
 
 
 class MasterAccountsView(ReadModel):
@@ -155,38 +134,31 @@ class MasterAccountsView(ReadModel):
         }}
 
     @staticmethod
-    def created(conn: Connection, env: Envelope) -> None:
+    def created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
-        _upsert(conn, master_accounts, "id", {
-            "id": env["stream_id"],
-            "apartment_id": data["apartment_id"],
-            "community_id": data["community_id"],
-            "installer_id": data["installer_id"],
-            "first_name": data["first_name"],
-            "last_name": data["last_name"],
-            "email": data.get("email"),
-            "app_status": "unregistered",
-        })
+        rows.put(master_accounts, id=env["stream_id"], apartment_id=data["apartment_id"],
+                 community_id=data["community_id"], installer_id=data["installer_id"],
+                 first_name=data["first_name"], last_name=data["last_name"],
+                 email=data.get("email"), app_status="unregistered")
 
     @staticmethod
-    def contact_changed(conn: Connection, env: Envelope) -> None:
+    def contact_changed(rows: Rows, env: Envelope) -> None:
         data = env["data"]
-        _set(conn, env, first_name=data["first_name"], last_name=data["last_name"],
+        _set(rows, env, first_name=data["first_name"], last_name=data["last_name"],
              email=data.get("email"))
 
     @staticmethod
-    def registered(conn: Connection, env: Envelope) -> None:
-        _set(conn, env, app_status="registered")
+    def registered(rows: Rows, env: Envelope) -> None:
+        _set(rows, env, app_status="registered")
 
     @staticmethod
-    def reset(conn: Connection, env: Envelope) -> None:
+    def reset(rows: Rows, env: Envelope) -> None:
         # Names stay: the manual's Reset list does not remove them.
-        _set(conn, env, email=None, app_status="unregistered")
+        _set(rows, env, email=None, app_status="unregistered")
 
 
-def _set(conn: Connection, env: Envelope, **values: Any) -> None:
-    conn.execute(update(master_accounts).where(master_accounts.c.id == env["stream_id"])
-                 .values(**values))
+def _set(rows: Rows, env: Envelope, **values: Any) -> None:
+    rows.update(master_accounts, env["stream_id"], **values)
 
 
 class AccountsViews:

@@ -28,11 +28,10 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from concierge import context
-from concierge.projection import ReadModel
+from concierge.projection import ReadModel, Rows
 from concierge.store import META_KEY, ServiceApplication
 from contracts.accounts import MasterAccountCreatedSchema
 from contracts.errors import Invalid
@@ -206,34 +205,29 @@ class EmailsView(ReadModel):
                            "EmailFailed": self.failed}}
 
     @staticmethod
-    def queued(conn: Connection, env: dict[str, Any]) -> None:
+    def queued(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
         queued_at = _naive_utc(env.get("occurred_at"))
-        row = {
-            "id": env["stream_id"], "position": int(env["position"]),
-            "template": data["template"], "recipient": data["recipient"],
-            "subject": data["subject"], "status": QUEUED, "attempts": 0,
-            "queued_at": queued_at, "due_at": queued_at, "sent_at": None, "transport": None,
-            "last_error": None, "cause_event_id": data["cause_event_id"],
-            "apartment_id": data.get("apartment_id"), "installer_id": data.get("installer_id"),
-        }
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(emails).values(**row)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=row))
+        rows.put(emails, id=env["stream_id"], position=int(env["position"]),
+                 template=data["template"], recipient=data["recipient"],
+                 subject=data["subject"], status=QUEUED, attempts=0, queued_at=queued_at,
+                 due_at=queued_at, sent_at=None, transport=None, last_error=None,
+                 cause_event_id=data["cause_event_id"], apartment_id=data.get("apartment_id"),
+                 installer_id=data.get("installer_id"))
 
     @staticmethod
-    def sent(conn: Connection, env: dict[str, Any]) -> None:
+    def sent(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
-        conn.execute(emails.update().where(emails.c.id == env["stream_id"]).values(
-            status="sent", sent_at=_naive_utc(data["sent_at"]), transport=data["transport"],
-            due_at=None))
+        rows.update(emails, env["stream_id"], status="sent",
+                    sent_at=_naive_utc(data["sent_at"]), transport=data["transport"],
+                    due_at=None)
 
     @staticmethod
-    def failed(conn: Connection, env: dict[str, Any]) -> None:
+    def failed(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
-        conn.execute(emails.update().where(emails.c.id == env["stream_id"]).values(
-            status="failed" if data["gave_up"] else RETRYING, attempts=int(data["attempts"]),
-            last_error=data["reason"], due_at=_naive_utc(data["retry_at"])))
+        rows.update(emails, env["stream_id"], status="failed" if data["gave_up"] else RETRYING,
+                    attempts=int(data["attempts"]), last_error=data["reason"],
+                    due_at=_naive_utc(data["retry_at"]))
 
     # -- queries ----------------------------------------------------------------------------
     def pending(self, due_by: datetime | None, limit: int) -> list[UUID]:

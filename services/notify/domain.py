@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import event
 
+from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid
 
 # Fixed forever: changing it would give every queued email a new id and send it again.

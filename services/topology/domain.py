@@ -59,8 +59,9 @@ from typing import Any
 from uuid import UUID, uuid4
 from zoneinfo import available_timezones
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import event
 
+from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid, NotFound
 
 # --- vocabulary and limits (contracts/topology.py mirrors them; a unit test keeps them equal) ---

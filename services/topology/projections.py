@@ -1,15 +1,15 @@
 """Topology read models: the Sites list, the buildings of a community, the Residents list.
 
 Each view is self-contained (its own tables, fed by its own handlers), so any one of them can be
-dropped and rebuilt alone. Counts are recounted from member rows rather than incremented, and rows
-that depend on two sources (topology and accounts) are joined from both sides, so the result is
-the same whichever source is replayed first.
+dropped and rebuilt alone. Counts are counted from member rows when read, never incremented, and
+rows that depend on two sources (topology and accounts) are joined when read, so the result is
+the same whichever source is replayed first and every write is one row by its key.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
@@ -21,16 +21,14 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    delete,
     func,
     or_,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from concierge.projection import ReadModel, upsert
+from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts.errors import Invalid
 
 Envelope = dict[str, Any]
@@ -98,11 +96,6 @@ class ResidentListQuery(_ListQuery):
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _upsert(conn: Connection, table: Table, keys: Sequence[str], **row: Any) -> None:
-    """Insert or overwrite: a replayed event writes the same row again."""
-    upsert(conn, table, keys, row)
-
-
 def _instant(value: Any) -> str | None:
     """UTC ISO text with microseconds, so text order is time order on every database."""
     if not value:
@@ -135,20 +128,24 @@ def _contains(column: ColumnElement[Any], text: str) -> ColumnElement[bool]:
     return func.lower(column).contains(text.lower(), autoescape=True)
 
 
-def _page(conn: Connection, query: Any, order: list[Any], page: int, per_page: int,
-          shape: Any) -> dict[str, Any]:
-    total = conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
-    rows = conn.execute(query.order_by(*order).limit(per_page).offset((page - 1) * per_page))
-    return {"items": [shape(row) for row in rows], "total": int(total), "page": page,
-            "per_page": per_page}
-
-
 def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
     key = sort.removeprefix("-")
     if key not in allowed:
         options = ", ".join(allowed)
         raise Invalid.field("sort", f"Must be one of: {options} (prefix '-' to reverse).")
     return key, sort.startswith("-")
+
+
+def _has_nul(value: Any) -> bool:
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return True
+        elif (kind is dict or kind is list) and _has_nul(item):
+            return True
+    return False
 
 
 def _without_nul(value: Any) -> Any:
@@ -163,10 +160,23 @@ def _without_nul(value: Any) -> Any:
 
 
 def _data(env: Envelope) -> dict[str, Any]:
-    return _without_nul(env.get("data") or {})
+    data = env.get("data") or {}
+    # Scanning is cheaper than copying, and events with NUL are rare (the contracts refuse it).
+    if isinstance(data, dict) and _has_nul(data):
+        return _without_nul(data)
+    return data
+
+
+def _changes(env: Envelope, names: Sequence[str]) -> dict[str, Any]:
+    changes = _data(env).get("changes") or {}
+    return {name: changes[name] for name in names if name in changes}
 
 
 # --- Sites: communities ----------------------------------------------------------------------
+#
+# Counts are not stored: they are counted from the member rows when a page is read (one grouped
+# query per page), so a write is one keyed row and the result is the same whichever order the
+# two sources' events arrive in.
 
 sites_metadata = MetaData()
 
@@ -178,11 +188,6 @@ communities = Table(
     Column("name", Text, nullable=False),
     Column("feature_plan", Text, nullable=False),
     Column("time_zone", Text, nullable=False),
-    Column("building_count", Integer, nullable=False),
-    Column("apartment_count", Integer, nullable=False),
-    Column("resident_count", Integer, nullable=False),
-    Column("device_count", Integer, nullable=False),
-    Column("property_manager_count", Integer, nullable=False),
     Column("created_at", String(40), nullable=False),
 )
 
@@ -192,52 +197,31 @@ community_units = Table(
     "topology_community_units",
     sites_metadata,
     Column("kind", String(20), primary_key=True),
-    Column("unit_id", Text, primary_key=True),
+    Column("unit_id", String(64), primary_key=True),
     Column("community_id", String(36), nullable=False, index=True),
     Column("apartment_id", String(36), nullable=True),
 )
 
 BUILDING, APARTMENT, RESIDENT = "building", "apartment", "resident"
 MASTER_ACCOUNT, FAMILY_MEMBER = "master_account", "family_member"
+COUNT_NAMES = ("building_count", "apartment_count", "resident_count", "device_count",
+               "property_manager_count")
 
 
-def _recount(conn: Connection, community_id: str) -> None:
-    """Counts from the member rows: the same numbers whatever order events arrived in."""
-    u = community_units
-    counts = dict(conn.execute(
-        select(u.c.kind, func.count()).where(u.c.community_id == community_id).group_by(u.c.kind)
-    ).tuples().all())
-    # Family members count while their apartment exists, whichever source spoke last.
-    apartments = select(u.c.unit_id).where(and_(u.c.community_id == community_id,
-                                                u.c.kind == APARTMENT))
-    family = conn.execute(select(func.count()).where(and_(
-        u.c.community_id == community_id, u.c.kind == FAMILY_MEMBER,
-        u.c.apartment_id.in_(apartments)))).scalar() or 0
-    conn.execute(update(communities).where(communities.c.id == community_id).values(
-        building_count=counts.get(BUILDING, 0),
-        apartment_count=counts.get(APARTMENT, 0),
-        resident_count=counts.get(RESIDENT, 0) + int(family),
-    ))
-
-
-def _add_unit(conn: Connection, kind: str, unit_id: str, community_id: str,
+def _add_unit(rows: Rows, kind: str, unit_id: str, community_id: str,
               apartment_id: str | None = None) -> None:
-    _upsert(conn, community_units, ("kind", "unit_id"), kind=kind, unit_id=unit_id,
-            community_id=community_id, apartment_id=apartment_id)
-
-
-def _drop_units(conn: Connection, kinds: Sequence[str], unit_id: str) -> None:
-    u = community_units
-    conn.execute(delete(u).where(and_(u.c.kind.in_(kinds), u.c.unit_id == unit_id)))
+    rows.put(community_units, kind=kind, unit_id=unit_id, community_id=community_id,
+             apartment_id=apartment_id)
 
 
 class SitesView(ReadModel):
     """Sites >> Community: name, plan, counts of buildings, APTs, end users and devices."""
 
     name = "topology_sites"
+    version = 2
     metadata = sites_metadata
 
-    def handlers(self) -> dict[str, dict[str, Any]]:
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {
             "topology": {
                 "CommunityCreated": self.community_created,
@@ -257,81 +241,90 @@ class SitesView(ReadModel):
         }
 
     @staticmethod
-    def community_created(conn: Connection, env: Envelope) -> None:
+    def community_created(rows: Rows, env: Envelope) -> None:
         data = _data(env)
-        _upsert(conn, communities, ("id",), id=env["stream_id"],
-                installer_id=str(data["installer_id"]), name=data["name"],
-                feature_plan=data["feature_plan"], time_zone=data["time_zone"],
-                building_count=0, apartment_count=0, resident_count=0, device_count=0,
-                property_manager_count=0, created_at=_instant(env["occurred_at"]))
-        _recount(conn, env["stream_id"])
+        rows.put(communities, id=env["stream_id"], installer_id=str(data["installer_id"]),
+                 name=data["name"], feature_plan=data["feature_plan"],
+                 time_zone=data["time_zone"], created_at=_instant(env["occurred_at"]))
 
     @staticmethod
-    def community_edited(conn: Connection, env: Envelope) -> None:
-        changes = _data(env).get("changes") or {}
-        values = {k: changes[k] for k in ("name", "feature_plan", "time_zone") if k in changes}
-        if values:
-            conn.execute(update(communities).where(communities.c.id == env["stream_id"])
-                         .values(**values))
+    def community_edited(rows: Rows, env: Envelope) -> None:
+        rows.update(communities, env["stream_id"],
+                    **_changes(env, ("name", "feature_plan", "time_zone")))
 
     @staticmethod
-    def community_deleted(conn: Connection, env: Envelope) -> None:
-        conn.execute(delete(communities).where(communities.c.id == env["stream_id"]))
+    def community_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(communities, env["stream_id"])
 
     @staticmethod
-    def building_added(conn: Connection, env: Envelope) -> None:
+    def building_added(rows: Rows, env: Envelope) -> None:
+        _add_unit(rows, BUILDING, env["stream_id"], str(_data(env)["community_id"]))
+
+    @staticmethod
+    def building_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(community_units, BUILDING, env["stream_id"])
+
+    @staticmethod
+    def apartment_added(rows: Rows, env: Envelope) -> None:
         community_id = str(_data(env)["community_id"])
-        _add_unit(conn, BUILDING, env["stream_id"], community_id)
-        _recount(conn, community_id)
+        _add_unit(rows, APARTMENT, env["stream_id"], community_id, env["stream_id"])
 
     @staticmethod
-    def building_deleted(conn: Connection, env: Envelope) -> None:
-        _drop_units(conn, (BUILDING,), env["stream_id"])
-        _recount(conn, str(_data(env)["community_id"]))
-
-    @staticmethod
-    def apartment_added(conn: Connection, env: Envelope) -> None:
+    def resident_added(rows: Rows, env: Envelope) -> None:
         community_id = str(_data(env)["community_id"])
-        _add_unit(conn, APARTMENT, env["stream_id"], community_id, env["stream_id"])
-        _recount(conn, community_id)
+        _add_unit(rows, RESIDENT, env["stream_id"], community_id, env["stream_id"])
 
     @staticmethod
-    def resident_added(conn: Connection, env: Envelope) -> None:
-        community_id = str(_data(env)["community_id"])
-        _add_unit(conn, RESIDENT, env["stream_id"], community_id, env["stream_id"])
-        _recount(conn, community_id)
+    def apartment_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(community_units, APARTMENT, env["stream_id"])
+        rows.delete(community_units, RESIDENT, env["stream_id"])
 
     @staticmethod
-    def apartment_deleted(conn: Connection, env: Envelope) -> None:
-        _drop_units(conn, (APARTMENT, RESIDENT), env["stream_id"])
-        _recount(conn, str(_data(env)["community_id"]))
-
-    @staticmethod
-    def master_account_created(conn: Connection, env: Envelope) -> None:
+    def master_account_created(rows: Rows, env: Envelope) -> None:
         data = _data(env)
-        community_id = str(data["community_id"])
-        _add_unit(conn, MASTER_ACCOUNT, env["stream_id"], community_id, str(data["apartment_id"]))
+        _add_unit(rows, MASTER_ACCOUNT, env["stream_id"], str(data["community_id"]),
+                  str(data["apartment_id"]))
 
     @staticmethod
-    def family_member_added(conn: Connection, env: Envelope) -> None:
-        u = community_units
-        master = conn.execute(select(u.c.community_id, u.c.apartment_id).where(and_(
-            u.c.kind == MASTER_ACCOUNT, u.c.unit_id == env["stream_id"]))).first()
+    def family_member_added(rows: Rows, env: Envelope) -> None:
+        master = rows.get(community_units, MASTER_ACCOUNT, env["stream_id"])
         if master is None:
             return
-        _add_unit(conn, FAMILY_MEMBER, str(_data(env)["family_member_id"]), master.community_id,
-                  master.apartment_id)
-        _recount(conn, master.community_id)
+        _add_unit(rows, FAMILY_MEMBER, str(_data(env)["family_member_id"]),
+                  master["community_id"], master["apartment_id"])
 
     @staticmethod
-    def master_account_reset(conn: Connection, env: Envelope) -> None:
-        u = community_units
-        master = conn.execute(select(u.c.community_id).where(and_(
-            u.c.kind == MASTER_ACCOUNT, u.c.unit_id == env["stream_id"]))).first()
+    def master_account_reset(rows: Rows, env: Envelope) -> None:
         for member in _data(env).get("removed_family_member_ids") or []:
-            _drop_units(conn, (FAMILY_MEMBER,), str(member))
-        if master is not None:
-            _recount(conn, master.community_id)
+            rows.delete(community_units, FAMILY_MEMBER, str(member))
+
+
+def _community_counts(conn: Connection, community_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """The counts of each community, from its member rows: residents are the APTs' residents
+    plus the family members of APTs that still exist (whichever source spoke last)."""
+    counts = {cid: dict.fromkeys(COUNT_NAMES, 0) for cid in community_ids}
+    if not community_ids:
+        return counts
+    u = community_units
+    grouped = conn.execute(
+        select(u.c.community_id, u.c.kind, func.count())
+        .where(and_(u.c.community_id.in_(community_ids),
+                    u.c.kind.in_((BUILDING, APARTMENT, RESIDENT))))
+        .group_by(u.c.community_id, u.c.kind))
+    names = {BUILDING: "building_count", APARTMENT: "apartment_count",
+             RESIDENT: "resident_count"}
+    for community_id, kind, count in grouped:
+        counts[community_id][names[kind]] += int(count)
+    apartments_alive = select(u.c.unit_id).where(and_(u.c.community_id.in_(community_ids),
+                                                      u.c.kind == APARTMENT))
+    family = conn.execute(
+        select(u.c.community_id, func.count())
+        .where(and_(u.c.community_id.in_(community_ids), u.c.kind == FAMILY_MEMBER,
+                    u.c.apartment_id.in_(apartments_alive)))
+        .group_by(u.c.community_id))
+    for community_id, count in family:
+        counts[community_id]["resident_count"] += int(count)
+    return counts
 
 
 # --- buildings -------------------------------------------------------------------------------
@@ -347,7 +340,6 @@ buildings = Table(
     Column("name", Text, nullable=False),
     Column("ground_floor", Text, nullable=True),
     Column("floor_start", Integer, nullable=True),
-    Column("apartment_count", Integer, nullable=False),
     Column("created_at", String(40), nullable=False),
 )
 
@@ -359,20 +351,14 @@ building_apartments = Table(
 )
 
 
-def _recount_building(conn: Connection, building_id: str) -> None:
-    count = conn.execute(select(func.count()).where(
-        building_apartments.c.building_id == building_id)).scalar() or 0
-    conn.execute(update(buildings).where(buildings.c.id == building_id)
-                 .values(apartment_count=int(count)))
-
-
 class BuildingsView(ReadModel):
     """The buildings of each community (the tree on the left of Residents and Devices)."""
 
     name = "topology_buildings"
+    version = 2
     metadata = buildings_metadata
 
-    def handlers(self) -> dict[str, dict[str, Any]]:
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {"topology": {
             "BuildingAdded": self.added,
             "BuildingEdited": self.edited,
@@ -382,42 +368,46 @@ class BuildingsView(ReadModel):
         }}
 
     @staticmethod
-    def added(conn: Connection, env: Envelope) -> None:
+    def added(rows: Rows, env: Envelope) -> None:
         data = _data(env)
-        _upsert(conn, buildings, ("id",), id=env["stream_id"],
-                community_id=str(data["community_id"]), installer_id=str(data["installer_id"]),
-                name=data["name"], ground_floor=data.get("ground_floor"),
-                floor_start=data.get("floor_start"), apartment_count=0,
-                created_at=_instant(env["occurred_at"]))
-        _recount_building(conn, env["stream_id"])
+        rows.put(buildings, id=env["stream_id"], community_id=str(data["community_id"]),
+                 installer_id=str(data["installer_id"]), name=data["name"],
+                 ground_floor=data.get("ground_floor"), floor_start=data.get("floor_start"),
+                 created_at=_instant(env["occurred_at"]))
 
     @staticmethod
-    def edited(conn: Connection, env: Envelope) -> None:
-        changes = _data(env).get("changes") or {}
-        values = {k: changes[k] for k in ("name", "ground_floor", "floor_start") if k in changes}
-        if values:
-            conn.execute(update(buildings).where(buildings.c.id == env["stream_id"])
-                         .values(**values))
+    def edited(rows: Rows, env: Envelope) -> None:
+        rows.update(buildings, env["stream_id"],
+                    **_changes(env, ("name", "ground_floor", "floor_start")))
 
     @staticmethod
-    def deleted(conn: Connection, env: Envelope) -> None:
-        conn.execute(delete(buildings).where(buildings.c.id == env["stream_id"]))
+    def deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(buildings, env["stream_id"])
 
     @staticmethod
-    def apartment_added(conn: Connection, env: Envelope) -> None:
-        building_id = str(_data(env)["building_id"])
-        _upsert(conn, building_apartments, ("apartment_id",), apartment_id=env["stream_id"],
-                building_id=building_id)
-        _recount_building(conn, building_id)
+    def apartment_added(rows: Rows, env: Envelope) -> None:
+        rows.put(building_apartments, apartment_id=env["stream_id"],
+                 building_id=str(_data(env)["building_id"]))
 
     @staticmethod
-    def apartment_deleted(conn: Connection, env: Envelope) -> None:
-        conn.execute(delete(building_apartments).where(
-            building_apartments.c.apartment_id == env["stream_id"]))
-        _recount_building(conn, str(_data(env)["building_id"]))
+    def apartment_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(building_apartments, env["stream_id"])
+
+
+def _apartment_counts(conn: Connection, building_ids: Sequence[str]) -> dict[str, int]:
+    if not building_ids:
+        return {}
+    ba = building_apartments
+    grouped = conn.execute(select(ba.c.building_id, func.count())
+                           .where(ba.c.building_id.in_(building_ids))
+                           .group_by(ba.c.building_id))
+    return {building_id: int(count) for building_id, count in grouped}
 
 
 # --- Residents: apartments with their resident and app status ---------------------------------
+#
+# The building's name and the resident's app status live in their own keyed rows and are
+# joined when the list is read, so a building rename or an account event is one row write.
 
 residents_metadata = MetaData()
 
@@ -426,7 +416,6 @@ apartments = Table(
     residents_metadata,
     Column("id", String(36), primary_key=True),
     Column("building_id", String(36), nullable=False, index=True),
-    Column("building_name", Text, nullable=True),
     Column("community_id", String(36), nullable=False, index=True),
     Column("installer_id", String(36), nullable=False, index=True),
     Column("number", Text, nullable=False),
@@ -436,8 +425,6 @@ apartments = Table(
     Column("last_name", Text, nullable=True),
     Column("email", Text, nullable=True),
     Column("mobile", Text, nullable=True),
-    Column("app_status", String(20), nullable=False),
-    Column("master_account_id", String(36), nullable=True),
     Column("created_at", String(40), nullable=False),
 )
 
@@ -449,7 +436,8 @@ apartment_buildings = Table(
     Column("name", Text, nullable=False),
 )
 
-# Accounts' master accounts, kept apart so an account seen before its apartment is not lost.
+# Accounts' master accounts (one per APT), kept apart so an account seen before its apartment
+# is not lost.
 app_accounts = Table(
     "topology_app_accounts",
     residents_metadata,
@@ -459,29 +447,14 @@ app_accounts = Table(
 )
 
 
-def _account_of(conn: Connection, apartment_id: str) -> Any:
-    return conn.execute(select(app_accounts).where(
-        app_accounts.c.apartment_id == apartment_id)).first()
-
-
-def _set_app_status(conn: Connection, master_account_id: str, status: str) -> None:
-    account = conn.execute(select(app_accounts).where(
-        app_accounts.c.master_account_id == master_account_id)).first()
-    if account is None:
-        return
-    conn.execute(update(app_accounts).where(
-        app_accounts.c.master_account_id == master_account_id).values(app_status=status))
-    conn.execute(update(apartments).where(apartments.c.id == account.apartment_id)
-                 .values(app_status=status))
-
-
 class ResidentsView(ReadModel):
     """Residents: each APT with its building, resident and SmartPlus app status."""
 
     name = "topology_residents"
+    version = 2
     metadata = residents_metadata
 
-    def handlers(self) -> dict[str, dict[str, Any]]:
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {
             "topology": {
                 "BuildingAdded": self.building_added,
@@ -502,101 +475,94 @@ class ResidentsView(ReadModel):
         }
 
     @staticmethod
-    def building_added(conn: Connection, env: Envelope) -> None:
-        _upsert(conn, apartment_buildings, ("id",), id=env["stream_id"],
-                name=_data(env)["name"])
+    def building_added(rows: Rows, env: Envelope) -> None:
+        rows.put(apartment_buildings, id=env["stream_id"], name=_data(env)["name"])
 
     @staticmethod
-    def building_edited(conn: Connection, env: Envelope) -> None:
-        changes = _data(env).get("changes") or {}
-        if "name" not in changes:
-            return
-        conn.execute(update(apartment_buildings).where(
-            apartment_buildings.c.id == env["stream_id"]).values(name=changes["name"]))
-        conn.execute(update(apartments).where(apartments.c.building_id == env["stream_id"])
-                     .values(building_name=changes["name"]))
+    def building_edited(rows: Rows, env: Envelope) -> None:
+        rows.update(apartment_buildings, env["stream_id"], **_changes(env, ("name",)))
 
     @staticmethod
-    def building_deleted(conn: Connection, env: Envelope) -> None:
-        conn.execute(delete(apartment_buildings).where(
-            apartment_buildings.c.id == env["stream_id"]))
+    def building_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(apartment_buildings, env["stream_id"])
 
     @staticmethod
-    def apartment_added(conn: Connection, env: Envelope) -> None:
+    def apartment_added(rows: Rows, env: Envelope) -> None:
         data = _data(env)
-        building_id = str(data["building_id"])
-        building_name = conn.execute(select(apartment_buildings.c.name).where(
-            apartment_buildings.c.id == building_id)).scalar()
-        account = _account_of(conn, env["stream_id"])
-        _upsert(conn, apartments, ("id",), id=env["stream_id"], building_id=building_id,
-                building_name=building_name, community_id=str(data["community_id"]),
-                installer_id=str(data["installer_id"]), number=data["number"],
-                name=data.get("name"), floor=_floor_text(data.get("floor")),
-                first_name=None, last_name=None, email=None, mobile=None,
-                # No app account yet is, for the resident, an app not yet registered.
-                app_status=account.app_status if account else UNREGISTERED,
-                master_account_id=account.master_account_id if account else None,
-                created_at=_instant(env["occurred_at"]))
+        rows.put(apartments, id=env["stream_id"], building_id=str(data["building_id"]),
+                 community_id=str(data["community_id"]), installer_id=str(data["installer_id"]),
+                 number=data["number"], name=data.get("name"),
+                 floor=_floor_text(data.get("floor")), created_at=_instant(env["occurred_at"]))
 
     @staticmethod
-    def resident_added(conn: Connection, env: Envelope) -> None:
+    def resident_added(rows: Rows, env: Envelope) -> None:
         data = _data(env)
-        conn.execute(update(apartments).where(apartments.c.id == env["stream_id"]).values(
-            first_name=data.get("first_name"), last_name=data.get("last_name"),
-            email=data.get("email"), mobile=data.get("mobile")))
+        rows.update(apartments, env["stream_id"], first_name=data.get("first_name"),
+                    last_name=data.get("last_name"), email=data.get("email"),
+                    mobile=data.get("mobile"))
 
     @staticmethod
-    def apartment_edited(conn: Connection, env: Envelope) -> None:
-        changes = _data(env).get("changes") or {}
-        values: dict[str, Any] = {k: changes[k] for k in ("number", "name") if k in changes}
-        if "floor" in changes:
-            values["floor"] = _floor_text(changes["floor"])
-        if values:
-            conn.execute(update(apartments).where(apartments.c.id == env["stream_id"])
-                         .values(**values))
+    def apartment_edited(rows: Rows, env: Envelope) -> None:
+        values = _changes(env, ("number", "name", "floor"))
+        if "floor" in values:
+            values["floor"] = _floor_text(values["floor"])
+        rows.update(apartments, env["stream_id"], **values)
 
     @staticmethod
-    def resident_edited(conn: Connection, env: Envelope) -> None:
-        changes = _data(env).get("changes") or {}
-        values = {k: changes[k] for k in ("first_name", "last_name", "email", "mobile")
-                  if k in changes}
-        if values:
-            conn.execute(update(apartments).where(apartments.c.id == env["stream_id"])
-                         .values(**values))
+    def resident_edited(rows: Rows, env: Envelope) -> None:
+        rows.update(apartments, env["stream_id"],
+                    **_changes(env, ("first_name", "last_name", "email", "mobile")))
 
     @staticmethod
-    def apartment_reset(conn: Connection, env: Envelope) -> None:
+    def apartment_reset(rows: Rows, env: Envelope) -> None:
         cleared = set(_data(env).get("cleared_fields") or [])
-        values = {k: None for k in ("email", "mobile") if k in cleared}
-        if values:
-            conn.execute(update(apartments).where(apartments.c.id == env["stream_id"])
-                         .values(**values))
+        rows.update(apartments, env["stream_id"],
+                    **{k: None for k in ("email", "mobile") if k in cleared})
 
     @staticmethod
-    def apartment_deleted(conn: Connection, env: Envelope) -> None:
-        conn.execute(delete(apartments).where(apartments.c.id == env["stream_id"]))
+    def apartment_deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(apartments, env["stream_id"])
 
     @staticmethod
-    def master_account_created(conn: Connection, env: Envelope) -> None:
-        apartment_id = str(_data(env)["apartment_id"])
-        _upsert(conn, app_accounts, ("master_account_id",), master_account_id=env["stream_id"],
-                apartment_id=apartment_id, app_status=UNREGISTERED)
-        conn.execute(update(apartments).where(apartments.c.id == apartment_id).values(
-            app_status=UNREGISTERED, master_account_id=env["stream_id"]))
+    def master_account_created(rows: Rows, env: Envelope) -> None:
+        rows.put(app_accounts, master_account_id=env["stream_id"],
+                 apartment_id=str(_data(env)["apartment_id"]), app_status=UNREGISTERED)
 
     @staticmethod
-    def master_account_registered(conn: Connection, env: Envelope) -> None:
-        _set_app_status(conn, env["stream_id"], REGISTERED)
+    def master_account_registered(rows: Rows, env: Envelope) -> None:
+        rows.update(app_accounts, env["stream_id"], app_status=REGISTERED)
 
     @staticmethod
-    def master_account_reset(conn: Connection, env: Envelope) -> None:
-        _set_app_status(conn, env["stream_id"], UNREGISTERED)
+    def master_account_reset(rows: Rows, env: Envelope) -> None:
+        rows.update(app_accounts, env["stream_id"], app_status=UNREGISTERED)
 
 
 READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView)
 
+# No app account yet is, for the resident, an app not yet registered.
+_app_status = func.coalesce(app_accounts.c.app_status, UNREGISTERED).label("app_status")
+_residents_source = (
+    apartments
+    .outerjoin(apartment_buildings, apartment_buildings.c.id == apartments.c.building_id)
+    .outerjoin(app_accounts, app_accounts.c.apartment_id == apartments.c.id)
+)
+_residents_columns = [*apartments.c, apartment_buildings.c.name.label("building_name"),
+                      _app_status, app_accounts.c.master_account_id]
+
 
 # --- queries ---------------------------------------------------------------------------------
+
+
+def _page(conn: Connection, query: Any, order: list[Any], page: int, per_page: int,
+          shape: Callable[[Any], dict[str, Any]],
+          enrich: Callable[[Connection, list[dict[str, Any]]], None] | None = None,
+          ) -> dict[str, Any]:
+    total = conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
+    rows = conn.execute(query.order_by(*order).limit(per_page).offset((page - 1) * per_page))
+    items = [shape(row) for row in rows]
+    if enrich is not None:
+        enrich(conn, items)
+    return {"items": items, "total": int(total), "page": page, "per_page": per_page}
 
 
 def _community_item(row: Any) -> dict[str, Any]:
@@ -605,13 +571,15 @@ def _community_item(row: Any) -> dict[str, Any]:
         "name": row.name,
         "feature_plan": row.feature_plan,
         "time_zone": row.time_zone,
-        "building_count": row.building_count,
-        "apartment_count": row.apartment_count,
-        "resident_count": row.resident_count,
-        "device_count": row.device_count,
-        "property_manager_count": row.property_manager_count,
+        **dict.fromkeys(COUNT_NAMES, 0),
         "created_at": row.created_at,
     }
+
+
+def _with_community_counts(conn: Connection, items: list[dict[str, Any]]) -> None:
+    counts = _community_counts(conn, [item["id"] for item in items])
+    for item in items:
+        item.update(counts[item["id"]])
 
 
 def _building_item(row: Any) -> dict[str, Any]:
@@ -621,9 +589,15 @@ def _building_item(row: Any) -> dict[str, Any]:
         "name": row.name,
         "ground_floor": row.ground_floor,
         "floor_start": row.floor_start,
-        "apartment_count": row.apartment_count,
+        "apartment_count": 0,
         "created_at": row.created_at,
     }
+
+
+def _with_apartment_counts(conn: Connection, items: list[dict[str, Any]]) -> None:
+    counts = _apartment_counts(conn, [item["id"] for item in items])
+    for item in items:
+        item["apartment_count"] = counts.get(item["id"], 0)
 
 
 def _resident_item(row: Any) -> dict[str, Any]:
@@ -662,7 +636,8 @@ class TopologyViews:
         column = func.lower(c.c.name) if key == "name" else c.c.created_at
         order = [_order(column, descending), _order(c.c.id, descending)]
         with self.engine.connect() as conn:
-            return _page(conn, query, order, page, per_page, _community_item)
+            return _page(conn, query, order, page, per_page, _community_item,
+                         _with_community_counts)
 
     def list_buildings(self, installer_id: str, community_id: str, page: int = 1,
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "name",
@@ -676,7 +651,8 @@ class TopologyViews:
         column = func.lower(b.c.name) if key == "name" else b.c.created_at
         order = [_order(column, descending), _order(b.c.id, descending)]
         with self.engine.connect() as conn:
-            return _page(conn, query, order, page, per_page, _building_item)
+            return _page(conn, query, order, page, per_page, _building_item,
+                         _with_apartment_counts)
 
     def list_residents(self, installer_id: str, community_id: str, page: int = 1,
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "number",
@@ -684,10 +660,11 @@ class TopologyViews:
                        building_id: str | None = None) -> dict[str, Any]:
         key, descending = _sort_key(sort, RESIDENT_SORTS)
         a = apartments
-        query = select(a).where(and_(a.c.installer_id == installer_id,
-                                     a.c.community_id == community_id))
+        query = select(*_residents_columns).select_from(_residents_source).where(
+            and_(a.c.installer_id == installer_id, a.c.community_id == community_id))
         if app_status:
-            query = query.where(a.c.app_status == app_status)
+            query = query.where(func.coalesce(app_accounts.c.app_status, UNREGISTERED)
+                                == app_status)
         if building_id:
             query = query.where(a.c.building_id == str(building_id))
         if q and q.strip():
@@ -710,19 +687,17 @@ class TopologyViews:
             return _page(conn, query, order, page, per_page, _resident_item)
 
     def community_counts(self, community_id: str) -> dict[str, int]:
-        c = communities
         with self.engine.connect() as conn:
-            row = conn.execute(select(c).where(c.c.id == community_id)).first()
-        if row is None:
-            return {}
-        return {name: getattr(row, name) for name in (
-            "apartment_count", "resident_count", "device_count", "property_manager_count")}
+            exists = conn.execute(select(communities.c.id).where(
+                communities.c.id == community_id)).first()
+            if exists is None:
+                return {}
+            return _community_counts(conn, [community_id])[community_id]
 
     def app_status(self, apartment_id: str) -> dict[str, Any]:
-        a = apartments
         with self.engine.connect() as conn:
-            row = conn.execute(select(a.c.app_status, a.c.master_account_id)
-                               .where(a.c.id == apartment_id)).first()
+            row = conn.execute(select(app_accounts.c.app_status, app_accounts.c.master_account_id)
+                               .where(app_accounts.c.apartment_id == apartment_id)).first()
         if row is None:
             return {"app_status": UNREGISTERED, "master_account_id": None}
         return {"app_status": row.app_status, "master_account_id": row.master_account_id}
@@ -731,20 +706,22 @@ class TopologyViews:
         """The Dashboard's quick view: sites, residents (end users), devices, app accounts."""
         c, a = communities, apartments
         with self.engine.connect() as conn:
-            sums = conn.execute(select(
-                func.count(), func.coalesce(func.sum(c.c.building_count), 0),
-                func.coalesce(func.sum(c.c.apartment_count), 0),
-                func.coalesce(func.sum(c.c.resident_count), 0),
-                func.coalesce(func.sum(c.c.device_count), 0),
-            ).where(c.c.installer_id == installer_id)).one()
+            community_ids = list(conn.execute(
+                select(c.c.id).where(c.c.installer_id == installer_id)).scalars())
+            totals = dict.fromkeys(COUNT_NAMES, 0)
+            for counts in _community_counts(conn, community_ids).values():
+                for name, value in counts.items():
+                    totals[name] += value
             statuses = dict(conn.execute(
-                select(a.c.app_status, func.count()).where(a.c.installer_id == installer_id)
-                .group_by(a.c.app_status)).tuples().all())
+                select(_app_status, func.count())
+                .select_from(a.outerjoin(app_accounts, app_accounts.c.apartment_id == a.c.id))
+                .where(a.c.installer_id == installer_id)
+                .group_by(_app_status)).tuples().all())
         return {
-            "communities": int(sums[0]),
-            "buildings": int(sums[1]),
-            "apartments": int(sums[2]),
-            "residents": int(sums[3]),
-            "devices": int(sums[4]),
+            "communities": len(community_ids),
+            "buildings": totals["building_count"],
+            "apartments": totals["apartment_count"],
+            "residents": totals["resident_count"],
+            "devices": totals["device_count"],
             "app_accounts": {status: int(statuses.get(status, 0)) for status in APP_STATUSES},
         }

@@ -14,11 +14,10 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from nameko.rpc import rpc
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from concierge import context
 from concierge.config import Settings
-from concierge.projection import ReadModel
+from concierge.projection import ReadModel, Rows
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from concierge.store import ServiceApplication
 from concierge.subscription import ProcessHandler
@@ -107,12 +106,6 @@ counters = Table(
 )
 
 
-def _upsert(conn: Any, **row: Any) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(counters).values(**row)
-    conn.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=row))
-
-
 class CountersView(ReadModel):
     """Ledger's counters as the tally service sees them (a projection of another service)."""
 
@@ -124,14 +117,17 @@ class CountersView(ReadModel):
                            "CounterIncremented": self.incremented}}
 
     @staticmethod
-    def created(conn: Any, env: dict[str, Any]) -> None:
-        _upsert(conn, id=env["stream_id"], name=env["data"]["name"], value=0, increments=0)
+    def created(rows: Rows, env: dict[str, Any]) -> None:
+        rows.put(counters, id=env["stream_id"], name=env["data"]["name"], value=0, increments=0)
 
     @staticmethod
-    def incremented(conn: Any, env: dict[str, Any]) -> None:
-        row = conn.execute(select(counters).where(counters.c.id == env["stream_id"])).one()
-        _upsert(conn, id=row.id, name=row.name, value=row.value + int(env["data"]["by"]),
-                increments=row.increments + 1)
+    def incremented(rows: Rows, env: dict[str, Any]) -> None:
+        # Read-modify-write: the batch's own earlier writes are seen before they are flushed.
+        row = rows.get(counters, env["stream_id"])
+        if row is None:
+            raise LookupError(f"counter {env['stream_id']} was incremented before it existed")
+        rows.update(counters, env["stream_id"], value=row["value"] + int(env["data"]["by"]),
+                    increments=row["increments"] + 1)
 
 
 def bootstrap_ledger(settings: Settings) -> Wiring:

@@ -67,3 +67,31 @@ def test_only_what_the_contract_declares_leaves_the_service() -> None:
                                                                ApartmentResetSchema}))
     assert "password_hash" not in message["data"]
     assert message["data"] == {"apartment_id": str(uuid.UUID(int=5)), "kept": ["a", "b"]}
+
+
+def test_plain_decoding_gives_the_same_envelope_as_the_library_decoder() -> None:
+    """The store decodes tagged values straight to text; the envelope must not change."""
+    import decimal
+
+    from eventsourcing.application import Application
+
+    from concierge.store import PlainDecoder
+
+    transcoder = Application().construct_transcoder()
+    state = {
+        "timestamp": dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC),
+        "originator_topic": "services.topology.domain:Apartment",
+        "__meta__": {"actor": "installer:luna", "correlation_id": "c-1"},
+        "apartment_id": uuid.UUID("0f0e0d0c-0b0a-4908-8706-050403020100"),
+        "ids": [uuid.uuid4(), uuid.uuid4()],
+        "nested": {"when": dt.datetime(2025, 5, 6, tzinfo=dt.UTC), "price": decimal.Decimal("1.10"),
+                   "floors": [1, "G0"], "none": None, "flag": True},
+        "name": "Tower \u00e9",
+    }
+    stored = transcoder.encode(state)
+    by_library = StoredRecord(7, str(uuid.UUID(int=5)), 2, record().topic,
+                              transcoder.decode(stored))
+    by_store = StoredRecord(7, str(uuid.UUID(int=5)), 2, record().topic,
+                            PlainDecoder(transcoder).decode(stored))
+    assert build("topology", by_store) == build("topology", by_library)
+    assert by_store.state["apartment_id"] == "0f0e0d0c-0b0a-4908-8706-050403020100"
