@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from concierge.store import META_KEY, StoredRecord
 # Attributes the eventsourcing library keeps on every event; they travel as envelope fields.
 _LIBRARY_KEYS = {"timestamp", "originator_topic", META_KEY, "class_version"}
 _EVENT_NAMESPACE = uuid.UUID("6f1c1a6e-0d5e-4c55-9b0e-2a7f4f4a5e10")
+_NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
 
 
 _AS_IS = frozenset({str, int, float, bool, type(None)})
@@ -35,8 +37,14 @@ def plain(value: Any) -> Any:
 
 
 def event_id(source: str, stream_id: str, stream_version: int) -> str:
-    """Deterministic, so a replayed or re-published event keeps its identity."""
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{source}:{stream_id}:{stream_version}"))
+    """Deterministic, so a replayed or re-published event keeps its identity: the uuid5 of the
+    name, formatted directly (uuid.uuid5 costs a third of building a local envelope)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{source}:{stream_id}:{stream_version}"
+                                    .encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Publishable:

@@ -26,7 +26,61 @@ def patch() -> None:
     import eventlet
 
     eventlet.monkey_patch()
+    _install_psycopg_wait()
     _patched = True
+
+
+def _install_psycopg_wait() -> None:
+    """psycopg waits on its socket through this: a non-blocking check first (most waits in a
+    pipeline are already satisfied), then eventlet's trampoline for one direction.
+
+    `wait_select` goes through eventlet's green `select`, which registers and unregisters
+    listeners on every call: with a few dozen waits per transaction that was a large share of
+    each service's CPU.
+    """
+    try:
+        import psycopg.waiting as waiting
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return
+    import select as green_select
+
+    from eventlet import patcher
+    from eventlet.hubs import trampoline
+
+    real_select = patcher.original("select").select
+    wait_r, wait_w = waiting.WAIT_R, waiting.WAIT_W
+    ready_r, ready_w = waiting.READY_R, waiting.READY_W
+    monotonic = patcher.original("time").monotonic
+
+    def green_wait(gen: Any, fileno: int, interval: float = 0.0,
+                   timeout: float | None = None) -> Any:
+        deadline = monotonic() + timeout if timeout is not None else None
+        fds = (fileno,)
+        try:
+            s = next(gen)
+            while True:
+                readable, writable, _ = real_select(fds if s & wait_r else (),
+                                                    fds if s & wait_w else (), (), 0)
+                if not readable and not writable:
+                    left = None if deadline is None else max(0.0, deadline - monotonic())
+                    if s in (wait_r, wait_w):
+                        try:
+                            trampoline(fileno, read=s == wait_r, write=s == wait_w,
+                                       timeout=left, timeout_exc=TimeoutError)
+                        except TimeoutError:
+                            raise waiting.e._WaitTimeout("wait timeout expired") from None
+                        readable, writable = ((fds, ()) if s == wait_r else ((), fds))
+                    else:
+                        readable, writable, _ = green_select.select(
+                            fds if s & wait_r else (), fds if s & wait_w else (), (), left)
+                ready = (ready_r if readable else 0) | (ready_w if writable else 0)
+                s = gen.send(ready)
+                if deadline is not None and monotonic() >= deadline:
+                    raise waiting.e._WaitTimeout("wait timeout expired")
+        except StopIteration as ex:
+            return ex.value
+
+    waiting.wait = green_wait
 
 
 class DeadlineExceeded(Exception):

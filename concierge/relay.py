@@ -1,14 +1,18 @@
 """The outbox relay: the store's notification log, published to the bus at least once, in order.
 
-Only the holder of the service's leader lock publishes. The position is recorded only after the
+Only the holder of the service's leader lock publishes. The position moves only after the
 broker confirmed the batch, so a crash re-publishes (subscribers drop the duplicates) and nothing
-committed is ever skipped. A commit in this process wakes the relay at once; the idle timeout
-only matters for commits made by other replicas.
+committed is ever skipped. The confirmed position is written to the database at most every
+`save_seconds` (and when the relay goes idle or stops), not after every batch: under a stream of
+single-event commits that write was most of the relay's cost, and what a crash can cost instead
+is re-publishing those few seconds, which subscribers drop. A commit in this process wakes the
+relay at once; the idle timeout only matters for commits made by other replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -38,6 +42,7 @@ class OutboxRelay:
         idle_seconds: float = 1.0,
         lock_check_seconds: float = 5.0,
         publishable: envelope.Publishable = envelope.EVERYTHING,
+        save_seconds: float = 0.5,
     ) -> None:
         self.service = service
         self.app = app
@@ -56,7 +61,10 @@ class OutboxRelay:
         self.published = 0
         self._publisher: Publisher | None = None
         self._position: int | None = None
-        app.on_recorded(lambda _position: self.wakeup.set())
+        self._saved: int | None = None
+        self._saved_at = 0.0
+        self.save_seconds = save_seconds
+        app.on_recorded(lambda _records: self.wakeup.set())
 
     # -- position ----------------------------------------------------------------------------
     def position(self) -> int:
@@ -67,8 +75,20 @@ class OutboxRelay:
                         relay_position.c.service == self.service
                     )
                 ).scalar()
-            self._position = int(value or 0)
+            self._position = self._saved = int(value or 0)
         return self._position
+
+    def _confirmed(self, position: int) -> None:
+        """The broker holds everything up to `position`; persist it when it is time."""
+        self._position = position
+        if time.monotonic() - self._saved_at >= self.save_seconds:
+            self.save_position()
+
+    def save_position(self) -> None:
+        """Write the confirmed position if it moved since the last write."""
+        if self._position is None or self._position == self._saved:
+            return
+        self._save_position(self._position)
 
     def _save_position(self, position: int) -> None:
         with self.engine.begin() as conn:
@@ -80,7 +100,8 @@ class OutboxRelay:
             if not updated:
                 conn.execute(relay_position.insert().values(service=self.service,
                                                             position=position))
-        self._position = position
+        self._saved = position
+        self._saved_at = time.monotonic()
 
     # -- publishing --------------------------------------------------------------------------
     def _publisher_(self) -> Publisher:
@@ -111,7 +132,7 @@ class OutboxRelay:
                 if in_flight and (not records or len(in_flight) >= self.window):
                     ticket, last, count = in_flight.pop(0)
                     publisher.wait(ticket)
-                    self._save_position(last)
+                    self._confirmed(last)
                     self.published += count
                     total += count
                 if not records and not in_flight:
@@ -151,13 +172,22 @@ class OutboxRelay:
 
         def step() -> float:
             published = self.publish_pending()
-            return 0 if published and self.running else self.idle_seconds
+            if published and self.running:
+                return 0
+            if time.monotonic() - self._saved_at >= self.save_seconds:
+                self.save_position()  # caught up, and the last write is old enough
+            return self.idle_seconds
 
         def forget() -> None:
-            self._position = None
+            self._position = self._saved = None
             self._drop_publisher()
 
         try:
             self.loop.run(step, on_lost=forget)
         finally:
+            if self._position is not None and self.lock.held():
+                try:
+                    self.save_position()
+                except Exception:  # a stopping relay must not fail its service's shutdown
+                    log.exception("relay of %s could not save its position", self.service)
             self._drop_publisher()

@@ -62,6 +62,9 @@ class Wiring:
             stop()
         if self.relay:
             self.relay.stop()
+            with contextlib.suppress(Exception):
+                if self.relay.lock.held():
+                    self.relay.save_position()
             self.relay.lock.release()
         self.app.close()
         self.engine.dispose()

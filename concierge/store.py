@@ -223,17 +223,37 @@ class ServiceApplication(Application):
 
     def read(self, after: int = 0, limit: int = 1000) -> list[StoredRecord]:
         """Decoded log entries after `after`, oldest first."""
-        limit = max(1, min(limit, self.log_section_size))
-        notifications = self.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
-        return [self.decode(n) for n in notifications]
+        return [self.decode(n) for n in self.read_notifications(after, limit)]
 
     def read_notifications(self, after: int = 0, limit: int = 1000) -> list[Notification]:
         """Raw log entries after `after`: callers decode only those they need."""
         limit = max(1, min(limit, self.log_section_size))
+        datastore = getattr(self.recorder, "datastore", None)
+        if datastore is not None and hasattr(datastore, "schema"):
+            return self._read_postgres(datastore, after, limit)
         return list(self.recorder.select_notifications(start=after, limit=limit,
                                                        inclusive_of_start=False))
+
+    def _read_postgres(self, datastore: Any, after: int, limit: int) -> list[Notification]:
+        """The library's query, with plain tuple rows: its dict rows and state copies were a
+        tenth of a rebuild's time. Reads the library's own table (eventsourcing 9.5 layout)."""
+        from psycopg import sql
+        from psycopg.rows import tuple_row
+
+        statement = self.__dict__.get("_pg_read_statement")
+        if statement is None:
+            statement = sql.SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state "
+                "FROM {}.{} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+            ).format(sql.Identifier(datastore.schema),
+                     sql.Identifier(self.recorder.events_table_name))
+            self.__dict__["_pg_read_statement"] = statement
+        with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, (after, limit), prepare=True)
+            return [Notification(id=row[0], originator_id=row[1], originator_version=row[2],
+                                 topic=row[3], state=row[4] if type(row[4]) is bytes
+                                 else bytes(row[4]))
+                    for row in curs.fetchall()]
 
     def iter_log(self, after: int = 0, batch: int = 1000) -> Iterator[StoredRecord]:
         while True:

@@ -59,3 +59,16 @@ def test_conflicting_writes_never_both_win(app: LedgerApp) -> None:
         app.record(second)
     assert app.repository.get(record_id(app.read(0)[0])).value == 1
     assert counter_id
+
+
+def test_reading_the_log_returns_what_the_library_returns(app: LedgerApp) -> None:
+    """The store reads PostgreSQL with its own query: same entries, same order, same bytes."""
+    counter = app.create("lift")
+    for _ in range(7):
+        app.increment(counter)
+    for after, limit in ((0, 100), (3, 2), (8, 10)):
+        ours = app.read_notifications(after, limit)
+        library = list(app.recorder.select_notifications(start=after, limit=limit,
+                                                         inclusive_of_start=False))
+        assert ours == library
+    assert [r.position for r in app.read(0)] == list(range(1, 9))

@@ -95,3 +95,12 @@ def test_plain_decoding_gives_the_same_envelope_as_the_library_decoder() -> None
                             PlainDecoder(transcoder).decode(stored))
     assert build("topology", by_store) == build("topology", by_library)
     assert by_store.state["apartment_id"] == "0f0e0d0c-0b0a-4908-8706-050403020100"
+
+
+def test_event_id_is_the_uuid5_of_source_stream_and_version() -> None:
+    from concierge.envelope import _EVENT_NAMESPACE
+
+    for version in (1, 2, 999):
+        stream = str(uuid.uuid4())
+        expected = str(uuid.uuid5(_EVENT_NAMESPACE, f"topology:{stream}:{version}"))
+        assert event_id("topology", stream, version) == expected
