@@ -73,11 +73,11 @@ EVERYTHING = Publishable()
 
 
 def build(source: str, record: StoredRecord, version: int = 1,
-          publishable: Publishable = EVERYTHING) -> dict[str, Any]:
+          publishable: Publishable = EVERYTHING, store: str | None = None) -> dict[str, Any]:
     state = record.state
     meta = state.get(META_KEY) or {}
     occurred = state.get("timestamp")
-    return {
+    message = {
         "event_id": event_id(source, record.stream_id, record.stream_version),
         "type": record.type,
         "version": int(state.get("class_version", version) or version),
@@ -94,3 +94,6 @@ def build(source: str, record: StoredRecord, version: int = 1,
              for k, v in state.items() if k not in _LIBRARY_KEYS}
         ),
     }
+    if store is not None:
+        message["store"] = store
+    return message

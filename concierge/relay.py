@@ -124,8 +124,9 @@ class OutboxRelay:
             while True:
                 records = self.app.read(after=after, limit=self.batch_size)
                 if records:
-                    envelopes = [envelope.build(self.service, r, publishable=self.publishable)
-                                 for r in records]
+                    store = self.app.store_id()
+                    envelopes = [envelope.build(self.service, r, publishable=self.publishable,
+                                                store=store) for r in records]
                     ticket = publisher.send(envelopes)
                     after = records[-1].position
                     in_flight.append((ticket, after, len(records)))
@@ -149,8 +150,10 @@ class OutboxRelay:
             records = self.app.read(after=after, limit=self.batch_size)
             if not records:
                 return total
+            store = self.app.store_id()
             self._publisher_().publish_batch(
-                [envelope.build(self.service, r, publishable=self.publishable) for r in records]
+                [envelope.build(self.service, r, publishable=self.publishable, store=store)
+                 for r in records]
             )
             total += len(records)
             after = records[-1].position

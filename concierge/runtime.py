@@ -72,8 +72,10 @@ class Wiring:
     # -- reading this service's own log ------------------------------------------------------
     def read_log(self, after: int = 0, limit: int = 500) -> list[Envelope]:
         publishable = self.publishable()
-        return [build_envelope(self.service, r, publishable=publishable)
-                for r in self.app.read(after, limit)]
+        records = self.app.read(after, limit)
+        store = self.app.store_id() if records else None
+        return [build_envelope(self.service, r, publishable=publishable, store=store)
+                for r in records]
 
     def publishable(self) -> Publishable:
         if "publishable" not in self.extras:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -218,6 +219,21 @@ class ServiceApplication(Application):
         return True
 
     # -- reading ---------------------------------------------------------------------------
+    def store_id(self) -> str | None:
+        """This incarnation of the store: a digest of its first event (its stream, version and
+        time), so a wiped and recreated store gets a new one. None while the log is empty."""
+        known = self.__dict__.get("_store_id")
+        if known is not None:
+            return known
+        first = self.read_notifications(0, 1)
+        if not first:
+            return None
+        state = self.mapper.decode_state(first[0].state)
+        identity = f"{first[0].id}:{first[0].originator_id}:{first[0].originator_version}:"
+        identity += str(state.get("timestamp"))
+        self.__dict__["_store_id"] = hashlib.sha256(identity.encode()).hexdigest()[:32]
+        return self.__dict__["_store_id"]
+
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 

@@ -50,6 +50,8 @@ class Subscription:
         self.applied = 0
         self._position: int | None = None
         self._lock = threading.RLock()
+        # The source store incarnation the log holds now (envelope "store"), once learnt.
+        self._store: str | None = None
 
     @property
     def position(self) -> int:
@@ -76,6 +78,11 @@ class Subscription:
             position = int(message["position"])
             if position <= self.position:
                 return
+            if not self._from_current_store(message):
+                log.warning("%s ignores %s %s at position %s: it comes from an earlier store "
+                            "of %s", self.handler.name, message.get("type"),
+                            message.get("event_id"), position, self.source)
+                return
             if position > self.position + 1:
                 self._catch_up(until=position)
                 if position > self.position:
@@ -87,6 +94,28 @@ class Subscription:
                                 message.get("event_id"), position, self.source, self.position)
                 return
             self._apply(message)
+
+    def _from_current_store(self, message: Envelope) -> bool:
+        """False for a message written by an earlier incarnation of the source's store (a
+        wiped data folder, a recreated schema) that was still waiting in a durable queue.
+
+        The current incarnation is learnt from the source's log (its first entry); on a
+        mismatch it is learnt again, since the source may have been recreated since.
+        """
+        store = message.get("store")
+        if store is None:
+            return True  # a producer from before store ids: nothing to compare
+        if store == self._store:
+            return True
+        try:
+            first = self.read_log(self.source, 0, 1)
+        except Exception as exc:
+            # The source cannot be asked now; positions still guard against most stale messages.
+            log.info("%s cannot read %s's log to check a message's store (%s)",
+                     self.handler.name, self.source, type(exc).__name__)
+            return True
+        self._store = first[0].get("store") if first else None
+        return self._store is None or store == self._store
 
     def catch_up(self, conn: Connection | None = None,
                  known: list[Envelope] | None = None) -> int:

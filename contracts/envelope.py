@@ -26,6 +26,10 @@ class EnvelopeSchema(Schema):
     actor = fields.String(required=True)
     correlation_id = fields.String(required=True)
     data = fields.Dict(keys=fields.String(), required=True)
+    # Which incarnation of the source's store wrote it (derived from its first event): a
+    # message left in a queue by a store that was since wiped and recreated has another one.
+    store = fields.String(load_default=None, allow_none=True,
+                          validate=validate.Length(max=64))
 
     class Meta:
         # Newer producers may add envelope fields; old subscribers keep working.

@@ -150,3 +150,45 @@ def test_a_stale_message_beyond_the_source_log_is_ignored_not_applied() -> None:
     sub.deliver(env(3))  # real events after it are not mistaken for duplicates
     assert handler.applied == [1, 2, 3]
     assert handler.total == 3
+
+
+def stored(position: int, store: str, amount: int = 1) -> dict[str, Any]:
+    return {**env(position, amount=amount), "store": store}
+
+
+def test_a_stale_message_at_the_next_position_is_told_apart_by_its_store() -> None:
+    """The case positions alone cannot catch: an earlier store's message lands exactly on the
+    next position. Its store id differs from the one the source's log holds now."""
+    log = FakeLog([stored(1, "new")])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver(stored(1, "old", amount=1000))  # waited in the queue since before the wipe
+    assert handler.applied == []
+    sub.deliver(stored(1, "new"))
+    assert handler.applied == [1]
+    reads = log.reads
+    log.events.append(stored(2, "new"))
+    sub.deliver(stored(2, "new"))  # the known store: no need to ask the log again
+    assert handler.applied == [1, 2] and log.reads == reads
+    assert handler.total == 2
+
+
+def test_a_recreated_source_store_is_learnt_again() -> None:
+    log = FakeLog([stored(1, "first")])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver(stored(1, "first"))
+    log.events = [stored(1, "second"), stored(2, "second")]  # the source was recreated
+    sub.deliver(stored(2, "second"))
+    assert handler.applied == [1, 2]
+
+
+def test_messages_without_a_store_id_and_an_unreachable_source_fall_back_to_positions() -> None:
+    def unreachable(source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        raise TimeoutError("source is down")
+
+    handler = FakeHandler()
+    sub = Subscription("src", handler, unreachable)
+    sub.deliver(env(1))
+    sub.deliver(stored(2, "any"))
+    assert handler.applied == [1, 2]
