@@ -252,28 +252,34 @@ def make_publisher(amqp_uri: str, service: str) -> Publisher:
 
 
 class ConsumerLoop:
-    """Consumes one subscription queue in order, one message at a time, reconnecting forever.
+    """Consumes one subscription queue in order, reconnecting forever.
 
-    `handle(envelope)` runs before the ack; if it raises, the message goes back to the queue and
-    the loop pauses, so a subscriber never skips an event and never acks one it did not apply.
+    Messages already buffered on the connection are handled together: `handle(envelopes)` runs
+    before the ack (one ack for the whole batch); if it raises, every message of the batch goes
+    back to the queue and the loop pauses, so a subscriber never skips an event and never acks
+    one it did not apply. A batch is whatever arrived, at most `batch_limit`: the loop never
+    waits to fill one, so a lone event is handled at once.
     """
 
     def __init__(
         self,
         amqp_uri: str,
         queue: Queue,
-        handle: Callable[[dict[str, Any]], None],
+        handle: Callable[[list[dict[str, Any]]], None],
         prefetch: int = 200,
         retry_pause: float = 0.5,
+        batch_limit: int = 100,
     ) -> None:
         self.amqp_uri = amqp_uri
         self.queue = queue
         self.handle = handle
         self.prefetch = prefetch
         self.retry_pause = retry_pause
+        self.batch_limit = batch_limit
         self.running = True
         self.ready = False
         self._conn: kombu.Connection | None = None
+        self._pending: list[tuple[dict[str, Any], Any]] = []
 
     def declare(self) -> None:
         """Create the queue and its binding now, so events published from here on are kept."""
@@ -295,27 +301,41 @@ class ConsumerLoop:
                             exc)
                 green.sleep(self.retry_pause)
             finally:
+                self._pending.clear()  # unacked: the broker delivers them again
                 if self._conn is not None:
                     with contextlib.suppress(Exception):
                         self._conn.release()
                     self._conn = None
 
     def _on_message(self, body: Any, message: Any) -> None:
+        envelope = json.loads(body) if isinstance(body, bytes | str) else body
+        self._pending.append((envelope, message))
+
+    def _handle_pending(self) -> None:
         from concierge import green
 
-        envelope = json.loads(body) if isinstance(body, bytes | str) else body
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
         try:
-            self.handle(envelope)
+            self.handle([envelope for envelope, _message in batch])
         except CONNECTION_ERRORS:
             raise
         except Exception:
-            log.exception("handling %s from %s failed; will retry", envelope.get("type"),
-                          self.queue.name)
-            message.requeue()
+            log.exception("handling %d events from %s (first %s at %s) failed; will retry",
+                          len(batch), self.queue.name, batch[0][0].get("type"),
+                          batch[0][0].get("position"))
+            for _envelope, message in reversed(batch):
+                message.requeue()
             green.sleep(self.retry_pause)
             return
-        message.ack()
-        # Let RPC workers run between buffered messages; a busy consumer must not starve them.
+        last = batch[-1][1]
+        if isinstance(last.channel, amqp.Channel):
+            last.ack(multiple=True)  # one frame acknowledges the whole batch
+        else:  # kombu's virtual transports (the in-process bus) ignore `multiple`
+            for _envelope, message in batch:
+                message.ack()
+        # Let RPC workers run between batches; a busy consumer must not starve them.
         green.sleep(0)
 
     def _consume(self) -> None:
@@ -333,3 +353,10 @@ class ConsumerLoop:
                 conn.drain_events(timeout=0.5)
             except TimeoutError:  # socket.timeout is TimeoutError on 3.10+
                 continue
+            # Take what is already buffered without waiting, then handle it as one batch.
+            while len(self._pending) < self.batch_limit:
+                try:
+                    conn.drain_events(timeout=0)
+                except TimeoutError:
+                    break
+            self._handle_pending()

@@ -63,10 +63,10 @@ class Rows:
     # -- writes ----------------------------------------------------------------------------
     def put(self, table: Table, **row: Any) -> None:
         """Insert or replace the whole row; columns not given become NULL (or their default)."""
-        whole = {column.name: _default(column) for column in table.columns}
+        defaults, key_names = _shape(table)
+        whole = dict(defaults)
         whole.update(row)
-        key = tuple(whole[c.name] for c in table.primary_key.columns)
-        self._write(table, key, (_ROW, whole))
+        self._write(table, tuple(whole[name] for name in key_names), (_ROW, whole))
 
     def update(self, table: Table, key: Key | Any, **values: Any) -> None:
         """Change some columns of the row, if it exists (a no-op otherwise, as in SQL)."""
@@ -100,7 +100,7 @@ class Rows:
         groups: dict[tuple[str, str, tuple[str, ...]], tuple[Table, list[dict[str, Any]]]] = {}
         for slot, table in self._dirty.items():
             kind, row = self._state[slot]
-            key_names = [c.name for c in table.primary_key.columns]
+            key_names = _shape(table)[1]
             if kind == _ABSENT:
                 params = {f"k_{name}": value for name, value in zip(key_names, slot[1],
                                                                      strict=True)}
@@ -130,6 +130,20 @@ class Rows:
         # later reads in this transaction, forget patches (their row may not exist).
         self._state = {slot: state for slot, state in self._state.items()
                        if state[0] != _PATCH}
+
+
+_SHAPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
+
+
+def _shape(table: Table) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A table's column defaults and key column names (SQLAlchemy rebuilds these lists on
+    every access, which showed in rebuild profiles)."""
+    shape = _SHAPES.get(table.fullname)
+    if shape is None:
+        shape = ({column.name: _default(column) for column in table.columns},
+                 tuple(column.name for column in table.primary_key.columns))
+        _SHAPES[table.fullname] = shape
+    return shape
 
 
 def _default(column: Any) -> Any:
@@ -239,7 +253,9 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
         if process is not None:
             cells = [process(v) if v is not None else v for v in cells]
         values.append(cells)
-    conn.exec_driver_sql(sql, tuple(values))
+    # Binary parameters: psycopg's text array format runs a regular expression per element.
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(sql, tuple(values), binary=True)
 
 
 _UNNEST_UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}

@@ -231,10 +231,12 @@ def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
     return total
 
 
-def dispatcher(subs: list[Subscription]) -> Callable[[Envelope], None]:
-    def handle(message: Envelope) -> None:
+def dispatcher(subs: list[Subscription]) -> Callable[[list[Envelope]], None]:
+    """Hands a batch of one source's messages to every subscription of that source."""
+
+    def handle(messages: list[Envelope]) -> None:
         for sub in subs:
-            sub.deliver(message)
+            sub.deliver_many(messages)
 
     return handle
 

@@ -192,3 +192,37 @@ def test_messages_without_a_store_id_and_an_unreachable_source_fall_back_to_posi
     sub.deliver(env(1))
     sub.deliver(stored(2, "any"))
     assert handler.applied == [1, 2]
+
+
+class FakeBatchHandler(FakeHandler):
+    """A read model: takes a run of events in one 'transaction'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions = 0
+
+    def apply_batch(self, envelopes: list[dict[str, Any]], conn: Any = None) -> int:
+        self.transactions += 1
+        return sum(1 for e in envelopes if self.interested(e["type"]) and self.apply(e))
+
+
+def test_a_batch_that_follows_on_is_applied_in_one_transaction() -> None:
+    log = FakeLog([env(i) for i in range(1, 7)])
+    handler = FakeBatchHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver_many(log.events[:4])
+    assert handler.applied == [1, 2, 3, 4] and handler.transactions == 1
+    sub.deliver_many([env(3), env(4)])  # redelivered: nothing happens
+    assert handler.applied == [1, 2, 3, 4]
+    sub.deliver_many([env(6), env(5)])  # a gap first: repaired from the log, in order
+    assert handler.applied == [1, 2, 3, 4, 5, 6]
+    assert sub.position == 6
+
+
+def test_a_batch_with_a_stale_message_applies_the_run_before_it_only() -> None:
+    log = FakeLog([stored(1, "now"), stored(2, "now")])
+    handler = FakeBatchHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver_many([stored(1, "now"), stored(2, "before", amount=50), stored(2, "now")])
+    assert handler.applied == [1, 2]
+    assert handler.total == 2
