@@ -46,6 +46,18 @@ def fill(app: object, events: int) -> int:
     return app.max_position()  # type: ignore[attr-defined]
 
 
+def drop_schemas(settings: Settings) -> None:
+    """Leave the benchmark database as it was found."""
+    if not settings.uses_postgres:
+        return
+    import psycopg
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                                    (settings.schema_prefix + "%",)).fetchall():
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
 def main() -> None:
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 30000
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-rebuild-")),
@@ -61,6 +73,7 @@ def main() -> None:
     rebuild(wired)
     all_seconds = time.perf_counter() - start
     wired.close()
+    drop_schemas(settings)
     print(json.dumps({
         "rebuild_events": total,
         "rebuild_events_per_s": round(total / residents_seconds),

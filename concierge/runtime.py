@@ -210,6 +210,9 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     return wiring
 
 
+REBUILD_SECTION = 5000
+
+
 def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
             only: set[str] | None = None) -> int:
     """Drop the service's read models (or those named in `only`) and rebuild them from the
@@ -225,7 +228,12 @@ def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
         if not isinstance(sub.handler, ProjectionHandler) or sub.handler.name not in names:
             continue
         sub.forget_position()
-        total += sub.catch_up()
+        if sub.source == wiring.service:
+            sub.batch_size = REBUILD_SECTION  # one transaction per section of the own log
+        try:
+            total += sub.catch_up()
+        finally:
+            sub.batch_size = Subscription.default_batch_size
         if progress:
             progress(f"{sub.handler.name} <- {sub.source}", sub.position)
     return total

@@ -41,8 +41,10 @@ class Handler(Protocol):
 
 
 class Subscription:
+    default_batch_size = 1000
+
     def __init__(self, source: str, handler: Handler, read_log: LogReader,
-                 batch_size: int = 1000) -> None:
+                 batch_size: int = default_batch_size) -> None:
         self.source = source
         self.handler = handler
         self.read_log = read_log
@@ -238,8 +240,9 @@ class ProcessHandler:
         ctx = {"actor": f"{source}:{envelope.get('actor', 'system')}",
                "correlation_id": envelope.get("correlation_id") or envelope["event_id"]}
         with context.acting(ctx), self.app.serialised():
-            if self.app.tracked_position(source) >= position:
-                return False
+            # No read of the tracked position first: the subscription only hands over events
+            # past it, and a replica that applied this one meanwhile makes the tracking insert
+            # fail below, which is then told apart from a real conflict.
             aggregates = self.policy(envelope)
             try:
                 self.app.record(*aggregates, tracking=Tracking(source, position))
