@@ -38,6 +38,12 @@ def register_errors() -> None:
 
 register_errors()
 
+# A reply queue with no consumer expires after this long (nameko's default is five minutes).
+# Every short-lived standalone proxy (CLI, probes, tests) leaves one behind; thousands of them
+# once filled the broker. Reply queues of running services always have a consumer, and a
+# service that reconnects declares its queue again.
+nameko_rpc.RPC_REPLY_QUEUE_TTL = 60_000
+
 
 def as_contract_error(exc: BaseException) -> ConciergeError | None:
     """The contract error a library or domain exception stands for, if any."""

@@ -133,3 +133,19 @@ def test_notify_refuses_a_fractional_page_from_a_direct_rpc_caller() -> None:
         service.list_emails(None, {"page": 2.5})
     assert caught.value.errors == {"page": ["Not a valid integer."]}
     assert service.runtime.app.method_calls == []
+
+
+def test_reply_queues_of_short_lived_proxies_expire_after_a_minute() -> None:
+    """A standalone proxy's reply queue outlives it by x-expires; nameko's five minutes let
+    test runs and probes fill the broker."""
+    from types import SimpleNamespace
+
+    from nameko.standalone.rpc import SingleThreadedReplyListener
+
+    import concierge.rpc  # noqa: F401  (sets the TTL on import)
+
+    listener = SingleThreadedReplyListener()
+    listener.container = SimpleNamespace(service_name="probe", config={})
+    listener.queue_consumer = SimpleNamespace(register_provider=lambda provider: None)
+    listener.setup()
+    assert listener.queue.queue_arguments["x-expires"] == 60_000
