@@ -54,7 +54,8 @@ def main() -> None:
     ledger, tally = runtime_of(runners[0]), runtime_of(runners[1])
     committed: dict[int, float] = {}
     applied: dict[int, float] = {}
-    ledger.app._listeners.insert(0, lambda pos: committed.__setitem__(pos, time.perf_counter()))
+    ledger.app._listeners.insert(
+        0, lambda records: committed.__setitem__(records[-1].position, time.perf_counter()))
     tracked = tally.subscriptions["ledger"][0]
     original = tracked.handler.apply
 
