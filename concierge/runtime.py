@@ -216,27 +216,58 @@ REBUILD_SECTION = 5000
 def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
             only: set[str] | None = None) -> int:
     """Drop the service's read models (or those named in `only`) and rebuild them from the
-    source logs; return how many events were read."""
+    source logs; return how many events were read (each source's log is read once)."""
     models = [m for m in wiring.read_models if only is None or m.name in only]
     names = {m.name for m in models}
     for model in models:
         model.drop(wiring.engine)
         model.create(wiring.engine)
-    subs = wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
-    total = 0
+    subs = [s for s in wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
+            if isinstance(s.handler, ProjectionHandler) and s.handler.name in names]
+    by_source: dict[str, list[Subscription]] = {}
     for sub in subs:
-        if not isinstance(sub.handler, ProjectionHandler) or sub.handler.name not in names:
-            continue
         sub.forget_position()
-        if sub.source == wiring.service:
-            sub.batch_size = REBUILD_SECTION  # one transaction per section of the own log
-        try:
-            total += sub.catch_up()
-        finally:
-            sub.batch_size = Subscription.default_batch_size
+        by_source.setdefault(sub.source, []).append(sub)
+    total = 0
+    for source, group in by_source.items():
+        together = TogetherHandler([sub.handler for sub in group])  # type: ignore[misc]
+        local = source == wiring.service
+        reader = wiring.local_reader(together) if local else group[0].read_log
+        # Own log: one transaction per 5000 events; another service's: its read_log's limit.
+        once = Subscription(source, together, reader,
+                            REBUILD_SECTION if local else Subscription.default_batch_size)
+        total += once.catch_up()
+        for sub in group:
+            sub.forget_position()
         if progress:
-            progress(f"{sub.handler.name} <- {sub.source}", sub.position)
+            progress(f"{', '.join(sorted(together.names))} <- {source}", once.position)
     return total
+
+
+class TogetherHandler:
+    """Several read models fed from one read of a source's log, each section in one
+    transaction (a rebuild reads and decodes each event once, not once per model)."""
+
+    def __init__(self, handlers: list[ProjectionHandler]) -> None:
+        self.handlers = handlers
+        self.names = [h.name for h in handlers]
+        self.name = "+".join(self.names)
+
+    def interested(self, event_type: str) -> bool:
+        return any(h.interested(event_type) for h in self.handlers)
+
+    def tracked(self, source: str) -> int:
+        return min(h.tracked(source) for h in self.handlers)
+
+    def apply(self, envelope: Envelope) -> bool:
+        return self.apply_batch([envelope]) > 0
+
+    def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
+        if conn is not None:
+            return sum(h.apply_batch(envelopes, conn=conn) for h in self.handlers)
+        engine = self.handlers[0].engine
+        with engine.begin() as own:
+            return sum(h.apply_batch(envelopes, conn=own) for h in self.handlers)
 
 
 def dispatcher(subs: list[Subscription]) -> Callable[[list[Envelope]], None]:
