@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,21 +164,26 @@ def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
 
     from nameko.standalone.rpc import ClusterRpcProxy
 
-    # One long-lived proxy: each new one costs a reply queue on the broker.
+    # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
+    # has one reader, so calls from the consumer loops and the startup catch-up take turns:
+    # two green threads draining the same socket is an error, and the loser's cleanup closed
+    # the socket under the winner, leaving it waiting forever on a file number reused later.
     state: dict[str, Any] = {}
+    turn = threading.Lock()
 
     def read(source: str, after: int, limit: int) -> list[Envelope]:
-        if "proxy" not in state:
-            state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
-            state["proxy"] = state["cluster"].start()
-        try:
-            return state["proxy"][source].read_log(after, limit)
-        except Exception:
-            cluster = state.pop("cluster")
-            state.pop("proxy")
-            with contextlib.suppress(Exception):
-                cluster.stop()
-            raise
+        with turn:
+            if "proxy" not in state:
+                state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
+                state["proxy"] = state["cluster"].start()
+            try:
+                return state["proxy"][source].read_log(after, limit)
+            except Exception:
+                cluster = state.pop("cluster")
+                state.pop("proxy")
+                with contextlib.suppress(Exception):
+                    cluster.stop()
+                raise
 
     return read
 

@@ -17,7 +17,7 @@ import pytest
 
 from concierge import green
 from concierge.bus import ConfirmingPublisher, exchange_name
-from concierge.runtime import rebuild
+from concierge.runtime import rebuild, rpc_log_reader
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ServiceProcess, eventually
 from tests.support.toy import LedgerService, TallyService, bootstrap_ledger, bootstrap_tally
@@ -260,3 +260,23 @@ def test_a_message_from_an_earlier_store_is_ignored_even_at_the_next_position(
     green.sleep(0.5)
     assert tally_is(services, counter, 2, 1)
     outsider.relay.lock.release()
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_the_log_reader_serves_green_threads_reading_at_once(
+        kind: str, stack_factory: Any, services_factory: Any) -> None:
+    """A service's consumer loops and its startup catch-up share one reader of other services'
+    logs; calls that overlap each get their own answer instead of fighting over its socket."""
+    settings = stack_factory(kind)
+    services = services_factory(settings, ["ledger"])
+    services.start(LedgerService)
+    with services.rpc() as rpc:
+        counter = rpc.ledger.create("boiler room")
+        for i in range(1, 6):
+            rpc.ledger.increment(counter, i)
+    read = rpc_log_reader(settings)
+    assert len(read("ledger", 0, 10)) == 6  # the reader is connected before the rush
+    threads = [green.spawn(read, "ledger", after, 2) for after in (0, 1, 2, 3, 4) * 4]
+    answers = [thread.wait() for thread in threads]
+    for after, answer in zip((0, 1, 2, 3, 4) * 4, answers, strict=True):
+        assert [env["position"] for env in answer] == [after + 1, after + 2]
