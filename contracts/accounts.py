@@ -19,6 +19,7 @@ __all__ = [
     "InstallerCreate",
     "LoginRequest",
     "LoginResponse",
+    "MasterAccountClosedSchema",
     "MasterAccountContactChangedSchema",
     "MasterAccountCreatedSchema",
     "MasterAccountRegisteredSchema",
@@ -136,9 +137,20 @@ class MasterAccountCreatedSchema(_EventData):
 
 
 class MasterAccountContactChangedSchema(_EventData):
+    """The installer edited the resident. The fields after `email` were added later (events
+    recorded before them carry None): with them notify decides on an activation email."""
+
     first_name = fields.String(required=True)
     last_name = fields.String(required=True)
     email = fields.String(required=True, allow_none=True)
+    previous_email = fields.String(load_default=None, allow_none=True)
+    apartment_id = fields.UUID(load_default=None, allow_none=True)
+    installer_id = fields.UUID(load_default=None, allow_none=True)
+    # The app status when the contact changed; a contact change never changes it.
+    app_status = fields.String(load_default=None, allow_none=True,
+                               validate=validate.OneOf(APP_STATUSES))
+    # How many times the account was reset before: each reset starts the app's set-up again.
+    resets = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
 
 
 class MasterAccountRegisteredSchema(_EventData):
@@ -155,6 +167,16 @@ class MasterAccountResetSchema(_EventData):
     removed_family_member_ids = fields.List(fields.String(), required=True)
 
 
+class MasterAccountClosedSchema(_EventData):
+    """The APT was deleted: the app account and its family member accounts no longer work.
+
+    A closed account records nothing more; its master account id is never reused.
+    """
+
+    apartment_id = fields.UUID(required=True)
+    removed_family_member_ids = fields.List(fields.String(), required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "PortalAccountCreated": PortalAccountCreatedSchema,
     "SessionOpened": SessionOpenedSchema,
@@ -165,4 +187,5 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MasterAccountRegistered": MasterAccountRegisteredSchema,
     "FamilyMemberAdded": FamilyMemberAddedSchema,
     "MasterAccountReset": MasterAccountResetSchema,
+    "MasterAccountClosed": MasterAccountClosedSchema,
 }

@@ -32,9 +32,9 @@ from services.accounts.security import Credentials
 
 log = logging.getLogger(__name__)
 
-# Topology events the master-account policy reacts to. ApartmentDeleted is not among them: the
-# domain has no way to close a master account yet.
-TOPOLOGY_EVENTS = frozenset({"ResidentAdded", "ResidentEdited", "ApartmentReset"})
+# Topology events the master-account policy reacts to; ApartmentDeleted closes the account.
+TOPOLOGY_EVENTS = frozenset({"ResidentAdded", "ResidentEdited", "ApartmentReset",
+                             "ApartmentDeleted"})
 CONTACT_FIELDS = ("first_name", "last_name", "email")
 
 # One message for an unknown username and a wrong password, so a login cannot probe usernames.
@@ -182,7 +182,8 @@ class AccountsApplication(ServiceApplication):
         """The master-account changes a topology event asks for (the ProcessHandler saves them).
 
         A reset sends no email: it records MasterAccountReset, which notify does not mail about.
-        An event the domain refuses is logged and skipped, so it cannot block the stream.
+        A deleted APT closes its account once; later events for it change nothing. An event the
+        domain refuses is logged and skipped, so it cannot block the stream.
         """
         kind = envelope["type"]
         apartment_id = envelope["stream_id"]
@@ -194,6 +195,8 @@ class AccountsApplication(ServiceApplication):
                 return self._resident_edited(apartment_id, data.get("changes") or {})
             if kind == "ApartmentReset":
                 return self._apartment_reset(apartment_id)
+            if kind == "ApartmentDeleted":
+                return self._apartment_deleted(apartment_id)
         except Invalid as exc:
             log.error("accounts refused topology %s of apartment %s (position %s): %s %s",
                       kind, apartment_id, envelope.get("position"), exc.detail, exc.errors)
@@ -234,6 +237,15 @@ class AccountsApplication(ServiceApplication):
                         apartment_id)
             return []
         account.reset()
+        return [account]
+
+    def _apartment_deleted(self, apartment_id: str) -> list[Any]:
+        account = self._master_account(apartment_id)
+        if account is None:
+            log.warning("ApartmentDeleted for apartment %s, which has no master account",
+                        apartment_id)
+            return []
+        account.close()
         return [account]
 
     # -- queries ---------------------------------------------------------------------------

@@ -258,6 +258,9 @@ class MasterAccount(Aggregate):
         self.app_status = UNREGISTERED
         self.password_hash: str | None = None
         self.family_member_ids: list[str] = []
+        # Each reset starts the app's set-up again (notify keys activation emails by it).
+        self.resets = 0
+        self.closed = False
 
     @staticmethod
     def id_for_apartment(apartment_id: UUID | str) -> UUID:
@@ -294,15 +297,39 @@ class MasterAccount(Aggregate):
         )
 
     def update_contact(self, first_name: str, last_name: str, email: str | None) -> None:
-        """The installer edited the resident; nothing is recorded when nothing changed."""
+        """The installer edited the resident; nothing is recorded when nothing changed, nor for
+        a closed account (its APT is deleted, so a late edit has nothing left to change)."""
+        if self.closed:
+            return
         _validate_contact(first_name, last_name, email)
         email = email or None
         if (first_name, last_name, email) == (self.first_name, self.last_name, self.email):
             return
-        self._change_contact(first_name=first_name, last_name=last_name, email=email)
+        # The rest tells notify whether an activation email is due without asking accounts.
+        self._change_contact(
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+            previous_email=self.email,
+            apartment_id=self.apartment_id,
+            installer_id=self.installer_id,
+            app_status=self.app_status,
+            resets=self.resets,
+        )
 
+    # The attributes after `email` were added later: events stored before them replay with None.
     @event("MasterAccountContactChanged")
-    def _change_contact(self, first_name: str, last_name: str, email: str | None) -> None:
+    def _change_contact(
+        self,
+        first_name: str,
+        last_name: str,
+        email: str | None,
+        previous_email: str | None = None,
+        apartment_id: UUID | None = None,
+        installer_id: UUID | None = None,
+        app_status: str | None = None,
+        resets: int | None = None,
+    ) -> None:
         self.first_name = first_name
         self.last_name = last_name
         self.email = email
@@ -310,6 +337,7 @@ class MasterAccount(Aggregate):
     def register(self, password_hash: str) -> None:
         """The resident initialised the app and chose a password."""
         _validate_hash(password_hash)
+        self._check_open()
         if self.app_status == REGISTERED:
             raise Conflict("The app account is already registered.")
         self._register(password_hash=password_hash)
@@ -323,6 +351,7 @@ class MasterAccount(Aggregate):
         """Link a family member account to this master account (full rules come later)."""
         if not isinstance(family_member_id, str) or not family_member_id:
             raise Invalid.field("family_member_id", "A family member id is required.")
+        self._check_open()
         if family_member_id in self.family_member_ids:
             raise Conflict("This family member is already linked to the account.")
         self._add_family_member(family_member_id=family_member_id)
@@ -334,7 +363,10 @@ class MasterAccount(Aggregate):
     def reset(self) -> None:
         """Empty the account for the next tenant (manual: "Edit, Reset, and Delete Community
         Residents"): family member accounts and email removed, login credentials reset, app back
-        to unregistered. The names, the apartment and its subscription stay."""
+        to unregistered. The names, the apartment and its subscription stay. A closed account
+        has nothing left to reset."""
+        if self.closed:
+            return
         self._reset(removed_family_member_ids=list(self.family_member_ids))
 
     @event("MasterAccountReset")
@@ -347,6 +379,30 @@ class MasterAccount(Aggregate):
         self.email = None
         self.password_hash = None
         self.app_status = UNREGISTERED
+        self.resets += 1
+
+    def close(self) -> None:
+        """Delete APT: the resident's app account and its family member accounts stop working.
+
+        Unlike a reset, nothing is kept for a next tenant (manual: a new account in the family
+        is free after a reset but "charges after deleting"). Closing twice records nothing.
+        """
+        if self.closed:
+            return
+        self._close(apartment_id=self.apartment_id,
+                    removed_family_member_ids=list(self.family_member_ids))
+
+    @event("MasterAccountClosed")
+    def _close(self, apartment_id: UUID, removed_family_member_ids: list[str]) -> None:
+        self.family_member_ids = [
+            member for member in self.family_member_ids if member not in removed_family_member_ids
+        ]
+        self.password_hash = None
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise Conflict("The app account is closed: its apartment was deleted.")
 
 
 def _validate_contact(first_name: Any, last_name: Any, email: Any) -> None:

@@ -120,7 +120,8 @@ class PortalAccountsView(ReadModel):
 
 
 class MasterAccountsView(ReadModel):
-    """Residents' app accounts by apartment, with the app status the resident list shows."""
+    """Residents' app accounts by apartment, with the app status the resident list shows; only
+    accounts that still work (a closed account's row is removed)."""
 
     name = "accounts_master_accounts"
     metadata = master_metadata
@@ -131,6 +132,7 @@ class MasterAccountsView(ReadModel):
             "MasterAccountContactChanged": self.contact_changed,
             "MasterAccountRegistered": self.registered,
             "MasterAccountReset": self.reset,
+            "MasterAccountClosed": self.closed,
         }}
 
     @staticmethod
@@ -155,6 +157,11 @@ class MasterAccountsView(ReadModel):
     def reset(rows: Rows, env: Envelope) -> None:
         # Names stay: the manual's Reset list does not remove them.
         _set(rows, env, email=None, app_status="unregistered")
+
+    @staticmethod
+    def closed(rows: Rows, env: Envelope) -> None:
+        # A deleted APT's resident has no app account any more; the store keeps its history.
+        rows.delete(master_accounts, env["stream_id"])
 
 
 def _set(rows: Rows, env: Envelope, **values: Any) -> None:

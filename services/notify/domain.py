@@ -1,14 +1,17 @@
 """Notify: emails the cloud sends, from queued to sent (or given up).
 
-Plain Python. An email's id is derived from the event that caused it and its template (uuid5), so
-a redelivered or replayed cause finds the email it already queued instead of queueing a twin, and
-a resend after a crash carries the same id (and Message-ID). Rendering and sending happen outside:
-the aggregate holds the rendered message and the facts of each delivery attempt.
+Plain Python. An email's id is derived (uuid5) from what makes it unique: its idempotency key when
+the rule that asks for it gives one (activation: account, resets, address), else the event that
+caused it and its template. A redelivered or replayed cause finds the email it already queued
+instead of queueing a twin, and a resend after a crash carries the same id (and Message-ID).
+Rendering and sending happen outside: the aggregate holds the rendered message and the facts of
+each delivery attempt.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
@@ -20,6 +23,9 @@ from contracts.errors import Conflict, Invalid
 
 # Fixed forever: changing it would give every queued email a new id and send it again.
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
+
+ACTIVATION = "activation"
+UNREGISTERED = "unregistered"
 
 QUEUED = "queued"
 RETRYING = "retrying"
@@ -43,6 +49,41 @@ SUBJECT_MAX = 255
 def retry_delay(attempts: int) -> timedelta:
     """How long to wait after the `attempts`-th failure before the next try."""
     return min(FIRST_RETRY * 2 ** max(attempts - 1, 0), LONGEST_WAIT)
+
+
+def activation_key(master_account_id: UUID | str, resets: int, address: str) -> str:
+    """What one activation email is unique for; case is ignored, as mail servers do in practice."""
+    return f"{ACTIVATION}:{UUID(str(master_account_id))}:{int(resets)}:{address.strip().lower()}"
+
+
+def activation_due(event_type: str, master_account_id: UUID | str,
+                   data: Mapping[str, Any]) -> str | None:
+    """The key of the activation email an accounts event asks for, or None when none is due.
+
+    One activation email per master account, reset and address:
+    - a new account with an email gets one;
+    - an edit that adds or changes the email of an account whose app is still unregistered gets
+      one to the new address, unless that address already had one since the last reset (a replay,
+      a second edit to the same address, or going back to an earlier one sends nothing new);
+    - a registered account gets none (its app is set up), nor does an edit keeping the address;
+    - a reset emails nobody (manual: "the user is not going to receive the reset email"), but the
+      next address entered after it gets one, even a known one: the app "needs to be
+      re-initialized".
+    Contact changes recorded before accounts published the app status carry none: nothing is due.
+    """
+    address = data.get("email")
+    if not address:
+        return None
+    if event_type == "MasterAccountCreated":
+        return activation_key(master_account_id, 0, address)
+    if event_type != "MasterAccountContactChanged":
+        return None
+    if data.get("app_status") != UNREGISTERED or data.get("resets") is None:
+        return None
+    previous = data.get("previous_email")
+    if previous and previous.strip().lower() == address.strip().lower():
+        return None
+    return activation_key(master_account_id, data["resets"], address)
 
 
 def _validate_recipient(recipient: Any) -> None:
@@ -70,8 +111,15 @@ class Email(Aggregate):
     """One message to one recipient, caused by one event and rendered from one template."""
 
     @staticmethod
-    def create_id(cause_event_id: UUID | str, template: str) -> UUID:
-        """The one id an email for this cause and template can have."""
+    def create_id(cause_event_id: UUID | str, template: str,
+                  idempotency_key: str | None = None) -> UUID:
+        """The one id an email with this key can have; without a key, this cause and template.
+
+        Emails queued before keys existed have the second kind: it never changes, or a replay of
+        their cause would queue them again.
+        """
+        if idempotency_key:
+            return uuid5(NOTIFY_NAMESPACE, f"email-key:{idempotency_key}")
         return uuid5(NOTIFY_NAMESPACE, f"email:{UUID(str(cause_event_id))}:{template}")
 
     @classmethod
@@ -86,6 +134,7 @@ class Email(Aggregate):
         html: str,
         apartment_id: UUID | None = None,
         installer_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> Email:
         """A rendered email waiting for the mailer."""
         try:
@@ -100,6 +149,9 @@ class Email(Aggregate):
             raise Invalid.field("text", "The plain-text body is required.")
         if not isinstance(html, str) or not html.strip():
             raise Invalid.field("html", "The HTML body is required.")
+        if idempotency_key is not None and (not isinstance(idempotency_key, str)
+                                            or not idempotency_key.strip()):
+            raise Invalid.field("idempotency_key", "Not an idempotency key.")
         return cls(
             cause_event_id=cause,
             template=template,
@@ -109,6 +161,7 @@ class Email(Aggregate):
             html=html,
             apartment_id=apartment_id,
             installer_id=installer_id,
+            idempotency_key=idempotency_key,
         )
 
     @event("EmailQueued")
@@ -122,8 +175,10 @@ class Email(Aggregate):
         html: str,
         apartment_id: UUID | None,
         installer_id: UUID | None,
+        idempotency_key: str | None = None,  # added later: older EmailQueued replay with None
     ) -> None:
         self.cause_event_id = cause_event_id
+        self.idempotency_key = idempotency_key
         self.template = template
         self.recipient = recipient
         self.subject = subject

@@ -14,7 +14,7 @@ from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, leader_lock, open_store
 from concierge.subscription import ProcessHandler
 from contracts.notify import EVENT_SCHEMAS, EmailQuery, EmailSummary
-from services.notify.application import EmailsView, NotifyApplication
+from services.notify.application import ACCOUNTS_EVENTS, EmailsView, NotifyApplication
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
 
 SERVICE = "notify"
@@ -30,7 +30,7 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     app, engine = open_store(SERVICE, settings, NotifyApplication)
     assert isinstance(app, NotifyApplication)
     app.emails = EmailsView(engine)
-    policy = ProcessHandler(SERVICE, app, {"MasterAccountCreated"}, app.on_accounts_event)
+    policy = ProcessHandler(SERVICE, app, set(ACCOUNTS_EVENTS), app.on_accounts_event)
     wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
     # Built after assemble: its wake-up then follows the emails view's catch-up on each commit.

@@ -239,6 +239,7 @@ class SitesView(ReadModel):
                 "MasterAccountCreated": self.master_account_created,
                 "FamilyMemberAdded": self.family_member_added,
                 "MasterAccountReset": self.master_account_reset,
+                "MasterAccountClosed": self.master_account_closed,
             },
         }
 
@@ -299,6 +300,13 @@ class SitesView(ReadModel):
     def master_account_reset(rows: Rows, env: Envelope) -> None:
         for member in _data(env).get("removed_family_member_ids") or []:
             rows.delete(community_units, FAMILY_MEMBER, str(member))
+
+    @staticmethod
+    def master_account_closed(rows: Rows, env: Envelope) -> None:
+        # Family members are counted only while their APT exists, so the count is right
+        # whether this or topology's ApartmentDeleted arrives first.
+        SitesView.master_account_reset(rows, env)
+        rows.delete(community_units, MASTER_ACCOUNT, env["stream_id"])
 
 
 def _community_counts(conn: Connection, community_ids: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -473,6 +481,7 @@ class ResidentsView(ReadModel):
                 "MasterAccountCreated": self.master_account_created,
                 "MasterAccountRegistered": self.master_account_registered,
                 "MasterAccountReset": self.master_account_reset,
+                "MasterAccountClosed": self.master_account_closed,
             },
         }
 
@@ -537,6 +546,11 @@ class ResidentsView(ReadModel):
     @staticmethod
     def master_account_reset(rows: Rows, env: Envelope) -> None:
         rows.update(app_accounts, env["stream_id"], app_status=UNREGISTERED)
+
+    @staticmethod
+    def master_account_closed(rows: Rows, env: Envelope) -> None:
+        # A closed account records nothing more, so no later event can bring this row back.
+        rows.delete(app_accounts, env["stream_id"])
 
 
 READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView)

@@ -67,6 +67,13 @@ class TopologyStandIn(ServiceApplication):
             apartment.reset()
             self.record(apartment)
 
+    def delete(self, apartment_id: str) -> None:
+        with self.serialised():
+            apartment = self.repository.get(UUID(apartment_id))
+            building = self.repository.get(apartment.building_id)
+            apartment.delete(building)
+            self.record(apartment, building)
+
 
 def topology_log(store: TopologyStandIn) -> LogReader:
     """Topology's `read_log`: its stored events as the envelopes it publishes."""
@@ -206,6 +213,68 @@ def test_apartment_reset_unregisters_the_app_and_keeps_the_names(stack: Stack) -
     row = stack.accounts.get_master_account(apartment_id, INSTALLER)
     assert (row["first_name"], row["last_name"], row["email"], row["app_status"]) == (
         "Lily", "Green", None, "unregistered")
+
+
+def test_apartment_deleted_closes_the_master_account_once_even_when_delivered_twice(
+        stack: Stack) -> None:
+    apartment_id = stack.topology.add_apartment(INSTALLER, "101", RESIDENT)
+    stack.deliver_all()
+    account = stack.master_account(apartment_id)
+    account.register(CREDENTIALS.hash_password("app-password"))
+    account.add_family_member("fm-1")
+    stack.accounts.record(account)
+    before = stack.accounts.max_position()
+    seen = stack.topology.max_position()
+
+    stack.topology.delete(apartment_id)
+    stack.deliver_all(seen)
+    stack.deliver_all(seen)
+    stack.subscribe().catch_up()
+    [deleted] = [e for e in stack.published(seen) if e["type"] == "ApartmentDeleted"]
+    stack.accounts.record(*stack.accounts.on_topology_event(deleted))  # past the tracking too
+
+    assert stack.accounts_events(before) == ["MasterAccountClosed"]
+    [closed] = stack.wiring.read_log(before, 10)
+    assert closed["data"] == {"apartment_id": apartment_id, "removed_family_member_ids": ["fm-1"]}
+    account = stack.master_account(apartment_id)
+    assert (account.closed, account.family_member_ids, account.password_hash) == (True, [], None)
+    # The app account no longer exists for the portal.
+    with pytest.raises(NotFound):
+        stack.accounts.get_master_account(apartment_id, INSTALLER)
+
+
+def test_events_that_arrive_after_the_close_change_nothing(stack: Stack) -> None:
+    # E.g. an operator's replay of an older store: the tracking does not stop them.
+    apartment_id = stack.topology.add_apartment(INSTALLER, "101", RESIDENT)
+    stack.topology.edit_resident(apartment_id, email="lily.green@example.com")
+    stack.topology.reset(apartment_id)
+    stack.topology.delete(apartment_id)
+    stack.deliver_all()
+    before = stack.accounts.max_position()
+
+    for envelope in stack.published():
+        stack.accounts.record(*stack.accounts.on_topology_event(envelope))
+
+    assert stack.accounts.max_position() == before
+    assert stack.accounts_events() == ["MasterAccountCreated", "MasterAccountContactChanged",
+                                       "MasterAccountReset", "MasterAccountClosed"]
+
+
+def test_the_contact_change_carries_what_notify_needs(stack: Stack) -> None:
+    apartment_id = stack.topology.add_apartment(INSTALLER, "101", {**RESIDENT, "email": None})
+    stack.deliver_all()
+    seen = stack.topology.max_position()
+
+    stack.topology.edit_resident(apartment_id, email="lily@example.com")
+    stack.deliver_all(seen)
+
+    changed = stack.wiring.read_log(0, 10)[-1]
+    assert changed["type"] == "MasterAccountContactChanged"
+    assert changed["data"] == {
+        "first_name": "Lily", "last_name": "Green", "email": "lily@example.com",
+        "previous_email": None, "apartment_id": apartment_id, "installer_id": INSTALLER,
+        "app_status": "unregistered", "resets": 0,
+    }
 
 
 def test_a_master_account_is_visible_only_to_its_installer(stack: Stack) -> None:

@@ -30,7 +30,7 @@ from concierge.runtime import Wiring, rebuild
 from concierge.subscription import Subscription
 from contracts.errors import Invalid
 from services.notify.application import ACTIVATION, NotifyApplication
-from services.notify.domain import Email
+from services.notify.domain import Email, activation_key
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
 from services.notify.service import NotifyService, bootstrap
 from tests.support.harness import eventually
@@ -52,6 +52,27 @@ def master_account_created(position: int = 1, address: str | None = "judy@exampl
                  "installer_id": str(uuid4()), "first_name": first_name,
                  "last_name": last_name, "email": address},
     }
+
+
+def contact_changed(created: dict[str, Any], position: int, address: str | None,
+                    previous: str | None = None, first_name: str = "Judy") -> dict[str, Any]:
+    """A later MasterAccountContactChanged of the account `created` made, as accounts publishes
+    it: the account's app is still unregistered and was never reset."""
+    ids = created["data"]
+    return dict(created, event_id=str(uuid4()), type="MasterAccountContactChanged",
+                stream_version=created["stream_version"] + position, position=position,
+                data={"first_name": first_name, "last_name": "Anders", "email": address,
+                      "previous_email": previous, "apartment_id": ids["apartment_id"],
+                      "installer_id": ids["installer_id"], "app_status": "unregistered",
+                      "resets": 0})
+
+
+def activation_id(envelope: dict[str, Any]) -> UUID:
+    """The id of the activation email an account's event asks for (one per account, reset and
+    address)."""
+    data = envelope["data"]
+    key = activation_key(envelope["stream_id"], data.get("resets") or 0, data["email"])
+    return Email.create_id(envelope["event_id"], ACTIVATION, key)
 
 
 class AccountsLog:
@@ -270,7 +291,7 @@ def test_a_master_account_created_delivered_twice_gives_one_email_and_one_file(
     sub.deliver(created)
     sub.catch_up()
 
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
     eventually(lambda: app.email(email_id).status == "sent")
     assert stack.files() == [f"{email_id}.eml"]
     assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
@@ -284,12 +305,59 @@ def test_a_master_account_created_delivered_twice_gives_one_email_and_one_file(
     assert "Judy Anders" in html and "judy.o&#39;neil@example.com" in html
 
 
+def test_an_email_added_later_gets_one_activation_email_even_when_replayed(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    created = master_account_created(1, address=None)
+    added = contact_changed(created, 2, "judy@example.com")
+    renamed = contact_changed(created, 3, "judy@example.com", previous="judy@example.com",
+                              first_name="Judith")
+    log = AccountsLog([created, added, renamed])
+    sub = subscribe(notify, log)
+    stack.run_mailer(notify)
+
+    sub.deliver(added)  # the gap before it is read from the log first
+    sub.deliver(added)
+    sub.catch_up()
+    email_id = activation_id(added)
+    eventually(lambda: app_of(notify).email(email_id).status == "sent")
+    notify = stack.restart(notify)  # an operator replays accounts' log into a new process
+    app = app_of(notify)
+    sub = subscribe(notify, log)
+    for envelope in log.envelopes:
+        sub.deliver(envelope)
+        assert app.on_accounts_event(envelope) == []  # even past the tracking
+
+    assert notify.extras["mailer"].send_due() == 0
+    assert stack.files() == [f"{email_id}.eml"]
+    assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
+    [summary] = app.list_emails({})["items"]
+    assert (summary["recipient"], summary["cause_event_id"], summary["apartment_id"]) == (
+        "judy@example.com", added["event_id"], created["data"]["apartment_id"])
+    assert read_eml(stack.folder / f"{email_id}.eml")["To"] == "judy@example.com"
+
+
+def test_a_new_address_while_unregistered_gets_its_own_activation_email(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    created = master_account_created(1, address="judy@example.com")
+    moved = contact_changed(created, 2, "judy@work.example", previous="judy@example.com")
+    back = contact_changed(created, 3, "judy@example.com", previous="judy@work.example")
+    subscribe(notify, AccountsLog([created, moved, back])).catch_up()
+
+    assert notify.extras["mailer"].send_due() == 2
+
+    assert stack.files() == sorted([f"{activation_id(created)}.eml", f"{activation_id(moved)}.eml"])
+    recipients = sorted(e["recipient"] for e in app_of(notify).list_emails({})["items"])
+    assert recipients == ["judy@example.com", "judy@work.example"]
+
+
 def test_a_mailer_killed_after_sending_leaves_one_file_after_the_restart(
         stack: NotifyStack) -> None:
     notify = stack.open(DiesAfterSending(MailFolderSender(stack.folder)))
     created = master_account_created()
     subscribe(notify, AccountsLog([created])).deliver(created)
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
 
     with pytest.raises(ProcessKilled):
         notify.extras["mailer"].send_due()
@@ -343,7 +411,7 @@ def test_a_rebuilt_emails_view_sends_nothing_again(stack: NotifyStack) -> None:
     rebuild(notify)  # an operator drops the read models and rebuilds them from the store
 
     assert app.list_emails({}) == before
-    assert app.pending() == [Email.create_id(waiting["event_id"], ACTIVATION)]
+    assert app.pending() == [activation_id(waiting)]
     assert notify.extras["mailer"].send_due() == 1
     assert len(stack.files()) == 2
 
@@ -377,7 +445,7 @@ def test_smtp_resends_after_a_crash_with_the_same_message_id(stack: NotifyStack,
     notify = stack.open(DiesAfterSending(SmtpSender(stack.settings)))
     created = master_account_created()
     subscribe(notify, AccountsLog([created])).deliver(created)
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
     with pytest.raises(ProcessKilled):
         notify.extras["mailer"].send_due()
 
@@ -407,7 +475,7 @@ def test_a_refused_attempt_is_retried_after_the_back_off(stack: NotifyStack,
     clock = Clock()  # starts now, after the email was queued
     mailer = Mailer(app, SmtpSender(stack.settings), FileLock(stack.settings.data_dir / "t.lock"),
                     stack.settings.mail_from, refresh=notify.catch_up_local, clock=clock)
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
     smtp.data_replies.append("451 4.3.0 try again later")
 
     assert mailer.send_due() == 1
@@ -432,7 +500,7 @@ def test_a_recipient_the_server_refuses_is_given_up(stack: NotifyStack, smtp: Sm
     app = app_of(notify)
     created = master_account_created(address="gone@example.com")
     subscribe(notify, AccountsLog([created])).deliver(created)
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
     smtp.rcpt_replies.append("550 5.1.1 no such user")
 
     assert notify.extras["mailer"].send_due() == 1
@@ -453,7 +521,7 @@ def test_credentials_never_travel_without_tls(stack: NotifyStack, smtp: SmtpSink
 
     assert "AUTH" not in smtp.commands  # the sink offers no STARTTLS, so no login either
     assert smtp.messages == []
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
     assert app_of(notify).email(email_id).status == "retrying"
 
 
@@ -485,7 +553,7 @@ def test_an_account_published_on_the_bus_gets_one_email(
     finally:
         publisher.close()
 
-    email_id = Email.create_id(created["event_id"], ACTIVATION)
+    email_id = activation_id(created)
 
     def sent() -> list[dict[str, Any]]:
         with services.rpc() as proxy:

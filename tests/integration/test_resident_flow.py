@@ -3,7 +3,8 @@
 Adding a resident with an email makes topology publish `ResidentAdded`; accounts creates the
 master account (app status unregistered); notify queues and sends one activation email (the mail
 folder of the embedded default and of these tests). `ApartmentReset` reaches accounts the same way
-and sends no email. Every test ends by asserting the final state.
+and sends no email; `ApartmentDeleted` closes the master account; an email added to the resident
+later gets its one activation email. Every test ends by asserting the final state.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from concierge.runtime import rebuild
+from services.accounts.domain import MasterAccount
 from services.accounts.service import AccountsService
 from services.accounts.service import bootstrap as accounts_bootstrap
 from services.notify.service import NotifyService
@@ -169,6 +171,99 @@ def test_apartment_reset_reaches_accounts_and_sends_no_email(
     store = opened(accounts_bootstrap(settings))
     assert [r.type for r in store.app.iter_log()].count("MasterAccountReset") == 1
     assert len(mails(settings)) == 1  # nobody is emailed about a reset
+
+
+def recipients(settings: Any) -> list[str]:
+    return sorted(message_from_bytes(path.read_bytes())["To"] for path in mails(settings))
+
+
+def community_of(rpc: Any, ctx: dict[str, Any], building: str) -> str:
+    return rpc.topology.get_building(ctx, building)["community_id"]
+
+
+def replay_everything(settings: Any, opened: Any) -> None:
+    """An operator re-publishes topology's and accounts' whole logs: every event a second time."""
+    assert opened(topology_bootstrap(settings)).relay.replay(0) > 0
+    assert opened(accounts_bootstrap(settings)).relay.replay(0) > 0
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_a_deleted_apartment_closes_its_master_account_once(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService, NotifyService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        community = community_of(rpc, ctx, building)
+        apartment = add_resident(rpc, ctx, building, "401", "gone@example.org")
+        kept = add_resident(rpc, ctx, building, "402")
+        eventually(lambda: status_of(rpc, ctx, apartment) == "unregistered")
+        # A family member joins the account (accounts has no entrypoint for it yet).
+        operator = opened(accounts_bootstrap(settings))
+        account = operator.app.repository.get(MasterAccount.id_for_apartment(apartment))
+        account.add_family_member("fm-1")
+        operator.app.record(account)
+
+        def end_users() -> int:
+            return rpc.topology.get_community(ctx, community)["resident_count"]
+
+        eventually(lambda: end_users() == 2 + 1)
+        rpc.topology.delete_apartment(ctx, apartment)
+        eventually(lambda: status_of(rpc, ctx, apartment) is None)
+        replay_everything(settings, opened)  # ApartmentDeleted and MasterAccountClosed again
+        marker = add_resident(rpc, ctx, building, "999", "marker@example.org")
+        eventually(lambda: len(mails(settings)) == 2)
+        eventually(lambda: end_users() == 2)  # 402 and the marker: no family member left
+        assert status_of(rpc, ctx, kept) == "unregistered"
+        assert status_of(rpc, ctx, marker) == "unregistered"
+        page = rpc.topology.list_residents(ctx, community, {})
+        assert sorted(item["number"] for item in page["items"]) == ["402", "999"]
+        assert rpc.topology.dashboard(ctx)["app_accounts"] == {"registered": 0,
+                                                               "unregistered": 2}
+    store = opened(accounts_bootstrap(settings))
+    closed = [r for r in store.app.iter_log() if r.type == "MasterAccountClosed"]
+    assert [r.stream_id for r in closed] == [str(MasterAccount.id_for_apartment(apartment))]
+    assert closed[0].state["removed_family_member_ids"] == ["fm-1"]
+    assert recipients(settings) == ["gone@example.org", "marker@example.org"]  # none for a close
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_an_email_added_later_gets_one_activation_email(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in (TopologyService, AccountsService, NotifyService):
+        services.start(cls)
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        apartment = add_resident(rpc, ctx, building, "501")  # no email yet
+        eventually(lambda: status_of(rpc, ctx, apartment) == "unregistered")
+        assert mails(settings) == []
+
+        def edit(resident: dict[str, Any]) -> None:
+            rpc.topology.edit_apartment(ctx, apartment, {"resident": resident})
+
+        edit({"email": "late@example.org"})
+        eventually(lambda: len(mails(settings)) == 1)
+        edit({"first_name": "Anna"})  # the same address again, with the new name
+        replay_everything(settings, opened)
+        marker = add_resident(rpc, ctx, building, "999", "marker@example.org")
+        eventually(lambda: len(mails(settings)) == 2)
+        eventually(lambda: status_of(rpc, ctx, marker) == "unregistered")
+        account = rpc.accounts.get_master_account(ctx, apartment)
+        assert (account["first_name"], account["email"]) == ("Anna", "late@example.org")
+        # Still unregistered: another address gets its own activation email.
+        edit({"email": "later@example.org"})
+        eventually(lambda: len(mails(settings)) == 3)
+    store = opened(accounts_bootstrap(settings))
+    changes = [r.type for r in store.app.iter_log() if r.type == "MasterAccountContactChanged"]
+    assert len(changes) == 3
+    assert recipients(settings) == ["late@example.org", "later@example.org",
+                                    "marker@example.org"]
 
 
 @pytest.mark.parametrize("kind", ["rabbit-postgres"])

@@ -495,6 +495,45 @@ def test_family_members_count_as_end_users_while_their_apartment_exists(
     assert svc.dashboard(LUNA_CTX)["residents"] == 3
 
 
+def rows_naming(wiring: Wiring, *ids: str) -> list[tuple[Any, ...]]:
+    """The Sites and Residents rows that name any of these master account or member ids."""
+    rows = read_model_rows(wiring)
+    return [row for table in ("topology_community_units", "topology_app_accounts")
+            for row in rows[table] if set(ids) & set(row)]
+
+
+@both_stores
+@pytest.mark.parametrize("first", ["accounts", "topology"])
+def test_a_closed_account_leaves_the_counts_whichever_source_speaks_first(
+        svc: TopologyService, wiring: Wiring, accounts: AccountsLog,
+        residents: dict[str, str], first: str) -> None:
+    lily = svc.get_apartment(LUNA_CTX, residents["101"])
+    account = accounts.master_account_created(lily)
+    accounts.append("MasterAccountRegistered", account)
+    accounts.append("FamilyMemberAdded", account, family_member_id="fm-1")
+    deliver_accounts(wiring)
+
+    def end_users() -> int:
+        return svc.list_communities(LUNA_CTX, {})["items"][0]["resident_count"]
+
+    assert end_users() == 4 + 1
+
+    def close() -> None:
+        accounts.append("MasterAccountClosed", account, apartment_id=lily["id"],
+                        removed_family_member_ids=["fm-1"])
+        deliver_accounts(wiring)
+
+    def delete() -> None:
+        svc.delete_apartment(LUNA_CTX, residents["101"])
+
+    for step in ((close, delete) if first == "accounts" else (delete, close)):
+        step()
+
+    assert end_users() == 3
+    assert svc.dashboard(LUNA_CTX)["app_accounts"] == {"registered": 0, "unregistered": 3}
+    assert rows_naming(wiring, account, "fm-1") == []
+
+
 @both_stores
 def test_the_dashboard_counts_the_installers_sites(svc: TopologyService) -> None:
     a_site(svc, name="Seaside")
@@ -544,6 +583,13 @@ def a_busy_history(svc: TopologyService, wiring: Wiring, accounts: AccountsLog) 
     accounts.append("MasterAccountRegistered", account)
     accounts.append("FamilyMemberAdded", account, family_member_id="fm-1")
     accounts.master_account_created(svc.get_apartment(LUNA_CTX, second))
+    gone = svc.add_apartment(LUNA_CTX, building, {"number": "103", "resident": resident()})
+    closed = accounts.master_account_created(svc.get_apartment(LUNA_CTX, gone["id"]))
+    accounts.append("FamilyMemberAdded", closed, family_member_id="fm-3")
+    deliver_accounts(wiring)
+    svc.delete_apartment(LUNA_CTX, gone["id"])
+    accounts.append("MasterAccountClosed", closed, apartment_id=gone["id"],
+                    removed_family_member_ids=["fm-3"])
     deliver_accounts(wiring)
     svc.delete_building(LUNA_CTX, spare)
     a_site(svc, MARK_CTX, name="Mark's")

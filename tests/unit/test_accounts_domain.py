@@ -357,6 +357,109 @@ def test_a_reset_replays_to_the_same_state() -> None:
     assert replayed.version == account.version
 
 
+def test_a_contact_change_tells_notify_whether_the_app_awaits_activation() -> None:
+    account = a_master_account(email=None)
+    account.collect_events()
+
+    account.update_contact("Judy", "A", "judy@example.com")
+
+    [changed] = account.collect_events()
+    assert (changed.email, changed.previous_email, changed.app_status, changed.resets) == (
+        "judy@example.com", None, "unregistered", 0)
+    assert (changed.apartment_id, changed.installer_id) == (
+        account.apartment_id, account.installer_id)
+
+
+def test_each_reset_is_counted_so_the_next_address_is_activated_again() -> None:
+    account = a_master_account()
+    account.register(HASH)
+    account.reset()
+    account.collect_events()
+
+    account.update_contact("Judy", "A", "judy@example.com")
+
+    [changed] = account.collect_events()
+    assert (changed.previous_email, changed.app_status, changed.resets) == (
+        None, "unregistered", 1)
+
+
+def test_a_contact_change_recorded_before_its_new_attributes_still_replays() -> None:
+    account = a_master_account()
+    account.update_contact("Judy", "B", "judy.b@example.com")
+    created, changed = account.collect_events()
+    for name in ("previous_email", "apartment_id", "installer_id", "app_status", "resets"):
+        del object.__getattribute__(changed, "__dict__")[name]  # as stored by the first release
+
+    replayed = changed.mutate(created.mutate(None))
+
+    assert (replayed.last_name, replayed.email, replayed.resets) == ("B", "judy.b@example.com", 0)
+
+
+def test_deleting_the_apartment_closes_the_account_and_its_family_members() -> None:
+    account = a_master_account()
+    account.register(HASH)
+    account.add_family_member("fm-1")
+    account.add_family_member("fm-2")
+    account.collect_events()
+
+    account.close()
+
+    [closed] = account.collect_events()
+    assert type(closed).__name__ == "MasterAccountClosed"
+    assert closed.apartment_id == account.apartment_id
+    assert closed.removed_family_member_ids == ["fm-1", "fm-2"]
+    assert account.closed
+    assert account.family_member_ids == []
+    assert account.password_hash is None  # the app's login no longer works
+
+
+def test_closing_twice_records_nothing() -> None:
+    account = a_master_account()
+    account.close()
+    account.collect_events()
+
+    account.close()
+
+    assert account.collect_events() == []
+
+
+def test_a_closed_account_ignores_late_edits_and_resets() -> None:
+    account = a_master_account()
+    account.close()
+    account.collect_events()
+
+    account.update_contact("Someone", "Else", "else@example.com")
+    account.reset()
+
+    assert account.collect_events() == []
+    assert (account.first_name, account.email) == ("Judy", "judy@example.com")
+
+
+def test_a_closed_account_cannot_register_nor_gain_family_members() -> None:
+    account = a_master_account()
+    account.close()
+    account.collect_events()
+
+    with pytest.raises(Conflict):
+        account.register(HASH)
+    with pytest.raises(Conflict):
+        account.add_family_member("fm-1")
+    assert account.collect_events() == []
+
+
+def test_a_closed_account_replays_to_the_same_state() -> None:
+    account = a_master_account()
+    account.add_family_member("fm-1")
+    account.close()
+
+    replayed: Any = None
+    for stored in account.collect_events():
+        replayed = stored.mutate(replayed)
+
+    assert (replayed.closed, replayed.family_member_ids, replayed.version) == (
+        True, [], account.version)
+
+
 # --- contracts -----------------------------------------------------------------------------
 
 
@@ -417,6 +520,26 @@ def test_event_data_loads_and_ignores_private_and_unknown_fields() -> None:
     assert "originator_id" not in loaded
 
 
+def test_a_contact_change_published_before_its_new_fields_still_loads() -> None:
+    loaded = contract.MasterAccountContactChangedSchema().load(
+        {"first_name": "Judy", "last_name": "B", "email": "judy.b@example.com"})
+
+    assert (loaded["previous_email"], loaded["app_status"], loaded["resets"]) == (
+        None, None, None)
+
+
+def test_a_closed_account_publishes_its_apartment_and_removed_family_members() -> None:
+    account = a_master_account()
+    account.add_family_member("fm-1")
+    account.close()
+    closed = account.collect_events()[-1]
+    data = {k: str(v) if isinstance(v, UUID) else v for k, v in closed.__dict__.items()}
+
+    loaded = contract.EVENT_SCHEMAS["MasterAccountClosed"]().load(data)
+
+    assert loaded == {"apartment_id": account.apartment_id, "removed_family_member_ids": ["fm-1"]}
+
+
 def test_public_event_schemas_declare_no_secret() -> None:
     for schema in contract.EVENT_SCHEMAS.values():
         assert not contract.PRIVATE_FIELDS & set(schema().fields)
@@ -437,4 +560,5 @@ def master_account_with_history() -> MasterAccount:
     account.register(HASH)
     account.add_family_member("fm-1")
     account.reset()
+    account.close()
     return account
