@@ -77,27 +77,9 @@ class Platform:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each service process and by the broker and database
         (Linux /proc), to show where a benchmark's work goes."""
-        tick = os.sysconf("SC_CLK_TCK")
-
-        def used(pid: int) -> float:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                return 0.0
-            return (int(fields[11]) + int(fields[12])) / tick
-
-        figures = {name: used(proc.pid) for name, proc in zip(
+        figures = {name: pid_cpu_seconds(proc.pid) for name, proc in zip(
             ("up",) if self.embedded else self.services, self.procs, strict=False)}
-        for label, command in (("rabbitmq", "beam.smp"), ("postgresql", "postgres")):
-            total = 0.0
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    try:
-                        if (entry / "comm").read_text().strip() == command:
-                            total += used(int(entry.name))
-                    except OSError:
-                        continue
-            figures[label] = total
+        figures.update(infrastructure_cpu_seconds())
         return figures
 
     def stop(self) -> None:
@@ -108,6 +90,10 @@ class Platform:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if not self.embedded:  # no durable queue left to fill up
+            from tests.support.harness import reset_bus
+
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
 
     def call(self, method: str, path: str, body: Any = None,
              token: str | None = None) -> tuple[int, Any]:
@@ -138,3 +124,28 @@ class Platform:
         _, mine = self.call("POST", "/api/v1/auth/login",
                             {"username": name, "password": "installer-pw-1"})
         return mine["token"]
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) one process has used so far, from Linux /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def infrastructure_cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the broker's and the database's processes."""
+    figures = {}
+    for label, command in (("rabbitmq", "beam.smp"), ("postgresql", "postgres")):
+        total = 0.0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "comm").read_text().strip() == command:
+                        total += pid_cpu_seconds(int(entry.name))
+                except OSError:
+                    continue
+        figures[label] = total
+    return figures

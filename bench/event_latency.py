@@ -79,6 +79,7 @@ def main() -> None:
         green.sleep(0.02)  # idle between events
     for runner in runners:
         runner.stop()
+    reset_bus(settings.amqp_uri, ["ledger", "tally"])  # no durable queue left to fill up
     print(json.dumps({"event_latency_ms": summary(samples), "events": count,
                       "store": "postgres" if settings.uses_postgres else "sqlite"}))
 

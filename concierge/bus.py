@@ -117,9 +117,12 @@ class ConfirmingPublisher:
         self._conn: kombu.Connection | None = None
         self._channel: Any = None
         self._next_tag = 0
-        self._confirmed = 0
-        self._pending: set[int] = set()
-        self._nacked: set[int] = set()
+        # Every tag up to `_settled` is acked or nacked; `_settled_above` holds single acks that
+        # came ahead of it. Counting, not a set of pending tags: a window of a few thousand
+        # messages and one `multiple` ack every few of them made set rebuilding quadratic.
+        self._settled = 0
+        self._settled_above: set[int] = set()
+        self._nacked = False
 
     def _connect(self) -> None:
         conn = kombu.Connection(self.amqp_uri, heartbeat=0)
@@ -131,19 +134,25 @@ class ConfirmingPublisher:
         channel.events["basic_nack"].add(self._on_nack)
         self._conn, self._channel = conn, channel
         self._next_tag = 0
-        self._pending.clear()
-        self._nacked.clear()
+        self._settled = 0
+        self._settled_above.clear()
+        self._nacked = False
 
     def _on_ack(self, tag: int, multiple: bool) -> None:
         if multiple:
-            self._pending = {t for t in self._pending if t > tag}
-        else:
-            self._pending.discard(tag)
+            if tag > self._settled:
+                self._settled = tag
+                if self._settled_above:
+                    self._settled_above = {t for t in self._settled_above if t > tag}
+        elif tag > self._settled:
+            self._settled_above.add(tag)
+        while self._settled_above and self._settled + 1 in self._settled_above:
+            self._settled += 1
+            self._settled_above.discard(self._settled)
 
     def _on_nack(self, tag: int, multiple: bool) -> None:
-        done = {t for t in self._pending if t <= tag} if multiple else {tag}
-        self._nacked |= done
-        self._pending -= done
+        self._nacked = True
+        self._on_ack(tag, multiple)
 
     def publish_batch(self, messages: Sequence[dict[str, Any]]) -> None:
         self.wait(self.send(messages))
@@ -171,7 +180,6 @@ class ConfirmingPublisher:
                                                  envelope["type"], body, envelope["event_id"],
                                                  envelope["type"]))
                 self._next_tag += 1
-                self._pending.add(self._next_tag)
             self._flush(chunks)
         except CONNECTION_ERRORS as exc:
             self.close()
@@ -185,7 +193,7 @@ class ConfirmingPublisher:
             self.close()
             raise PublishFailed(f"broker connection lost before confirming: {exc}") from exc
         if self._nacked:
-            self._nacked.clear()
+            self._nacked = False
             self.close()  # tags restart on a new channel; the relay resends from its position
             raise PublishFailed("broker nacked part of the batch")
 
@@ -200,7 +208,7 @@ class ConfirmingPublisher:
     def _await_confirms(self, ticket: int) -> None:
         if self._conn is None:
             raise PublishFailed("connection was reset; unconfirmed messages must be resent")
-        while self._pending and min(self._pending) <= ticket:
+        while self._settled < ticket:
             try:
                 self._conn.drain_events(timeout=self.confirm_timeout)
             except TimeoutError as exc:

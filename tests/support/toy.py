@@ -130,9 +130,11 @@ class CountersView(ReadModel):
                     increments=row["increments"] + 1)
 
 
-def bootstrap_ledger(settings: Settings) -> Wiring:
-    app, engine = open_store("ledger", settings, LedgerApp)
-    return assemble(Wiring("ledger", settings, app, engine))
+def bootstrap_ledger(settings: Settings, service: str = "ledger") -> Wiring:
+    """The ledger's wiring; another `service` name gives a ledger with its own store and
+    exchange (the relay benchmark's, which no test queue is bound to)."""
+    app, engine = open_store(service, settings, LedgerApp)
+    return assemble(Wiring(service, settings, app, engine))
 
 
 def bootstrap_tally(settings: Settings) -> Wiring:
