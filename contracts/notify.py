@@ -17,6 +17,7 @@ __all__ = [
     "STATUSES",
     "TEMPLATES",
     "TRANSPORTS",
+    "EmailCancelledSchema",
     "EmailFailedSchema",
     "EmailQuery",
     "EmailQueuedSchema",
@@ -28,7 +29,7 @@ EVENT_VERSION = 1
 
 # Same values as services/notify/domain.py and mailer.py.
 TEMPLATES = ("activation",)
-STATUSES = ("queued", "retrying", "sent", "failed")
+STATUSES = ("queued", "retrying", "sent", "failed", "cancelled")
 TRANSPORTS = ("smtp", "mail-folder")
 PER_PAGE_MAX = 100
 
@@ -47,6 +48,8 @@ class EmailQueuedSchema(_EventData):
     subject = fields.String(required=True)
     apartment_id = fields.UUID(required=True, allow_none=True)
     installer_id = fields.UUID(required=True, allow_none=True)
+    # The master account an activation email activates; added later (older events: None).
+    master_account_id = fields.UUID(load_default=None, allow_none=True)
 
 
 class EmailSentSchema(_EventData):
@@ -66,10 +69,18 @@ class EmailFailedSchema(_EventData):
     gave_up = fields.Boolean(required=True)
 
 
+class EmailCancelledSchema(_EventData):
+    """A pending email will never be sent (its master account was closed)."""
+
+    reason = fields.String(required=True)
+    cancelled_at = fields.String(required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "EmailQueued": EmailQueuedSchema,
     "EmailSent": EmailSentSchema,
     "EmailFailed": EmailFailedSchema,
+    "EmailCancelled": EmailCancelledSchema,
 }
 
 

@@ -7,6 +7,7 @@ operators what was sent; it lives here rather than in a `projections.py` while i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,27 +26,51 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     func,
     select,
 )
 from sqlalchemy.engine import Engine
 
 from concierge import context
+from concierge.database import projection_tracking
 from concierge.projection import ReadModel, Rows
 from concierge.store import META_KEY, ServiceApplication
-from contracts.accounts import MasterAccountContactChangedSchema, MasterAccountCreatedSchema
+from contracts.accounts import (
+    MasterAccountClosedSchema,
+    MasterAccountContactChangedSchema,
+    MasterAccountCreatedSchema,
+)
 from contracts.errors import Invalid
-from services.notify.domain import ACTIVATION, QUEUED, RETRYING, Email, activation_due
+from services.notify.domain import (
+    ACCOUNT_CLOSED,
+    ACTIVATION,
+    CANCELLED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RETRYING,
+    SENT,
+    Email,
+    activation_account,
+    activation_due,
+)
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
-# Accounts events that may ask for an activation email (services.notify.domain.activation_due).
+# Accounts events that may ask for an activation email (services.notify.domain.activation_due),
+# and the one that cancels those still pending.
 ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountCreated": MasterAccountCreatedSchema,
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
+    "MasterAccountClosed": MasterAccountClosedSchema,
 }
+
+
+class EmailsViewBehind(RuntimeError):
+    """The emails view could not be brought up to the store; the delivery is retried."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +101,14 @@ class NotifyApplication(ServiceApplication):
         super().__init__(env=env)
         self.templates = template_environment(templates)
         self.emails: EmailsView | None = None  # wired in bootstrap, beside the store's engine
+        # Projects the store's new events into the emails view now (bootstrap wires it).
+        self.refresh_emails: Callable[[], None] = lambda: None
 
     # -- policies ----------------------------------------------------------------------------
     def on_accounts_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
         """The activation email a master account's event asks for, queued once: one per account,
-        reset and address (the rule is `activation_due`)."""
+        reset and address (the rule is `activation_due`); or, when the account is closed, its
+        activation emails still pending, cancelled."""
         kind = envelope.get("type")
         schema = ACCOUNTS_EVENTS.get(str(kind))
         if schema is None:
@@ -89,10 +117,16 @@ class NotifyApplication(ServiceApplication):
             data = schema().load(envelope["data"])
         except ValidationError as exc:
             # A producer bug; holding back every later email behind it would be worse.
-            log.error("%s %s breaks its contract (%s); no activation email",
+            log.error("%s %s breaks its contract (%s); ignored",
                       kind, envelope.get("event_id"), exc.messages)
             return []
-        key = activation_due(str(kind), envelope["stream_id"], data)
+        if kind == "MasterAccountClosed":
+            return self._cancel_activation(envelope)
+        return self._queue_activation(envelope, data)
+
+    def _queue_activation(self, envelope: dict[str, Any], data: dict[str, Any]) -> list[Aggregate]:
+        kind = str(envelope["type"])
+        key = activation_due(kind, envelope["stream_id"], data)
         if key is None:
             return []
         email_id = Email.create_id(envelope["event_id"], ACTIVATION, key)
@@ -111,11 +145,41 @@ class NotifyApplication(ServiceApplication):
                 apartment_id=data.get("apartment_id"),
                 installer_id=data.get("installer_id"),
                 idempotency_key=key,
+                master_account_id=envelope["stream_id"],
             )
         except Invalid as exc:
             log.warning("no activation email for %s: %s", envelope.get("event_id"), exc.detail)
             return []
         return [email]
+
+    def _cancel_activation(self, envelope: dict[str, Any]) -> list[Aggregate]:
+        """Closing a master account cancels its activation emails still pending: the app account
+        they activate no longer works. A repeated close finds none pending and changes nothing."""
+        cancelled_at = _occurred_at(envelope)
+        emails = []
+        for email_id in self._pending_activation(envelope["stream_id"]):
+            email = self.email(email_id)
+            if email.pending:  # a mailer may have delivered it since the view was read
+                email.cancel(ACCOUNT_CLOSED, cancelled_at)
+                emails.append(email)
+        return emails
+
+    def _pending_activation(self, master_account_id: UUID | str) -> list[UUID]:
+        """The pending activation emails of one master account, from the emails view brought up
+        to the store first.
+
+        The view is written after each commit, not in it, so it may lag (a failed projection,
+        another replica's commit). Caught up, it holds every email this account's earlier
+        events queued: accounts' log is applied in order, each event committed with its
+        tracking before the next is applied. When it cannot be caught up, the close is retried
+        rather than leaving an email to be sent.
+        """
+        view = self._view()
+        stored = self.max_position()
+        self.refresh_emails()
+        if view.position() < stored:
+            raise EmailsViewBehind(f"the emails view is behind the store ({stored})")
+        return view.pending_activation(master_account_id)
 
     def _queued_without_key(self, envelope: dict[str, Any]) -> bool:
         """A new account's activation email queued before emails had keys (its id comes from
@@ -171,6 +235,15 @@ class NotifyApplication(ServiceApplication):
         return self.emails
 
 
+def _occurred_at(envelope: dict[str, Any]) -> datetime:
+    """When the source recorded the event: a replay cancels with the same time."""
+    try:
+        instant = datetime.fromisoformat(str(envelope.get("occurred_at")))
+    except ValueError:
+        return datetime.now(UTC)
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
 # --- the emails read model -------------------------------------------------------------------
 
 metadata = MetaData()
@@ -192,6 +265,8 @@ emails = Table(
     Column("cause_event_id", String(36), nullable=False),
     Column("apartment_id", String(36), nullable=True, index=True),
     Column("installer_id", String(36), nullable=True, index=True),
+    # The master account an activation email activates (closing it cancels the email).
+    Column("master_account_id", String(36), nullable=True, index=True),
 )
 
 
@@ -212,6 +287,7 @@ class EmailsView(ReadModel):
     """Every email and its delivery state, from notify's own events."""
 
     name = "notify_emails"
+    version = 2  # 2: master_account_id and cancelled emails
     metadata = metadata
 
     def __init__(self, engine: Engine) -> None:
@@ -219,36 +295,42 @@ class EmailsView(ReadModel):
 
     def handlers(self) -> dict[str, dict[str, Any]]:
         return {"notify": {"EmailQueued": self.queued, "EmailSent": self.sent,
-                           "EmailFailed": self.failed}}
+                           "EmailFailed": self.failed, "EmailCancelled": self.cancelled}}
 
     @staticmethod
     def queued(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
         queued_at = _naive_utc(env.get("occurred_at"))
+        account = data.get("master_account_id") or activation_account(data.get("idempotency_key"))
         rows.put(emails, id=env["stream_id"], position=int(env["position"]),
                  template=data["template"], recipient=data["recipient"],
                  subject=data["subject"], status=QUEUED, attempts=0, queued_at=queued_at,
                  due_at=queued_at, sent_at=None, transport=None, last_error=None,
                  cause_event_id=data["cause_event_id"], apartment_id=data.get("apartment_id"),
-                 installer_id=data.get("installer_id"))
+                 installer_id=data.get("installer_id"),
+                 master_account_id=None if account is None else str(account))
 
     @staticmethod
     def sent(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
-        rows.update(emails, env["stream_id"], status="sent",
+        rows.update(emails, env["stream_id"], status=SENT,
                     sent_at=_naive_utc(data["sent_at"]), transport=data["transport"],
                     due_at=None)
 
     @staticmethod
     def failed(rows: Rows, env: dict[str, Any]) -> None:
         data = env["data"]
-        rows.update(emails, env["stream_id"], status="failed" if data["gave_up"] else RETRYING,
+        rows.update(emails, env["stream_id"], status=FAILED if data["gave_up"] else RETRYING,
                     attempts=int(data["attempts"]), last_error=data["reason"],
                     due_at=_naive_utc(data["retry_at"]))
 
+    @staticmethod
+    def cancelled(rows: Rows, env: dict[str, Any]) -> None:
+        rows.update(emails, env["stream_id"], status=CANCELLED, due_at=None)
+
     # -- queries ----------------------------------------------------------------------------
     def pending(self, due_by: datetime | None, limit: int) -> list[UUID]:
-        query = select(emails.c.id).where(emails.c.status.in_((QUEUED, RETRYING)))
+        query = select(emails.c.id).where(emails.c.status.in_(PENDING))
         if due_by is not None:
             query = query.where(emails.c.due_at <= _naive_utc(due_by))
         query = query.order_by(emails.c.due_at, emails.c.position).limit(limit)
@@ -256,10 +338,28 @@ class EmailsView(ReadModel):
             return [UUID(r.id) for r in conn.execute(query)]
 
     def next_due(self) -> datetime | None:
-        query = select(func.min(emails.c.due_at)).where(emails.c.status.in_((QUEUED, RETRYING)))
+        query = select(func.min(emails.c.due_at)).where(emails.c.status.in_(PENDING))
         with self.engine.connect() as conn:
             value = conn.execute(query).scalar()
         return None if value is None else value.replace(tzinfo=UTC)
+
+    def pending_activation(self, master_account_id: UUID | str) -> list[UUID]:
+        """The activation emails of one master account not yet sent nor given up, oldest
+        first."""
+        query = (select(emails.c.id)
+                 .where(emails.c.master_account_id == str(UUID(str(master_account_id))),
+                        emails.c.template == ACTIVATION, emails.c.status.in_(PENDING))
+                 .order_by(emails.c.position))
+        with self.engine.connect() as conn:
+            return [UUID(r.id) for r in conn.execute(query)]
+
+    def position(self) -> int:
+        """The last position of notify's log projected here."""
+        pt = projection_tracking
+        query = select(pt.c.position).where(and_(pt.c.projection == self.name,
+                                                 pt.c.source == NotifyApplication.service_name))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def search(self, query: dict[str, Any]) -> dict[str, Any]:
         where = [getattr(emails.c, key) == str(query[key])

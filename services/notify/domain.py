@@ -5,7 +5,8 @@ the rule that asks for it gives one (activation: account, resets, address), else
 caused it and its template. A redelivered or replayed cause finds the email it already queued
 instead of queueing a twin, and a resend after a crash carries the same id (and Message-ID).
 Rendering and sending happen outside: the aggregate holds the rendered message and the facts of
-each delivery attempt.
+each delivery attempt. An email still pending can be cancelled (its master account was closed):
+it is then never due and never sent.
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ UNREGISTERED = "unregistered"
 QUEUED = "queued"
 RETRYING = "retrying"
 SENT = "sent"
-FAILED = "failed"
-STATUSES = (QUEUED, RETRYING, SENT, FAILED)
+FAILED = "failed"  # given up
+CANCELLED = "cancelled"
+STATUSES = (QUEUED, RETRYING, SENT, FAILED, CANCELLED)
+PENDING = (QUEUED, RETRYING)
+
+# Why an activation email is cancelled: the APT was deleted, so the app account it activates
+# no longer works.
+ACCOUNT_CLOSED = "master account closed"
 
 # Back-off after the n-th failed attempt: 1, 2, 4, ... minutes, never more than an hour apart.
 # After MAX_ATTEMPTS failures (about two hours of a mail server down) the email is given up.
@@ -54,6 +61,20 @@ def retry_delay(attempts: int) -> timedelta:
 def activation_key(master_account_id: UUID | str, resets: int, address: str) -> str:
     """What one activation email is unique for; case is ignored, as mail servers do in practice."""
     return f"{ACTIVATION}:{UUID(str(master_account_id))}:{int(resets)}:{address.strip().lower()}"
+
+
+def activation_account(idempotency_key: str | None) -> UUID | None:
+    """The master account an activation key names, or None for any other key (or none).
+
+    Emails queued before they recorded their master account are found again this way.
+    """
+    prefix, _, rest = (idempotency_key or "").partition(":")
+    if prefix != ACTIVATION:
+        return None
+    try:
+        return UUID(rest.partition(":")[0])
+    except ValueError:
+        return None
 
 
 def activation_due(event_type: str, master_account_id: UUID | str,
@@ -135,8 +156,10 @@ class Email(Aggregate):
         apartment_id: UUID | None = None,
         installer_id: UUID | None = None,
         idempotency_key: str | None = None,
+        master_account_id: UUID | str | None = None,
     ) -> Email:
-        """A rendered email waiting for the mailer."""
+        """A rendered email waiting for the mailer; `master_account_id` is the account an
+        activation email activates (closing that account cancels it)."""
         try:
             cause = UUID(str(cause_event_id))
         except ValueError:
@@ -152,6 +175,12 @@ class Email(Aggregate):
         if idempotency_key is not None and (not isinstance(idempotency_key, str)
                                             or not idempotency_key.strip()):
             raise Invalid.field("idempotency_key", "Not an idempotency key.")
+        account: UUID | None = None
+        if master_account_id is not None:
+            try:
+                account = UUID(str(master_account_id))
+            except ValueError:
+                raise Invalid.field("master_account_id", "Not a valid account id.") from None
         return cls(
             cause_event_id=cause,
             template=template,
@@ -162,6 +191,7 @@ class Email(Aggregate):
             apartment_id=apartment_id,
             installer_id=installer_id,
             idempotency_key=idempotency_key,
+            master_account_id=account,
         )
 
     @event("EmailQueued")
@@ -176,9 +206,11 @@ class Email(Aggregate):
         apartment_id: UUID | None,
         installer_id: UUID | None,
         idempotency_key: str | None = None,  # added later: older EmailQueued replay with None
+        master_account_id: UUID | None = None,  # likewise (their activation key names it)
     ) -> None:
         self.cause_event_id = cause_event_id
         self.idempotency_key = idempotency_key
+        self.master_account_id = master_account_id
         self.template = template
         self.recipient = recipient
         self.subject = subject
@@ -192,11 +224,19 @@ class Email(Aggregate):
         self.last_error: str | None = None
         self.sent_at: datetime | None = None
         self.transport: str | None = None
+        self.cancelled_at: datetime | None = None
+        self.cancel_reason: str | None = None
 
     @property
     def pending(self) -> bool:
-        """Still to be sent: neither delivered nor given up."""
-        return self.status in (QUEUED, RETRYING)
+        """Still to be sent: neither delivered, given up nor cancelled."""
+        return self.status in PENDING
+
+    @property
+    def account(self) -> UUID | None:
+        """The master account this email activates, also for emails queued before it was
+        recorded; None for any other email."""
+        return self.master_account_id or activation_account(self.idempotency_key)
 
     def is_due(self, now: datetime) -> bool:
         """Pending, and not waiting out the back-off of a failed attempt."""
@@ -204,7 +244,11 @@ class Email(Aggregate):
 
     def mark_sent(self, sent_at: datetime, transport: str) -> None:
         """The transport accepted the message. Reported twice (a race of two mailers), the
-        second report records nothing: the email was sent, once as far as we know."""
+        second report records nothing: the email was sent, once as far as we know.
+
+        Reported after a cancel, it is still recorded: the mailer handed the message over
+        before the cancel reached it, and the log must say the resident got it.
+        """
         _validate_instant(sent_at, "sent_at")
         if not isinstance(transport, str) or not transport:
             raise Invalid.field("transport", "The transport is required.")
@@ -223,6 +267,8 @@ class Email(Aggregate):
         """An attempt failed: retry after a back-off, or give up after MAX_ATTEMPTS (at once when
         the failure is permanent, such as a recipient the mail server refuses)."""
         _validate_instant(failed_at, "failed_at")
+        if self.status == CANCELLED:
+            return  # an attempt that raced the cancel: there is nothing left to retry
         if self.status == SENT:
             raise Conflict("The email was already sent.")
         if self.status == FAILED:
@@ -244,3 +290,21 @@ class Email(Aggregate):
         self.last_error = reason
         self.retry_at = retry_at
         self.status = FAILED if gave_up else RETRYING
+
+    def cancel(self, reason: str, cancelled_at: datetime) -> None:
+        """Not to be sent after all (its master account was closed). Only a pending email is
+        cancelled: a sent, given-up or already cancelled one records nothing, so a repeated or
+        replayed cause changes nothing."""
+        _validate_instant(cancelled_at, "cancelled_at")
+        if not isinstance(reason, str) or not reason.strip():
+            raise Invalid.field("reason", "A reason is required.")
+        if not self.pending:
+            return
+        self._record_cancelled(reason=reason[:REASON_MAX], cancelled_at=cancelled_at)
+
+    @event("EmailCancelled")
+    def _record_cancelled(self, reason: str, cancelled_at: datetime) -> None:
+        self.status = CANCELLED
+        self.cancelled_at = cancelled_at
+        self.cancel_reason = reason
+        self.retry_at = None

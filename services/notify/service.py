@@ -33,6 +33,8 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     policy = ProcessHandler(SERVICE, app, set(ACCOUNTS_EVENTS), app.on_accounts_event)
     wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
+    # A close cancels the pending emails the view lists: it reads the view caught up first.
+    app.refresh_emails = wiring.catch_up_local
     # Built after assemble: its wake-up then follows the emails view's catch-up on each commit.
     lock = leader_lock(SERVICE, settings, engine, "mailer")
     mailer = Mailer(app, sender or mail_sender(settings), lock, settings.mail_from,

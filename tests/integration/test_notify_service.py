@@ -1,4 +1,5 @@
-"""Notify end to end: accounts' MasterAccountCreated -> one activation email, sent once.
+"""Notify end to end: accounts' MasterAccountCreated -> one activation email, sent once;
+MasterAccountClosed -> the account's activation emails still pending are cancelled, never sent.
 
 Stores are real (SQLite files; PostgreSQL in the broker test); the mail transports are the real
 adapters, writing into a temporary mail folder or talking SMTP to a tiny server started here.
@@ -13,6 +14,7 @@ import email.policy
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -30,7 +32,7 @@ from concierge.runtime import Wiring, rebuild
 from concierge.subscription import Subscription
 from contracts.errors import Invalid
 from services.notify.application import ACTIVATION, NotifyApplication
-from services.notify.domain import Email, activation_key
+from services.notify.domain import ACCOUNT_CLOSED, Email, activation_key
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
 from services.notify.service import NotifyService, bootstrap
 from tests.support.harness import eventually
@@ -65,6 +67,15 @@ def contact_changed(created: dict[str, Any], position: int, address: str | None,
                       "previous_email": previous, "apartment_id": ids["apartment_id"],
                       "installer_id": ids["installer_id"], "app_status": "unregistered",
                       "resets": 0})
+
+
+def master_account_closed(created: dict[str, Any], position: int) -> dict[str, Any]:
+    """The MasterAccountClosed of the account `created` made (its apartment was deleted)."""
+    return dict(created, event_id=str(uuid4()), type="MasterAccountClosed",
+                stream_version=created["stream_version"] + position, position=position,
+                occurred_at=datetime.now(UTC).isoformat(),
+                data={"apartment_id": created["data"]["apartment_id"],
+                      "removed_family_member_ids": []})
 
 
 def activation_id(envelope: dict[str, Any]) -> UUID:
@@ -525,6 +536,66 @@ def test_credentials_never_travel_without_tls(stack: NotifyStack, smtp: SmtpSink
     assert app_of(notify).email(email_id).status == "retrying"
 
 
+def test_a_retrying_activation_email_of_a_closed_account_is_never_sent(
+        stack: NotifyStack, smtp: SmtpSink) -> None:
+    stack.settings = smtp_settings(stack, smtp)
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created(1)
+    closed = master_account_closed(created, 2)
+    log = AccountsLog([created, closed])
+    sub = subscribe(notify, log)
+    sub.deliver(created)
+    clock = Clock()
+    mailer = Mailer(app, SmtpSender(stack.settings), FileLock(stack.settings.data_dir / "t.lock"),
+                    stack.settings.mail_from, refresh=notify.catch_up_local, clock=clock)
+    email_id = activation_id(created)
+    smtp.data_replies.append("451 4.3.0 try again later")  # the mail server is down
+    assert mailer.send_due() == 1
+    assert app.email(email_id).status == "retrying"
+
+    sub.deliver(closed)
+    sub.deliver(closed)
+    clock.advance(timedelta(hours=2))  # the back-off is long over and the server is back
+
+    assert mailer.send_due() == 0
+    notify = stack.restart(notify)  # an operator replays accounts' log into a new process
+    app = app_of(notify)
+    for envelope in log.envelopes:
+        subscribe(notify, log).deliver(envelope)
+        assert app.on_accounts_event(envelope) == []  # even past the tracking
+    assert notify.extras["mailer"].send_due() == 0
+    cancelled = app.email(email_id)
+    assert (cancelled.status, cancelled.cancel_reason) == ("cancelled", ACCOUNT_CLOSED)
+    assert event_types(app, email_id) == ["EmailQueued", "EmailFailed", "EmailCancelled"]
+    assert app.pending() == [] and app.next_due() is None
+    [summary] = app.list_emails({"status": "cancelled"})["items"]
+    assert (summary["id"], summary["attempts"], summary["retry_at"]) == (str(email_id), 1, None)
+    assert smtp.messages == []
+
+
+def test_a_close_cancels_an_email_queued_before_emails_named_their_account(
+        stack: NotifyStack) -> None:
+    # Such an email names its account only in its activation key.
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created(1)
+    key = activation_key(created["stream_id"], 0, "judy@example.com")
+    older = Email.queue(cause_event_id=created["event_id"], template=ACTIVATION,
+                        recipient="judy@example.com", subject="Hi", text="Hi", html="Hi",
+                        idempotency_key=key)
+    app.record(older)
+    other = master_account_created(2, "zoe@example.com")
+    sub = subscribe(notify, AccountsLog([created, other, master_account_closed(created, 3)]))
+
+    sub.catch_up()
+
+    assert app.email(older.id).status == "cancelled"
+    assert app.pending() == [activation_id(other)]
+    assert notify.extras["mailer"].send_due() == 1
+    assert stack.files() == [f"{activation_id(other)}.eml"]
+
+
 # --- on the bus: the in-process one; RabbitMQ with PostgreSQL -------------------------------------
 
 
@@ -569,3 +640,52 @@ def test_an_account_published_on_the_bus_gets_one_email(
         with pytest.raises(Invalid):
             proxy.notify.list_emails(None, {"status": "bounced"})
     assert services.runtime("notify").app.tracked_position("accounts") == 1
+
+
+@pytest.mark.parametrize("kind", ["embedded", "rabbit-postgres"])
+def test_a_close_on_the_bus_cancels_an_activation_email_stuck_retrying(
+        kind: str, stack_factory: Callable[[str], Settings], services_factory: Any,
+        accounts_log: AccountsLog, smtp: SmtpSink) -> None:
+    settings = replace(stack_factory(kind), smtp_host="127.0.0.1", smtp_port=smtp.port)
+    smtp.data_replies.append("451 4.3.0 try again later")  # down for the first attempt only
+    services = services_factory(settings, ["notify", "accounts"])
+    services.start(FakeAccountsService)
+    services.start(NotifyService)
+    created = master_account_created(1)
+    closed = master_account_closed(created, 2)
+    marker = master_account_created(3, "marker@example.com")
+
+    def publish(*envelopes: dict[str, Any]) -> None:
+        accounts_log.envelopes.extend(e for e in envelopes if e not in accounts_log.envelopes)
+        publisher = make_publisher(settings.amqp_uri, "accounts")  # ConfirmingPublisher on Rabbit
+        try:
+            publisher.publish_batch(list(envelopes))
+        finally:
+            publisher.close()
+
+    def emails(status: str) -> list[str]:
+        with services.rpc() as proxy:
+            page = proxy.notify.list_emails(None, {"status": status})
+        return [item["id"] for item in page["items"]]
+
+    email_id = str(activation_id(created))
+    publish(created)
+    eventually(lambda: emails("retrying") == [email_id])
+    publish(closed, closed)  # the close, and a duplicate of it
+    eventually(lambda: emails("cancelled") == [email_id])
+    publish(closed, marker)  # replayed once more, then another account's event behind it
+    eventually(lambda: emails("sent") == [str(activation_id(marker))])  # SMTP is back
+
+    wiring = services.runtime("notify")
+    app = app_of(wiring)
+    clock = Clock()
+    clock.advance(timedelta(hours=2))  # long past the back-off
+    mailer = Mailer(app, SmtpSender(settings), FileLock(settings.data_dir / "t.lock"),
+                    settings.mail_from, refresh=wiring.catch_up_local, clock=clock)
+    assert mailer.send_due() == 0
+    assert app.tracked_position("accounts") == 3
+    assert event_types(app, UUID(email_id)) == ["EmailQueued", "EmailFailed", "EmailCancelled"]
+    assert app.on_accounts_event(closed) == []  # even past the tracking
+    assert [m["To"] for m in smtp.parsed()] == ["marker@example.com"]
+    with services.rpc() as proxy:
+        assert proxy.notify.list_emails(None, {})["total"] == 2

@@ -211,6 +211,8 @@ def test_a_deleted_apartment_closes_its_master_account_once(
             return rpc.topology.get_community(ctx, community)["resident_count"]
 
         eventually(lambda: end_users() == 2 + 1)
+        # Sent before the close: one still pending would be cancelled by it, never sent.
+        eventually(lambda: len(mails(settings)) == 1)
         rpc.topology.delete_apartment(ctx, apartment)
         eventually(lambda: status_of(rpc, ctx, apartment) is None)
         replay_everything(settings, opened)  # ApartmentDeleted and MasterAccountClosed again

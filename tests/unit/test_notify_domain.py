@@ -1,4 +1,5 @@
-"""Notify domain and rendering: emails from queued to sent or given up, the activation policy.
+"""Notify domain and rendering: emails from queued to sent, given up or cancelled, the activation
+policy and the close of a master account.
 
 No I/O: the application runs on the eventsourcing in-memory store. Each test reads given / when /
 then; pending events are read with `collect_events()`.
@@ -18,8 +19,8 @@ import pytest
 from contracts import notify as contract
 from contracts.errors import Conflict, Invalid
 from services.notify import domain
-from services.notify.application import ACTIVATION, NotifyApplication
-from services.notify.domain import Email, activation_due, activation_key
+from services.notify.application import ACTIVATION, EmailsViewBehind, NotifyApplication
+from services.notify.domain import Email, activation_account, activation_due, activation_key
 from services.notify.mailer import compose
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -251,6 +252,108 @@ def test_domain_values_match_the_contract() -> None:
     assert domain.STATUSES == contract.STATUSES
 
 
+def test_every_email_event_has_a_contract_schema() -> None:
+    queued = an_email()
+    queued.mark_failed("down", NOW)
+    queued.cancel(domain.ACCOUNT_CLOSED, NOW)
+    sent = an_email()
+    sent.mark_sent(NOW, "smtp")
+
+    names = set(event_names(queued)) | set(event_names(sent)) | {"EmailQueued"}
+
+    assert names == set(contract.EVENT_SCHEMAS)
+
+
+# --- cancelling ------------------------------------------------------------------------------
+
+
+def retrying_email() -> Email:
+    queued = an_email()
+    queued.mark_failed("connection refused", NOW)
+    queued.collect_events()
+    return queued
+
+
+@pytest.mark.parametrize("pending", [an_email, retrying_email])
+def test_a_pending_email_is_cancelled_and_never_due_again(pending: Any) -> None:
+    waiting = pending()
+
+    waiting.cancel(domain.ACCOUNT_CLOSED, NOW)
+
+    [event] = waiting.collect_events()
+    assert type(event).__name__ == "EmailCancelled"
+    assert (event.reason, event.cancelled_at) == (domain.ACCOUNT_CLOSED, NOW)
+    assert (waiting.status, waiting.cancelled_at, waiting.retry_at) == (domain.CANCELLED, NOW,
+                                                                        None)
+    assert not waiting.pending
+    assert not waiting.is_due(NOW + timedelta(days=1))
+
+
+def given_up() -> Email:
+    queued = an_email()
+    queued.mark_failed("550 no such user", NOW, permanent=True)
+    return queued
+
+
+def sent() -> Email:
+    queued = an_email()
+    queued.mark_sent(NOW, "smtp")
+    return queued
+
+
+def cancelled() -> Email:
+    queued = an_email()
+    queued.cancel(domain.ACCOUNT_CLOSED, NOW)
+    return queued
+
+
+@pytest.mark.parametrize(("settled", "status"), [(sent, domain.SENT), (given_up, domain.FAILED),
+                                                 (cancelled, domain.CANCELLED)])
+def test_cancelling_an_email_no_longer_pending_records_nothing(settled: Any, status: str) -> None:
+    email_ = settled()
+    email_.collect_events()
+
+    email_.cancel(domain.ACCOUNT_CLOSED, NOW + timedelta(minutes=5))
+
+    assert event_names(email_) == []
+    assert email_.status == status
+
+
+def test_a_cancel_needs_a_reason_and_a_zoned_time() -> None:
+    queued = an_email()
+
+    with pytest.raises(Invalid) as no_reason:
+        queued.cancel(" ", NOW)
+    with pytest.raises(Invalid) as naive:
+        queued.cancel(domain.ACCOUNT_CLOSED, datetime(2025, 1, 1, 12, 0))
+
+    assert list(no_reason.value.errors) == ["reason"]
+    assert list(naive.value.errors) == ["cancelled_at"]
+    assert queued.pending
+
+
+def test_a_failed_attempt_reported_after_the_cancel_records_nothing() -> None:
+    # The mailer's attempt raced the close: nothing is left to retry.
+    queued = cancelled()
+    queued.collect_events()
+
+    queued.mark_failed("connection refused", NOW + timedelta(seconds=1))
+
+    assert event_names(queued) == []
+    assert (queued.status, queued.attempts) == (domain.CANCELLED, 0)
+
+
+def test_a_delivery_reported_after_the_cancel_is_still_recorded() -> None:
+    # The transport took the message before the cancel reached the mailer: the log says so.
+    queued = cancelled()
+    queued.collect_events()
+
+    queued.mark_sent(NOW + timedelta(seconds=1), "smtp")
+
+    assert event_names(queued) == ["EmailSent"]
+    assert queued.status == domain.SENT
+
+
 # --- the activation policy and rendering -----------------------------------------------------
 
 
@@ -307,6 +410,27 @@ def test_an_activation_email_queued_before_keys_is_not_queued_again(
                            recipient="judy@example.com", subject="Hi", text="Hi", html="Hi"))
 
     assert app.on_accounts_event(envelope) == []
+
+
+def test_an_activation_email_records_its_master_account(app: NotifyApplication) -> None:
+    envelope = master_account_created()
+
+    [queued] = app.on_accounts_event(envelope)
+
+    assert str(queued.master_account_id) == envelope["stream_id"]
+    assert str(queued.account) == envelope["stream_id"]
+
+
+def test_an_activation_email_queued_before_accounts_were_recorded_names_one_by_its_key() -> None:
+    account = uuid4()
+
+    older = an_email(idempotency_key=activation_key(account, 2, "judy@example.com"))
+
+    assert older.master_account_id is None
+    assert older.account == account == activation_account(activation_key(account, 0, "a@b.co"))
+    assert an_email().account is None  # no key: no account
+    assert activation_account("renewal:x") is None
+    assert activation_account("activation:not-a-uuid:0:a@b.co") is None
 
 
 # --- activation when the email comes later -----------------------------------------------------
@@ -470,3 +594,101 @@ def test_the_message_is_multipart_alternative_with_a_stable_message_id(
     assert text is not None and html is not None
     assert "Zoë A" in text.get_content()
     assert "Zoë A" in html.get_content()
+
+
+# --- closing a master account ----------------------------------------------------------------
+
+
+class EmailsSeen:
+    """The emails view, faked over the in-memory store: every email of the log, and how far it
+    has read (`behind`: a projection that failed)."""
+
+    def __init__(self, app: NotifyApplication) -> None:
+        self.app = app
+        self.behind = False
+
+    def position(self) -> int:
+        return 0 if self.behind else self.app.max_position()
+
+    def pending_activation(self, master_account_id: UUID | str) -> list[UUID]:
+        queued = [UUID(r.stream_id) for r in self.app.read(0, 1000) if r.type == "EmailQueued"]
+        return [i for i in queued if str(self.app.email(i).account) == str(master_account_id)
+                and self.app.email(i).pending]
+
+
+@pytest.fixture
+def seen(app: NotifyApplication) -> EmailsSeen:
+    view = EmailsSeen(app)
+    app.emails = view  # type: ignore[assignment]
+    return view
+
+
+def master_account_closed(account: dict[str, Any]) -> dict[str, Any]:
+    """The MasterAccountClosed of the account `account` (a created envelope) made."""
+    return dict(account, event_id=str(uuid4()), type="MasterAccountClosed",
+                stream_version=account["stream_version"] + 5,
+                occurred_at=(NOW + timedelta(hours=1)).isoformat(),
+                data={"apartment_id": account["data"]["apartment_id"],
+                      "removed_family_member_ids": []})
+
+
+def test_closing_an_account_cancels_its_pending_activation_emails(
+        app: NotifyApplication, seen: EmailsSeen) -> None:
+    created = master_account_created(email_="judy@example.com")
+    moved = contact_changed(created, "judy@work.example", previous="judy@example.com")
+    other = master_account_created(email_="zoe@example.com")
+    first, second, others = queued_ids(app, created, moved, other)
+    app.record_failure(second, "connection refused", NOW)
+
+    cancelled_ = app.on_accounts_event(master_account_closed(created))
+
+    assert sorted(e.id for e in cancelled_) == sorted([first, second])
+    assert {e.cancelled_at for e in cancelled_} == {NOW + timedelta(hours=1)}
+    assert {e.cancel_reason for e in cancelled_} == {domain.ACCOUNT_CLOSED}
+    app.record(*cancelled_)
+    assert [app.email(i).status for i in (first, second, others)] == [
+        domain.CANCELLED, domain.CANCELLED, domain.QUEUED]
+
+
+def test_a_sent_activation_email_stays_sent_when_the_account_closes(
+        app: NotifyApplication, seen: EmailsSeen) -> None:
+    created = master_account_created()
+    [email_id] = queued_ids(app, created)
+    app.record_sent(email_id, NOW, "smtp")
+
+    assert app.on_accounts_event(master_account_closed(created)) == []
+    assert app.email(email_id).status == domain.SENT
+
+
+def test_a_repeated_close_changes_nothing(app: NotifyApplication, seen: EmailsSeen) -> None:
+    created = master_account_created()
+    [email_id] = queued_ids(app, created)
+    closed = master_account_closed(created)
+    app.record(*app.on_accounts_event(closed))
+    position = app.max_position()
+
+    assert app.on_accounts_event(closed) == []
+    assert app.on_accounts_event(dict(closed, position=9)) == []
+    assert app.max_position() == position
+    assert [r.type for r in app.stream(email_id)] == ["EmailQueued", "EmailCancelled"]
+
+
+def test_a_close_before_any_email_was_queued_cancels_nothing(
+        app: NotifyApplication, seen: EmailsSeen) -> None:
+    created = master_account_created(email_=None)
+
+    assert app.on_accounts_event(master_account_closed(created)) == []
+
+
+def test_a_close_is_retried_while_the_emails_view_is_behind(
+        app: NotifyApplication, seen: EmailsSeen) -> None:
+    created = master_account_created()
+    [email_id] = queued_ids(app, created)
+    seen.behind = True
+
+    with pytest.raises(EmailsViewBehind):
+        app.on_accounts_event(master_account_closed(created))
+
+    seen.behind = False
+    [cancelled_] = app.on_accounts_event(master_account_closed(created))
+    assert cancelled_.id == email_id
