@@ -39,6 +39,17 @@ def mails(settings: Any) -> list[Path]:
     return sorted(folder.glob("*.eml")) if folder.exists() else []
 
 
+def start_flow(kind: str, stack_factory: Any, services_factory: Any,
+               classes: tuple[type, ...] = (TopologyService, AccountsService, NotifyService),
+               ) -> tuple[Any, Any]:
+    """The settings of a fresh stack and its services, started in this process."""
+    settings = stack_factory(kind)
+    services = services_factory(settings, SERVICES)
+    for cls in classes:
+        services.start(cls)
+    return settings, services
+
+
 def setup_building(rpc: Any, ctx: dict[str, Any]) -> str:
     community = rpc.topology.create_community(
         ctx, {"name": "Sunrise Court", "feature_plan": "premium", "time_zone": "Europe/Paris"})
@@ -64,10 +75,7 @@ def status_of(rpc: Any, ctx: dict[str, Any], apartment: str) -> str | None:
 @pytest.mark.parametrize("kind", STACKS)
 def test_a_resident_with_an_email_gets_an_account_and_one_activation_email(
         kind: str, stack_factory: Any, services_factory: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService, NotifyService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory)
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -88,10 +96,7 @@ def test_a_resident_with_an_email_gets_an_account_and_one_activation_email(
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_the_same_events_delivered_twice_create_one_account_and_one_email(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService, NotifyService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory)
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -146,10 +151,7 @@ def test_accounts_killed_mid_stream_ends_in_the_same_state(
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_apartment_reset_reaches_accounts_and_sends_no_email(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService, NotifyService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory)
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -190,10 +192,7 @@ def replay_everything(settings: Any, opened: Any) -> None:
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_a_deleted_apartment_closes_its_master_account_once(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService, NotifyService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory)
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -235,10 +234,7 @@ def test_a_deleted_apartment_closes_its_master_account_once(
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_an_email_added_later_gets_one_activation_email(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService, NotifyService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory)
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -271,10 +267,8 @@ def test_an_email_added_later_gets_one_activation_email(
 @pytest.mark.parametrize("kind", ["rabbit-postgres"])
 def test_topology_read_models_rebuild_to_the_same_rows(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, SERVICES)
-    for cls in (TopologyService, AccountsService):
-        services.start(cls)
+    settings, services = start_flow(kind, stack_factory, services_factory,
+                                    (TopologyService, AccountsService))
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
