@@ -182,7 +182,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from concierge.runtime import rebuild
+    from concierge.runtime import SourceUnavailable, rebuild
 
     settings = Settings.from_env()
     wiring = _operator_wiring(args.service, settings)
@@ -192,6 +192,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     try:
         total = rebuild(wiring, progress=report)
+    except SourceUnavailable as exc:
+        print(f"concierge rebuild {args.service}: {exc}", file=sys.stderr)
+        return 1
     finally:
         wiring.close()
     print(f"rebuilt {len(wiring.read_models)} read models of {args.service} from {total} events")

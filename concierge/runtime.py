@@ -219,6 +219,38 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
 REBUILD_SECTION = 5000
 
 
+class SourceUnavailable(RuntimeError):
+    """A rebuild could not read another service's log (it is not running, or not answering).
+
+    What was rebuilt stays: each section was committed with its position, so the read models
+    fed by that source catch up from there when the service next runs with the source
+    reachable, or when the rebuild is run again.
+    """
+
+    def __init__(self, service: str, source: str, after: int, cause: BaseException) -> None:
+        self.source = source
+        super().__init__(
+            f"could not read the log of {source} after position {after} "
+            f"({type(cause).__name__}: {cause}). Is the {source} service running? The read "
+            f"models of {service} that {source} feeds keep what was rebuilt and catch up from "
+            f"there when {service} runs with {source} reachable; run the rebuild again to "
+            f"finish it now.")
+
+
+def _explaining(read: LogReader,
+                service: str) -> LogReader:
+    """A log reader whose failures say which source could not be read (only reading errors:
+    a projection's own error must not pass for an unreachable service)."""
+
+    def read_or_explain(source: str, after: int, limit: int) -> list[Envelope]:
+        try:
+            return read(source, after, limit)
+        except Exception as exc:
+            raise SourceUnavailable(service, source, after, exc) from exc
+
+    return read_or_explain
+
+
 def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
             only: set[str] | None = None) -> int:
     """Drop the service's read models (or those named in `only`) and rebuild them from the
@@ -238,7 +270,8 @@ def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
     for source, group in by_source.items():
         together = TogetherHandler([sub.handler for sub in group])  # type: ignore[misc]
         local = source == wiring.service
-        reader = wiring.local_reader(together) if local else group[0].read_log
+        reader = (wiring.local_reader(together) if local
+                  else _explaining(group[0].read_log, wiring.service))
         # Own log: one transaction per 5000 events; another service's: its read_log's limit.
         once = Subscription(source, together, reader,
                             REBUILD_SECTION if local else Subscription.default_batch_size)

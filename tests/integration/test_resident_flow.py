@@ -9,6 +9,8 @@ later gets its one activation email. Every test ends by asserting the final stat
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from email import message_from_bytes
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from concierge.runtime import rebuild
+from concierge.runtime import SourceUnavailable, rebuild
 from services.accounts.domain import MasterAccount
 from services.accounts.service import AccountsService
 from services.accounts.service import bootstrap as accounts_bootstrap
@@ -24,7 +26,7 @@ from services.notify.service import NotifyService
 from services.topology.service import TopologyService
 from services.topology.service import bootstrap as topology_bootstrap
 from tests.integration.conftest import BROKER_STACKS, STACKS
-from tests.support.harness import ServiceProcess, eventually
+from tests.support.harness import ROOT, ServiceProcess, eventually, settings_env
 
 SERVICES = ["topology", "accounts", "notify"]
 
@@ -283,3 +285,38 @@ def test_topology_read_models_rebuild_to_the_same_rows(
         assert rebuild(operator) > 0
         assert rpc.topology.list_residents(ctx, community, {"per_page": 100}) == before
         assert rpc.topology.dashboard(ctx) == dashboard
+
+
+@pytest.mark.parametrize("kind", ["rabbit-postgres"])
+def test_a_rebuild_without_accounts_says_so_and_a_second_one_finishes(
+        kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
+    """Topology's resident list is fed by accounts' log, read over RPC: with accounts down an
+    operator gets a clear error naming it (no traceback), and a rebuild once it is back ends
+    with the same rows as before."""
+    settings, services = start_flow(kind, stack_factory, services_factory,
+                                    (TopologyService, AccountsService))
+    ctx = installer_ctx()
+    with services.rpc() as rpc:
+        building = setup_building(rpc, ctx)
+        for i in range(3):
+            add_resident(rpc, ctx, building, str(600 + i), f"c{i}@example.org")
+        community = community_of(rpc, ctx, building)
+        eventually(lambda: all(item["master_account_id"] for item in rpc.topology.list_residents(
+            ctx, community, {"per_page": 100})["items"]))
+        before = rpc.topology.list_residents(ctx, community, {"per_page": 100})
+        services.stop("accounts")
+
+        with pytest.raises(SourceUnavailable) as raised:
+            rebuild(opened(topology_bootstrap(settings)))
+        assert raised.value.source == "accounts"
+        concierge = str(Path(sys.executable).with_name("concierge"))
+        done = subprocess.run([concierge, "rebuild", "topology"], env=settings_env(settings),
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        assert "could not read the log of accounts" in done.stderr
+        assert "Is the accounts service running?" in done.stderr
+        assert "Traceback" not in done.stderr
+
+        services.start(AccountsService)
+        assert rebuild(opened(topology_bootstrap(settings))) > 0
+        assert rpc.topology.list_residents(ctx, community, {"per_page": 100}) == before
