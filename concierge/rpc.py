@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -19,12 +20,20 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from marshmallow import ValidationError
 from nameko import rpc as nameko_rpc
+from nameko.constants import (
+    AMQP_SSL_CONFIG_KEY,
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_SERIALIZER,
+    LOGIN_METHOD_CONFIG_KEY,
+    SERIALIZER_CONFIG_KEY,
+)
 from nameko.exceptions import RemoteError, registry
 
 from concierge import context
 from contracts.errors import ERROR_TYPES, ConciergeError, Conflict, Invalid, NotFound, rebuild
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 # Every error a caller is meant to see: the request was refused, the service did not fail.
 # nameko matches with isinstance, so errors a service subclasses from these match too.
@@ -109,14 +118,56 @@ def rpc(*, expected_exceptions: Any = ..., sensitive_arguments: Any = ...
 
 def rpc(fn: Any = None, /, *, expected_exceptions: Any = (), sensitive_arguments: Any = ()
         ) -> Any:
-    """nameko's `@rpc`, with the contract errors always among its expected exceptions.
+    """nameko's `@rpc`, run at most once, with the contract errors among its expected exceptions.
 
     nameko 2.14 logs an entrypoint's exception at ERROR unless it is an instance of the
     entrypoint's `expected_exceptions`, which it logs at WARNING (nameko.containers). Works bare
     (`@rpc`) or called (`@rpc(sensitive_arguments=...)`); extra expected exceptions add to ours.
+    Every entrypoint of a service must use this one: they share the service's RPC queue.
     """
     extra = (expected_exceptions if isinstance(expected_exceptions, tuple)
              else (expected_exceptions,))
-    decorator = nameko_rpc.rpc(expected_exceptions=EXPECTED_ERRORS + extra,
-                               sensitive_arguments=sensitive_arguments)
+    decorator = AtMostOnceRpc.decorator(expected_exceptions=EXPECTED_ERRORS + extra,
+                                        sensitive_arguments=sensitive_arguments)
     return decorator if fn is None else decorator(fn)
+
+
+class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
+    """Takes a request off the queue before its work starts, so no request runs twice.
+
+    nameko acks a request after its reply: a replica that dies between the two (or while the
+    command runs) has the request delivered again to another replica, which runs the command a
+    second time (a second community from one `create_community`). Commands are not idempotent,
+    so we ack first: a request whose replica dies is lost, and its caller gets no answer (the
+    gateway's 504) and can look before trying again. Events stay exactly-once in effect; that
+    guarantee is the subscriptions' (tracking), not this one's. A request that crashes its
+    replica is not handed to the next one either.
+    """
+
+    def handle_message(self, body: Any, message: Any) -> None:
+        self.queue_consumer.ack_message(message)
+        super().handle_message(body, message)
+
+    def handle_result(self, message: Any, result: Any, exc_info: Any) -> Any:
+        # nameko's reply, without its ack: the request was acked when it arrived.
+        config = self.container.config
+        responder = nameko_rpc.Responder(
+            config[AMQP_URI_CONFIG_KEY],
+            nameko_rpc.get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER),
+            message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+        )
+        return responder.send_response(result, exc_info)
+
+    def requeue_message(self, message: Any) -> None:
+        # A container being killed refuses new work; the request, already acked, is dropped.
+        log.warning("RPC request %s dropped: its service is stopping",
+                    message.properties.get("correlation_id"))
+
+
+class AtMostOnceRpc(nameko_rpc.Rpc):
+    """nameko's RPC entrypoint with the at-most-once consumer."""
+
+    rpc_consumer = AtMostOnceRpcConsumer()

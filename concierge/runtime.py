@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nameko.extensions import DependencyProvider
-from nameko.rpc import rpc
 from sqlalchemy.engine import Engine
 
 from concierge import green
@@ -28,6 +27,7 @@ from concierge.envelope import build as build_envelope
 from concierge.locks import AdvisoryLock, FileLock, LeaderLock
 from concierge.projection import ReadModel
 from concierge.relay import OutboxRelay
+from concierge.rpc import rpc
 from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
 from concierge.subscription import (
     Envelope,

@@ -14,12 +14,12 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from nameko.rpc import rpc
 
 from concierge import context
 from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.envelope import Publishable, build
+from concierge.rpc import rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from concierge.store import ServiceApplication, store_env
 from concierge.subscription import Envelope, LogReader, ProcessHandler, Subscription

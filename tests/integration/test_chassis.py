@@ -14,13 +14,20 @@ from typing import Any
 
 import kombu
 import pytest
+from nameko.exceptions import IncorrectSignature, MethodNotFound
 
 from concierge import green
 from concierge.bus import ConfirmingPublisher, exchange_name
 from concierge.runtime import rebuild, rpc_log_reader
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ServiceProcess, eventually
-from tests.support.toy import LedgerService, TallyService, bootstrap_ledger, bootstrap_tally
+from tests.support.toy import (
+    SLOW_COMMANDS_STARTED,
+    LedgerService,
+    TallyService,
+    bootstrap_ledger,
+    bootstrap_tally,
+)
 
 
 def tally_is(services: Any, counter_id: str, total: int, seen: int) -> bool:
@@ -285,3 +292,47 @@ def test_the_log_reader_serves_green_threads_reading_at_once(
     answers = [thread.wait() for thread in threads]
     for after, answer in zip((0, 1, 2, 3, 4) * 4, answers, strict=True):
         assert [env["position"] for env in answer] == [after + 1, after + 2]
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_a_command_whose_replica_dies_is_not_run_again_by_another(
+        kind: str, stack_factory: Any, services_factory: Any) -> None:
+    """nameko acks a request after its reply, so a replica dying mid-command would hand the
+    request to the next replica, which would run the command a second time. Requests are taken
+    off the queue when they arrive: the command runs at most once (its caller gets no answer)."""
+    settings = stack_factory(kind)
+    services = services_factory(settings, ["ledger"])
+    services.start(LedgerService, key="replica-1")
+    services.start(LedgerService, key="replica-2")
+    wirings = {id(services.runtime(k)): k for k in ("replica-1", "replica-2")}
+    with services.rpc() as rpc:
+        counter = rpc.ledger.create("lift")
+        started = len(SLOW_COMMANDS_STARTED)
+        rpc.ledger.increment_slowly.call_async(counter, 1.0)
+        eventually(lambda: len(SLOW_COMMANDS_STARTED) > started)
+        dying = wirings[SLOW_COMMANDS_STARTED[started]]
+        survivor = services.runtime("replica-2" if dying == "replica-1" else "replica-1")
+        services.kill(dying)
+        green.sleep(3.0)  # time for a redelivered request to run to its end on the survivor
+        assert SLOW_COMMANDS_STARTED[started:] == [SLOW_COMMANDS_STARTED[started]]
+        assert survivor.app.max_position() == 1  # only the counter's creation
+        rpc.ledger.increment(counter, 5)  # the survivor still serves new requests
+    assert survivor.app.max_position() == 2
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_requests_refused_before_any_work_still_get_their_error(
+        kind: str, stack_factory: Any, services_factory: Any) -> None:
+    """A request is acked when it arrives; one nameko refuses before running anything (no such
+    method, wrong arguments) is answered with its error once, and the service goes on."""
+    settings = stack_factory(kind)
+    services = services_factory(settings, ["ledger"])
+    services.start(LedgerService)
+    with services.rpc() as rpc:
+        with pytest.raises(MethodNotFound):
+            rpc.ledger.no_such_command()
+        with pytest.raises(IncorrectSignature):
+            rpc.ledger.increment()
+        counter = rpc.ledger.create("porch")
+        rpc.ledger.increment(counter, 2)
+    assert services.runtime("ledger").app.max_position() == 2

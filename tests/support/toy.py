@@ -12,12 +12,12 @@ from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
-from nameko.rpc import rpc
 from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
-from concierge import context
+from concierge import context, green
 from concierge.config import Settings
 from concierge.projection import ReadModel, Rows
+from concierge.rpc import rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from concierge.store import ServiceApplication
 from concierge.subscription import ProcessHandler
@@ -146,6 +146,9 @@ def bootstrap_tally(settings: Settings) -> Wiring:
     return assemble(wiring)
 
 
+SLOW_COMMANDS_STARTED: list[int] = []
+
+
 class LedgerService(ServiceBase):
     name = "ledger"
     runtime = Runtime(bootstrap_ledger)
@@ -163,6 +166,15 @@ class LedgerService(ServiceBase):
     @rpc
     def increment_many(self, counter_id: str, times: int) -> None:
         self.runtime.app.increment_many(counter_id, times)
+
+    @rpc
+    def increment_slowly(self, counter_id: str, seconds: float) -> None:
+        """A command that takes a while, so a test can kill its replica in the middle; each
+        replica that starts it is noted in SLOW_COMMANDS_STARTED (by its wiring's id)."""
+        SLOW_COMMANDS_STARTED.append(id(self.runtime))
+        green.sleep(seconds)
+        with context.acting({"actor": "tester"}):
+            self.runtime.app.increment(counter_id, 1)
 
 
 class TallyService(ServiceBase):
