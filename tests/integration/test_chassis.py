@@ -170,9 +170,8 @@ def test_only_one_relay_publishes_and_another_takes_over(
     services.start(LedgerService, key="replica-1")
     green.sleep(0.5)
     services.start(LedgerService, key="replica-2")
-    # Events are recorded beside the replicas, not through their RPC: a replica killed between
-    # its reply and its ack would have its last command run again by the other (nameko's RPC is
-    # at least once), and this test is about the relay.
+    # Events are recorded beside the replicas, not through their RPC: this test is about the
+    # relay (what a killed replica's RPC does is test_a_command_whose_replica_dies_...).
     writer = opened(bootstrap_ledger(settings)).app
     counter = writer.create("relay")
     for _ in range(20):
@@ -194,7 +193,7 @@ def test_only_one_relay_publishes_and_another_takes_over(
         while (message := bound.get(no_ack=True)) is not None:
             received.append(json.loads(message.body))
         bound.delete()
-    # The exchange is shared with the other tests' ledgers; the envelope names its store.
+    # Every ledger the suite creates publishes to this exchange; the envelope names its store.
     ours = follower_wiring.app.store_id()
     positions = sorted({m["position"] for m in received if m["store"] == ours})
     assert positions == list(range(1, 27))  # nothing lost; a takeover may repeat, never skip
