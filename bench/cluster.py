@@ -82,6 +82,13 @@ class Platform:
         figures.update(infrastructure_cpu_seconds())
         return figures
 
+    def emails_delivered(self) -> int:
+        """Emails in the mail folder so far (the embedded and default transport)."""
+        folder = self.data_dir / "mail"
+        if not folder.exists():
+            return 0
+        return sum(1 for name in os.listdir(folder) if name.endswith(".eml"))
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()

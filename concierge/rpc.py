@@ -151,7 +151,7 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
     def handle_result(self, message: Any, result: Any, exc_info: Any) -> Any:
         # nameko's reply, without its ack: the request was acked when it arrived.
         config = self.container.config
-        responder = nameko_rpc.Responder(
+        responder = Responder(
             config[AMQP_URI_CONFIG_KEY],
             nameko_rpc.get_rpc_exchange(config),
             config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER),
@@ -160,6 +160,18 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
             login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
         )
         return responder.send_response(result, exc_info)
+
+
+class ReplyPublisher(nameko_rpc.Publisher):
+    """Replies go to the caller's own non-durable queue and are not retried: a broker confirm
+    or a disk write for each adds a round trip and broker work, and guarantees nothing."""
+
+    def __init__(self, amqp_uri: str, **kwargs: Any) -> None:
+        super().__init__(amqp_uri, use_confirms=False, delivery_mode=1, **kwargs)
+
+
+class Responder(nameko_rpc.Responder):
+    publisher_cls = ReplyPublisher
 
     def requeue_message(self, message: Any) -> None:
         # A container being killed refuses new work; the request, already acked, is dropped.

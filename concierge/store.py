@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
@@ -22,21 +22,25 @@ from eventsourcing.persistence import IntegrityError, Mapper, Notification, Trac
 
 from concierge import context
 from concierge.config import Settings
+from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
 
-META_KEY = "__meta__"
+R = TypeVar("R")
+# A part of a unit of work: who runs it, and what it does (its result and the aggregates whose
+# new events are its effect).
+Part = tuple[context.CallContext, Callable[[], tuple[Any, Sequence[Any]]]]
 
 
 class StampingMapper(Mapper):
     """Adds who/why metadata to each stored event and hides it from the domain on the way back."""
 
     def to_stored_event(self, domain_event: Any) -> Any:
-        ctx = context.current()
-        meta = {"actor": ctx.actor, "correlation_id": ctx.correlation_id}
-        object.__getattribute__(domain_event, "__dict__")[META_KEY] = meta
+        attributes = object.__getattribute__(domain_event, "__dict__")
+        if META_KEY not in attributes:  # not stamped by a unit of work (`ServiceApplication`)
+            attributes[META_KEY] = stamp()
         try:
             return super().to_stored_event(domain_event)
         finally:
-            object.__getattribute__(domain_event, "__dict__").pop(META_KEY, None)
+            attributes.pop(META_KEY, None)
 
     def to_domain_event(self, stored_event: Any) -> Any:
         domain_event = super().to_domain_event(stored_event)
@@ -54,6 +58,12 @@ class StampingMapper(Mapper):
         if decoder is None:
             decoder = self.__dict__["_plain_decoder"] = PlainDecoder(self.transcoder)
         return decoder.decode(state)
+
+
+def stamp() -> dict[str, str]:
+    """Who and why, for the events recorded now: from the current call context."""
+    ctx = context.current()
+    return {"actor": ctx.actor, "correlation_id": ctx.correlation_id}
 
 
 class PlainDecoder:
@@ -172,7 +182,11 @@ class ServiceApplication(Application):
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self._listeners: list[Callable[[list[StoredRecord]], None]] = []
         self._save_lock = threading.RLock()
+        self.group_commit = GroupCommit(self._commit_waiting)
         super().__init__(env=env)
+
+    def construct_repository(self) -> Any:
+        return UnitRepository(super().construct_repository())
 
     def construct_mapper(self) -> Mapper:
         return self.factory.mapper(
@@ -194,6 +208,52 @@ class ServiceApplication(Application):
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         recordings = super().save(*objs, **kwargs)
         return recordings
+
+    def execute(self, command: Callable[[], tuple[R, Sequence[Any]]]) -> R:
+        """Run a command (it returns its result and the aggregates it changed) and record its
+        events. Commands that arrive while another commits are committed together next, in
+        one transaction (`concierge.unit.GroupCommit`); each caller gets its own outcome."""
+        return self.group_commit.execute(command)
+
+    def _commit_waiting(self, batch: list[Any]) -> None:
+        try:
+            with self.serialised():
+                results = self.run_unit([(w.ctx, w.command) for w in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].fail(exc)
+                return
+            for waiting in batch:  # each alone: its own outcome, nothing of a failed one kept
+                self._commit_waiting([waiting])
+            return
+        for waiting, result in zip(batch, results, strict=True):
+            waiting.succeed(result)
+
+    def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None) -> list[Any]:
+        """Run `parts` in order against one set of in-memory aggregates and record all their
+        events (and `tracking`) in one transaction; their results, in order.
+
+        Raises the first failure, with nothing recorded: the caller runs the parts again one
+        by one. Callers hold `serialised()`.
+        """
+        unit = UnitOfWork()
+        repository: UnitRepository = self.repository  # type: ignore[assignment]
+        repository.unit = unit
+        results = []
+        try:
+            for ctx, part in parts:
+                with context.acting(ctx):
+                    result, aggregates = part()
+                    unit.stage(aggregates, stamp())
+                results.append(result)
+        finally:
+            repository.unit = None
+        if unit.events or tracking is not None:
+            processing_event = ProcessingEvent(tracking=tracking)
+            processing_event.events.extend(unit.events)
+            processing_event.aggregates.update(unit.aggregates)
+            self._notify(self._record(processing_event))
+        return results
 
     def _notify(self, recordings: Sequence[Any]) -> None:
         if not recordings or not self._listeners:

@@ -223,11 +223,69 @@ class ProcessHandler:
     """
 
     def __init__(self, name: str, app: ServiceApplication, types: set[str],
-                 policy: Callable[[Envelope], list[Any]]) -> None:
+                 policy: Callable[[Envelope], list[Any]],
+                 alone: set[str] | frozenset[str] = frozenset()) -> None:
+        """`alone`: event types whose policy reads something a unit of work does not show
+        (a read model), so each is applied in a transaction of its own, after what precedes
+        it has committed."""
         self.name = name
         self.app = app
         self.types = types
         self.policy = policy
+        self.alone = alone
+        self.units = 0
+
+    def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
+        """A run of the source's events past our position, in order: applied in as few units
+        of work as the `alone` types allow, each with the position of its last event. The
+        policy sees the effect of the events before it in the same unit.
+
+        A unit that fails is applied again one event at a time (`apply`), which tells a
+        duplicate from a conflict and gives each event its own outcome.
+        """
+        assert conn is None, "a policy records in its own store, not in a read model's"
+        applied = 0
+        group: list[Envelope] = []
+        for envelope in envelopes:
+            if envelope["type"] in self.alone:
+                applied += self._apply_group(group)
+                group = []
+                applied += self.apply(envelope) if self.interested(envelope["type"]) else 0
+            else:
+                group.append(envelope)
+        return applied + self._apply_group(group)
+
+    def _apply_group(self, envelopes: list[Envelope]) -> int:
+        if not envelopes:
+            return 0
+        if len(envelopes) == 1:
+            envelope = envelopes[0]
+            return 1 if self.interested(envelope["type"]) and self.apply(envelope) else 0
+        source, last = envelopes[0]["source"], int(envelopes[-1]["position"])
+        parts = [(context.CallContext.from_dict(self._context(envelope)),
+                  self._part(envelope)) for envelope in envelopes]
+        try:
+            with self.app.serialised():
+                self.app.run_unit(parts, tracking=Tracking(source, last))
+        except Exception as exc:
+            log.info("%s applies %d events of %s one by one (%s: %s)", self.name,
+                     len(envelopes), source, type(exc).__name__, exc)
+            return sum(1 for envelope in envelopes if self.apply(envelope))
+        self.units += 1
+        return sum(1 for envelope in envelopes if self.interested(envelope["type"]))
+
+    def _part(self, envelope: Envelope) -> Callable[[], tuple[None, list[Any]]]:
+        def part() -> tuple[None, list[Any]]:
+            if not self.interested(envelope["type"]):
+                return None, []
+            return None, self.policy(envelope)
+
+        return part
+
+    @staticmethod
+    def _context(envelope: Envelope) -> dict[str, Any]:
+        return {"actor": f"{envelope['source']}:{envelope.get('actor', 'system')}",
+                "correlation_id": envelope.get("correlation_id") or envelope["event_id"]}
 
     def interested(self, event_type: str) -> bool:
         return event_type in self.types
@@ -237,9 +295,7 @@ class ProcessHandler:
 
     def apply(self, envelope: Envelope) -> bool:
         source, position = envelope["source"], int(envelope["position"])
-        ctx = {"actor": f"{source}:{envelope.get('actor', 'system')}",
-               "correlation_id": envelope.get("correlation_id") or envelope["event_id"]}
-        with context.acting(ctx), self.app.serialised():
+        with context.acting(self._context(envelope)), self.app.serialised():
             # No read of the tracked position first: the subscription only hands over events
             # past it, and a replica that applied this one meanwhile makes the tracking insert
             # fail below, which is then told apart from a real conflict.

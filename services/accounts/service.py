@@ -19,6 +19,7 @@ from concierge.config import Settings
 from concierge.rpc import command, rpc, translated
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
 from concierge.subscription import ProcessHandler
+from contracts import load
 from contracts.accounts import EVENT_SCHEMAS, InstallerCreate, LoginRequest
 from services.accounts.application import TOPOLOGY_EVENTS, AccountsApplication
 from services.accounts.projections import AccountsViews, read_models
@@ -80,7 +81,7 @@ class AccountsService(ServiceBase):
     @translated
     def login(self, payload: dict[str, Any]) -> dict[str, Any]:
         """-> {token, expires_at, role, account_id}; Unauthorized alike for any bad pair."""
-        request = LoginRequest().load(payload)
+        request = load(LoginRequest, payload)
         return self.runtime.app.login(request["username"], request["password"])
 
     @rpc
@@ -98,7 +99,7 @@ class AccountsService(ServiceBase):
     @command
     def create_installer(self, ctx: dict[str, Any], payload: dict[str, Any]) -> str:
         """-> the new installer's account id; only a distributor (ctx account_id) may."""
-        request = InstallerCreate().load(payload)
+        request = load(InstallerCreate, payload)
         caller = (ctx or {}).get("account_id")
         return self.runtime.app.create_installer(request, distributor_id=caller)
 

@@ -31,6 +31,7 @@ from werkzeug.wrappers import Request, Response
 
 from concierge.green import DeadlineExceeded, deadline
 from concierge.rpc import as_contract_error
+from contracts import load
 from contracts.accounts import APP_STATUSES
 from contracts.errors import (
     ConciergeError,
@@ -346,7 +347,7 @@ def read_body(request: Request, schema: type[Schema]) -> dict[str, Any]:
         raise Malformed("The body must be a JSON object.")
     _check_text(data)
     try:
-        schema().load(data)
+        load(schema, data)
     except ValidationError as exc:
         raise Invalid.fields(_messages(exc)) from None
     return data
@@ -361,7 +362,7 @@ def read_query(request: Request, schema: type[Schema]) -> dict[str, Any]:
     data = args.to_dict()
     _check_text(data)
     try:
-        loaded = schema().load(data)
+        loaded = load(schema, data)
     except ValidationError as exc:
         raise Invalid.fields(_messages(exc)) from None
     return {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in loaded.items()}

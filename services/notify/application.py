@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from marshmallow import Schema, ValidationError
 from sqlalchemy import (
@@ -59,6 +60,7 @@ from services.notify.domain import (
 log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+CORRELATIONS_KEPT = 10_000
 
 # Accounts events that may ask for an activation email (services.notify.domain.activation_due),
 # and the one that cancels those still pending.
@@ -103,6 +105,8 @@ class NotifyApplication(ServiceApplication):
         self.emails: EmailsView | None = None  # wired in bootstrap, beside the store's engine
         # Projects the store's new events into the emails view now (bootstrap wires it).
         self.refresh_emails: Callable[[], None] = lambda: None
+        # Email id -> correlation id of its cause, for the mailer's events (oldest dropped).
+        self._correlations: dict[str, str] = {}
 
     # -- policies ----------------------------------------------------------------------------
     def on_accounts_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
@@ -150,6 +154,7 @@ class NotifyApplication(ServiceApplication):
         except Invalid as exc:
             log.warning("no activation email for %s: %s", envelope.get("event_id"), exc.detail)
             return []
+        self._correlations[str(email.id)] = context.current().correlation_id
         return [email]
 
     def _cancel_activation(self, envelope: dict[str, Any]) -> list[Aggregate]:
@@ -206,6 +211,31 @@ class NotifyApplication(ServiceApplication):
             email.mark_sent(sent_at, transport)
             self.record(email)
 
+    def record_sent_many(self, delivered: list[tuple[Email, datetime]], transport: str) -> None:
+        """Several deliveries in one transaction, on the emails the mailer loaded to send.
+
+        One of them changed since it was loaded (a cancel, another mailer) makes the commit
+        conflict; then each is recorded alone on its current state, as `record_sent` does.
+        """
+
+        def part(email: Email, sent_at: datetime) -> Callable[[], tuple[None, list[Any]]]:
+            def mark() -> tuple[None, list[Any]]:
+                email.mark_sent(sent_at, transport)
+                return None, [email]
+
+            return mark
+
+        parts = [(context.CallContext.from_dict(self._mailer_context(email.id)),
+                  part(email, sent_at)) for email, sent_at in delivered]
+        try:
+            with self.serialised():
+                self.run_unit(parts)
+        except Exception as exc:
+            if len(delivered) == 1 and not isinstance(exc, IntegrityError):
+                raise
+            for email, sent_at in delivered:
+                self.record_sent(email.id, sent_at, transport)
+
     def record_failure(self, email_id: UUID | str, reason: str, failed_at: datetime,
                        permanent: bool = False) -> None:
         with context.acting(self._mailer_context(email_id)), self.serialised():
@@ -214,10 +244,17 @@ class NotifyApplication(ServiceApplication):
             self.record(email)
 
     def _mailer_context(self, email_id: UUID | str) -> dict[str, str]:
-        """Delivery events keep the correlation id of the request that queued the email."""
-        meta = next((r.state.get(META_KEY) or {} for r in self.stream(email_id)), {})
-        return {"actor": "notify:mailer",
-                "correlation_id": meta.get("correlation_id") or str(email_id)}
+        """Delivery events keep the correlation id of the request that queued the email
+        (remembered when this process queued it; read from its first event otherwise)."""
+        key = str(email_id)
+        correlation = self._correlations.pop(key, None)
+        if correlation is None:
+            meta = next((r.state.get(META_KEY) or {} for r in self.stream(email_id)), {})
+            correlation = meta.get("correlation_id") or key
+        self._correlations[key] = correlation
+        while len(self._correlations) > CORRELATIONS_KEPT:
+            del self._correlations[next(iter(self._correlations))]
+        return {"actor": "notify:mailer", "correlation_id": correlation}
 
     def pending(self, due_by: datetime | None = None, limit: int = 100) -> list[UUID]:
         """Emails not yet sent nor given up, oldest due first; only those due by `due_by`."""

@@ -53,6 +53,9 @@ class MailSender(Protocol):
         """Hand the message over, or raise (SendFailed for a failure the transport explains)."""
         ...
 
+    # A sender may also have `flush()`: make the messages handed over so far durable. The
+    # mailer calls it before it records them sent.
+
 
 # --- the message -----------------------------------------------------------------------------
 
@@ -137,7 +140,11 @@ def _describe(recipients: dict[str, tuple[int, bytes]]) -> str:
 
 
 class MailFolderSender:
-    """Delivers into a folder: `<email-id>.eml`, whole or absent, never written twice."""
+    """Delivers into a folder: `<email-id>.eml`, whole or absent, never written twice.
+
+    Each file is synced before it is renamed into place; the folder (the renames) is synced
+    once per batch, by `flush`, before the mailer records the batch sent.
+    """
 
     transport = "mail-folder"
 
@@ -165,7 +172,10 @@ class MailFolderSender:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        _sync_folder(self.folder)
+
+    def flush(self) -> None:
+        if self.folder.exists():
+            _sync_folder(self.folder)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -202,6 +212,7 @@ class Mailer:
         idle_seconds: float = 1.0,
         batch_size: int = 50,
         lock_check_seconds: float = 5.0,
+        record_every: int = 10,
     ) -> None:
         self.app = app
         self.sender = sender
@@ -211,6 +222,7 @@ class Mailer:
         self.clock = clock
         self.idle_seconds = idle_seconds
         self.batch_size = batch_size
+        self.record_every = record_every
         self.lock_check_seconds = lock_check_seconds
         self.wakeup = Wakeup()
         self.running = True
@@ -221,16 +233,26 @@ class Mailer:
         app.on_recorded(lambda _position: self.wakeup.set())
 
     def send_due(self) -> int:
-        """One pass over the emails due now; return how many were attempted."""
+        """One pass over the emails due now; return how many were attempted.
+
+        Deliveries are recorded `record_every` at a time, in one transaction: a crash sends
+        at most those again after the restart (at least once, never lost).
+        """
         self.refresh()  # the emails view follows the store; bring it up to date first
         attempted = 0
-        for email_id in self.app.pending(self.clock(), self.batch_size):
-            if not self.running:
-                break
-            attempted += self._deliver(email_id)
+        delivered: list[tuple[Email, datetime]] = []
+        try:
+            for email_id in self.app.pending(self.clock(), self.batch_size):
+                if not self.running:
+                    break
+                attempted += self._deliver(email_id, delivered)
+                if len(delivered) >= self.record_every:
+                    self._record_sent(delivered)
+        finally:
+            self._record_sent(delivered)
         return attempted
 
-    def _deliver(self, email_id: UUID) -> int:
+    def _deliver(self, email_id: UUID, delivered: list[tuple[Email, datetime]]) -> int:
         email = self.app.email(email_id)
         if not email.is_due(self.clock()):  # the view lagged behind the store
             return 0
@@ -242,10 +264,18 @@ class Mailer:
         except Exception as exc:
             self._record_failure(email, f"{type(exc).__name__}: {exc}", False)
             return 1
-        # A crash here sends the email again after the restart: at least once, never lost.
-        self.app.record_sent(email.id, self.clock(), self.sender.transport)
-        self.sent += 1
+        delivered.append((email, self.clock()))
         return 1
+
+    def _record_sent(self, delivered: list[tuple[Email, datetime]]) -> None:
+        if not delivered:
+            return
+        flush = getattr(self.sender, "flush", None)
+        if flush is not None:
+            flush()
+        self.app.record_sent_many(delivered, self.sender.transport)
+        self.sent += len(delivered)
+        delivered.clear()
 
     def _record_failure(self, email: Email, reason: str, permanent: bool) -> None:
         log.warning("email %s to %s not sent (attempt %d): %s", email.id, email.recipient,

@@ -13,6 +13,7 @@ from concierge.config import Settings
 from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, leader_lock, open_store
 from concierge.subscription import ProcessHandler
+from contracts import load
 from contracts.notify import EVENT_SCHEMAS, EmailQuery, EmailSummary
 from services.notify.application import ACCOUNTS_EVENTS, EmailsView, NotifyApplication
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
@@ -30,7 +31,9 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     app, engine = open_store(SERVICE, settings, NotifyApplication)
     assert isinstance(app, NotifyApplication)
     app.emails = EmailsView(engine)
-    policy = ProcessHandler(SERVICE, app, set(ACCOUNTS_EVENTS), app.on_accounts_event)
+    # A close reads the emails view, which shows nothing of a unit not yet recorded.
+    policy = ProcessHandler(SERVICE, app, set(ACCOUNTS_EVENTS), app.on_accounts_event,
+                            alone={"MasterAccountClosed"})
     wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
     # A close cancels the pending emails the view lists: it reads the view caught up first.
@@ -54,6 +57,6 @@ class NotifyService(ServiceBase):
     def list_emails(self, ctx: dict[str, Any] | None, query: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
         """Emails and their delivery state, newest first (operators and tests)."""
-        page = self.runtime.app.list_emails(EmailQuery().load(query or {}))
+        page = self.runtime.app.list_emails(load(EmailQuery, query or {}))
         page["items"] = EmailSummary(many=True).dump(page["items"])
         return page

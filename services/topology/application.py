@@ -2,8 +2,9 @@
 
 Every call is scoped to the installer in the call context: another installer's community,
 building or apartment is "not found", never "forbidden", so ids cannot be probed. A parent and
-the child it reserves a name or number for are saved in one `record`, so a concurrent change to
-either loses with a conflict instead of both winning.
+the child it reserves a name or number for are saved in one transaction, so a concurrent change
+to either loses with a conflict instead of both winning. Commands run through `execute`:
+concurrent ones commit together (group commit), each with its own outcome.
 """
 
 from __future__ import annotations
@@ -98,69 +99,87 @@ class TopologyApplication(ServiceApplication):
 
     # -- community --------------------------------------------------------------------------
     def create_community(self, payload: dict[str, Any]) -> str:
-        community = Community.create(installer_id=_installer(), **_printable(payload))
-        self.record(community)
-        return str(community.id)
+        def command() -> tuple[str, list[Any]]:
+            community = Community.create(installer_id=_installer(), **_printable(payload))
+            return str(community.id), [community]
+
+        return self.execute(command)
 
     def edit_community(self, community_id: Any, payload: dict[str, Any]) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             community = self._load(Community, community_id)
             community.edit(**_printable(payload))
-            self.record(community)
+            return None, [community]
+
+        self.execute(command)
 
     def delete_community(self, community_id: Any) -> None:
         """Refused (Conflict) while the community holds buildings: nothing is orphaned."""
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             community = self._load(Community, community_id)
             community.delete()
-            self.record(community)
+            return None, [community]
+
+        self.execute(command)
 
     # -- building ---------------------------------------------------------------------------
     def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
-        with self.serialised():
+        def command() -> tuple[str, list[Any]]:
             community = self._load(Community, community_id)
             building = community.add_building(**_printable(payload))
-            self.record(community, building)
-            return str(building.id)
+            return str(building.id), [community, building]
+
+        return self.execute(command)
 
     def edit_building(self, building_id: Any, payload: dict[str, Any]) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             building, community = self._building_and_community(building_id)
             building.edit(community, **_printable(payload))
-            self.record(building, community)
+            return None, [building, community]
+
+        self.execute(command)
 
     def delete_building(self, building_id: Any) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             building, community = self._building_and_community(building_id)
             building.delete(community)
-            self.record(building, community)
+            return None, [building, community]
+
+        self.execute(command)
 
     # -- apartment --------------------------------------------------------------------------
     def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
-        with self.serialised():
+        def command() -> tuple[str, list[Any]]:
             building, community = self._building_and_community(building_id)
             apartment = building.add_apartment(community, **_printable(payload))
-            self.record(building, apartment)
-            return str(apartment.id)
+            return str(apartment.id), [building, apartment]
+
+        return self.execute(command)
 
     def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> None:
         # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             apartment, building, community = self._apartment_tree(apartment_id)
             apartment.edit(building, community, **_printable(payload))
-            self.record(apartment, building)
+            return None, [apartment, building]
+
+        self.execute(command)
 
     def reset_apartment(self, apartment_id: Any) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             apartment = self._load(Apartment, apartment_id)
             apartment.reset()
-            self.record(apartment)
+            return None, [apartment]
+
+        self.execute(command)
 
     def delete_apartment(self, apartment_id: Any) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             apartment, building, _community = self._apartment_tree(apartment_id)
             apartment.delete(building)
-            self.record(apartment, building)
+            return None, [apartment, building]
+
+        self.execute(command)
 
     # -- queries ----------------------------------------------------------------------------
     def get_community(self, community_id: Any) -> dict[str, Any]:

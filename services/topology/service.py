@@ -11,6 +11,7 @@ from typing import Any
 from concierge.config import Settings
 from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from contracts import load
 from contracts.topology import (
     EVENT_SCHEMAS,
     ApartmentCreate,
@@ -58,7 +59,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def create_community(self, ctx: Ctx, payload: Any) -> dict[str, str]:
-        return {"id": self.app.create_community(CommunityCreate().load(payload))}
+        return {"id": self.app.create_community(load(CommunityCreate, payload))}
 
     @rpc
     @command
@@ -68,12 +69,12 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def list_communities(self, ctx: Ctx, query: Any = None) -> dict[str, Any]:
-        return self.app.list_communities(**CommunityListQuery().load(query or {}))
+        return self.app.list_communities(**load(CommunityListQuery, query or {}))
 
     @rpc
     @command
     def edit_community(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_community(community_id, CommunityEdit().load(payload))
+        self.app.edit_community(community_id, load(CommunityEdit, payload))
         return self.app.get_community(community_id)
 
     @rpc
@@ -85,12 +86,12 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def add_building(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, str]:
-        return {"id": self.app.add_building(community_id, BuildingCreate().load(payload))}
+        return {"id": self.app.add_building(community_id, load(BuildingCreate, payload))}
 
     @rpc
     @command
     def list_buildings(self, ctx: Ctx, community_id: Any, query: Any = None) -> dict[str, Any]:
-        return self.app.list_buildings(community_id, **BuildingListQuery().load(query or {}))
+        return self.app.list_buildings(community_id, **load(BuildingListQuery, query or {}))
 
     @rpc
     @command
@@ -100,7 +101,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_building(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_building(building_id, BuildingEdit().load(payload))
+        self.app.edit_building(building_id, load(BuildingEdit, payload))
         return self.app.get_building(building_id)
 
     @rpc
@@ -112,7 +113,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def add_apartment(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, str]:
-        return {"id": self.app.add_apartment(building_id, ApartmentCreate().load(payload))}
+        return {"id": self.app.add_apartment(building_id, load(ApartmentCreate, payload))}
 
     @rpc
     @command
@@ -122,7 +123,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_apartment(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_apartment(apartment_id, ApartmentEdit().load(payload))
+        self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
         return self.app.get_apartment(apartment_id)
 
     @rpc
@@ -144,7 +145,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def list_residents(self, ctx: Ctx, community_id: Any, query: Any = None) -> dict[str, Any]:
-        return self.app.list_residents(community_id, **ResidentListQuery().load(query or {}))
+        return self.app.list_residents(community_id, **load(ResidentListQuery, query or {}))
 
     @rpc
     @command

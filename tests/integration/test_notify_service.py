@@ -29,6 +29,7 @@ from concierge.bus import make_publisher
 from concierge.config import Settings
 from concierge.locks import FileLock
 from concierge.runtime import Wiring, rebuild
+from concierge.store import META_KEY
 from concierge.subscription import Subscription
 from contracts.errors import Invalid
 from services.notify.application import ACTIVATION, NotifyApplication
@@ -437,7 +438,8 @@ def test_accounts_without_email_and_other_events_send_nothing(stack: NotifyStack
     sub.catch_up()
 
     assert notify.extras["mailer"].send_due() == 0
-    assert notify.app.tracked_position("accounts") == 1  # the reset is not even looked at
+    # The reset is not handed to the policy; its position is recorded with the batch's unit.
+    assert notify.app.tracked_position("accounts") == 2
     assert app_of(notify).list_emails({})["total"] == 0
     assert stack.files() == []
 
@@ -594,6 +596,62 @@ def test_a_close_cancels_an_email_queued_before_emails_named_their_account(
     assert app.pending() == [activation_id(other)]
     assert notify.extras["mailer"].send_due() == 1
     assert stack.files() == [f"{activation_id(other)}.eml"]
+
+
+def test_a_batch_of_accounts_events_is_one_transaction_and_a_close_in_it_still_cancels(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    [(_source, policy)] = notify.policies
+    judy = master_account_created(1)
+    zoe = master_account_created(2, "zoe@example.com")
+    moved = dict(contact_changed(judy, 3, "judy@work.example", previous="judy@example.com"),
+                 correlation_id="req-3")
+    back = contact_changed(judy, 4, "judy@example.com", previous="judy@work.example")
+    closed = master_account_closed(judy, 5)
+    log = AccountsLog([judy, zoe, moved, back, closed])
+    sub = subscribe(notify, log)
+
+    sub.deliver_many(log.envelopes)
+
+    # judy, zoe, moved and back in one unit (back sees judy's email queued in it and asks
+    # for none); the close alone, after them, reading the emails view.
+    assert policy.units == 1
+    assert app.tracked_position("accounts") == 5
+    assert app.email(activation_id(judy)).status == "cancelled"
+    assert app.email(activation_id(moved)).status == "cancelled"
+    assert app.pending() == [activation_id(zoe)]
+    queued = [r for r in app.read() if r.type == "EmailQueued"]
+    assert [(r.stream_id, r.state[META_KEY]["correlation_id"]) for r in queued] == [
+        (str(activation_id(judy)), "req-1"), (str(activation_id(zoe)), "req-2"),
+        (str(activation_id(moved)), "req-3")]
+    stored = app.max_position()
+
+    sub.deliver_many(log.envelopes)  # the whole batch again
+    notify = stack.restart(notify)
+    subscribe(notify, log).deliver_many(log.envelopes)  # and into a new process
+
+    assert app_of(notify).max_position() == stored
+    assert notify.extras["mailer"].send_due() == 1
+    assert stack.files() == [f"{activation_id(zoe)}.eml"]
+
+
+def test_a_batch_whose_unit_fails_is_applied_one_event_at_a_time(stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    [(_source, policy)] = notify.policies
+    judy, zoe = master_account_created(1), master_account_created(2, "zoe@example.com")
+    broken = dict(master_account_created(3, "max@example.com"), stream_id="not-a-uuid")
+    sub = subscribe(notify, AccountsLog([judy, zoe, broken]))
+
+    with pytest.raises(ValueError):
+        sub.deliver_many([judy, zoe, broken])
+
+    # Nothing of the failed unit was kept; one by one, the two good events got their emails
+    # and the broken one stopped the run where it stands.
+    assert policy.units == 0
+    assert app.pending() == [activation_id(judy), activation_id(zoe)]
+    assert app.tracked_position("accounts") == 2
 
 
 # --- on the bus: the in-process one; RabbitMQ with PostgreSQL -------------------------------------

@@ -197,14 +197,14 @@ def test_two_replicas_adding_the_same_apt_number_at_once_never_both_win(
     community, building, _apartment = a_site(svc)
     replica = assemble(topology.wiring(wiring.settings), read_remote=accounts.read)
     other = worker_factory(TopologyService, runtime=replica)
-    save = replica.app.record
+    save = replica.app._record
 
-    def save_after_the_other_replica(*aggregates: Any, **kwargs: Any) -> Any:
+    def save_after_the_other_replica(processing_event: Any) -> Any:
         # The other replica commits between our read of the building and our save.
         svc.add_apartment(LUNA_CTX, building, {"number": "102", "resident": resident()})
-        return save(*aggregates, **kwargs)
+        return save(processing_event)
 
-    replica.app.record = save_after_the_other_replica  # type: ignore[method-assign]
+    replica.app._record = save_after_the_other_replica  # type: ignore[method-assign]
     try:
         with pytest.raises(Conflict):
             other.add_apartment(LUNA_CTX, building, {"number": "102",

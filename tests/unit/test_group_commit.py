@@ -1,0 +1,164 @@
+"""Group commit: topology commands that arrive while another commits are recorded together.
+
+The store is the embedded SQLite file; concurrency is green threads, as in a service. The first
+commit is held open a moment so that the others queue behind it, as they do under load.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from concierge import context, green
+from concierge.config import Settings
+from concierge.store import META_KEY, store_env
+from contracts.errors import Conflict
+from services.topology.application import TopologyApplication
+
+LUNA = str(uuid.uuid4())
+
+
+def as_luna(request: str) -> dict[str, Any]:
+    return {"actor": f"installer:luna:{request}", "correlation_id": request,
+            "installer_id": LUNA, "role": "installer"}
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[TopologyApplication]:
+    application = TopologyApplication(env=store_env("topology", Settings(data_dir=tmp_path)))
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def building(app: TopologyApplication) -> str:
+    with context.acting(as_luna("setup")):
+        community = app.create_community({"name": "Seaside", "feature_plan": "premium"})
+        return app.add_building(community, {"name": "Building A"})
+
+
+def hold_first_commit(app: TopologyApplication, seconds: float = 0.05) -> list[int]:
+    """Slow down the first commit so that the next commands queue; returns the number of
+    events of each commit."""
+    sizes: list[int] = []
+    record = app._record
+
+    def slow(processing_event: Any) -> Any:
+        if not sizes:
+            green.sleep(seconds)
+        sizes.append(len(processing_event.events))
+        return record(processing_event)
+
+    app._record = slow  # type: ignore[method-assign]
+    return sizes
+
+
+def at_once(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls in green threads started together; each one's result or exception."""
+
+    def guarded(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            return exc
+
+    threads = [green.spawn(guarded, call) for call in calls]
+    return [thread.wait() for thread in threads]
+
+
+def add(app: TopologyApplication, building: str, number: str) -> Callable[[], Any]:
+    def call() -> Any:
+        with context.acting(as_luna(f"req-{number}")):
+            return app.add_apartment(building, {"number": number, "resident": {
+                "first_name": "Lily", "last_name": f"N{number}"}})
+
+    return call
+
+
+def test_concurrent_commands_commit_together_each_event_stamped_by_its_own_caller(
+        app: TopologyApplication, building: str) -> None:
+    sizes = hold_first_commit(app)
+    before = app.max_position()
+
+    ids = at_once([add(app, building, f"{n}") for n in range(101, 111)])
+
+    assert all(isinstance(i, str) for i in ids), ids
+    # The first alone (held open), the nine that queued behind it together.
+    per_command = sizes[0]
+    assert sizes == [per_command, 9 * per_command]
+    assert app.group_commit.commands - app.group_commit.units >= 8
+    records = app.read(before)
+    assert len(records) == 10 * per_command
+    numbers = {r.state["apartment_id"]: r.state["number"] for r in records
+               if r.type == "ApartmentNumberReserved"}
+    assert sorted(numbers) == sorted(ids)
+    for record in records:
+        apartment = (record.state["apartment_id"] if record.type == "ApartmentNumberReserved"
+                     else record.stream_id)
+        number = numbers[apartment]
+        assert record.state[META_KEY] == {"actor": f"installer:luna:req-{number}",
+                                          "correlation_id": f"req-{number}"}
+    with context.acting(as_luna("check")):
+        assert app.get_building(building)["apartment_count"] == 10
+
+
+def test_a_command_refused_in_a_group_gets_its_error_and_the_others_are_recorded_once(
+        app: TopologyApplication, building: str) -> None:
+    sizes = hold_first_commit(app)
+    before = app.max_position()
+
+    outcomes = at_once([add(app, building, "100"), add(app, building, "201"),
+                        add(app, building, "202"), add(app, building, "201"),
+                        add(app, building, "203")])
+
+    first, second, third, repeated, fourth = outcomes
+    assert isinstance(repeated, Conflict) and "number" in repeated.errors
+    assert all(isinstance(i, str) for i in (first, second, third, fourth))
+    # The first alone (held open); the group of four behind it failed as a whole with nothing
+    # recorded, then each of its commands ran alone: three commits and one refusal.
+    per_command = sizes[0]
+    assert sizes == [per_command] * 4
+    assert len(app.read(before)) == 4 * per_command
+    with context.acting(as_luna("check")):
+        numbers = sorted(app.get_apartment(i)["number"] for i in (first, second, third, fourth))
+        assert numbers == ["100", "201", "202", "203"]
+        assert app.get_building(building)["apartment_count"] == 4
+
+
+def test_a_conflict_at_commit_sends_each_command_of_the_group_alone(
+        app: TopologyApplication, building: str) -> None:
+    sizes: list[int] = []
+    record = app._record
+
+    def conflict_once_for_a_group(processing_event: Any) -> Any:
+        sizes.append(len(processing_event.events))
+        if len(sizes) == 1:
+            green.sleep(0.05)
+        elif len(sizes) == 2:
+            raise IntegrityError("another replica wrote first")
+        return record(processing_event)
+
+    app._record = conflict_once_for_a_group  # type: ignore[method-assign]
+    before = app.max_position()
+
+    ids = at_once([add(app, building, f"{n}") for n in range(301, 305)])
+
+    assert all(isinstance(i, str) for i in ids), ids
+    per_command = sizes[0]
+    assert sizes == [per_command, 3 * per_command] + [per_command] * 3
+    assert len(app.read(before)) == 4 * per_command  # each APT once
+
+
+def test_one_command_at_a_time_is_one_commit_each(app: TopologyApplication,
+                                                  building: str) -> None:
+    sizes = hold_first_commit(app, seconds=0)
+
+    for number in ("401", "402", "403"):
+        add(app, building, number)()
+
+    assert len(sizes) == 3 and app.group_commit.units == app.group_commit.commands
