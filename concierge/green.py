@@ -105,6 +105,18 @@ def spawn(fn: Callable[..., Any], *args: Any) -> Any:
     return eventlet.spawn(fn, *args)
 
 
+def blocking(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a call that blocks in the kernel (file writes, fsync) in an OS thread, so the other
+    green threads of the process go on meanwhile; a plain call when nothing is patched."""
+    import eventlet.patcher
+
+    if not eventlet.patcher.is_monkey_patched("thread"):
+        return fn(*args)
+    from eventlet import tpool
+
+    return tpool.execute(fn, *args)
+
+
 def sleep(seconds: float) -> None:
     import eventlet
 

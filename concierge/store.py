@@ -229,14 +229,17 @@ class ServiceApplication(Application):
         for waiting, result in zip(batch, results, strict=True):
             waiting.succeed(result)
 
-    def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None) -> list[Any]:
+    def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None,
+                 lookups: Sequence[UUID] = ()) -> list[Any]:
         """Run `parts` in order against one set of in-memory aggregates and record all their
-        events (and `tracking`) in one transaction; their results, in order.
+        events (and `tracking`) in one transaction; their results, in order. `lookups`: ids
+        the parts will ask for, checked in one query first (those without events then cost
+        the parts no query each).
 
         Raises the first failure, with nothing recorded: the caller runs the parts again one
         by one. Callers hold `serialised()`.
         """
-        unit = UnitOfWork()
+        unit = UnitOfWork(absent=self.absent_streams(lookups))
         repository: UnitRepository = self.repository  # type: ignore[assignment]
         repository.unit = unit
         results = []
@@ -295,6 +298,27 @@ class ServiceApplication(Application):
         identity += str(state.get("timestamp"))
         self.__dict__["_store_id"] = hashlib.sha256(identity.encode()).hexdigest()[:32]
         return self.__dict__["_store_id"]
+
+    def absent_streams(self, ids: Sequence[UUID]) -> set[UUID]:
+        """Which of `ids` have no events, in one query (PostgreSQL; elsewhere none is known,
+        and each lookup asks the store itself)."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if not ids or datastore is None or not hasattr(datastore, "schema"):
+            return set()
+        from psycopg import sql
+        from psycopg.rows import tuple_row
+
+        statement = self.__dict__.get("_pg_exists_statement")
+        if statement is None:
+            statement = sql.SQL(
+                "SELECT DISTINCT originator_id FROM {}.{} WHERE originator_id = ANY(%s)"
+            ).format(sql.Identifier(datastore.schema),
+                     sql.Identifier(self.recorder.events_table_name))
+            self.__dict__["_pg_exists_statement"] = statement
+        with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, (list(ids),), prepare=True)
+            present = {UUID(str(row[0])) for row in curs.fetchall()}
+        return set(ids) - present
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -224,15 +224,18 @@ class ProcessHandler:
 
     def __init__(self, name: str, app: ServiceApplication, types: set[str],
                  policy: Callable[[Envelope], list[Any]],
-                 alone: set[str] | frozenset[str] = frozenset()) -> None:
+                 alone: set[str] | frozenset[str] = frozenset(),
+                 lookups: Callable[[list[Envelope]], list[Any]] | None = None) -> None:
         """`alone`: event types whose policy reads something a unit of work does not show
         (a read model), so each is applied in a transaction of its own, after what precedes
-        it has committed."""
+        it has committed. `lookups(envelopes)`: the aggregate ids the policy will look for,
+        checked in one query per unit."""
         self.name = name
         self.app = app
         self.types = types
         self.policy = policy
         self.alone = alone
+        self.lookups = lookups
         self.units = 0
 
     def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
@@ -266,7 +269,8 @@ class ProcessHandler:
                   self._part(envelope)) for envelope in envelopes]
         try:
             with self.app.serialised():
-                self.app.run_unit(parts, tracking=Tracking(source, last))
+                self.app.run_unit(parts, tracking=Tracking(source, last),
+                                  lookups=self.lookups(envelopes) if self.lookups else ())
         except Exception as exc:
             log.info("%s applies %d events of %s one by one (%s: %s)", self.name,
                      len(envelopes), source, type(exc).__name__, exc)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
+
 from concierge import context
 
 R = TypeVar("R")
@@ -31,6 +33,8 @@ class UnitOfWork:
 
     aggregates: dict[UUID, Any] = field(default_factory=dict)
     events: list[Any] = field(default_factory=list)
+    # Ids known (from one query for the whole unit) to have no events yet.
+    absent: set[UUID] = field(default_factory=set)
 
     def stage(self, aggregates: Iterable[Any], meta: dict[str, str]) -> None:
         """Take the aggregates' pending events, stamped with the part's `meta` (its actor and
@@ -68,6 +72,8 @@ class UnitRepository:
         if unit is None or version is not None or args:
             return self._inner.get(aggregate_id, *args, version=version, **kwargs)
         found = unit.aggregates.get(aggregate_id)
+        if found is None and aggregate_id in unit.absent:
+            raise AggregateNotFoundError(aggregate_id)
         if found is None:
             # The library hands out a copy of its cached aggregate, so nothing a part does
             # reaches the cache before the unit is recorded.
@@ -79,6 +85,8 @@ class UnitRepository:
         unit = self.unit
         if unit is not None and aggregate_id in unit.aggregates:
             return True
+        if unit is not None and aggregate_id in unit.absent:
+            return False
         return aggregate_id in self._inner
 
     def __getattr__(self, name: str) -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 from uuid import UUID
 
+from concierge import green
 from concierge.config import Settings
 from concierge.green import Wakeup
 from concierge.leader import LeaderLoop
@@ -158,8 +159,11 @@ class MailFolderSender:
         target = self.path_for(email_id)
         if target.exists():  # delivered before a crash: the file is the delivery
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
         data = message.as_bytes(policy=SMTP)  # RFC 5322 wants CRLF line ends
+        green.blocking(self._write, email_id, target, data)
+
+    def _write(self, email_id: UUID, target: Path, data: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         # Hidden, and not ending in .eml, so nothing reading the folder takes a half-written file.
         fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{email_id}.", suffix=".tmp")
         try:
@@ -175,7 +179,7 @@ class MailFolderSender:
 
     def flush(self) -> None:
         if self.folder.exists():
-            _sync_folder(self.folder)
+            green.blocking(_sync_folder, self.folder)
 
 
 def _sync_folder(folder: Path) -> None:

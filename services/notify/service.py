@@ -33,7 +33,7 @@ def bootstrap(settings: Settings, sender: MailSender | None = None) -> Wiring:
     app.emails = EmailsView(engine)
     # A close reads the emails view, which shows nothing of a unit not yet recorded.
     policy = ProcessHandler(SERVICE, app, set(ACCOUNTS_EVENTS), app.on_accounts_event,
-                            alone={"MasterAccountClosed"})
+                            alone={"MasterAccountClosed"}, lookups=app.lookups)
     wiring = assemble(Wiring(SERVICE, settings, app, engine, read_models=[app.emails],
                              policies=[("accounts", policy)], event_schemas=EVENT_SCHEMAS))
     # A close cancels the pending emails the view lists: it reads the view caught up first.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError, Tracking
 
 from concierge import context
 from concierge.config import Settings
+from concierge.context import CallContext
 from concierge.store import store_env
 from tests.support.toy import Counter, LedgerApp
 
@@ -72,3 +74,64 @@ def test_reading_the_log_returns_what_the_library_returns(app: LedgerApp) -> Non
                                                          inclusive_of_start=False))
         assert ours == library
     assert [r.position for r in app.read(0)] == list(range(1, 9))
+
+
+def test_a_unit_sees_its_own_changes_and_records_them_once_with_each_callers_stamp(
+        app: LedgerApp) -> None:
+    existing = Counter("gate")
+    app.record(existing)
+    fresh = Counter("lift")
+    missing = Counter("never saved").id
+    seen: list[int] = []
+
+    def create() -> tuple[None, list[Counter]]:
+        assert fresh.id not in app.repository  # looked up in the unit, not yet recorded
+        return None, [fresh]
+
+    def bump(counter_id: object) -> Any:
+        def part() -> tuple[None, list[Counter]]:
+            counter = app.repository.get(counter_id)
+            counter.increment(1)
+            seen.append(counter.value)
+            return None, [counter]
+
+        return part
+
+    parts = [(CallContext(actor="a", correlation_id="one"), create),
+             (CallContext(actor="b", correlation_id="two"), bump(fresh.id)),
+             (CallContext(actor="c", correlation_id="three"), bump(fresh.id)),
+             (CallContext(actor="d", correlation_id="four"), bump(existing.id))]
+    if app.absent_streams([existing.id, missing]):  # PostgreSQL answers in one query
+        assert app.absent_streams([existing.id, missing, fresh.id]) == {missing, fresh.id}
+    with app.serialised():
+        app.run_unit(parts, tracking=Tracking("topology", 9),
+                     lookups=[existing.id, fresh.id, missing])
+
+    assert seen == [1, 2, 1]  # the second bump saw the first, made in the same unit
+    records = app.read(1)
+    assert [(r.type, r.state["__meta__"]["correlation_id"]) for r in records] == [
+        ("CounterCreated", "one"), ("CounterIncremented", "two"),
+        ("CounterIncremented", "three"), ("CounterIncremented", "four")]
+    assert app.repository.get(fresh.id).value == 2
+    assert app.tracked_position("topology") == 9
+    assert missing not in app.repository
+
+
+def test_a_failing_unit_records_nothing(app: LedgerApp) -> None:
+    counter = Counter("gate")
+    app.record(counter)
+
+    def bump() -> tuple[None, list[Counter]]:
+        found = app.repository.get(counter.id)
+        found.increment(5)
+        return None, [found]
+
+    def refuse() -> tuple[None, list[Counter]]:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError), app.serialised():
+        app.run_unit([(CallContext(), bump), (CallContext(), refuse)],
+                     tracking=Tracking("topology", 1))
+    assert app.max_position() == 1
+    assert app.tracked_position("topology") == 0
+    assert app.repository.get(counter.id).value == 0
