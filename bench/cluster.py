@@ -63,16 +63,25 @@ class Platform:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                status, _ = self.call("POST", "/api/v1/auth/login",
-                                      {"username": "bench-distributor",
-                                       "password": "bench-distributor-pw"})
-                if status == 200:
+                status, session = self.call("POST", "/api/v1/auth/login",
+                                            {"username": "bench-distributor",
+                                             "password": "bench-distributor-pw"})
+                if status == 200 and self._topology_answers(session["token"]):
                     return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
         self.stop()
         raise RuntimeError("the platform did not come up")
+
+    def _topology_answers(self, token: str) -> bool:
+        """Login proves the gateway and accounts are up; topology runs in its own process and
+        may still be declaring its RPC queue (the gateway would answer 503). Any other answer
+        (a distributor is refused the dashboard) means it consumes."""
+        if not self.embedded and "topology" not in self.services:
+            return True
+        status, _ = self.call("GET", "/api/v1/dashboard", token=token)
+        return status != 503
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each service process and by the broker and database
