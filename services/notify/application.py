@@ -37,6 +37,7 @@ from concierge import context
 from concierge.database import projection_tracking
 from concierge.projection import ReadModel, Rows
 from concierge.store import META_KEY, ServiceApplication
+from contracts import load
 from contracts.accounts import (
     MasterAccountClosedSchema,
     MasterAccountContactChangedSchema,
@@ -118,7 +119,7 @@ class NotifyApplication(ServiceApplication):
         if schema is None:
             return []
         try:
-            data = schema().load(envelope["data"])
+            data = load(schema, envelope["data"])
         except ValidationError as exc:
             # A producer bug; holding back every later email behind it would be worse.
             log.error("%s %s breaks its contract (%s); ignored",
@@ -137,7 +138,7 @@ class NotifyApplication(ServiceApplication):
             if kind not in ("MasterAccountCreated", "MasterAccountContactChanged"):
                 continue
             try:
-                data = ACCOUNTS_EVENTS[kind]().load(envelope["data"])
+                data = load(ACCOUNTS_EVENTS[kind], envelope["data"])
                 key = activation_due(kind, envelope["stream_id"], data)
             except (ValidationError, KeyError, ValueError):
                 continue
