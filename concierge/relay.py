@@ -6,7 +6,10 @@ committed is ever skipped. The confirmed position is written to the database at 
 `save_seconds` (and when the relay goes idle or stops), not after every batch: under a stream of
 single-event commits that write was most of the relay's cost, and what a crash can cost instead
 is re-publishing those few seconds, which subscribers drop. A commit in this process wakes the
-relay at once; the idle timeout only matters for commits made by other replicas.
+relay at once and hands it the records it stored, so the relay publishes them without reading
+them back when they follow on from its position; anything else (a gap, a commit of another
+replica, a relay that just took the lead) is read from the log. The idle timeout only matters
+for commits made by other replicas.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from concierge.database import relay_position
 from concierge.green import Wakeup
 from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
-from concierge.store import ServiceApplication
+from concierge.store import ServiceApplication, StoredRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,34 @@ class OutboxRelay:
         self._saved: int | None = None
         self._saved_at = 0.0
         self.save_seconds = save_seconds
-        app.on_recorded(lambda _records: self.wakeup.set())
+        # Records this process committed since the last pass, oldest first; a hint only.
+        self._handed: list[StoredRecord] = []
+        self._caught_up = False
+        app.on_recorded(self._hand_over)
+
+    def _hand_over(self, records: list[StoredRecord]) -> None:
+        """A commit here: keep its records for the next pass (while leading, and only so many:
+        what is dropped is read from the log) and wake the relay."""
+        if self._position is not None and len(self._handed) < self.batch_size:
+            self._handed.extend(records)
+        self.wakeup.set()
+
+    def _next_batch(self, after: int) -> list[StoredRecord]:
+        """What follows `after`: the handed-over records when they follow on without a gap,
+        else a read of the log. Right after a hand-over the log is not read again: every
+        commit of this process hands its records over, and the idle timeout reads the log for
+        the commits of other replicas."""
+        handed = [r for r in self._handed if r.position > after]
+        self._handed = []
+        if handed and all(r.position == after + 1 + i for i, r in enumerate(handed)):
+            self._handed = handed[self.batch_size:]
+            self._caught_up = not self._handed
+            return handed[:self.batch_size]
+        if handed:  # a gap before them: someone else committed too
+            self._caught_up = False
+        if self._caught_up:
+            return []
+        return self.app.read(after=after, limit=self.batch_size)
 
     # -- position ----------------------------------------------------------------------------
     def position(self) -> int:
@@ -120,9 +150,10 @@ class OutboxRelay:
         in_flight: list[tuple[int, int, int]] = []  # (ticket, last position, count)
         after = self.position()
         total = 0
+        self._caught_up = False
         try:
             while True:
-                records = self.app.read(after=after, limit=self.batch_size)
+                records = self._next_batch(after)
                 if records:
                     store = self.app.store_id()
                     envelopes = [envelope.build(self.service, r, publishable=self.publishable,
@@ -175,14 +206,15 @@ class OutboxRelay:
 
         def step() -> float:
             published = self.publish_pending()
-            if published and self.running:
-                return 0
+            if published and self.running and not self._caught_up:
+                return 0  # the log may hold more
             if time.monotonic() - self._saved_at >= self.save_seconds:
                 self.save_position()  # caught up, and the last write is old enough
             return self.idle_seconds
 
         def forget() -> None:
             self._position = self._saved = None
+            self._handed = []
             self._drop_publisher()
 
         try:

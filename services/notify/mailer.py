@@ -10,14 +10,17 @@ email id and which is written atomically and never twice.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import logging
 import os
+import re
 import smtplib
 import ssl
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email import quoprimime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
@@ -50,7 +53,7 @@ class SendFailed(Exception):
 class MailSender(Protocol):
     transport: str
 
-    def send(self, email_id: UUID, message: EmailMessage) -> None:
+    def send(self, email_id: UUID, message: Outgoing) -> None:
         """Hand the message over, or raise (SendFailed for a failure the transport explains)."""
         ...
 
@@ -86,6 +89,113 @@ def compose(email: Email, mail_from: str) -> EmailMessage:
     return message
 
 
+class Outgoing:
+    """One email as a sender takes it: the `EmailMessage` (for SMTP), built only if asked for,
+    and its bytes with CRLF line ends (for the mail folder).
+
+    The bytes come from `direct_bytes` when it can build them: the same bytes as
+    `compose(...).as_bytes(policy=SMTP)` at a small part of the cost, since the email package's
+    header registry parses every header it is given. Anything outside its simple case goes
+    through `compose`.
+    """
+
+    def __init__(self, email: Email, mail_from: str) -> None:
+        self.email = email
+        self.mail_from = mail_from
+        self._message: EmailMessage | None = None
+
+    @property
+    def message(self) -> EmailMessage:
+        if self._message is None:
+            self._message = compose(self.email, self.mail_from)
+        return self._message
+
+    def as_bytes(self) -> bytes:
+        direct = direct_bytes(self.email, self.mail_from)
+        return direct if direct is not None else self.message.as_bytes(policy=SMTP)
+
+
+# What `direct_bytes` writes as is: printable ASCII that no header parser rewrites (no
+# encoded-word, no quoting, no folding), a plain address, a short subject.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+( [A-Za-z0-9]+)*")
+_PLAIN_SUBJECT = re.compile(r"[!-~]+( [!-~]+)*")
+MAX_LINE = 78  # RFC 5322's recommended line length, the email package's max_line_length
+
+
+def _plain_from(mail_from: str) -> bool:
+    """`name <address>` or a bare address, in the plain form the email package keeps as is."""
+    name, sep, rest = mail_from.partition(" <")
+    if not sep:
+        return _PLAIN_ADDRESS.fullmatch(mail_from) is not None
+    return (rest.endswith(">") and _PLAIN_NAME.fullmatch(name) is not None
+            and _PLAIN_ADDRESS.fullmatch(rest[:-1]) is not None)
+
+
+def direct_bytes(email: Email, mail_from: str) -> bytes | None:
+    """`compose(email, mail_from).as_bytes(policy=SMTP)`, built directly; None when a header
+    would need the email package (non-ASCII, quoting, encoded words, folding).
+
+    tests/unit/test_notify_mailer.py checks the two give the same bytes over generated emails.
+    """
+    subject, recipient = email.subject, email.recipient
+    if (len(subject) > MAX_LINE - len("Subject: ") or "=?" in subject
+            or _PLAIN_SUBJECT.fullmatch(subject) is None
+            or len(recipient) > MAX_LINE - len("To: ")
+            or _PLAIN_ADDRESS.fullmatch(recipient) is None
+            or len(mail_from) > MAX_LINE - len("From: ") or not _plain_from(mail_from)):
+        return None
+    boundary = f"=_concierge_{email.id.hex}"
+    text_cte, text = _encode_text(email.text)
+    html_cte, html = _encode_text(email.html)
+    lines = [
+        f"Message-ID: {message_id(email.id, mail_from)}",
+        f"Date: {format_datetime(email.created_on.astimezone(UTC))}",
+        f"From: {mail_from}",
+        f"To: {recipient}",
+        f"Subject: {subject}",
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        "Content-Type: multipart/alternative;",
+        f' boundary="{boundary}"',
+        "",
+        f"--{boundary}",
+        'Content-Type: text/plain; charset="utf-8"',
+        f"Content-Transfer-Encoding: {text_cte}",
+        "",
+    ]
+    head = "\r\n".join(lines).encode("ascii") + b"\r\n"
+    middle = "\r\n".join([
+        "",
+        f"--{boundary}",
+        'Content-Type: text/html; charset="utf-8"',
+        f"Content-Transfer-Encoding: {html_cte}",
+        "MIME-Version: 1.0",
+        "",
+    ]).encode("ascii") + b"\r\n"
+    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+    return head + text + middle + html + tail
+
+
+def _encode_text(body: str) -> tuple[str, bytes]:
+    """A text part's transfer encoding and encoded body (CRLF line ends), chosen as the email
+    package's `set_content` chooses: as is when every line is short, else the shorter of
+    quoted-printable and base64 judged on the first ten lines."""
+    lines = body.encode("utf-8").splitlines()
+    if max((len(line) for line in lines), default=0) <= MAX_LINE:
+        joined = b"\r\n".join(lines) + b"\r\n"
+        return ("7bit" if joined.isascii() else "8bit"), joined
+    sniff = b"\n".join(lines[:10]) + b"\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), MAX_LINE)
+    data = b"\n".join(lines) + b"\n"
+    if len(sniff_qp) <= len(binascii.b2a_base64(sniff)):
+        encoded = quoprimime.body_encode(data.decode("latin-1"), MAX_LINE)
+        return "quoted-printable", encoded.replace("\n", "\r\n").encode("ascii")
+    step = MAX_LINE // 4 * 3
+    chunks = [binascii.b2a_base64(data[i:i + step]) for i in range(0, len(data), step)]
+    return "base64", b"".join(chunks).replace(b"\n", b"\r\n")
+
+
 # --- adapters --------------------------------------------------------------------------------
 
 
@@ -107,7 +217,7 @@ class SmtpSender:
                                     context=ssl.create_default_context())
         return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
 
-    def send(self, email_id: UUID, message: EmailMessage) -> None:
+    def send(self, email_id: UUID, message: Outgoing) -> None:
         try:
             with self._connect() as smtp:
                 smtp.ehlo()
@@ -116,7 +226,7 @@ class SmtpSender:
                         smtp.starttls(context=ssl.create_default_context())
                         smtp.ehlo()
                     smtp.login(self.user, self.password)
-                smtp.send_message(message)
+                smtp.send_message(message.message)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             raise SendFailed(f"recipient refused: {_describe(exc.recipients)}",
@@ -155,11 +265,11 @@ class MailFolderSender:
     def path_for(self, email_id: UUID) -> Path:
         return self.folder / f"{email_id}.eml"
 
-    def send(self, email_id: UUID, message: EmailMessage) -> None:
+    def send(self, email_id: UUID, message: Outgoing) -> None:
         target = self.path_for(email_id)
         if target.exists():  # delivered before a crash: the file is the delivery
             return
-        data = message.as_bytes(policy=SMTP)  # RFC 5322 wants CRLF line ends
+        data = message.as_bytes()  # RFC 5322 wants CRLF line ends
         green.blocking(self._write, email_id, target, data)
 
     def _write(self, email_id: UUID, target: Path, data: bytes) -> None:
@@ -261,7 +371,7 @@ class Mailer:
         if not email.is_due(self.clock()):  # the view lagged behind the store
             return 0
         try:
-            self.sender.send(email.id, compose(email, self.mail_from))
+            self.sender.send(email.id, Outgoing(email, self.mail_from))
         except SendFailed as exc:
             self._record_failure(email, exc.reason, exc.permanent)
             return 1

@@ -73,3 +73,69 @@ def test_position_is_saved_lazily_and_a_crash_repeats_but_never_skips(
         assert len(received) == 11            # at least once: the repeat is visible
     finally:
         wiring.close()
+
+
+def _drain(queue: Any, amqp_uri: str) -> list[int]:
+    received: list[int] = []
+    with kombu.Connection(amqp_uri) as conn:
+        bound = queue(conn.default_channel)
+        while (message := bound.get(no_ack=True)) is not None:
+            received.append(json.loads(message.body)["position"])
+    return received
+
+
+@pytest.mark.parametrize("kind", ["rabbit-sqlite", "rabbit-postgres"])
+def test_records_handed_over_by_a_commit_go_out_without_a_read_and_a_gap_is_read(
+        kind: str, stack_factory: Any) -> None:
+    settings = stack_factory(kind)
+    app, engine = open_store("ledger", settings, LedgerApp)
+    # Another replica on the same store: its commits are never handed to this relay.
+    other, other_engine = open_store("ledger", settings, LedgerApp)
+    wiring = Wiring("ledger", settings, app, engine)
+    queue = kombu.Queue("test.relay-handover", exchange=kombu.Exchange(
+        exchange_name("ledger"), type="topic", durable=True), routing_key="#",
+        auto_delete=False, durable=False)
+    with kombu.Connection(settings.amqp_uri) as conn:
+        queue(conn.default_channel).declare()
+        queue(conn.default_channel).purge()
+    relay = _relay(settings, app, engine, save_seconds=0)
+    reads: list[int] = []
+    read = app.read
+
+    def counting_read(after: int = 0, limit: int = 1000) -> Any:
+        reads.append(after)
+        return read(after, limit)
+
+    app.read = counting_read  # type: ignore[method-assign]
+    try:
+        assert relay.lock.acquire()
+        counter = app.create("handed")       # before the relay knew its position: from the log
+        assert relay.publish_pending() == 1
+        assert reads == [0, 1]               # read it, then found the end
+        reads.clear()
+
+        for _ in range(3):
+            app.increment(counter)           # handed over, one commit at a time
+        assert relay.publish_pending() == 3
+        assert reads == []                   # nothing read back: the commits handed them over
+
+        other.increment(counter)             # position 5, committed by the other replica
+        app.increment(counter)               # position 6, handed over: a gap before it
+        assert relay.publish_pending() == 2
+        assert reads and reads[0] == 4       # the gap sent the relay to the log
+        assert relay.position() == 6
+
+        relay.lock.release()                 # standing by: commits are not kept for later
+        relay._position = None
+        app.increment(counter)
+        assert relay._handed == []
+
+        received = _drain(queue, settings.amqp_uri)
+        assert received == [1, 2, 3, 4, 5, 6]  # in log order, each once
+    finally:
+        relay._drop_publisher()
+        with kombu.Connection(settings.amqp_uri) as conn:
+            queue(conn.default_channel).delete()
+        other.close()
+        other_engine.dispose()
+        wiring.close()
