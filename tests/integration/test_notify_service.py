@@ -317,6 +317,35 @@ def test_a_master_account_created_delivered_twice_gives_one_email_and_one_file(
     assert "Judy Anders" in html and "judy.o&#39;neil@example.com" in html
 
 
+def test_emails_queued_soon_after_a_pass_are_sent_together_in_the_next(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    batches: list[int] = []
+    record_sent_many = app.record_sent_many
+
+    def counted(delivered: list[tuple[Email, datetime]], transport: str) -> None:
+        batches.append(len(delivered))
+        record_sent_many(delivered, transport)
+
+    app.record_sent_many = counted  # type: ignore[method-assign]
+    mailer = notify.extras["mailer"]
+    mailer.gather_seconds = 2.0  # wide, so that a slow machine still commits all nine in it
+    events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(10)]
+    sub = subscribe(notify, AccountsLog(events))
+    stack.run_mailer(notify)
+
+    sub.deliver(events[0])  # the first after a quiet spell goes at once ...
+    eventually(lambda: app.email(activation_id(events[0])).status == "sent")
+    for event in events[1:]:  # ... the next nine, each its own commit, wait for one pass
+        sub.deliver(event)
+    eventually(lambda: all(app.email(activation_id(e)).status == "sent" for e in events),
+               timeout=20)
+
+    assert batches == [1, 9]
+    assert len(stack.files()) == 10
+
+
 def test_an_email_added_later_gets_one_activation_email_even_when_replayed(
         stack: NotifyStack) -> None:
     notify = stack.open()
