@@ -310,13 +310,52 @@ class TogetherHandler:
 
 
 def dispatcher(subs: list[Subscription]) -> Callable[[list[Envelope]], None]:
-    """Hands a batch of one source's messages to every subscription of that source."""
+    """Hands a batch of one source's messages to every subscription of that source.
+
+    The read models among them take it in one transaction when they all stand right before
+    it (`deliver_together`); otherwise, and for policies, each subscription takes it alone.
+    """
+    models = [s for s in subs if isinstance(s.handler, ProjectionHandler)]
+    others = [s for s in subs if s not in models]
 
     def handle(messages: list[Envelope]) -> None:
-        for sub in subs:
+        together = len(models) > 1 and deliver_together(models, messages)
+        for sub in others if together else subs:
             sub.deliver_many(messages)
 
     return handle
+
+
+def deliver_together(subs: list[Subscription], messages: list[Envelope]) -> bool:
+    """Apply `messages` to several read models of one database in one transaction (one lock,
+    one read and one write of their positions), when they follow on from every model's
+    position without a gap and come from the source's current store. False, with nothing
+    applied, otherwise: the caller delivers to each alone, which repairs gaps from the log."""
+    handlers = [sub.handler for sub in subs]
+    engine = handlers[0].engine  # type: ignore[attr-defined]
+    first, last = int(messages[0]["position"]), int(messages[-1]["position"])
+    with contextlib.ExitStack() as held:
+        for sub in subs:
+            held.enter_context(sub.locked())
+        if (any(sub.position != first - 1 for sub in subs)
+                or any(int(m["position"]) != first + i for i, m in enumerate(messages))
+                or not all(sub.from_current_store(m) for m in messages for sub in subs)
+                or any(getattr(h, "engine", None) is not engine for h in handlers)):
+            return False
+        try:
+            with engine.begin() as conn:
+                together = apply_together(handlers, conn, messages)  # type: ignore[arg-type]
+        except Exception:
+            for sub in subs:
+                sub.forget_position()
+            raise
+        if not together:  # another replica moved a model meanwhile: learn where it stands
+            for sub in subs:
+                sub.forget_position()
+            return False
+        for sub in subs:
+            sub.advanced(last, sum(1 for m in messages if sub.handler.interested(m["type"])))
+    return True
 
 
 class Runner:

@@ -80,7 +80,7 @@ class Subscription:
             position = int(message["position"])
             if position <= self.position:
                 return
-            if not self._from_current_store(message):
+            if not self.from_current_store(message):
                 log.warning("%s ignores %s %s at position %s: it comes from an earlier store "
                             "of %s", self.handler.name, message.get("type"),
                             message.get("event_id"), position, self.source)
@@ -108,7 +108,7 @@ class Subscription:
                 expected = self.position + 1
                 for message in messages:
                     if (int(message["position"]) != expected
-                            or not self._from_current_store(message)):
+                            or not self.from_current_store(message)):
                         break
                     run.append(message)
                     expected += 1
@@ -122,7 +122,7 @@ class Subscription:
             for message in messages[len(run) if len(run) > 1 else 0:]:
                 self.deliver(message)
 
-    def _from_current_store(self, message: Envelope) -> bool:
+    def from_current_store(self, message: Envelope) -> bool:
         """False for a message written by an earlier incarnation of the source's store (a
         wiped data folder, a recreated schema) that was still waiting in a durable queue.
 
