@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,8 @@ class Wiring:
         reads its own write. `records`, just committed, spare reading them back from the log."""
         if not self.local:
             return
+        if records and all(sub.position >= records[-1].position for sub in self.local):
+            return  # projected in the commit that recorded them (`own_models_in_commit`)
         known = [build_envelope(self.service, r) for r in records] if records else None
         try:
             with contextlib.ExitStack() as held, self.engine.begin() as conn:
@@ -123,6 +125,33 @@ class Wiring:
                 sub.forget_position()
             log.exception("own read models fell behind; the background loop retries")
 
+
+    @contextlib.contextmanager
+    def own_models_in_commit(self) -> Iterator[Callable[[Any, list[StoredRecord]], None]]:
+        """Own read models projected in the transaction that records their events (PostgreSQL,
+        `ServiceApplication.project_in_commit`): no second transaction, no second lock of the
+        models. Their positions stay locked until the commit, and move only if it succeeds.
+        When a model does not stand right before the new events, nothing is projected here and
+        `catch_up_local`, after the commit, does it as before."""
+        with contextlib.ExitStack() as held:
+            for sub in self.local:
+                held.enter_context(sub.locked())
+            done: list[tuple[int, int]] = []
+
+            def project(conn: Any, records: list[StoredRecord]) -> None:
+                first = records[0].position
+                handlers = [sub.handler for sub in self.local]
+                if (any(sub.position != first - 1 for sub in self.local)
+                        or not all(isinstance(h, ProjectionHandler) for h in handlers)):
+                    return
+                known = [build_envelope(self.service, r) for r in records]
+                if apply_together(handlers, conn, known):  # type: ignore[arg-type]
+                    done.append((records[-1].position, len(known)))
+
+            yield project
+            for last, count in done:
+                for sub in self.local:
+                    sub.advanced(last, count)
 
     def _project_together(self, conn: Any, known: list[Envelope]) -> bool:
         """The common case: every own read model stands right before the new events."""
@@ -213,6 +242,8 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
             sub = Subscription(source, handler, read_remote)
             wiring.subscriptions.setdefault(source, []).append(sub)
     wiring.app.on_recorded(wiring.catch_up_local)
+    if wiring.local:
+        wiring.app.project_in_commit(wiring.engine, wiring.own_models_in_commit)
     return wiring
 
 

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,13 +19,27 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, Mapper, Notification, Tracking
+from eventsourcing.persistence import (
+    IntegrityError,
+    Mapper,
+    Notification,
+    OperationalError,
+    Recording,
+    Tracking,
+)
 
 from concierge import context
 from concierge.config import Settings
 from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
 
+log = logging.getLogger(__name__)
+
 R = TypeVar("R")
+# Own read models projected inside the transaction that records the events: entered before the
+# transaction (it holds what must not move meanwhile), it yields a function that projects the
+# just-stored records on the transaction's connection, and it takes effect once that commits.
+InCommit = Callable[[], contextlib.AbstractContextManager[Callable[[Any, list["StoredRecord"]],
+                                                                   None]]]
 # A part of a unit of work: who runs it, and what it does (its result and the aggregates whose
 # new events are its effect).
 Part = tuple[context.CallContext, Callable[[], tuple[Any, Sequence[Any]]]]
@@ -150,6 +165,10 @@ def ensure_postgres_schema(settings: Settings, schema: str) -> None:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
 
+class _ProjectionFailed(Exception):
+    """Own read models failed inside the commit: the commit is redone without them."""
+
+
 @dataclass(frozen=True)
 class StoredRecord:
     """One entry of a service's log, decoded to plain attributes."""
@@ -183,7 +202,15 @@ class ServiceApplication(Application):
         self._listeners: list[Callable[[list[StoredRecord]], None]] = []
         self._save_lock = threading.RLock()
         self.group_commit = GroupCommit(self._commit_waiting)
+        self._in_commit: tuple[Any, InCommit] | None = None
         super().__init__(env=env)
+
+    def project_in_commit(self, engine: Any, in_commit: InCommit) -> None:
+        """On PostgreSQL: record events through `engine` (the read models' database, the same
+        one) and project own read models in that transaction (`InCommit`), instead of in a
+        second transaction after it. SQLite stores keep the two transactions."""
+        if self.factory.__class__.__module__.startswith("eventsourcing.postgres"):
+            self._in_commit = (engine, in_commit)
 
     def construct_repository(self) -> Any:
         return UnitRepository(super().construct_repository())
@@ -257,6 +284,67 @@ class ServiceApplication(Application):
             processing_event.aggregates.update(unit.aggregates)
             self._notify(self._record(processing_event))
         return results
+
+    def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
+        if self._in_commit is None or not processing_event.events:
+            return super()._record(processing_event)
+        try:
+            recordings = self._record_and_project(processing_event)
+        except _ProjectionFailed:
+            log.exception("%s: own read models not projected with the commit; projecting "
+                          "after it", self.service_name)
+            return super()._record(processing_event)
+        if self.repository.cache and not self.repository.fastforward:
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                self.repository.cache.put(aggregate_id, aggregate)
+        return recordings
+
+    def _record_and_project(self, processing_event: ProcessingEvent[Any]
+                            ) -> list[Recording[Any]]:
+        """The library's insert (tracking, table lock, events), on a read-model connection,
+        then the own read models' projection, then one commit."""
+        import psycopg
+        from psycopg.rows import dict_row
+        from psycopg.types.composite import register_composite
+
+        assert self._in_commit is not None
+        engine, in_commit = self._in_commit
+        recorder: Any = self.recorder
+        events = processing_event.events
+        stored = [self.mapper.to_stored_event(e) for e in events]
+        with in_commit() as project, engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            for info in recorder.datastore.psycopg_type_adapters.values():
+                if not raw.adapters.types.get(info.oid):
+                    register_composite(info, raw)
+            try:
+                with raw.cursor(row_factory=dict_row) as curs:
+                    recorder._insert_events(curs, stored, tracking=processing_event.tracking)
+                    recorder._insert_stored_events(curs, stored)
+                    ids = recorder._fetch_ids_after_insert_events(curs, stored)
+            except psycopg.IntegrityError as exc:
+                raise IntegrityError(str(exc)) from exc
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                conn.invalidate()
+                raise OperationalError(str(exc)) from exc
+            recordings = [
+                Recording(event, Notification(id=nid, originator_id=s.originator_id,
+                                              originator_version=s.originator_version,
+                                              topic=s.topic, state=s.state))
+                for event, s, nid in zip(events, stored, ids, strict=True)
+            ]
+            # A projection that looks an aggregate up (accounts' sessions do) must see it as
+            # this commit leaves it, not as the store holds it until the commit.
+            repository: UnitRepository = self.repository  # type: ignore[assignment]
+            outer, repository.unit = repository.unit, UnitOfWork(
+                aggregates=dict(processing_event.aggregates))
+            try:
+                project(conn, [self.decode(r.notification) for r in recordings])
+            except Exception as exc:
+                raise _ProjectionFailed from exc
+            finally:
+                repository.unit = outer
+        return recordings
 
     def _notify(self, recordings: Sequence[Any]) -> None:
         if not recordings or not self._listeners:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
+from sqlalchemy import Column, MetaData, String, Table, event, select
 
 from concierge.config import Settings
 from concierge.database import service_engine
