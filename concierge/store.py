@@ -203,6 +203,8 @@ class ServiceApplication(Application):
         self._save_lock = threading.RLock()
         self.group_commit = GroupCommit(self._commit_waiting)
         self._in_commit: tuple[Any, InCommit] | None = None
+        # The records a commit in this green thread decoded for its projection, for `_notify`.
+        self._decoded = threading.local()
         super().__init__(env=env)
 
     def project_in_commit(self, engine: Any, in_commit: InCommit) -> None:
@@ -338,19 +340,24 @@ class ServiceApplication(Application):
             repository: UnitRepository = self.repository  # type: ignore[assignment]
             outer, repository.unit = repository.unit, UnitOfWork(
                 aggregates=dict(processing_event.aggregates))
+            records = [self.decode(r.notification) for r in recordings]
             try:
-                project(conn, [self.decode(r.notification) for r in recordings])
+                project(conn, records)
             except Exception as exc:
                 raise _ProjectionFailed from exc
             finally:
                 repository.unit = outer
+        self._decoded.records = records
         return recordings
 
     def _notify(self, recordings: Sequence[Any]) -> None:
         if not recordings or not self._listeners:
             return
-        records = sorted((self.decode(r.notification) for r in recordings),
-                         key=lambda record: record.position)
+        decoded, self._decoded.records = getattr(self._decoded, "records", None), None
+        if decoded is None or [r.position for r in decoded] != [r.notification.id
+                                                                for r in recordings]:
+            decoded = [self.decode(r.notification) for r in recordings]
+        records = sorted(decoded, key=lambda record: record.position)
         for listener in list(self._listeners):
             listener(records)
 

@@ -16,6 +16,7 @@ from concierge.database import service_engine
 from concierge.projection import ReadModel, Rows
 from concierge.runtime import dispatcher
 from concierge.subscription import Subscription
+from tests.support.harness import FakeLog
 from tests.support.toy import CountersView, counters
 
 names_metadata = MetaData()
@@ -46,23 +47,13 @@ def ledger_events(stream: str, increments: int) -> list[dict[str, Any]]:
     return events
 
 
-class Log:
-    def __init__(self, events: list[dict[str, Any]]) -> None:
-        self.events = events
-        self.reads = 0
-
-    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
-        self.reads += 1
-        return [e for e in self.events if e["position"] > after][:limit]
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def settings(request: pytest.FixtureRequest, data_dir: Path, schema_prefix: str) -> Settings:
     database = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
     return Settings(data_dir=data_dir, database_url=database, schema_prefix=schema_prefix)
 
 
-def wire(settings: Settings, log: Log) -> tuple[Any, list[Subscription], list[int]]:
+def wire(settings: Settings, log: FakeLog) -> tuple[Any, list[Subscription], list[int]]:
     engine = service_engine("tally", settings)
     subs = []
     for model in (CountersView(), NamesView()):
@@ -83,7 +74,7 @@ def view(engine: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
 def test_a_run_that_follows_on_goes_to_every_model_in_one_transaction(
         settings: Settings) -> None:
     stream = str(uuid.uuid4())
-    log = Log(ledger_events(stream, 3))
+    log = FakeLog(ledger_events(stream, 3))
     engine, subs, commits = wire(settings, log)
     handle = dispatcher(subs)
     try:
@@ -105,7 +96,7 @@ def test_a_run_that_follows_on_goes_to_every_model_in_one_transaction(
 def test_a_gap_or_a_model_moved_elsewhere_falls_back_to_one_model_at_a_time(
         settings: Settings) -> None:
     stream = str(uuid.uuid4())
-    log = Log(ledger_events(stream, 4))
+    log = FakeLog(ledger_events(stream, 4))
     engine, subs, _ = wire(settings, log)
     handle = dispatcher(subs)
     try:

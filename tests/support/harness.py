@@ -100,3 +100,15 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float 
     if last:
         raise last
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+class FakeLog:
+    """A source's log as a subscription's `read_log` sees it, from a list; counts the reads."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.reads = 0
+
+    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        self.reads += 1
+        return [e for e in self.events if e["position"] > after][:limit]

@@ -7,21 +7,12 @@ from typing import Any
 import pytest
 
 from concierge.subscription import Subscription
+from tests.support.harness import FakeLog
 
 
 def env(position: int, type_: str = "Added", amount: int = 1) -> dict[str, Any]:
     return {"position": position, "type": type_, "source": "src", "data": {"amount": amount},
             "event_id": f"e{position}"}
-
-
-class FakeLog:
-    def __init__(self, events: list[dict[str, Any]]) -> None:
-        self.events = events
-        self.reads = 0
-
-    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
-        self.reads += 1
-        return [e for e in self.events if e["position"] > after][:limit]
 
 
 class FakeHandler:
