@@ -19,6 +19,7 @@ from eventsourcing.domain import Aggregate as _Aggregate
 
 _ATOMIC = (str, int, float, bool, type(None), bytes, uuid.UUID, dt.datetime, dt.date,
            dt.time, dt.timedelta, decimal.Decimal, frozenset)
+_ATOMIC_TYPES = frozenset(_ATOMIC)
 
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:
@@ -26,6 +27,9 @@ def _copied(value: Any, memo: dict[int, Any]) -> Any:
         return value
     kind = type(value)
     if kind is dict:
+        # A building's apartment numbers: thousands of scalars, copied without a call each.
+        if all(type(v) in _ATOMIC_TYPES for v in value.values()):
+            return dict(value)
         return {k: _copied(v, memo) for k, v in value.items()}
     if kind is list:
         return [_copied(v, memo) for v in value]

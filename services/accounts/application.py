@@ -202,6 +202,20 @@ class AccountsApplication(ServiceApplication):
                       kind, apartment_id, envelope.get("position"), exc.detail, exc.errors)
         return []
 
+    def lookups(self, envelopes: list[Mapping[str, Any]]) -> list[UUID]:
+        """The master accounts `on_topology_event` will look for in these events, checked in
+        one query for a whole batch: a new resident's account has no events yet, and each
+        such miss would otherwise cost a query of its own."""
+        ids = []
+        for envelope in envelopes:
+            if envelope.get("type") not in TOPOLOGY_EVENTS:
+                continue
+            try:
+                ids.append(MasterAccount.id_for_apartment(envelope["stream_id"]))
+            except (Invalid, KeyError):
+                continue  # the policy itself reports a malformed event
+        return ids
+
     def _resident_added(self, apartment_id: str, data: Mapping[str, Any]) -> list[Any]:
         if self._master_account(apartment_id) is not None:
             return []

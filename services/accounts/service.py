@@ -59,7 +59,8 @@ def bootstrap(settings: Settings) -> Wiring:
 def wire(app: AccountsApplication, engine: Engine, settings: Settings) -> Wiring:
     """Read models, the topology policy and the bootstrap distributor around an application."""
     app.views = AccountsViews(engine)
-    policy = ProcessHandler("accounts", app, set(TOPOLOGY_EVENTS), app.on_topology_event)
+    policy = ProcessHandler("accounts", app, set(TOPOLOGY_EVENTS), app.on_topology_event,
+                            lookups=app.lookups)
     wiring = assemble(Wiring(
         "accounts", settings, app, engine,
         read_models=read_models(app),

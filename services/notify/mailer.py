@@ -362,19 +362,25 @@ class Mailer:
         self.refresh()  # the emails view follows the store; bring it up to date first
         attempted = 0
         delivered: list[tuple[Email, datetime]] = []
+        due = self.app.pending(self.clock(), self.batch_size)
+        emails = self.app.get_many(due)  # one query for the pass, not one per email
         try:
-            for email_id in self.app.pending(self.clock(), self.batch_size):
+            for email_id in due:
                 if not self.running:
                     break
-                attempted += self._deliver(email_id, delivered)
+                email = emails.get(email_id)
+                if not isinstance(email, Email):  # not a stored email: the view is wrong
+                    log.error("the emails view lists %s, which the store does not hold as an "
+                              "email", email_id)
+                    continue
+                attempted += self._deliver(email, delivered)
                 if len(delivered) >= self.record_every:
                     self._record_sent(delivered)
         finally:
             self._record_sent(delivered)
         return attempted
 
-    def _deliver(self, email_id: UUID, delivered: list[tuple[Email, datetime]]) -> int:
-        email = self.app.email(email_id)
+    def _deliver(self, email: Email, delivered: list[tuple[Email, datetime]]) -> int:
         if not email.is_due(self.clock()):  # the view lagged behind the store
             return 0
         try:

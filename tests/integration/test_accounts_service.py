@@ -100,7 +100,7 @@ class Stack:
 
     def subscribe(self) -> Subscription:
         handler = ProcessHandler("accounts", self.accounts, set(TOPOLOGY_EVENTS),
-                                 self.accounts.on_topology_event)
+                                 self.accounts.on_topology_event, lookups=self.accounts.lookups)
         return Subscription("topology", handler, self.read_topology)
 
     def published(self, after: int = 0) -> list[Envelope]:
@@ -161,6 +161,24 @@ def test_a_second_resident_added_for_the_same_apartment_changes_nothing(stack: S
     stack.deliver_all()
 
     assert stack.accounts.on_topology_event(added) == []
+
+
+def test_a_batch_looks_its_master_accounts_up_together(stack: Stack) -> None:
+    first = stack.topology.add_apartment(INSTALLER, "101", RESIDENT)
+    second = stack.topology.add_apartment(INSTALLER, "102", RESIDENT)
+    published = stack.published()
+    malformed = {**published[0], "type": "ResidentAdded", "stream_id": "not-a-uuid"}
+    other = {**published[0], "type": "BuildingAdded"}
+
+    assert stack.accounts.lookups([*published, malformed, other]) == [
+        MasterAccount.id_for_apartment(e["stream_id"]) for e in published
+        if e["type"] in TOPOLOGY_EVENTS]
+    assert MasterAccount.id_for_apartment(first) in stack.accounts.lookups(published)
+
+    stack.subscription.deliver_many(published)  # one unit, the lookups checked first
+
+    assert stack.accounts_events() == ["MasterAccountCreated", "MasterAccountCreated"]
+    assert stack.master_account(second).apartment_id == UUID(second)
 
 
 def test_a_lost_delivery_is_read_from_topology_log(stack: Stack) -> None:

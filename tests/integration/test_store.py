@@ -135,3 +135,24 @@ def test_a_failing_unit_records_nothing(app: LedgerApp) -> None:
     assert app.max_position() == 1
     assert app.tracked_position("topology") == 0
     assert app.repository.get(counter.id).value == 0
+
+
+def test_many_aggregates_are_read_as_the_repository_reads_them_one_by_one(
+        app: LedgerApp) -> None:
+    gate, lift = Counter("gate"), Counter("lift")
+    gate.increment(2)
+    app.record(gate, lift)
+    lift.increment(5)
+    lift.increment(1)
+    app.record(lift)
+    missing = Counter("never saved").id
+
+    found = app.get_many([gate.id, lift.id, missing])
+
+    assert set(found) == {gate.id, lift.id}
+    for counter_id, counter in found.items():
+        alone = app.repository.get(counter_id)
+        assert (counter.name, counter.value, counter.version) == (
+            alone.name, alone.value, alone.version)
+    assert found[lift.id].value == 6 and found[lift.id].version == 3
+    assert app.get_many([]) == {}
