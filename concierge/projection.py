@@ -116,8 +116,11 @@ class Rows:
             groups.setdefault((table.fullname, kind, columns), (table, []))[1].append(params)
         self._dirty.clear()
         for (_name, kind, columns), (table, batch) in groups.items():
-            if kind == _ROW and len(batch) > 1 and self.conn.dialect.name == "postgresql":
-                _upsert_many_values(self.conn, table, columns, batch)
+            if len(batch) > 1 and self.conn.dialect.name == "postgresql":
+                if kind == _ROW:
+                    _upsert_many_values(self.conn, table, columns, batch)
+                else:
+                    _change_many_values(self.conn, table, kind, columns, batch)
                 continue
             if kind == _ROW:
                 statement = _compiled_upsert(self.conn, table, columns)
@@ -259,6 +262,44 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
 
 
 _UNNEST_UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+
+
+def _change_many_values(conn: Connection, table: Table, kind: str, columns: tuple[str, ...],
+                        batch: list[dict[str, Any]]) -> None:
+    """Many rows' patches (or deletions) in one statement, joined by key to `unnest`ed arrays:
+    executemany sent one statement per row (the mailer's deliveries, a statement each)."""
+    keys = [c.name for c in table.primary_key.columns]
+    cache_key = (table.fullname, kind, columns)
+    sql = _UNNEST_CHANGES.get(cache_key)
+    if sql is None:
+        quote = conn.dialect.identifier_preparer.quote
+        names = [f"k_{k}" for k in keys] + [f"v_{c}" for c in columns]
+        types = [table.c[k].type for k in keys] + [table.c[c].type for c in columns]
+        arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
+        aliases = ", ".join(f"c{i}" for i in range(len(names)))
+        given = f"unnest({arrays}) AS given({aliases})"
+        match = " AND ".join(f"{quote(table.name)}.{quote(k)} = given.c{i}"
+                             for i, k in enumerate(keys))
+        if kind == _ABSENT:
+            sql = f"DELETE FROM {quote(table.name)} USING {given} WHERE {match}"
+        else:
+            changes = ", ".join(f"{quote(c)} = given.c{len(keys) + i}"
+                                for i, c in enumerate(columns))
+            sql = f"UPDATE {quote(table.name)} SET {changes} FROM {given} WHERE {match}"
+        _UNNEST_CHANGES[cache_key] = sql
+    values = []
+    for prefix, names in (("k_", keys), ("v_", columns)):
+        for name in names:
+            process = table.c[name].type.bind_processor(conn.dialect)
+            cells = [row.get(f"{prefix}{name}") for row in batch]
+            if process is not None:
+                cells = [process(v) if v is not None else v for v in cells]
+            values.append(cells)
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(sql, tuple(values), binary=True)
+
+
+_UNNEST_CHANGES: dict[tuple[str, str, tuple[str, ...]], str] = {}
 
 
 ProjectFn = Callable[[Rows, dict[str, Any]], None]

@@ -299,17 +299,24 @@ class ProcessHandler:
 
     def apply(self, envelope: Envelope) -> bool:
         source, position = envelope["source"], int(envelope["position"])
-        with context.acting(self._context(envelope)), self.app.serialised():
-            # No read of the tracked position first: the subscription only hands over events
-            # past it, and a replica that applied this one meanwhile makes the tracking insert
-            # fail below, which is then told apart from a real conflict.
-            aggregates = self.policy(envelope)
-            try:
-                self.app.record(*aggregates, tracking=Tracking(source, position))
-            except IntegrityError:
-                if self.app.tracked_position(source) >= position:
-                    return False
-                raise
+        tracking = Tracking(source, position)
+        # No read of the tracked position first: the subscription only hands over events
+        # past it, and a replica that applied this one meanwhile makes the tracking insert
+        # fail below, which is then told apart from a real conflict.
+        try:
+            with self.app.serialised():
+                if self.lookups is None:
+                    with context.acting(self._context(envelope)):
+                        self.app.record(*self.policy(envelope), tracking=tracking)
+                else:  # a unit of one: what the policy looks for is checked in one query
+                    self.app.run_unit(
+                        [(context.CallContext.from_dict(self._context(envelope)),
+                          self._part(envelope))],
+                        tracking=tracking, lookups=self.lookups([envelope]))
+        except IntegrityError:
+            if self.app.tracked_position(source) >= position:
+                return False
+            raise
         return True
 
 
