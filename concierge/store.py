@@ -325,16 +325,30 @@ class ServiceApplication(Application):
             for info in recorder.datastore.psycopg_type_adapters.values():
                 if not raw.adapters.types.get(info.oid):
                     register_composite(info, raw)
+            # Pipelined, as the library's own insert is: the tracking row, the table lock and
+            # the events go out together instead of a round trip each.
+            failure: Exception | None = None
+            ids: Any = None
             try:
-                with raw.cursor(row_factory=dict_row) as curs:
-                    recorder._insert_events(curs, stored, tracking=processing_event.tracking)
-                    recorder._insert_stored_events(curs, stored)
-                    ids = recorder._fetch_ids_after_insert_events(curs, stored)
-            except psycopg.IntegrityError as exc:
-                raise IntegrityError(str(exc)) from exc
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                with raw.pipeline() as pipeline:
+                    with raw.cursor(row_factory=dict_row) as curs:
+                        recorder._insert_events(curs, stored, tracking=processing_event.tracking)
+                    with raw.cursor(row_factory=dict_row) as curs:
+                        try:
+                            recorder._insert_stored_events(curs, stored)
+                            pipeline.sync()  # a conflict is raised here, not at the commit
+                            ids = recorder._fetch_ids_after_insert_events(curs, stored)
+                        except Exception as exc:  # re-raised once the pipeline has ended
+                            failure = exc
+            except Exception as exc:  # the tracking row refused, or the pipeline's own end
+                failure = failure or exc
+            if isinstance(failure, psycopg.IntegrityError):
+                raise IntegrityError(str(failure)) from failure
+            if isinstance(failure, psycopg.OperationalError | psycopg.InterfaceError):
                 conn.invalidate()
-                raise OperationalError(str(exc)) from exc
+                raise OperationalError(str(failure)) from failure
+            if failure is not None:
+                raise failure
             recordings = [
                 Recording(event, Notification(id=nid, originator_id=s.originator_id,
                                               originator_version=s.originator_version,

@@ -9,13 +9,13 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Tracking
 from sqlalchemy import event, select
 
 from concierge.config import Settings
 from concierge.runtime import Wiring, assemble, open_store
 from tests.integration.test_deliver_together import NamesView, names
-from tests.support.toy import CountersView, LedgerApp, counters
+from tests.support.toy import Counter, CountersView, LedgerApp, counters
 
 
 class FragileNames(NamesView):
@@ -124,4 +124,25 @@ def test_a_conflict_at_commit_projects_nothing(settings: Settings) -> None:
         assert [sub.position for sub in other.local] == [2, 2]
     finally:
         other.close()
+        wiring.close()
+
+
+def test_an_event_tracked_before_is_refused_with_nothing_recorded_or_projected(
+        settings: Settings) -> None:
+    """A policy's unit carries the source's position: one already recorded (a replica applied
+    the same event) refuses the whole commit, events and projection alike."""
+    wiring = ledger(settings)
+    app: Any = wiring.app
+    try:
+        app.record(Counter("lobby"), tracking=Tracking("topology", 3))
+        with pytest.raises(IntegrityError):
+            app.record(Counter("again"), tracking=Tracking("topology", 3))
+        app.record(Counter("later"), tracking=Tracking("topology", 4))
+
+        assert [r.state["name"] for r in app.read(0)] == ["lobby", "later"]
+        assert app.tracked_position("topology") == 4
+        counted, named = view(wiring)
+        assert (sorted(counted), sorted(named)) == ([("later", 0), ("lobby", 0)],
+                                                    [("later",), ("lobby",)])
+    finally:
         wiring.close()
