@@ -3,6 +3,10 @@
 eventsourcing's recorder sends `NOTIFY` with every insert for its LISTEN-based subscriptions;
 nothing here listens (subscribers learn of new events from the bus and read the log), so that
 statement is dropped from every command's transaction.
+
+It also sends the events' array in binary: the library's `%s` makes psycopg dump the array of
+(id, version, topic, state) rows as text, escaping every byte of every state, which cost more
+than the rest of a command's insert (measured: 94 us against 12 us for three 1 kB events).
 """
 
 from __future__ import annotations
@@ -10,8 +14,27 @@ from __future__ import annotations
 from typing import Any
 
 from eventsourcing.postgres import PostgresProcessRecorder
+from psycopg.sql import SQL
 
 
 class QuietProcessRecorder(PostgresProcessRecorder):
+    _binary_insert: Any = None
+
     def _notify_channel(self, curs: Any) -> None:
         return None
+
+    def _insert_stored_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
+        """The library's insert (table lock, then the events), the array sent in binary."""
+        self._lock_table(curs)
+        rows = [self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic,
+                                               s.state)
+                for s in stored_events]
+        curs.execute(self._insert_in_binary(curs), (rows,))
+
+    def _insert_in_binary(self, curs: Any) -> Any:
+        if self._binary_insert is None:
+            text = self.insert_events_statement.as_string(curs)
+            if text.count("%s") != 1:
+                raise RuntimeError(f"unexpected eventsourcing insert statement: {text}")
+            self._binary_insert = SQL(text.replace("%s", "%b"))  # type: ignore[arg-type]
+        return self._binary_insert

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import sys
 import threading
@@ -32,7 +33,13 @@ from nameko.constants import (
     LOGIN_METHOD_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY,
 )
-from nameko.exceptions import RemoteError, UnserializableValueError, registry, serialize
+from nameko.exceptions import (
+    IncorrectSignature,
+    RemoteError,
+    UnserializableValueError,
+    registry,
+    serialize,
+)
 
 from concierge import context
 from concierge.bus import CONNECTION_ERRORS
@@ -280,3 +287,16 @@ class AtMostOnceRpc(nameko_rpc.Rpc):
     """nameko's RPC entrypoint with the at-most-once consumer."""
 
     rpc_consumer = AtMostOnceRpcConsumer()
+
+    def check_signature(self, args: Any, kwargs: Any) -> None:
+        """nameko's check, on a signature read once: `inspect.getcallargs` re-reads the
+        method's on every request. Same rule (the method as declared, wrappers included)."""
+        signature = self.__dict__.get("_signature")
+        if signature is None:
+            method = getattr(self.container.service_cls, self.method_name)
+            signature = self.__dict__["_signature"] = inspect.signature(
+                method, follow_wrapped=False)
+        try:
+            signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise IncorrectSignature(str(exc)) from None

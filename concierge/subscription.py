@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
-from sqlalchemy import and_, select, text
+from sqlalchemy import and_, bindparam, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from concierge import context, green
@@ -397,13 +397,11 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
     with contextlib.ExitStack() as held:
         for handler in handlers:
             held.enter_context(_model_lock(handler.engine, handler.name))
+        statements = _together_statements(tuple(names))
         if conn.dialect.name == "postgresql":
-            keys = {f"k{i}": advisory_key(name) for i, name in enumerate(names)}
-            conn.execute(text("SELECT " + ", ".join(f"pg_advisory_xact_lock(:{k})" for k in keys)),
-                         keys)
+            conn.execute(statements.lock)
         pt = projection_tracking
-        tracked = dict(conn.execute(select(pt.c.projection, pt.c.position).where(
-            and_(pt.c.projection.in_(names), pt.c.source == source))).tuples().all())
+        tracked = dict(conn.execute(statements.positions, {"of_source": source}).tuples().all())
         if any(int(tracked.get(name, 0)) != first - 1 for name in names):
             return False
         rows = Rows(conn)
@@ -413,15 +411,40 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
                 if project is not None:
                     project(rows, envelope)
         rows.flush()
-        known = [name for name in names if name in tracked]
-        if known:
-            conn.execute(pt.update().where(and_(pt.c.projection.in_(known),
-                                                pt.c.source == source)).values(position=last))
-        fresh = [{"projection": n, "source": source, "position": last}
-                 for n in names if n not in tracked]
-        if fresh:
-            conn.execute(pt.insert(), fresh)
+        if len(tracked) == len(names):
+            conn.execute(statements.move, {"of_source": source, "to_position": last})
+        else:
+            known = [name for name in names if name in tracked]
+            if known:
+                conn.execute(pt.update().where(and_(pt.c.projection.in_(known),
+                                                    pt.c.source == source)).values(position=last))
+            conn.execute(pt.insert(), [{"projection": n, "source": source, "position": last}
+                                       for n in names if n not in tracked])
     return True
+
+
+class _Together:
+    """The statements `apply_together` runs for one set of read models, built once: SQLAlchemy
+    otherwise rebuilds and re-keys them on every commit."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        pt = projection_tracking
+        keys = {f"k{i}": advisory_key(name) for i, name in enumerate(names)}
+        self.lock = text("SELECT " + ", ".join(f"pg_advisory_xact_lock(:{k})" for k in keys)
+                         ).bindparams(**keys)
+        mine = and_(pt.c.projection.in_(names), pt.c.source == bindparam("of_source"))
+        self.positions = select(pt.c.projection, pt.c.position).where(mine)
+        self.move = pt.update().where(mine).values(position=bindparam("to_position"))
+
+
+_TOGETHER: dict[tuple[str, ...], _Together] = {}
+
+
+def _together_statements(names: tuple[str, ...]) -> _Together:
+    found = _TOGETHER.get(names)
+    if found is None:
+        found = _TOGETHER[names] = _Together(names)
+    return found
 
 
 def _tracked(conn: Connection, projection: str, source: str) -> int:

@@ -1,7 +1,7 @@
 """RPC replies over RabbitMQ go out on one long-lived channel per process (concierge.rpc).
 
-A real nameko container answers a real standalone proxy: results, contract errors and a
-result that cannot be serialised arrive as nameko's own publisher would send them, replies to
+A real nameko container answers a real standalone proxy: results, contract errors, calls with
+the wrong arguments and a result that cannot be serialised arrive as nameko's own publisher would send them, replies to
 concurrent callers each reach their caller, and a reply channel whose connection broke is
 replaced on the next reply.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from nameko.containers import ServiceContainer
-from nameko.exceptions import RemoteError
+from nameko.exceptions import IncorrectSignature, RemoteError
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from concierge.rpc import ReplyChannel, rpc
@@ -67,6 +67,11 @@ def test_results_and_errors_reach_the_caller(echo: Any) -> None:
     with pytest.raises(RemoteError) as failed:
         echo.unserialisable()
     assert failed.value.exc_type == "UnserializableValueError"
+    for wrong in ((), (1, 2)):  # the signature is checked before any work
+        with pytest.raises(IncorrectSignature):
+            echo.echo(*wrong)
+    with pytest.raises(IncorrectSignature):
+        echo.echo(other=1)
 
 
 def test_concurrent_calls_each_get_their_own_reply(echo: Any) -> None:

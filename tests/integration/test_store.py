@@ -156,3 +156,20 @@ def test_many_aggregates_are_read_as_the_repository_reads_them_one_by_one(
             alone.name, alone.value, alone.version)
     assert found[lift.id].value == 6 and found[lift.id].version == 3
     assert app.get_many([]) == {}
+
+
+def test_stored_states_come_back_byte_for_byte(app: LedgerApp) -> None:
+    """On PostgreSQL the events' array goes in binary (concierge.pgrecorder): what is read back
+    decodes to what was recorded, whatever the text holds."""
+    awkward = 'é \\ \' " {a,b} NULL \t\n 中文 \x7f ' + "x" * 5000
+    counter = Counter(awkward)
+    counter.increment(3)
+    app.record(counter)
+
+    stored = app.recorder.select_events(counter.id)
+    assert [s.originator_version for s in stored] == [1, 2]
+    for one in stored:  # the bytes are the mapper's own encoding of what they decode to
+        again = app.mapper.to_stored_event(app.mapper.to_domain_event(one))
+        assert (again.topic, again.state) == (one.topic, one.state)
+    found = app.repository.get(counter.id)
+    assert (found.name, found.value) == (awkward, 3)
