@@ -1,9 +1,9 @@
 """RPC replies over RabbitMQ go out on one long-lived channel per process (concierge.rpc).
 
 A real nameko container answers a real standalone proxy: results, contract errors, calls with
-the wrong arguments and a result that cannot be serialised arrive as nameko's own publisher would send them, replies to
-concurrent callers each reach their caller, and a reply channel whose connection broke is
-replaced on the next reply.
+the wrong arguments and a result that cannot be serialised arrive as nameko's own publisher
+would send them; replies to concurrent callers each reach their caller; and a reply channel
+whose connection broke is replaced on the next reply.
 """
 
 from __future__ import annotations
