@@ -26,6 +26,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 from marshmallow import ValidationError
 from nameko import rpc as nameko_rpc
+from nameko.amqp.publish import UndeliverableMessage
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
@@ -247,6 +248,115 @@ class ReplyChannel:
         if conn is not None:
             with contextlib.suppress(Exception):  # already broken: nothing to release
                 conn.release()
+
+
+class _ConfirmChannel:
+    """One connection and confirm-mode channel, used by one caller at a time."""
+
+    def __init__(self, amqp_uri: str, ssl: Any, login_method: Any) -> None:
+        self.conn = kombu.Connection(amqp_uri, heartbeat=0, ssl=ssl, login_method=login_method)
+        self.conn.connect()
+        self.channel = self.conn.channel()
+        self.channel.confirm_select()
+        self.returned: BaseException | None = None
+        self.channel.events["basic_return"].add(self._on_return)
+
+    def _on_return(self, exc: BaseException, *_: Any) -> None:
+        # Without a handler py-amqp raises while reading the return, and the broker's ack that
+        # follows it is left unread, to be taken for the next message's.
+        self.returned = exc
+
+    def publish(self, message: amqp.Message, exchange: str, routing_key: str) -> None:
+        self.returned = None
+        self.channel.basic_publish_confirm(message, exchange=exchange, routing_key=routing_key,
+                                           mandatory=True)
+        if self.returned is not None:
+            raise UndeliverableMessage(str(self.returned))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # already broken: nothing to release
+            self.conn.release()
+
+
+class RequestPublisher:
+    """Publishes RPC requests as nameko's proxy does (persistent, mandatory, confirmed, so an
+    unknown service is an immediate UnknownService), on long-lived channels.
+
+    nameko's publisher builds a kombu connection object, takes a pooled producer and goes through
+    its retrying publish for every request: a fifth of the gateway's CPU. Channels here are kept
+    per process and broker; each serves one request at a time, and one that failed or was
+    interrupted mid-confirm is closed rather than reused.
+    """
+
+    _idle: ClassVar[dict[tuple[str, str, Any], list[_ConfirmChannel]]] = {}
+
+    def __init__(self, amqp_uri: str, serializer: str | None = None, ssl: Any = None,
+                 login_method: Any = None, **options: Any) -> None:
+        self.amqp_uri = amqp_uri
+        self.serializer = serializer or DEFAULT_SERIALIZER
+        self.ssl = ssl
+        self.login_method = login_method
+        self.key = (amqp_uri, repr(ssl), login_method)
+
+    def publish(self, payload: Any, exchange: Any = None, routing_key: str = "",
+                mandatory: bool = True, reply_to: str | None = None,
+                correlation_id: str | None = None,
+                extra_headers: dict[str, Any] | None = None) -> None:
+        content_type, encoding, body = kombu.serialization.dumps(payload, self.serializer)
+        message = amqp.Message(
+            body if isinstance(body, bytes) else body.encode(encoding or "utf-8"),
+            content_type=content_type, content_encoding=encoding, delivery_mode=2,
+            priority=0, reply_to=reply_to, correlation_id=correlation_id,
+            application_headers=dict(extra_headers or {}))
+        name = getattr(exchange, "name", exchange) or ""
+        idle = self._idle.setdefault(self.key, [])
+        for attempt in range(2):
+            channel = idle.pop() if idle else None
+            fresh = channel is None
+            try:
+                if channel is None:
+                    channel = _ConfirmChannel(self.amqp_uri, self.ssl, self.login_method)
+                channel.publish(message, name, routing_key)
+            except UndeliverableMessage:
+                idle.append(channel)  # type: ignore[arg-type]  # confirmed: still in step
+                raise
+            except CONNECTION_ERRORS:
+                if channel is not None:
+                    channel.close()
+                if fresh or attempt:  # a new connection failed too: the broker is away
+                    raise
+                # An idle connection the broker dropped (a restart drops them all): forget
+                # every idle one and try once more on a new connection.
+                while idle:
+                    idle.pop().close()
+                continue
+            except BaseException:
+                if channel is not None:  # a deadline mid-confirm: its ack is still to come
+                    channel.close()
+                raise
+            idle.append(channel)
+            return
+
+
+class ServiceProxy(nameko_rpc.ServiceProxy):
+    def __getattr__(self, name: str) -> Any:
+        return MethodProxy(self.worker_ctx, self.service_name, name, self.reply_listener,
+                           **self.options)
+
+
+class MethodProxy(nameko_rpc.MethodProxy):
+    publisher_cls = RequestPublisher
+
+
+class RpcProxy(nameko_rpc.RpcProxy):
+    """nameko's RpcProxy, publishing its requests with `RequestPublisher` (over RabbitMQ; the
+    embedded transport keeps nameko's publisher)."""
+
+    def get_dependency(self, worker_ctx: Any) -> Any:
+        if self.container.config[AMQP_URI_CONFIG_KEY].startswith(SCHEME):
+            return super().get_dependency(worker_ctx)
+        return ServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener,
+                            **self.options)
 
 
 class Responder(nameko_rpc.Responder):

@@ -12,8 +12,8 @@ from functools import cache
 from typing import Any
 
 from nameko.dependency_providers import Config
-from nameko.rpc import RpcProxy
 
+from concierge.rpc import RpcProxy
 from contracts.accounts import InstallerCreate, LoginRequest, LoginResponse
 from contracts.errors import Unauthorized
 from contracts.topology import (

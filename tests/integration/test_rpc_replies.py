@@ -1,13 +1,16 @@
-"""RPC replies over RabbitMQ go out on one long-lived channel per process (concierge.rpc).
+"""RPC over RabbitMQ on long-lived channels (concierge.rpc): replies on one per process,
+requests (the gateway's RpcProxy) on a few pooled confirm channels.
 
 A real nameko container answers a real standalone proxy: results, contract errors, calls with
 the wrong arguments and a result that cannot be serialised arrive as nameko's own publisher
 would send them; replies to concurrent callers each reach their caller; and a reply channel
-whose connection broke is replaced on the next reply.
+whose connection broke is replaced on the next reply. A request to a service nobody runs is
+refused at once (UnknownService) and leaves its channel fit for the next request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -15,10 +18,10 @@ from typing import Any
 
 import pytest
 from nameko.containers import ServiceContainer
-from nameko.exceptions import IncorrectSignature, RemoteError
+from nameko.exceptions import IncorrectSignature, RemoteError, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from concierge.rpc import ReplyChannel, rpc
+from concierge.rpc import ReplyChannel, RequestPublisher, RpcProxy, rpc
 from contracts.errors import NotFound
 
 
@@ -42,16 +45,56 @@ class Echo:
         return object()
 
 
-@pytest.fixture
-def echo(rabbit_uri: str) -> Iterator[Any]:
+class Caller:
+    """Calls Echo through concierge's RpcProxy, as the gateway calls the services."""
+
+    name = f"caller_{uuid.uuid4().hex[:8]}"
+    echo = RpcProxy(Echo.name)
+    ghost = RpcProxy(f"ghost_{uuid.uuid4().hex[:8]}")  # a service nobody runs
+
+    @rpc
+    def relay(self, value: Any) -> Any:
+        return self.echo.echo(value)
+
+    @rpc
+    def refused(self) -> str:
+        return self.echo.missing()  # type: ignore[no-any-return]
+
+    @rpc
+    def call_ghost(self) -> str:
+        try:
+            self.ghost.anything()
+        except UnknownService as exc:
+            return f"unknown: {exc}"
+        return "answered"
+
+
+@contextlib.contextmanager
+def running(rabbit_uri: str, *services: type) -> Iterator[Any]:
     config = {"AMQP_URI": rabbit_uri}
-    container = ServiceContainer(Echo, config)
-    container.start()
+    containers = [ServiceContainer(cls, config) for cls in services]
+    for container in containers:
+        container.start()
     try:
         with ClusterRpcProxy(config, timeout=10) as proxy:
-            yield getattr(proxy, Echo.name)
+            yield proxy
     finally:
-        container.stop()
+        for container in reversed(containers):
+            container.stop()
+
+
+@pytest.fixture
+def echo(rabbit_uri: str) -> Iterator[Any]:
+    with running(rabbit_uri, Echo) as proxy:
+        yield getattr(proxy, Echo.name)
+
+
+@pytest.fixture
+def platform(rabbit_uri: str) -> Iterator[Any]:
+    """Echo and a caller of it (whose proxy's reply listener takes nameko a few seconds to
+    stop)."""
+    with running(rabbit_uri, Echo, Caller) as proxy:
+        yield proxy
 
 
 def test_results_and_errors_reach_the_caller(echo: Any) -> None:
@@ -89,3 +132,31 @@ def test_a_broken_reply_connection_is_replaced(echo: Any, rabbit_uri: str) -> No
 
     assert echo.echo(2) == 2
     assert channel.connects == before + 1
+
+
+def test_requests_go_out_on_pooled_channels_and_an_unknown_service_is_refused_at_once(
+        platform: Any, rabbit_uri: str) -> None:
+    caller = getattr(platform, Caller.name)
+    assert caller.relay({"apt": "101"}) == {"apt": "101"}
+    with pytest.raises(NotFound):  # a contract error comes back through both hops
+        caller.refused()
+
+    assert caller.call_ghost().startswith("unknown:")
+    for n in range(5):  # the refused request's confirm was taken: each answer is its own
+        assert caller.relay(n) == n
+    assert caller.call_ghost().startswith("unknown:")
+
+    calls = [caller.relay.call_async(n) for n in range(100)]  # many requests in flight
+    assert [call.result() for call in calls] == list(range(100))
+
+
+def test_a_pooled_request_channel_the_broker_dropped_is_replaced(
+        platform: Any, rabbit_uri: str) -> None:
+    caller = getattr(platform, Caller.name)
+    assert caller.relay(1) == 1
+    idle = RequestPublisher._idle[(rabbit_uri, repr(None), None)]
+    assert idle
+    for channel in idle:
+        channel.conn.connection.sock.close()  # every idle connection dropped
+
+    assert caller.relay(2) == 2
