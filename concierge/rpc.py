@@ -279,8 +279,14 @@ class _ConfirmChannel:
 
 
 class RequestPublisher:
-    """Publishes RPC requests as nameko's proxy does (persistent, mandatory, confirmed, so an
-    unknown service is an immediate UnknownService), on long-lived channels.
+    """Publishes RPC requests as nameko's proxy does (mandatory and confirmed, so an unknown
+    service is an immediate UnknownService), on long-lived channels.
+
+    Requests are transient, where nameko makes them persistent. Kept across a broker restart,
+    a request would run its command after its caller had been answered 504 or 500 (the
+    caller's reply queue does not survive the restart), and a request is acked when it
+    arrives (`AtMostOnceRpcConsumer`), so persistence never made one run more reliably; it
+    only cost the broker a write for each.
 
     nameko's publisher builds a kombu connection object, takes a pooled producer and goes through
     its retrying publish for every request: a fifth of the gateway's CPU. Channels here are kept
@@ -305,7 +311,7 @@ class RequestPublisher:
         content_type, encoding, body = kombu.serialization.dumps(payload, self.serializer)
         message = amqp.Message(
             body if isinstance(body, bytes) else body.encode(encoding or "utf-8"),
-            content_type=content_type, content_encoding=encoding, delivery_mode=2,
+            content_type=content_type, content_encoding=encoding, delivery_mode=1,
             priority=0, reply_to=reply_to, correlation_id=correlation_id,
             application_headers=dict(extra_headers or {}))
         name = getattr(exchange, "name", exchange) or ""
