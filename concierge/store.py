@@ -417,23 +417,14 @@ class ServiceApplication(Application):
     def absent_streams(self, ids: Sequence[UUID]) -> set[UUID]:
         """Which of `ids` have no events, in one query (PostgreSQL; elsewhere none is known,
         and each lookup asks the store itself)."""
-        datastore = getattr(self.recorder, "datastore", None)
-        if not ids or datastore is None or not hasattr(datastore, "schema"):
+        if not ids:
             return set()
-        from psycopg import sql
-        from psycopg.rows import tuple_row
-
-        statement = self.__dict__.get("_pg_exists_statement")
-        if statement is None:
-            statement = sql.SQL(
-                "SELECT DISTINCT originator_id FROM {}.{} WHERE originator_id = ANY(%s)"
-            ).format(sql.Identifier(datastore.schema),
-                     sql.Identifier(self.recorder.events_table_name))
-            self.__dict__["_pg_exists_statement"] = statement
-        with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (list(ids),), prepare=True)
-            present = {UUID(str(row[0])) for row in curs.fetchall()}
-        return set(ids) - present
+        rows = self._postgres_rows(
+            "exists", "SELECT DISTINCT originator_id FROM {events} WHERE originator_id = ANY(%s)",
+            (list(ids),))
+        if rows is None:
+            return set()
+        return set(ids) - {UUID(str(row[0])) for row in rows}
 
     def get_many(self, ids: Sequence[UUID]) -> dict[UUID, Any]:
         """The aggregates with these ids, as stored now, reconstructed from one query on
@@ -442,33 +433,22 @@ class ServiceApplication(Application):
         For a pass over many aggregates at once (the mailer's due emails): the repository asks
         once per aggregate. These are fresh objects, not the repository's cached ones.
         """
-        datastore = getattr(self.recorder, "datastore", None)
         if not ids:
             return {}
-        if datastore is None or not hasattr(datastore, "schema"):
+        rows = self._postgres_rows(
+            "many", "SELECT originator_id, originator_version, topic, state FROM {events} "
+            "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version",
+            (list(ids),))
+        if rows is None:
             found = {}
             for aggregate_id in ids:
                 with contextlib.suppress(AggregateNotFoundError):
                     found[aggregate_id] = self.repository.get(aggregate_id)
             return found
-        from psycopg import sql
-        from psycopg.rows import tuple_row
-
-        statement = self.__dict__.get("_pg_many_statement")
-        if statement is None:
-            statement = sql.SQL(
-                "SELECT originator_id, originator_version, topic, state FROM {}.{} "
-                "WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
-            ).format(sql.Identifier(datastore.schema),
-                     sql.Identifier(self.recorder.events_table_name))
-            self.__dict__["_pg_many_statement"] = statement
-        with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (list(ids),), prepare=True)
-            rows = curs.fetchall()
         events: dict[UUID, list[Any]] = {}
         for row in rows:
             stored = StoredEvent(originator_id=row[0], originator_version=row[1], topic=row[2],
-                                 state=row[3] if type(row[3]) is bytes else bytes(row[3]))
+                                 state=_bytes(row[3]))
             events.setdefault(UUID(str(row[0])), []).append(self.mapper.to_domain_event(stored))
         found = {}
         for aggregate_id, stream in events.items():
@@ -487,32 +467,37 @@ class ServiceApplication(Application):
     def read_notifications(self, after: int = 0, limit: int = 1000) -> list[Notification]:
         """Raw log entries after `after`: callers decode only those they need."""
         limit = max(1, min(limit, self.log_section_size))
-        datastore = getattr(self.recorder, "datastore", None)
-        if datastore is not None and hasattr(datastore, "schema"):
-            return self._read_postgres(datastore, after, limit)
+        # The library's query, with plain tuple rows: its dict rows and state copies were a
+        # tenth of a rebuild's time.
+        rows = self._postgres_rows(
+            "read", "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, limit))
+        if rows is not None:
+            return [Notification(id=row[0], originator_id=row[1], originator_version=row[2],
+                                 topic=row[3], state=_bytes(row[4])) for row in rows]
         return list(self.recorder.select_notifications(start=after, limit=limit,
                                                        inclusive_of_start=False))
 
-    def _read_postgres(self, datastore: Any, after: int, limit: int) -> list[Notification]:
-        """The library's query, with plain tuple rows: its dict rows and state copies were a
-        tenth of a rebuild's time. Reads the library's own table (eventsourcing 9.5 layout)."""
+    def _postgres_rows(self, name: str, query: str, params: tuple[Any, ...]
+                       ) -> list[tuple[Any, ...]] | None:
+        """Tuple rows of a query over the library's events table, `{events}` in `query`
+        (eventsourcing 9.5 layout), composed once per `name`; None when the store is not on
+        PostgreSQL."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if datastore is None or not hasattr(datastore, "schema"):
+            return None
         from psycopg import sql
         from psycopg.rows import tuple_row
 
-        statement = self.__dict__.get("_pg_read_statement")
+        statements = self.__dict__.setdefault("_pg_statements", {})
+        statement = statements.get(name)
         if statement is None:
-            statement = sql.SQL(
-                "SELECT notification_id, originator_id, originator_version, topic, state "
-                "FROM {}.{} WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
-            ).format(sql.Identifier(datastore.schema),
-                     sql.Identifier(self.recorder.events_table_name))
-            self.__dict__["_pg_read_statement"] = statement
+            statement = statements[name] = sql.SQL(query).format(  # type: ignore[arg-type]
+                events=sql.Identifier(datastore.schema, self.recorder.events_table_name))
         with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, (after, limit), prepare=True)
-            return [Notification(id=row[0], originator_id=row[1], originator_version=row[2],
-                                 topic=row[3], state=row[4] if type(row[4]) is bytes
-                                 else bytes(row[4]))
-                    for row in curs.fetchall()]
+            curs.execute(statement, params, prepare=True)
+            return curs.fetchall()
 
     def iter_log(self, after: int = 0, batch: int = 1000) -> Iterator[StoredRecord]:
         while True:
@@ -546,3 +531,8 @@ class ServiceApplication(Application):
         protects against other processes)."""
         with self._save_lock:
             yield
+
+
+def _bytes(value: Any) -> bytes:
+    """A bytea column as bytes (psycopg may give a memoryview)."""
+    return value if type(value) is bytes else bytes(value)

@@ -65,6 +65,15 @@ def wire(settings: Settings, log: FakeLog) -> tuple[Any, list[Subscription], lis
     return engine, subs, commits
 
 
+def delivered(settings: Settings, increments: int) -> tuple[Any, ...]:
+    """A counter's stream of events in a log, the two models wired to it, and the dispatcher
+    the bus would hand deliveries to."""
+    stream = str(uuid.uuid4())
+    log = FakeLog(ledger_events(stream, increments))
+    engine, subs, commits = wire(settings, log)
+    return stream, log, engine, subs, commits, dispatcher(subs)
+
+
 def view(engine: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     with engine.connect() as conn:
         return (conn.execute(select(counters.c.name, counters.c.value)).all(),
@@ -73,10 +82,7 @@ def view(engine: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
 
 def test_a_run_that_follows_on_goes_to_every_model_in_one_transaction(
         settings: Settings) -> None:
-    stream = str(uuid.uuid4())
-    log = FakeLog(ledger_events(stream, 3))
-    engine, subs, commits = wire(settings, log)
-    handle = dispatcher(subs)
+    _, log, engine, subs, commits, handle = delivered(settings, 3)
     try:
         [sub.position for sub in subs]  # positions known before the delivery
         commits.clear()
@@ -95,10 +101,7 @@ def test_a_run_that_follows_on_goes_to_every_model_in_one_transaction(
 
 def test_a_gap_or_a_model_moved_elsewhere_falls_back_to_one_model_at_a_time(
         settings: Settings) -> None:
-    stream = str(uuid.uuid4())
-    log = FakeLog(ledger_events(stream, 4))
-    engine, subs, _ = wire(settings, log)
-    handle = dispatcher(subs)
+    stream, log, engine, subs, _, handle = delivered(settings, 4)
     try:
         handle(log.events[:1])
         handle(log.events[3:])  # positions 4 and 5 arrive before 2 and 3: read from the log
