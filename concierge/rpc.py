@@ -78,7 +78,7 @@ def as_contract_error(exc: BaseException) -> ConciergeError | None:
         return exc if type(exc) is base else base(exc.detail, exc.errors)
     if isinstance(exc, ValidationError):
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        return Invalid("Invalid input", messages)
+        return Invalid.fields(messages)
     if isinstance(exc, AggregateNotFoundError):
         return NotFound("Not found")
     if isinstance(exc, IntegrityError):

@@ -300,7 +300,7 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
             "role": role,
             "account_id": principal.get("account_id"),
         }
-    body = read_body(request, route.body) if route.body is not None else {}
+    body = read_body(request) if route.body is not None else {}
     query = read_query(request, route.query) if route.query is not None else {}
     return Call(ctx=ctx, body=body, query=query, token=token)
 
@@ -333,10 +333,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_body(request: Request, schema: type[Schema]) -> dict[str, Any]:
-    """The JSON object sent, once it passed `schema` (unknown fields are errors).
+def read_body(request: Request) -> dict[str, Any]:
+    """The JSON object sent, with text every store can keep.
 
-    The object goes on as sent; the service loads it with the same schema and fills defaults.
+    The route's schema is not loaded here: every service loads its payload with that schema
+    as its first step, before it looks anything up, and answers the same problem (422, each
+    bad field named). Loading it here too cost a tenth of the gateway's CPU per command.
     """
     raw = request.get_data(cache=False)
     try:
@@ -346,10 +348,6 @@ def read_body(request: Request, schema: type[Schema]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Malformed("The body must be a JSON object.")
     _check_text(data)
-    try:
-        load(schema, data)
-    except ValidationError as exc:
-        raise Invalid.fields(_messages(exc)) from None
     return data
 
 

@@ -26,7 +26,7 @@ from nameko.runners import ServiceRunner
 
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI
-from concierge.rpc import command
+from concierge.rpc import command, translated
 from contracts.accounts import InstallerCreate, LoginRequest
 from contracts.errors import ERROR_TYPES, Conflict, Forbidden, NotFound, Unauthorized
 from contracts.topology import (
@@ -91,6 +91,7 @@ class FakeAccounts:
     name = "accounts"
 
     @rpc
+    @translated
     def login(self, payload: dict[str, Any]) -> dict[str, Any]:
         request = LoginRequest().load(payload)
         user = STATE.users.get(request["username"])
