@@ -30,7 +30,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
 from concierge.green import DeadlineExceeded, deadline
-from concierge.rpc import as_contract_error
+from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
 from contracts.accounts import APP_STATUSES
 from contracts.errors import (
@@ -177,7 +177,7 @@ class ApiServer(WebServer):
         super().process_request(sock, address)
 
 
-class ApiEndpoint(HttpRequestHandler):
+class ApiEndpoint(SignatureReadOnce, HttpRequestHandler):
     """nameko's `http` entrypoint on the problem+json server."""
 
     server = ApiServer()

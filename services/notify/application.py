@@ -108,6 +108,8 @@ class NotifyApplication(ServiceApplication):
         self.refresh_emails: Callable[[], None] = lambda: None
         # Email id -> correlation id of its cause, for the mailer's events (oldest dropped).
         self._correlations: dict[str, str] = {}
+        # What `lookups` loaded for the unit it serves, by envelope: (its data, loaded).
+        self._loaded: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     # -- policies ----------------------------------------------------------------------------
     def on_accounts_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
@@ -119,7 +121,7 @@ class NotifyApplication(ServiceApplication):
         if schema is None:
             return []
         try:
-            data = load(schema, envelope["data"])
+            data = self._loaded_data(schema, envelope)
         except ValidationError as exc:
             # A producer bug; holding back every later email behind it would be worse.
             log.error("%s %s breaks its contract (%s); ignored",
@@ -133,12 +135,14 @@ class NotifyApplication(ServiceApplication):
         """The email ids `on_accounts_event` will look for in these events (one query for a
         whole batch instead of two per event)."""
         ids = []
+        self._loaded = {}
         for envelope in envelopes:
             kind = str(envelope.get("type"))
             if kind not in ("MasterAccountCreated", "MasterAccountContactChanged"):
                 continue
             try:
                 data = load(ACCOUNTS_EVENTS[kind], envelope["data"])
+                self._loaded[id(envelope)] = (envelope["data"], data)
                 key = activation_due(kind, envelope["stream_id"], data)
             except (ValidationError, KeyError, ValueError):
                 continue
@@ -147,6 +151,14 @@ class NotifyApplication(ServiceApplication):
             if kind == "MasterAccountCreated":
                 ids.append(Email.create_id(envelope["event_id"], ACTIVATION))
         return ids
+
+    def _loaded_data(self, schema: Any, envelope: dict[str, Any]) -> dict[str, Any]:
+        """The event's data loaded with its schema: as `lookups` loaded it for the same unit
+        (one marshmallow load per event, not two), else loaded now."""
+        known = self._loaded.pop(id(envelope), None)
+        if known is not None and known[0] is envelope["data"]:
+            return known[1]
+        return load(schema, envelope["data"])
 
     def _queue_activation(self, envelope: dict[str, Any], data: dict[str, Any]) -> list[Aggregate]:
         kind = str(envelope["type"])

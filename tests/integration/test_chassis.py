@@ -80,6 +80,38 @@ def test_the_same_events_delivered_again_change_nothing(kind: str, stack_factory
 
 
 @pytest.mark.parametrize("kind", BROKER_STACKS)
+def test_a_message_that_is_not_an_envelope_is_dropped_and_the_stream_goes_on(
+        kind: str, stack_factory: Any, services_factory: Any) -> None:
+    settings = stack_factory(kind)
+    services = services_factory(settings, ["ledger", "tally"])
+    services.start(LedgerService)
+    services.start(TallyService)
+    with services.rpc() as rpc:
+        counter = rpc.ledger.create("bike shed")
+        rpc.ledger.increment(counter, 1)
+    eventually(lambda: tally_is(services, counter, 1, 1))
+    # Someone else publishes to the ledger's exchange: bytes that are not JSON, JSON that is
+    # not an object, JSON nested past the parser's depth.
+    with kombu.Connection(settings.amqp_uri) as conn:
+        producer = conn.Producer()
+        for body, content_type in [(b"\xff\xfe not json", "application/octet-stream"),
+                                   (b"[1, 2, 3]", "application/json"),
+                                   (b"[" * 100_000 + b"]" * 100_000, "application/json")]:
+            producer.publish(body, exchange=exchange_name("ledger"),
+                             routing_key="CounterIncremented", content_type=content_type,
+                             content_encoding="binary")
+    with services.rpc() as rpc:
+        for _ in range(5):
+            rpc.ledger.increment(counter, 2)
+    eventually(lambda: tally_is(services, counter, 11, 6))
+    eventually(lambda: view_of(services) == {counter: (11, 6)})
+    # Nothing was requeued to come back: the tally's queue drains to empty.
+    with kombu.Connection(settings.amqp_uri) as conn:
+        queue = kombu.Queue("concierge.tally--ledger", no_declare=True)(conn.default_channel)
+        eventually(lambda: queue.queue_declare(passive=True).message_count == 0)
+
+
+@pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_lost_and_out_of_order_deliveries_are_repaired_from_the_log(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
     settings = stack_factory(kind)
