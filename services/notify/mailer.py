@@ -254,14 +254,18 @@ def _describe(recipients: dict[str, tuple[int, bytes]]) -> str:
 class MailFolderSender:
     """Delivers into a folder: `<email-id>.eml`, whole or absent, never written twice.
 
-    Each file is synced before it is renamed into place; the folder (the renames) is synced
-    once per batch, by `flush`, before the mailer records the batch sent.
+    `send` only builds the message; `flush`, which the mailer calls before it records a batch
+    sent, writes the batch in one OS thread: each file synced before it is renamed into place,
+    then the folder (the renames) synced once. One thread hand-off per batch instead of one per
+    email: that hand-off cost notify more than the writes did. A process that dies before the
+    flush has written nothing, and the mailer, which recorded nothing, sends those again.
     """
 
     transport = "mail-folder"
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self._staged: list[tuple[UUID, Path, bytes]] = []
 
     def path_for(self, email_id: UUID) -> Path:
         return self.folder / f"{email_id}.eml"
@@ -270,11 +274,24 @@ class MailFolderSender:
         target = self.path_for(email_id)
         if target.exists():  # delivered before a crash: the file is the delivery
             return
-        data = message.as_bytes()  # RFC 5322 wants CRLF line ends
-        green.blocking(self._write, email_id, target, data)
+        self._staged.append((email_id, target, message.as_bytes()))  # CRLF, as RFC 5322 wants
+
+    def flush(self) -> None:
+        """Write what was sent since the last flush; if that fails, it stays to be written by
+        the next flush, and the mailer, which records only after a flush, records nothing."""
+        if self._staged or self.folder.exists():
+            green.blocking(self._write_all, self._staged)
+        self._staged = []
+
+    def _write_all(self, staged: list[tuple[UUID, Path, bytes]]) -> None:
+        if staged:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        for email_id, target, data in staged:
+            if not target.exists():  # placed by a flush that failed after it
+                self._write(email_id, target, data)
+        _sync_folder(self.folder)
 
     def _write(self, email_id: UUID, target: Path, data: bytes) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         # Hidden, and not ending in .eml, so nothing reading the folder takes a half-written file.
         fd, temp = tempfile.mkstemp(dir=self.folder, prefix=f".{email_id}.", suffix=".tmp")
         try:
@@ -287,10 +304,6 @@ class MailFolderSender:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-
-    def flush(self) -> None:
-        if self.folder.exists():
-            green.blocking(_sync_folder, self.folder)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -416,6 +416,43 @@ def test_a_mailer_killed_after_sending_leaves_one_file_after_the_restart(
     assert read_eml(stack.folder / f"{email_id}.eml")["To"] == "judy@example.com"
 
 
+class DiskFailsOnce(MailFolderSender):
+    """The real mail folder, whose second file write fails once (a full disk, say)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.writes = 0
+
+    def _write(self, email_id: UUID, target: Path, data: bytes) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            raise OSError(28, "No space left on device")
+        super()._write(email_id, target, data)
+
+
+def test_a_failed_mail_folder_write_is_never_recorded_sent_and_goes_out_later(
+        stack: NotifyStack) -> None:
+    notify = stack.open(DiskFailsOnce(stack.folder))
+    mailer = notify.extras["mailer"]
+    mailer.record_every = 2  # the failure hits a batch recorded mid-pass
+    events = [master_account_created(i, address=f"res{i}@example.com") for i in (1, 2, 3)]
+    subscribe(notify, AccountsLog(events)).catch_up()
+    app = app_of(notify)
+    due = app.pending()
+    assert sorted(due) == sorted(activation_id(e) for e in events)
+
+    with pytest.raises(OSError):
+        mailer.send_due()
+    # The failed write was tried again before the batch was recorded: both emails recorded
+    # sent have their file; the pass stopped before the third.
+    assert stack.files() == sorted(f"{i}.eml" for i in due[:2])
+    assert [app.email(i).status for i in due] == ["sent", "sent", "queued"]
+
+    assert mailer.send_due() == 1
+    assert stack.files() == sorted(f"{i}.eml" for i in due)  # each once, no temporary left
+    assert all(event_types(app, i) == ["EmailQueued", "EmailSent"] for i in due)
+
+
 def test_the_same_event_after_a_restart_creates_nothing_and_sends_nothing(
         stack: NotifyStack) -> None:
     notify = stack.open()
