@@ -59,7 +59,8 @@ class MailSender(Protocol):
         ...
 
     # A sender may also have `flush()`: make the messages handed over so far durable. The
-    # mailer calls it before it records them sent.
+    # mailer calls it before it records them sent. `resend_changes_nothing = True` says that
+    # sending a delivered email again delivers nothing twice (the mail folder's file is there).
 
 
 # --- the message -----------------------------------------------------------------------------
@@ -262,6 +263,7 @@ class MailFolderSender:
     """
 
     transport = "mail-folder"
+    resend_changes_nothing = True  # the file is there: `send` skips it
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -343,7 +345,7 @@ class Mailer:
         idle_seconds: float = 1.0,
         batch_size: int = 50,
         lock_check_seconds: float = 5.0,
-        record_every: int = 10,
+        record_every: int | None = None,
         gather_seconds: float = 0.1,
     ) -> None:
         self.app = app
@@ -354,7 +356,10 @@ class Mailer:
         self.clock = clock
         self.idle_seconds = idle_seconds
         self.batch_size = batch_size
-        self.record_every = record_every
+        # Recording often bounds what a crash sends twice. A sender for which a second send
+        # changes nothing has no such bound to keep: its deliveries go in one record per pass.
+        self.record_every = record_every or (
+            batch_size if getattr(sender, "resend_changes_nothing", False) else 10)
         self.gather_seconds = gather_seconds
         self._last_pass = float("-inf")
         self.lock_check_seconds = lock_check_seconds
@@ -370,7 +375,8 @@ class Mailer:
         """One pass over the emails due now; return how many were attempted.
 
         Deliveries are recorded `record_every` at a time, in one transaction: a crash sends
-        at most those again after the restart (at least once, never lost).
+        at most those again after the restart (at least once, never lost). That is 10 by
+        default, or a whole pass for a sender that a second send changes nothing for.
         """
         self.refresh()  # the emails view follows the store; bring it up to date first
         attempted = 0

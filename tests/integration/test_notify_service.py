@@ -416,6 +416,34 @@ def test_a_mailer_killed_after_sending_leaves_one_file_after_the_restart(
     assert read_eml(stack.folder / f"{email_id}.eml")["To"] == "judy@example.com"
 
 
+class NotIdempotent(MailFolderSender):
+    """The mail folder, declared as a transport where a second send delivers twice (SMTP)."""
+
+    resend_changes_nothing = False
+
+
+@pytest.mark.parametrize(("sender", "records"), [(MailFolderSender, [25]),
+                                                 (NotIdempotent, [10, 10, 5])])
+def test_a_pass_is_recorded_ten_at_a_time_unless_a_resend_changes_nothing(
+        stack: NotifyStack, sender: type[MailFolderSender], records: list[int]) -> None:
+    notify = stack.open(sender(stack.folder))
+    app = app_of(notify)
+    batches: list[int] = []
+    record_sent_many = app.record_sent_many
+
+    def counted(delivered: list[tuple[Email, datetime]], transport: str) -> None:
+        batches.append(len(delivered))
+        record_sent_many(delivered, transport)
+
+    app.record_sent_many = counted  # type: ignore[method-assign]
+    events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(25)]
+    subscribe(notify, AccountsLog(events)).catch_up()
+
+    assert notify.extras["mailer"].send_due() == 25
+    assert batches == records
+    assert len(stack.files()) == 25
+
+
 class DiskFailsOnce(MailFolderSender):
     """The real mail folder, whose second file write fails once (a full disk, say)."""
 
