@@ -317,10 +317,8 @@ def test_a_master_account_created_delivered_twice_gives_one_email_and_one_file(
     assert "Judy Anders" in html and "judy.o&#39;neil@example.com" in html
 
 
-def test_emails_queued_soon_after_a_pass_are_sent_together_in_the_next(
-        stack: NotifyStack) -> None:
-    notify = stack.open()
-    app = app_of(notify)
+def recorded_batches(app: NotifyApplication) -> list[int]:
+    """The sizes of the batches the mailer records sent from now on, in order."""
     batches: list[int] = []
     record_sent_many = app.record_sent_many
 
@@ -329,6 +327,14 @@ def test_emails_queued_soon_after_a_pass_are_sent_together_in_the_next(
         record_sent_many(delivered, transport)
 
     app.record_sent_many = counted  # type: ignore[method-assign]
+    return batches
+
+
+def test_emails_queued_soon_after_a_pass_are_sent_together_in_the_next(
+        stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    batches = recorded_batches(app)
     mailer = notify.extras["mailer"]
     mailer.gather_seconds = 2.0  # wide, so that a slow machine still commits all nine in it
     events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(10)]
@@ -428,14 +434,7 @@ def test_a_pass_is_recorded_ten_at_a_time_unless_a_resend_changes_nothing(
         stack: NotifyStack, sender: type[MailFolderSender], records: list[int]) -> None:
     notify = stack.open(sender(stack.folder))
     app = app_of(notify)
-    batches: list[int] = []
-    record_sent_many = app.record_sent_many
-
-    def counted(delivered: list[tuple[Email, datetime]], transport: str) -> None:
-        batches.append(len(delivered))
-        record_sent_many(delivered, transport)
-
-    app.record_sent_many = counted  # type: ignore[method-assign]
+    batches = recorded_batches(app)
     events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(25)]
     subscribe(notify, AccountsLog(events)).catch_up()
 
