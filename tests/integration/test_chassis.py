@@ -30,6 +30,15 @@ from tests.support.toy import (
 )
 
 
+def ledger_and_tally(kind: str, stack_factory: Any, services_factory: Any) -> tuple[Any, Any]:
+    """The ledger and the tally running on a stack of `kind`: (its settings, the services)."""
+    settings = stack_factory(kind)
+    services = services_factory(settings, ["ledger", "tally"])
+    services.start(LedgerService)
+    services.start(TallyService)
+    return settings, services
+
+
 def tally_is(services: Any, counter_id: str, total: int, seen: int) -> bool:
     with services.rpc() as rpc:
         state = rpc.tally.total(counter_id)
@@ -45,10 +54,7 @@ def view_of(services: Any) -> dict[str, tuple[int, int]]:
 @pytest.mark.parametrize("kind", STACKS)
 def test_events_flow_from_one_service_to_another(kind: str, stack_factory: Any,
                                                  services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    _, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         counter = rpc.ledger.create("lobby door")
         for _ in range(30):
@@ -60,10 +66,7 @@ def test_events_flow_from_one_service_to_another(kind: str, stack_factory: Any,
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_the_same_events_delivered_again_change_nothing(kind: str, stack_factory: Any,
                                                         services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    settings, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         counter = rpc.ledger.create("gate")
         for _ in range(10):
@@ -82,10 +85,7 @@ def test_the_same_events_delivered_again_change_nothing(kind: str, stack_factory
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_a_message_that_is_not_an_envelope_is_dropped_and_the_stream_goes_on(
         kind: str, stack_factory: Any, services_factory: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    settings, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         counter = rpc.ledger.create("bike shed")
         rpc.ledger.increment(counter, 1)
@@ -141,10 +141,7 @@ def test_lost_and_out_of_order_deliveries_are_repaired_from_the_log(
 @pytest.mark.parametrize("kind", BROKER_STACKS)
 def test_events_published_while_a_subscriber_is_down_are_processed_when_it_returns(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    _, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         counter = rpc.ledger.create("pool")
         rpc.ledger.increment(counter, 1)
@@ -235,10 +232,7 @@ def test_only_one_relay_publishes_and_another_takes_over(
 @pytest.mark.parametrize("kind", ["rabbit-sqlite"])
 def test_relay_and_subscribers_survive_a_broker_restart(kind: str, stack_factory: Any,
                                                         services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    settings, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         counter = rpc.ledger.create("broker")
         rpc.ledger.increment(counter, 1)
@@ -257,10 +251,7 @@ def test_relay_and_subscribers_survive_a_broker_restart(kind: str, stack_factory
 @pytest.mark.parametrize("kind", STACKS)
 def test_read_models_can_be_dropped_and_rebuilt(kind: str, stack_factory: Any,
                                                 services_factory: Any, opened: Any) -> None:
-    settings = stack_factory(kind)
-    services = services_factory(settings, ["ledger", "tally"])
-    services.start(LedgerService)
-    services.start(TallyService)
+    settings, services = ledger_and_tally(kind, stack_factory, services_factory)
     with services.rpc() as rpc:
         first = rpc.ledger.create("a")
         second = rpc.ledger.create("b")
