@@ -9,7 +9,7 @@ events instead of several per event, and a command's own projection stays a shor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,10 +63,9 @@ class Rows:
     # -- writes ----------------------------------------------------------------------------
     def put(self, table: Table, **row: Any) -> None:
         """Insert or replace the whole row; columns not given become NULL (or their default)."""
-        defaults, key_names = _shape(table)
-        whole = dict(defaults)
-        whole.update(row)
-        self._write(table, tuple(whole[name] for name in key_names), (_ROW, whole))
+        shape = _shape(table)
+        whole = {**shape.defaults, **row}
+        self._write(table, tuple([whole[name] for name in shape.keys]), (_ROW, whole))
 
     def update(self, table: Table, key: Key | Any, **values: Any) -> None:
         """Change some columns of the row, if it exists (a no-op otherwise, as in SQL)."""
@@ -80,9 +79,9 @@ class Rows:
         elif state[0] == _ABSENT:
             return
         else:
-            merged = dict(state[1] or {})
-            merged.update(values)
-            self._write(table, key, (state[0], merged))
+            # The held dict is never handed out (`get` copies it): change it in place.
+            state[1].update(values)  # type: ignore[union-attr]
+            self._dirty[slot] = table
 
     def delete(self, table: Table, *key: Any) -> None:
         self._write(table, tuple(key), (_ABSENT, None))
@@ -100,14 +99,18 @@ class Rows:
         groups: dict[tuple[str, str, tuple[str, ...]], tuple[Table, list[dict[str, Any]]]] = {}
         for slot, table in self._dirty.items():
             kind, row = self._state[slot]
-            key_names = _shape(table)[1]
-            if kind == _ABSENT:
+            shape = _shape(table)
+            key_names = shape.keys
+            if kind == _ROW:
+                # Written before anything can change it again: no copy.
+                params = row  # type: ignore[assignment]
+                # A whole row holds every column (put starts from the defaults), sorted once.
+                columns: tuple[str, ...] = (shape.columns if len(params) == len(shape.columns)
+                                            else tuple(sorted(params)))
+            elif kind == _ABSENT:
                 params = {f"k_{name}": value for name, value in zip(key_names, slot[1],
                                                                      strict=True)}
-                columns: tuple[str, ...] = ()
-            elif kind == _ROW:
-                params = dict(row or {})
-                columns = tuple(sorted(params))
+                columns = ()
             else:
                 params = {f"v_{name}": value for name, value in (row or {}).items()}
                 params.update({f"k_{name}": value for name, value in zip(key_names, slot[1],
@@ -135,16 +138,23 @@ class Rows:
                        if state[0] != _PATCH}
 
 
-_SHAPES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {}
+class _Shape(NamedTuple):
+    defaults: dict[str, Any]  # every column, with its scalar default or None
+    keys: tuple[str, ...]  # the primary key's columns, in order
+    columns: tuple[str, ...]  # every column, sorted: a whole row's statement shape
 
 
-def _shape(table: Table) -> tuple[dict[str, Any], tuple[str, ...]]:
+_SHAPES: dict[str, _Shape] = {}
+
+
+def _shape(table: Table) -> _Shape:
     """A table's column defaults and key column names (SQLAlchemy rebuilds these lists on
     every access, which showed in rebuild profiles)."""
     shape = _SHAPES.get(table.fullname)
     if shape is None:
-        shape = ({column.name: _default(column) for column in table.columns},
-                 tuple(column.name for column in table.primary_key.columns))
+        defaults = {column.name: _default(column) for column in table.columns}
+        shape = _Shape(defaults, tuple(column.name for column in table.primary_key.columns),
+                       tuple(sorted(defaults)))
         _SHAPES[table.fullname] = shape
     return shape
 
@@ -239,7 +249,7 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
     if sql is None:
         quote = conn.dialect.identifier_preparer.quote
         keys = [c.name for c in table.primary_key.columns]
-        arrays = ", ".join(f"%s::{table.c[c].type.compile(dialect=conn.dialect)}[]"
+        arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect=conn.dialect)}[]"
                            for c in columns)
         changes = [c for c in columns if c not in keys]
         conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO "
@@ -256,7 +266,8 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
         if process is not None:
             cells = [process(v) if v is not None else v for v in cells]
         values.append(cells)
-    # Binary parameters: psycopg's text array format runs a regular expression per element.
+    # The arrays go in binary (%b): psycopg's text array format quotes each element with a
+    # regular expression, and `binary=True` alone only asks for binary results.
     with conn.connection.driver_connection.cursor() as cursor:
         cursor.execute(sql, tuple(values), binary=True)
 
@@ -275,7 +286,7 @@ def _change_many_values(conn: Connection, table: Table, kind: str, columns: tupl
         quote = conn.dialect.identifier_preparer.quote
         names = [f"k_{k}" for k in keys] + [f"v_{c}" for c in columns]
         types = [table.c[k].type for k in keys] + [table.c[c].type for c in columns]
-        arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
+        arrays = ", ".join(f"%b::{t.compile(dialect=conn.dialect)}[]" for t in types)
         aliases = ", ".join(f"c{i}" for i in range(len(names)))
         given = f"unnest({arrays}) AS given({aliases})"
         match = " AND ".join(f"{quote(table.name)}.{quote(k)} = given.c{i}"

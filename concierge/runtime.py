@@ -18,7 +18,7 @@ from typing import Any
 from nameko.extensions import DependencyProvider
 from sqlalchemy.engine import Engine
 
-from concierge import green
+from concierge import green, heap
 from concierge.bus import ConsumerLoop, make_publisher, subscription_queue
 from concierge.config import Settings
 from concierge.database import service_engine
@@ -286,6 +286,12 @@ def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
             only: set[str] | None = None) -> int:
     """Drop the service's read models (or those named in `only`) and rebuild them from the
     source logs; return how many events were read (each source's log is read once)."""
+    with heap.collecting_less():
+        return _rebuild(wiring, progress, only)
+
+
+def _rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None,
+             only: set[str] | None) -> int:
     models = [m for m in wiring.read_models if only is None or m.name in only]
     names = {m.name for m in models}
     for model in models:
@@ -322,9 +328,15 @@ class TogetherHandler:
         self.handlers = handlers
         self.names = [h.name for h in handlers]
         self.name = "+".join(self.names)
+        self._interest: dict[str, bool] = {}
 
     def interested(self, event_type: str) -> bool:
-        return any(h.interested(event_type) for h in self.handlers)
+        # Asked once per event of a rebuild: remember each type's answer.
+        answer = self._interest.get(event_type)
+        if answer is None:
+            answer = self._interest[event_type] = any(h.interested(event_type)
+                                                      for h in self.handlers)
+        return answer
 
     def tracked(self, source: str) -> int:
         return min(h.tracked(source) for h in self.handlers)

@@ -10,7 +10,6 @@ from concierge import green
 
 green.patch()
 
-import gc  # noqa: E402
 import importlib  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
@@ -18,6 +17,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
+from concierge import heap  # noqa: E402
 from concierge.config import Settings  # noqa: E402
 
 
@@ -33,22 +33,8 @@ def start(classes: Sequence[type], settings: Settings) -> Any:
     for cls in classes:
         runner.add_service(cls)
     runner.start()
-    settle_heap()
+    heap.settle()
     return runner
-
-
-# A young collection every 10,000 net container allocations instead of 700, and older ones as
-# rarely; short-lived request objects die by reference counting long before either.
-GC_THRESHOLDS = (10_000, 20, 20)
-
-
-def settle_heap() -> None:
-    """Keep the cyclic collector off what the service built at start (modules, schemas, routes,
-    statements) and run it less often: at 20 clients it took 8% of the gateway's CPU and 4% of
-    topology's, mostly re-scanning those long-lived objects (bench figures in docs/chassis.md)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def serve_forever(classes: Sequence[type], settings: Settings, banner: str = "ready") -> None:

@@ -182,7 +182,8 @@ class Subscription:
                     # on one while Python decodes the other.
                     ahead = green.spawn(self.read_log, self.source, int(batch[-1]["position"]),
                                         self.batch_size)
-                fresh = [m for m in batch if int(m["position"]) > self.position]
+                known = self.position
+                fresh = [m for m in batch if int(m["position"]) > known]
                 if apply_batch is not None and fresh:
                     # Read models take a whole section in one transaction.
                     try:

@@ -108,6 +108,24 @@ def test_get_sees_pending_writes_and_merges_patches(engine: Engine) -> None:
     assert _all(engine, things) == [{"id": "x", "name": "n", "size": 5, "flag": None}]
 
 
+def test_rows_handed_out_are_copies_and_a_row_changed_after_a_flush_is_written_again(
+        engine: Engine) -> None:
+    """Rows changes the rows it holds in place; nothing a caller keeps may alias them."""
+    with engine.begin() as conn:
+        rows = Rows(conn)
+        rows.put(things, id="x", name="first", size=1)
+        seen = rows.get(things, "x")
+        assert seen is not None
+        seen["name"] = "changed by the caller"
+        rows.update(things, "x", size=2)
+        assert rows.get(things, "x") == {"id": "x", "name": "first", "size": 2, "flag": None}
+        rows.flush()
+        rows.update(things, "x", flag=True)
+        rows.flush()
+        assert seen["size"] == 1  # what the caller kept did not follow either
+    assert _all(engine, things) == [{"id": "x", "name": "first", "size": 2, "flag": True}]
+
+
 def test_delete_then_put_leaves_the_new_row_and_composite_keys_work(engine: Engine) -> None:
     import datetime as dt
 
