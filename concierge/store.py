@@ -15,9 +15,10 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
+import orjson
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
@@ -93,6 +94,11 @@ class PlainDecoder:
     The library's decoder builds a UUID or datetime for every tagged value, which envelopes
     then turn back into text; here the tags become text directly (the same text: a UUID's
     canonical form, the ISO string that was stored), several times faster on rebuilds.
+
+    orjson parses and a walk replaces the tags: twice as fast as the standard decoder's
+    per-object hook, which was a quarter of a rebuild. orjson turns an integer beyond 64 bits
+    into a float and refuses NaN, so a state holding any float (rare: the domain has none
+    today) or anything orjson refuses is decoded again by the standard decoder, exactly.
     """
 
     def __init__(self, transcoder: Any) -> None:
@@ -100,7 +106,32 @@ class PlainDecoder:
         self.decoder = json.JSONDecoder(object_hook=self._tagged)
 
     def decode(self, state: bytes) -> dict[str, Any]:
-        return self.decoder.decode(state.decode("utf8"))
+        try:
+            return self._walk(orjson.loads(state))
+        except (orjson.JSONDecodeError, _Inexact):
+            return self.decoder.decode(state.decode("utf8"))
+
+    def _walk(self, d: dict[str, Any]) -> Any:
+        """`_tagged` applied bottom-up to every object, as the standard decoder's hook is."""
+        for key, value in d.items():
+            kind = type(value)
+            if kind is dict:
+                d[key] = self._walk(value)
+            elif kind is list:
+                self._walk_list(value)
+            elif kind is float:
+                raise _Inexact
+        return self._tagged(d) if len(d) == 2 else d
+
+    def _walk_list(self, items: list[Any]) -> None:
+        for i, value in enumerate(items):
+            kind = type(value)
+            if kind is dict:
+                items[i] = self._walk(value)
+            elif kind is list:
+                self._walk_list(value)
+            elif kind is float:
+                raise _Inexact
 
     def _tagged(self, d: dict[str, Any]) -> Any:
         if len(d) != 2 or "_type_" not in d or "_data_" not in d:
@@ -114,6 +145,10 @@ class PlainDecoder:
         from concierge.envelope import plain
 
         return plain(self.transcoder.names[name].decode(data))
+
+
+class _Inexact(Exception):
+    """orjson may have read a number differently from the standard decoder."""
 
 
 # Aggregates are cached and fast-forwarded with the events stored since, so a long stream is not
@@ -188,6 +223,17 @@ class StoredRecord:
     @property
     def type(self) -> str:
         return event_type(self.topic)
+
+
+class LogEntry(NamedTuple):
+    """One raw entry of the log, as read (a tuple: the library's frozen dataclass costs more
+    to build than the rest of a row's reading)."""
+
+    id: int
+    originator_id: str
+    originator_version: int
+    topic: str
+    state: bytes
 
 
 @functools.cache
@@ -464,23 +510,23 @@ class ServiceApplication(Application):
         """Decoded log entries after `after`, oldest first."""
         return [self.decode(n) for n in self.read_notifications(after, limit)]
 
-    def read_notifications(self, after: int = 0, limit: int = 1000) -> list[Notification]:
+    def read_notifications(self, after: int = 0, limit: int = 1000) -> list[LogEntry]:
         """Raw log entries after `after`: callers decode only those they need."""
         limit = max(1, min(limit, self.log_section_size))
-        # The library's query, with plain tuple rows: its dict rows and state copies were a
-        # tenth of a rebuild's time.
+        # The library's query, with plain tuple rows in binary (its dict rows, state copies,
+        # hex-encoded states and UUID objects were a fifth of a rebuild's time).
         rows = self._postgres_rows(
-            "read", "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
-            (after, limit))
+            "read", "SELECT notification_id, originator_id::text, originator_version, topic, "
+            "state FROM {events} WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, limit), binary=True)
         if rows is not None:
-            return [Notification(id=row[0], originator_id=row[1], originator_version=row[2],
-                                 topic=row[3], state=_bytes(row[4])) for row in rows]
-        return list(self.recorder.select_notifications(start=after, limit=limit,
-                                                       inclusive_of_start=False))
+            return list(map(LogEntry._make, rows))
+        return [LogEntry(n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
+                for n in self.recorder.select_notifications(start=after, limit=limit,
+                                                            inclusive_of_start=False)]
 
-    def _postgres_rows(self, name: str, query: str, params: tuple[Any, ...]
-                       ) -> list[tuple[Any, ...]] | None:
+    def _postgres_rows(self, name: str, query: str, params: tuple[Any, ...],
+                       binary: bool = False) -> list[tuple[Any, ...]] | None:
         """Tuple rows of a query over the library's events table, `{events}` in `query`
         (eventsourcing 9.5 layout), composed once per `name`; None when the store is not on
         PostgreSQL."""
@@ -496,7 +542,7 @@ class ServiceApplication(Application):
             statement = statements[name] = sql.SQL(query).format(  # type: ignore[arg-type]
                 events=sql.Identifier(datastore.schema, self.recorder.events_table_name))
         with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-            curs.execute(statement, params, prepare=True)
+            curs.execute(statement, params, prepare=True, binary=binary)
             return curs.fetchall()
 
     def iter_log(self, after: int = 0, batch: int = 1000) -> Iterator[StoredRecord]:
@@ -516,7 +562,7 @@ class ServiceApplication(Application):
             for s in stored
         ]
 
-    def decode(self, notification: Notification) -> StoredRecord:
+    def decode(self, notification: LogEntry | Notification) -> StoredRecord:
         return StoredRecord(
             position=notification.id,
             stream_id=str(notification.originator_id),

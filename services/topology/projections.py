@@ -100,6 +100,9 @@ def _instant(value: Any) -> str | None:
     """UTC ISO text with microseconds, so text order is time order on every database."""
     if not value:
         return None
+    if (type(value) is str and len(value) == 32 and value.endswith("+00:00")
+            and value[10] == "T" and value[19] == "."):
+        return value  # already so: how events store their UTC time
     moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)

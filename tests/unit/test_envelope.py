@@ -104,3 +104,43 @@ def test_event_id_is_the_uuid5_of_source_stream_and_version() -> None:
         stream = str(uuid.uuid4())
         expected = str(uuid.uuid5(_EVENT_NAMESPACE, f"topology:{stream}:{version}"))
         assert event_id("topology", stream, version) == expected
+
+
+def test_plain_decoder_keeps_numbers_exact_where_orjson_would_not() -> None:
+    """Integers beyond 64 bits, floats and NaN decode as the standard decoder reads them."""
+    import json
+
+    from eventsourcing.application import Application
+
+    from concierge.store import PlainDecoder
+
+    transcoder = Application().construct_transcoder()
+    decoder = PlainDecoder(transcoder)
+    for value in (2**64, -(2**63) - 1, 10**30, 1.5, 0.1, 1e300, [1, {"deep": 2.5}]):
+        state = {"originator_topic": "x:Y", "value": value, "id": uuid.UUID(int=9)}
+        decoded = decoder.decode(transcoder.encode(state))
+        assert decoded["value"] == value and type(decoded["value"]) is type(value)
+        assert decoded["id"] == str(uuid.UUID(int=9))
+    nan = decoder.decode(b'{"value": NaN, "n": {"_type_": "uuid_hex", "_data_": "' +
+                         uuid.UUID(int=3).hex.encode() + b'"}}')
+    assert nan["value"] != nan["value"] and nan["n"] == str(uuid.UUID(int=3))
+    exact = decoder.decode(b'{"a": 123456789012345678901234567890}')
+    assert exact == json.loads(b'{"a": 123456789012345678901234567890}')
+    assert type(exact["a"]) is int
+
+
+def test_plain_decoder_replaces_tags_at_every_depth() -> None:
+    import decimal
+
+    from eventsourcing.application import Application
+
+    from concierge.store import PlainDecoder
+
+    transcoder = Application().construct_transcoder()
+    ids = [uuid.UUID(int=i) for i in range(4)]
+    state = {"originator_topic": "x:Y", "a": [[ids[0], {"b": ids[1]}]],
+             "c": {"d": {"e": [ids[2]]}}, "f": ids[3], "price": decimal.Decimal("2.50")}
+    decoded = PlainDecoder(transcoder).decode(transcoder.encode(state))
+    assert decoded == {"originator_topic": "x:Y", "a": [[str(ids[0]), {"b": str(ids[1])}]],
+                       "c": {"d": {"e": [str(ids[2])]}}, "f": str(ids[3]),
+                       "price": "2.50"}
