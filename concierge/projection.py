@@ -118,8 +118,11 @@ class Rows:
                 columns = tuple(sorted(row or {}))
             groups.setdefault((table.fullname, kind, columns), (table, []))[1].append(params)
         self._dirty.clear()
+        postgres = self.conn.dialect.name == "postgresql"
         for (_name, kind, columns), (table, batch) in groups.items():
-            if len(batch) > 1 and self.conn.dialect.name == "postgresql":
+            if postgres:
+                # Even one row: straight to the driver, so a caller can queue the writes in
+                # a pipeline (`concierge.subscription.pipelined`) and wait once for them all.
                 if kind == _ROW:
                     _upsert_many_values(self.conn, table, columns, batch)
                 else:
@@ -245,8 +248,8 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
     psycopg parse a huge query each time. Here the statement text is short and the same for
     every batch. Each key appears once in a flush, as ON CONFLICT DO UPDATE requires.
     """
-    sql = _UNNEST_UPSERTS.get((table.fullname, columns))
-    if sql is None:
+    found = _UNNEST_UPSERTS.get((table.fullname, columns))
+    if found is None:
         quote = conn.dialect.identifier_preparer.quote
         keys = [c.name for c in table.primary_key.columns]
         arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect=conn.dialect)}[]"
@@ -255,13 +258,13 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
         conflict = f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO "
         conflict += ("UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}"
                                                for c in changes)) if changes else "NOTHING"
-        sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-               f"SELECT * FROM unnest({arrays}){conflict}")
-        _UNNEST_UPSERTS[(table.fullname, columns)] = sql
-    processors = {c: table.c[c].type.bind_processor(conn.dialect) for c in columns}
+        found = _UNNEST_UPSERTS[(table.fullname, columns)] = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"SELECT * FROM unnest({arrays}){conflict}",
+            [table.c[c].type.bind_processor(conn.dialect) for c in columns])
+    sql, processors = found
     values = []
-    for column in columns:
-        process = processors[column]
+    for column, process in zip(columns, processors, strict=True):
         cells = [row.get(column) for row in batch]
         if process is not None:
             cells = [process(v) if v is not None else v for v in cells]
@@ -272,7 +275,7 @@ def _upsert_many_values(conn: Connection, table: Table, columns: tuple[str, ...]
         cursor.execute(sql, tuple(values), binary=True)
 
 
-_UNNEST_UPSERTS: dict[tuple[str, tuple[str, ...]], str] = {}
+_UNNEST_UPSERTS: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any]]] = {}
 
 
 def _change_many_values(conn: Connection, table: Table, kind: str, columns: tuple[str, ...],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -363,10 +363,13 @@ class ProjectionHandler:
     def _apply_within(self, conn: Connection, envelopes: list[Envelope]) -> int:
         source = envelopes[0]["source"]
         with _model_lock(self.engine, self.name):
+            statements = _together_statements((self.name,))
             if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                             {"k": advisory_key(self.name)})
-            current = _tracked(conn, self.name, source)
+                # The lock, then the position read under it: one round trip.
+                current = int(dict(_locked_positions(conn, statements, source)).get(
+                    self.name, 0))
+            else:
+                current = _tracked(conn, self.name, source)
             rows = Rows(conn)
             applied, last = 0, current
             for envelope in envelopes:
@@ -378,6 +381,11 @@ class ProjectionHandler:
                     handler(rows, envelope)
                     applied += 1
                 last = position
+            if current and last > current and conn.dialect.name == "postgresql":
+                with pipelined(conn) as raw, raw.cursor() as cursor:
+                    rows.flush()  # the writes and the position: one round trip
+                    cursor.execute(statements.raw_move, (last, [self.name], source))
+                return applied
             rows.flush()
             if last > current:
                 _set_tracked(conn, self.name, source, current, last)
@@ -399,10 +407,13 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
         for handler in handlers:
             held.enter_context(_model_lock(handler.engine, handler.name))
         statements = _together_statements(tuple(names))
-        if conn.dialect.name == "postgresql":
-            conn.execute(statements.lock)
+        postgres = conn.dialect.name == "postgresql"
         pt = projection_tracking
-        tracked = dict(conn.execute(statements.positions, {"of_source": source}).tuples().all())
+        if postgres:
+            tracked = dict(_locked_positions(conn, statements, source))
+        else:
+            tracked = dict(conn.execute(statements.positions,
+                                        {"of_source": source}).tuples().all())
         if any(int(tracked.get(name, 0)) != first - 1 for name in names):
             return False
         rows = Rows(conn)
@@ -411,6 +422,11 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
                 project = handler.handlers.get(envelope["type"])
                 if project is not None:
                     project(rows, envelope)
+        if postgres and len(tracked) == len(names):
+            with pipelined(conn) as raw, raw.cursor() as cursor:
+                rows.flush()  # every model's writes and their positions: one round trip
+                cursor.execute(statements.raw_move, (last, list(names), source))
+            return True
         rows.flush()
         if len(tracked) == len(names):
             conn.execute(statements.move, {"of_source": source, "to_position": last})
@@ -436,6 +452,14 @@ class _Together:
         mine = and_(pt.c.projection.in_(names), pt.c.source == bindparam("of_source"))
         self.positions = select(pt.c.projection, pt.c.position).where(mine)
         self.move = pt.update().where(mine).values(position=bindparam("to_position"))
+        # The same on PostgreSQL, straight to the driver, to be pipelined.
+        self.raw_lock = ("SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in names),
+                         tuple(keys.values()))
+        self.raw_positions = (f"SELECT projection, position FROM {pt.name} "
+                              "WHERE projection = ANY(%s) AND source = %s")
+        self.raw_move = (f"UPDATE {pt.name} SET position = %s "
+                         "WHERE projection = ANY(%s) AND source = %s")
+        self.names = list(names)
 
 
 _TOGETHER: dict[tuple[str, ...], _Together] = {}
@@ -446,6 +470,27 @@ def _together_statements(names: tuple[str, ...]) -> _Together:
     if found is None:
         found = _TOGETHER[names] = _Together(names)
     return found
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection) -> Iterator[Any]:
+    """The driver connection of a PostgreSQL transaction in pipeline mode: statements sent
+    meanwhile go out together and are waited for once, when the block ends (where an error
+    is raised). Only driver statements inside: SQLAlchemy reads a result as it executes."""
+    raw = conn.connection.driver_connection
+    with raw.pipeline():
+        yield raw
+
+
+def _locked_positions(conn: Connection, statements: _Together,
+                      source: str) -> list[tuple[str, int]]:
+    """Lock the read models (transaction-scoped advisory locks), then read their positions:
+    two statements, one round trip. The read is a statement of its own, after the locks, so
+    it sees what the previous holder committed."""
+    with pipelined(conn) as raw, raw.cursor() as locking, raw.cursor() as reading:
+        locking.execute(*statements.raw_lock)
+        reading.execute(statements.raw_positions, (statements.names, source))
+        return [(name, int(position)) for name, position in reading.fetchall()]
 
 
 def _tracked(conn: Connection, projection: str, source: str) -> int:
