@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
-from sqlalchemy import and_, bindparam, select, text
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 
 from concierge import context, green
@@ -446,15 +446,13 @@ class _Together:
 
     def __init__(self, names: tuple[str, ...]) -> None:
         pt = projection_tracking
-        keys = {f"k{i}": advisory_key(name) for i, name in enumerate(names)}
-        self.lock = text("SELECT " + ", ".join(f"pg_advisory_xact_lock(:{k})" for k in keys)
-                         ).bindparams(**keys)
+        keys = [advisory_key(name) for name in names]
         mine = and_(pt.c.projection.in_(names), pt.c.source == bindparam("of_source"))
         self.positions = select(pt.c.projection, pt.c.position).where(mine)
         self.move = pt.update().where(mine).values(position=bindparam("to_position"))
-        # The same on PostgreSQL, straight to the driver, to be pipelined.
-        self.raw_lock = ("SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in names),
-                         tuple(keys.values()))
+        # PostgreSQL: straight to the driver, to be pipelined; the lock is PostgreSQL's only.
+        self.raw_lock = ("SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in keys),
+                         tuple(keys))
         self.raw_positions = (f"SELECT projection, position FROM {pt.name} "
                               "WHERE projection = ANY(%s) AND source = %s")
         self.raw_move = (f"UPDATE {pt.name} SET position = %s "
