@@ -107,9 +107,12 @@ class PlainDecoder:
 
     def decode(self, state: bytes) -> dict[str, Any]:
         try:
-            return self._walk(orjson.loads(state))
+            parsed = orjson.loads(state)
+            if type(parsed) is dict:
+                return self._walk(parsed)
         except (orjson.JSONDecodeError, _Inexact):
-            return self.decoder.decode(state.decode("utf8"))
+            pass
+        return self.decoder.decode(bytes(state).decode("utf8"))
 
     def _walk(self, d: dict[str, Any]) -> Any:
         """`_tagged` applied bottom-up to every object, as the standard decoder's hook is."""

@@ -127,6 +127,7 @@ def test_plain_decoder_keeps_numbers_exact_where_orjson_would_not() -> None:
     exact = decoder.decode(b'{"a": 123456789012345678901234567890}')
     assert exact == json.loads(b'{"a": 123456789012345678901234567890}')
     assert type(exact["a"]) is int
+    assert decoder.decode(b'[1, {"_type_": "decimal_str", "_data_": "2"}]') == [1, "2"]
 
 
 def test_plain_decoder_replaces_tags_at_every_depth() -> None:
