@@ -114,27 +114,15 @@ class PlainDecoder:
             pass
         return self.decoder.decode(bytes(state).decode("utf8"))
 
-    def _walk(self, d: dict[str, Any]) -> Any:
+    def _walk(self, node: dict[str, Any] | list[Any]) -> Any:
         """`_tagged` applied bottom-up to every object, as the standard decoder's hook is."""
-        for key, value in d.items():
+        for key, value in node.items() if type(node) is dict else enumerate(node):
             kind = type(value)
-            if kind is dict:
-                d[key] = self._walk(value)
-            elif kind is list:
-                self._walk_list(value)
+            if kind is dict or kind is list:
+                node[key] = self._walk(value)  # type: ignore[index]
             elif kind is float:
                 raise _Inexact
-        return self._tagged(d) if len(d) == 2 else d
-
-    def _walk_list(self, items: list[Any]) -> None:
-        for i, value in enumerate(items):
-            kind = type(value)
-            if kind is dict:
-                items[i] = self._walk(value)
-            elif kind is list:
-                self._walk_list(value)
-            elif kind is float:
-                raise _Inexact
+        return self._tagged(node) if type(node) is dict and len(node) == 2 else node
 
     def _tagged(self, d: dict[str, Any]) -> Any:
         if len(d) != 2 or "_type_" not in d or "_data_" not in d:

@@ -382,9 +382,7 @@ class ProjectionHandler:
                     applied += 1
                 last = position
             if current and last > current and conn.dialect.name == "postgresql":
-                with pipelined(conn) as raw, raw.cursor() as cursor:
-                    rows.flush()  # the writes and the position: one round trip
-                    cursor.execute(statements.raw_move, (last, [self.name], source))
+                _flush_and_move(conn, rows, statements, source, last)
                 return applied
             rows.flush()
             if last > current:
@@ -423,9 +421,7 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
                 if project is not None:
                     project(rows, envelope)
         if postgres and len(tracked) == len(names):
-            with pipelined(conn) as raw, raw.cursor() as cursor:
-                rows.flush()  # every model's writes and their positions: one round trip
-                cursor.execute(statements.raw_move, (last, list(names), source))
+            _flush_and_move(conn, rows, statements, source, last)
             return True
         rows.flush()
         if len(tracked) == len(names):
@@ -489,6 +485,15 @@ def _locked_positions(conn: Connection, statements: _Together,
         locking.execute(*statements.raw_lock)
         reading.execute(statements.raw_positions, (statements.names, source))
         return [(name, int(position)) for name, position in reading.fetchall()]
+
+
+def _flush_and_move(conn: Connection, rows: Rows, statements: _Together, source: str,
+                    last: int) -> None:
+    """The models' pending writes and their positions moved to `last`: one round trip (every
+    model already has a position row for `source`)."""
+    with pipelined(conn) as raw, raw.cursor() as cursor:
+        rows.flush()
+        cursor.execute(statements.raw_move, (last, statements.names, source))
 
 
 def _tracked(conn: Connection, projection: str, source: str) -> int:
