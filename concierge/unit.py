@@ -59,6 +59,22 @@ class UnitRepository:
         self._local = threading.local()
 
     @property
+    def inner(self) -> Any:
+        """The library's repository, with its cache of aggregates."""
+        return self._inner
+
+    def cached(self, aggregate_id: UUID) -> Any:
+        """The cached aggregate as it is (not brought up to date, not copied), or None: only
+        for what never changes once set, such as the building an apartment belongs to."""
+        cache = self._inner.cache
+        if not cache:
+            return None
+        try:
+            return cache.get(aggregate_id)
+        except KeyError:
+            return None
+
+    @property
     def unit(self) -> UnitOfWork | None:
         return getattr(self._local, "unit", None)
 
