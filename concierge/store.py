@@ -507,7 +507,8 @@ class ServiceApplication(Application):
         """
         repository: UnitRepository = self.repository  # type: ignore[assignment]
         unit, inner = repository.unit, repository.inner
-        if unit is None or not inner.cache or not inner.fastforward:
+        if (unit is None or not inner.cache or not inner.fastforward
+                or self._postgres_datastore() is None):
             return
         cached: dict[UUID, Any] = {}
         for aggregate_id in sorted(set(ids), key=str):  # one lock order for every caller
@@ -528,10 +529,8 @@ class ServiceApplication(Application):
                 "ON e.originator_id = c.id AND e.originator_version > c.version "
                 "ORDER BY e.originator_id, e.originator_version",
                 (list(cached), [a.version for a in cached.values()]))
-            if rows is None:
-                return
             newer: dict[UUID, list[Any]] = {}
-            for row in rows:
+            for row in rows or ():
                 stored = StoredEvent(originator_id=row[0], originator_version=row[1],
                                      topic=row[2], state=_bytes(row[3]))
                 newer.setdefault(UUID(str(row[0])), []).append(
@@ -540,7 +539,8 @@ class ServiceApplication(Application):
                 if aggregate_id in newer:
                     aggregate = project_aggregate(aggregate, newer[aggregate_id])
                 if aggregate is not None:  # else the repository's own get says not found
-                    unit.aggregates[aggregate_id] = copy.deepcopy(aggregate)
+                    unit.aggregates[aggregate_id] = (copy.deepcopy(aggregate)
+                                                     if inner.deepcopy_from_cache else aggregate)
         finally:
             for aggregate_id, lock in reversed(locks):
                 lock.release()
@@ -568,13 +568,18 @@ class ServiceApplication(Application):
                 for n in self.recorder.select_notifications(start=after, limit=limit,
                                                             inclusive_of_start=False)]
 
+    def _postgres_datastore(self) -> Any:
+        """The library's PostgreSQL datastore of this store, or None on any other store."""
+        datastore = getattr(self.recorder, "datastore", None)
+        return datastore if hasattr(datastore, "schema") else None
+
     def _postgres_rows(self, name: str, query: str, params: tuple[Any, ...],
                        binary: bool = False) -> list[tuple[Any, ...]] | None:
         """Tuple rows of a query over the library's events table, `{events}` in `query`
         (eventsourcing 9.5 layout), composed once per `name`; None when the store is not on
         PostgreSQL."""
-        datastore = getattr(self.recorder, "datastore", None)
-        if datastore is None or not hasattr(datastore, "schema"):
+        datastore = self._postgres_datastore()
+        if datastore is None:
             return None
         from psycopg import sql
         from psycopg.rows import tuple_row
