@@ -66,6 +66,14 @@ def _when(aggregate: Any, name: str) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _as_uuid(item_id: Any) -> UUID | None:
+    """The id as a UUID, or None when it cannot be one (which `_load` answers as not found)."""
+    try:
+        return item_id if isinstance(item_id, UUID) else UUID(str(item_id))
+    except ValueError:
+        return None
+
+
 class TopologyApplication(ServiceApplication):
     service_name = "topology"
     # Set by bootstrap: the read models' queries (lists, counts, app status).
@@ -76,10 +84,9 @@ class TopologyApplication(ServiceApplication):
         """The live aggregate of this type that belongs to the caller, or NotFound."""
         installer = _installer()
         missing = NotFound(f"{_LABELS[cls]} not found.")
-        try:
-            uid = item_id if isinstance(item_id, UUID) else UUID(str(item_id))
-        except ValueError:
-            raise missing from None
+        uid = _as_uuid(item_id)
+        if uid is None:
+            raise missing
         try:
             aggregate = self.repository.get(uid)
         except AggregateNotFoundError:
@@ -94,9 +101,8 @@ class TopologyApplication(ServiceApplication):
         attributes `above` (set for good: an apartment's building and community) with one
         query instead of one each."""
         repository: UnitRepository = self.repository  # type: ignore[assignment]
-        try:
-            uid = item_id if isinstance(item_id, UUID) else UUID(str(item_id))
-        except ValueError:
+        uid = _as_uuid(item_id)
+        if uid is None:
             return  # `_load` says not found
         item = repository.cached(uid)
         if item is not None:

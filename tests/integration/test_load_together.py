@@ -15,6 +15,7 @@ from concierge.config import Settings
 from concierge.store import store_env
 from contracts.errors import Conflict, Invalid, NotFound
 from services.topology.application import TopologyApplication
+from tests.unit.test_topology_application import a_site
 
 LUNA = str(uuid.uuid4())
 MARK = str(uuid.uuid4())
@@ -73,9 +74,7 @@ def test_one_query_brings_the_cached_building_and_community_up_to_date(
         replicas: tuple[TopologyApplication, TopologyApplication]) -> None:
     one, two = replicas
     with acting():
-        community = one.create_community({"name": "Seaside", "feature_plan": "premium"})
-        building = one.add_building(community, {"name": "Building A"})
-        one.add_apartment(building, {"number": "101", "resident": resident("A")})  # cached now
+        community, building, _ = a_site(one)  # APT 101 added: building and community cached
         queries = Queries(one)
 
         one.add_apartment(building, {"number": "102", "resident": resident("B")})
@@ -114,9 +113,7 @@ def test_another_installers_ids_stay_not_found(
         replicas: tuple[TopologyApplication, TopologyApplication]) -> None:
     one, _ = replicas
     with acting():
-        community = one.create_community({"name": "Seaside", "feature_plan": "premium"})
-        building = one.add_building(community, {"name": "Building A"})
-        apartment = one.add_apartment(building, {"number": "101", "resident": resident("A")})
+        community, building, apartment = a_site(one)
         one.edit_apartment(apartment, {"name": "Cached"})
     with acting(MARK):  # cached ids of Luna's: loaded together, then refused as unknown
         with pytest.raises(NotFound):
