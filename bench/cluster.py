@@ -17,21 +17,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Platform:
-    """`concierge run SERVICE` for each service, on the given bus and database."""
+    """`concierge run SERVICE` for each service, on the given bus and database, as a deployment
+    of its own (`CONCIERGE_DEPLOYMENT`): its queues, exchanges, schemas and lock keys meet no
+    other platform's on the same servers."""
 
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
                  services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
-                 extra_env: dict[str, str] | None = None, embedded: bool = False) -> None:
-        """`embedded`: one `concierge up` process on the in-process bus, as `make run` does."""
+                 extra_env: dict[str, str] | None = None, embedded: bool = False,
+                 deployment: str | None = None, logs: Path | None = None) -> None:
+        """`embedded`: one `concierge up` process on the in-process bus, as `make run` does.
+        A service named twice in `services` runs as two replicas. `logs`: a folder for each
+        process's output (`<service>-<n>.log`), discarded otherwise."""
         self.port = port
         self.services = services
         self.embedded = embedded
         self.data_dir = data_dir
+        self.logs = logs
+        self.deployment = deployment or f"p{uuid.uuid4().hex[:6]}"
+        self.amqp_prefix = f"{self.deployment}."
         self.env = {
             **os.environ,
             "AMQP_URI": amqp_uri,
             "CONCIERGE_DATABASE_URL": database_url,
-            "CONCIERGE_SCHEMA_PREFIX": f"p{uuid.uuid4().hex[:6]}_",
+            "CONCIERGE_DEPLOYMENT": self.deployment,
+            "CONCIERGE_SCHEMA_PREFIX": f"{self.deployment}_",
             "CONCIERGE_DATA_DIR": str(data_dir),
             "CONCIERGE_GATEWAY_PORT": str(port),
             "CONCIERGE_BOOTSTRAP_DISTRIBUTOR": "bench-distributor:bench-distributor-pw",
@@ -48,7 +57,7 @@ class Platform:
             # A fresh store must not meet messages an earlier run left in durable queues.
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
         concierge = str(Path(sys.executable).with_name("concierge"))
         if self.embedded:
             env = {k: v for k, v in self.env.items()
@@ -56,10 +65,11 @@ class Platform:
             self.procs.append(subprocess.Popen([concierge, "up"], env=env, cwd=ROOT,
                                                stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
-        for name in () if self.embedded else self.services:
-            self.procs.append(subprocess.Popen([concierge, "run", name], env=self.env, cwd=ROOT,
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))
+        for i, name in enumerate(() if self.embedded else self.services):
+            with self._log(f"{name}-{i}") as out:  # the child keeps its own copy
+                self.procs.append(subprocess.Popen([concierge, "run", name], env=self.env,
+                                                   cwd=ROOT, stdout=out,
+                                                   stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -74,6 +84,12 @@ class Platform:
         self.stop()
         raise RuntimeError("the platform did not come up")
 
+    def _log(self, name: str) -> Any:
+        if self.logs is None:
+            return open(os.devnull, "wb")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return open(self.logs / f"{name}.log", "wb")
+
     def _topology_answers(self, token: str) -> bool:
         """Login proves the gateway and accounts are up; topology runs in its own process and
         may still be declaring its RPC queue (the gateway would answer 503). Any other answer
@@ -86,8 +102,10 @@ class Platform:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each service process and by the broker and database
         (Linux /proc), to show where a benchmark's work goes."""
-        figures = {name: pid_cpu_seconds(proc.pid) for name, proc in zip(
-            ("up",) if self.embedded else self.services, self.procs, strict=False)}
+        figures: dict[str, float] = {}
+        for name, proc in zip(("up",) if self.embedded else self.services, self.procs,
+                              strict=False):
+            figures[name] = figures.get(name, 0.0) + pid_cpu_seconds(proc.pid)
         figures.update(infrastructure_cpu_seconds())
         return figures
 
@@ -109,7 +127,7 @@ class Platform:
         if not self.embedded:  # no durable queue left to fill up
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
 
     def call(self, method: str, path: str, body: Any = None,
              token: str | None = None) -> tuple[int, Any]:

@@ -24,7 +24,7 @@ from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
-from concierge.locks import AdvisoryLock, FileLock, LeaderLock
+from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection
 from concierge.projection import ReadModel
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
@@ -179,7 +179,8 @@ def leader_lock(service: str, settings: Settings, engine: Engine,
                 purpose: str = "relay") -> LeaderLock:
     """One holder per (service, purpose) across every replica: the relay, a mailer, ..."""
     if settings.uses_postgres:
-        return AdvisoryLock(engine, f"concierge-{purpose}:{settings.schema_for(service)}")
+        return AdvisoryLock(LockConnection.of(engine, settings, service),
+                            f"concierge-{purpose}:{settings.schema_for(service)}")
     return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
@@ -191,7 +192,7 @@ def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
     the caller retries with back-off instead.
     """
 
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from concierge.rpc import ClusterRpcProxy
 
     # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
     # has one reader, so calls from the consumer loops and the startup catch-up take turns:
@@ -225,7 +226,8 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
         service,
         wiring.app,
         wiring.engine,
-        publisher_factory=lambda: make_publisher(settings.amqp_uri, service),
+        publisher_factory=lambda: make_publisher(settings.amqp_uri, service,
+                                                 settings.amqp_prefix),
         lock=leader_lock(service, settings, wiring.engine),
         idle_seconds=settings.relay_idle_seconds,
         publishable=wiring.publishable(),
@@ -414,8 +416,8 @@ class Runner:
         self.running = True
         assert w.relay is not None
         for source, subs in w.subscriptions.items():
-            loop = ConsumerLoop(w.settings.amqp_uri, subscription_queue(w.service, source),
-                                dispatcher(subs))
+            queue = subscription_queue(w.service, source, w.settings.amqp_prefix)
+            loop = ConsumerLoop(w.settings.amqp_uri, queue, dispatcher(subs))
             loop.declare()
             w.consumers.append(loop)
             self.spawn(loop.run)

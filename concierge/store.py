@@ -159,15 +159,17 @@ def _persistence_env(service: str, settings: Settings) -> dict[str, str]:
         schema = settings.schema_for(service)
         ensure_postgres_schema(settings, schema)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # The library's factory, naming its connections (`application_name`).
+            "PERSISTENCE_MODULE": "concierge.pgrecorder:PostgresFactory",
+            "CONCIERGE_APPLICATION_NAME": settings.application_name(service),
             "POSTGRES_DBNAME": pg["dbname"],
             "POSTGRES_HOST": pg["host"],
             "POSTGRES_PORT": pg["port"],
             "POSTGRES_USER": pg["user"],
             "POSTGRES_PASSWORD": pg["password"],
             "POSTGRES_SCHEMA": schema,
-            "POSTGRES_POOL_SIZE": "5",
-            "POSTGRES_MAX_OVERFLOW": "10",
+            "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
+            "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),
             # Not POSTGRES_ENABLE_DB_FUNCTIONS: in eventsourcing 9.5.6 that faster path skips the
             # tracking record, so a subscriber would lose its idempotence on PostgreSQL
             # (tests/integration/test_store.py proves tracking is kept).
@@ -194,6 +196,7 @@ def ensure_postgres_schema(settings: Settings, schema: str) -> None:
         password=pg["password"] or None,
         dbname=pg["dbname"],
         autocommit=True,
+        application_name=settings.application_name("setup"),
     ) as conn:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 

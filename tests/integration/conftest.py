@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from nameko.runners import ServiceRunner
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI, Settings
+from concierge.rpc import ClusterRpcProxy
 from tests.support.harness import reset_bus
 
 STACKS = ["embedded", "rabbit-sqlite", "rabbit-postgres"]
@@ -29,8 +29,11 @@ def make_settings(kind: str, request: pytest.FixtureRequest, data_dir: Path,
         database = request.getfixturevalue("postgres_url")
     if kind == "embedded":
         transport.reset()
+    # A deployment of its own per test (named after its schemas): concurrent test runs on one
+    # broker never meet each other's queues, exchanges or lock keys.
     return Settings(data_dir=data_dir, amqp_uri=amqp, database_url=database,
-                    schema_prefix=schema_prefix, relay_idle_seconds=0.2)
+                    deployment=schema_prefix.rstrip("_"), schema_prefix=schema_prefix,
+                    relay_idle_seconds=0.2)
 
 
 @pytest.fixture
@@ -94,7 +97,7 @@ def services_factory() -> Iterator[Callable[[Settings, list[str]], Services]]:
     created: list[tuple[Services, list[str]]] = []
 
     def make(settings: Settings, names: list[str]) -> Services:
-        reset_bus(settings.amqp_uri, names)
+        reset_bus(settings.amqp_uri, names, settings.amqp_prefix)
         services = Services(settings)
         created.append((services, names))
         return services
@@ -104,7 +107,7 @@ def services_factory() -> Iterator[Callable[[Settings, list[str]], Services]]:
         services.stop_all()
         # Durable queues outlive the test: left behind, a subscriber's queue keeps filling from
         # whatever publishes to its source later (a benchmark's half a million messages once).
-        reset_bus(services.settings.amqp_uri, names)
+        reset_bus(services.settings.amqp_uri, names, services.settings.amqp_prefix)
 
 
 @pytest.fixture
