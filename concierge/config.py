@@ -37,10 +37,9 @@ class Settings:
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
     log_level: str = "INFO"
-    # Each of a process's two PostgreSQL pools per service (the event store's, the read
-    # models'): connections kept open, and how many more it may open under load.
-    db_pool_size: int = 1
-    db_max_overflow: int = 2
+    # The most connections each of a service's two PostgreSQL pools opens (the event store's,
+    # the read models'); a caller finding its pool in use waits for a connection.
+    db_pool_size: int = 3
     # Who holds a connection (`pg_stat_activity.application_name`): a service, or the CLI.
     role: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -52,9 +51,8 @@ class Settings:
                 "digits and underscores, starting with a letter")
         if self.deployment and not self.schema_prefix:
             object.__setattr__(self, "schema_prefix", f"{self.deployment}_")
-        if self.db_pool_size < 1 or self.db_max_overflow < 0:
-            raise ValueError("CONCIERGE_DB_POOL_SIZE must be 1 or more and "
-                             "CONCIERGE_DB_MAX_OVERFLOW 0 or more")
+        if self.db_pool_size < 1:
+            raise ValueError(f"CONCIERGE_DB_POOL_SIZE={self.db_pool_size}: use 1 or more")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -78,8 +76,6 @@ class Settings:
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
             db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
-            db_max_overflow=int(env.get("CONCIERGE_DB_MAX_OVERFLOW", "")
-                                or cls.db_max_overflow),
         )
 
     @property

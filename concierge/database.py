@@ -58,8 +58,10 @@ def service_engine(service: str, settings: Settings) -> Engine:
         url = url.replace("postgres://", "postgresql+psycopg://", 1)
         engine = create_engine(
             url,
+            # No overflow: SQLAlchemy closes an overflow connection as soon as it is returned,
+            # so a pool at its size under load would connect anew for every statement.
             pool_size=settings.db_pool_size,
-            max_overflow=settings.db_max_overflow,
+            max_overflow=0,
             connect_args={"options": f"-csearch_path={schema}",
                           "application_name": settings.application_name(service)},
             execution_options={LOCK_NAMESPACE_OPTION: settings.lock_namespace},

@@ -168,8 +168,10 @@ def _persistence_env(service: str, settings: Settings) -> dict[str, str]:
             "POSTGRES_USER": pg["user"],
             "POSTGRES_PASSWORD": pg["password"],
             "POSTGRES_SCHEMA": schema,
-            "POSTGRES_POOL_SIZE": str(settings.db_pool_size),
-            "POSTGRES_MAX_OVERFLOW": str(settings.db_max_overflow),
+            # One connection kept; up to CONCIERGE_DB_POOL_SIZE under load, each closed
+            # after ten idle minutes (psycopg_pool's max_idle).
+            "POSTGRES_POOL_SIZE": "1",
+            "POSTGRES_MAX_OVERFLOW": str(settings.db_pool_size - 1),
             # Not POSTGRES_ENABLE_DB_FUNCTIONS: in eventsourcing 9.5.6 that faster path skips the
             # tracking record, so a subscriber would lose its idempotence on PostgreSQL
             # (tests/integration/test_store.py proves tracking is kept).
@@ -258,7 +260,7 @@ class ServiceApplication(Application):
         """On PostgreSQL: record events through `engine` (the read models' database, the same
         one) and project own read models in that transaction (`InCommit`), instead of in a
         second transaction after it. SQLite stores keep the two transactions."""
-        if self.factory.__class__.__module__.startswith("eventsourcing.postgres"):
+        if self._postgres_datastore() is not None:
             self._in_commit = (engine, in_commit)
 
     def construct_repository(self) -> Any:

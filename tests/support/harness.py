@@ -50,7 +50,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONCIERGE_DEPLOYMENT": settings.deployment,
         "CONCIERGE_SCHEMA_PREFIX": settings.schema_prefix,
         "CONCIERGE_DB_POOL_SIZE": str(settings.db_pool_size),
-        "CONCIERGE_DB_MAX_OVERFLOW": str(settings.db_max_overflow),
         "CONCIERGE_RELAY_IDLE_SECONDS": str(settings.relay_idle_seconds),
         "PYTHONPATH": str(ROOT),
     })
