@@ -119,11 +119,13 @@ class Platform:
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()
+        deadline = time.monotonic() + 15  # one grace period for all, as a pod's stop has
         for proc in self.procs:
             try:
-                proc.wait(15)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         if not self.embedded:  # no durable queue left to fill up
             from tests.support.harness import reset_bus
 

@@ -39,7 +39,7 @@ class Settings:
     log_level: str = "INFO"
     # The most connections each of a service's two PostgreSQL pools opens (the event store's,
     # the read models'); a caller finding its pool in use waits for a connection.
-    db_pool_size: int = 3
+    db_pool_size: int = 2
     # Who holds a connection (`pg_stat_activity.application_name`): a service, or the CLI.
     role: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -51,8 +51,11 @@ class Settings:
                 "digits and underscores, starting with a letter")
         if self.deployment and not self.schema_prefix:
             object.__setattr__(self, "schema_prefix", f"{self.deployment}_")
-        if self.db_pool_size < 1:
-            raise ValueError(f"CONCIERGE_DB_POOL_SIZE={self.db_pool_size}: use 1 or more")
+        if self.db_pool_size < 2:
+            # A transaction may need a second connection of its pool while it holds the first
+            # (a read model's position read while its commit is open): with one, it would wait
+            # for itself.
+            raise ValueError(f"CONCIERGE_DB_POOL_SIZE={self.db_pool_size}: use 2 or more")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

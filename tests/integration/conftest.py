@@ -36,13 +36,23 @@ def make_settings(kind: str, request: pytest.FixtureRequest, data_dir: Path,
                     relay_idle_seconds=0.2)
 
 
+# Every service the integration tests run (the chassis's toy ones too).
+TEST_SERVICES = ["accounts", "topology", "notify", "ledger", "tally"]
+
+
 @pytest.fixture
 def stack_factory(request: pytest.FixtureRequest, data_dir: Path,
-                  schema_prefix: str) -> Callable[[str], Settings]:
-    def make(kind: str) -> Settings:
-        return make_settings(kind, request, data_dir, schema_prefix)
+                  schema_prefix: str) -> Iterator[Callable[[str], Settings]]:
+    made: list[Settings] = []
 
-    return make
+    def make(kind: str) -> Settings:
+        made.append(make_settings(kind, request, data_dir, schema_prefix))
+        return made[-1]
+
+    yield make
+    # The test's deployment leaves no exchange or queue on the broker.
+    for settings in made:
+        reset_bus(settings.amqp_uri, TEST_SERVICES, settings.amqp_prefix)
 
 
 class Services:
