@@ -57,6 +57,20 @@ def deployments(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.Tem
                     conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def installer(platform: Platform) -> str:
+    """The same installer name in each deployment: each has its own accounts."""
+    distributor = platform.distributor_token()
+    status, body = platform.call("POST", "/api/v1/installers",
+                                 {"username": "installer", "password": "installer-pw-1",
+                                  "email": f"installer@{platform.deployment}.example.org"},
+                                 distributor)
+    assert status in (201, 409), (platform.deployment, status, body)
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": "installer", "password": "installer-pw-1"})
+    assert status == 200, (platform.deployment, status, session)
+    return str(session["token"])
+
+
 def add_apartment(platform: Platform, token: str, building: str, number: int) -> int:
     status, body = platform.call(
         "POST", f"/api/v1/buildings/{building}/apartments",
@@ -106,8 +120,7 @@ def test_two_deployments_on_one_vhost_and_one_database_never_meet(
         deployments: dict[str, Platform], rabbit_uri: str, postgres_url: str) -> None:
     sites: dict[str, tuple[str, str, str]] = {}
     for name, platform in deployments.items():
-        # The same installer name in both: each deployment has its own accounts.
-        token = platform.installer_session("installer")
+        token = installer(platform)
         status, community = platform.call(
             "POST", "/api/v1/communities",
             {"name": f"{name} Towers", "feature_plan": "premium", "time_zone": "UTC"}, token)
@@ -165,7 +178,7 @@ def test_a_read_model_lock_of_one_deployment_does_not_stop_the_other(
     (first, one), (second, other) = deployments.items()
     sites = {}
     for platform in (one, other):
-        token = platform.installer_session("installer")
+        token = installer(platform)
         _, community = platform.call("POST", "/api/v1/communities",
                                      {"name": f"{platform.deployment} Locked",
                                       "feature_plan": "premium",
