@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,13 +37,17 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from concierge import context
+from concierge import context, green
 from concierge.config import Settings
 from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+# A unit that lost an optimistic-concurrency race to another replica runs again this many
+# times in all, after a random pause of up to RETRY_PAUSE_SECONDS times its attempt number.
+COMMIT_ATTEMPTS = 10
+RETRY_PAUSE_SECONDS = 0.005
 # Own read models projected inside the transaction that records the events: entered before the
 # transaction (it holds what must not move meanwhile), it yields a function that projects the
 # just-stored records on the transaction's connection, and it takes effect once that commits.
@@ -289,18 +294,31 @@ class ServiceApplication(Application):
         return self.group_commit.execute(command)
 
     def _commit_waiting(self, batch: list[Any]) -> None:
-        try:
-            with self.serialised():
-                results = self.run_unit([(w.ctx, w.command) for w in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].fail(exc)
-                return
-            for waiting in batch:  # each alone: its own outcome, nothing of a failed one kept
-                self._commit_waiting([waiting])
+        failure: Exception | None = None
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                with self.serialised():
+                    results = self.run_unit([(w.ctx, w.command) for w in batch])
+            except IntegrityError as exc:
+                # Another replica wrote one of these aggregates first. The unit recorded
+                # nothing; run it again against the aggregates as that replica left them
+                # (the repository fast-forwards them), so only a real conflict, which the
+                # domain then refuses by name, reaches a caller.
+                failure = exc
+                green.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * (attempt + 1)))
+                continue
+            except Exception as exc:
+                failure = exc
+                break
+            for waiting, result in zip(batch, results, strict=True):
+                waiting.succeed(result)
             return
-        for waiting, result in zip(batch, results, strict=True):
-            waiting.succeed(result)
+        assert failure is not None
+        if len(batch) == 1:
+            batch[0].fail(failure)
+            return
+        for waiting in batch:  # each alone: its own outcome, nothing of a failed one kept
+            self._commit_waiting([waiting])
 
     def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None,
                  lookups: Sequence[UUID] = ()) -> list[Any]:
