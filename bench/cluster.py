@@ -49,17 +49,14 @@ class Platform:
             from tests.support.harness import reset_bus
 
             reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
-        concierge = str(Path(sys.executable).with_name("concierge"))
         if self.embedded:
             env = {k: v for k, v in self.env.items()
                    if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
-            self.procs.append(subprocess.Popen([concierge, "up"], env=env, cwd=ROOT,
+            self.procs.append(subprocess.Popen([self._concierge(), "up"], env=env, cwd=ROOT,
                                                stdout=subprocess.DEVNULL,
                                                stderr=subprocess.DEVNULL))
         for name in () if self.embedded else self.services:
-            self.procs.append(subprocess.Popen([concierge, "run", name], env=self.env, cwd=ROOT,
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))
+            self.procs.append(self._run(name))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -73,6 +70,32 @@ class Platform:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError("the platform did not come up")
+
+    @staticmethod
+    def _concierge() -> str:
+        return str(Path(sys.executable).with_name("concierge"))
+
+    def _run(self, name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([self._concierge(), "run", name], env=self.env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_service(self, name: str) -> None:
+        """Stop every process of one service (its replicas), as a pod eviction would."""
+        for index, (service, proc) in enumerate(zip(self.services, self.procs, strict=True)):
+            if service == name and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                self.procs[index] = proc
+
+    def start_service(self, name: str) -> None:
+        """Start again every stopped process of one service."""
+        for index, (service, proc) in enumerate(zip(self.services, self.procs, strict=True)):
+            if service == name and proc.poll() is not None:
+                self.procs[index] = self._run(name)
 
     def _topology_answers(self, token: str) -> bool:
         """Login proves the gateway and accounts are up; topology runs in its own process and

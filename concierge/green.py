@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _patched = False
@@ -87,16 +89,34 @@ class DeadlineExceeded(Exception):
     """A block did not finish within its deadline (e.g. a service did not answer an RPC)."""
 
 
+# When the innermost `deadline` block of this green thread ends (time.monotonic()).
+_deadline_at: ContextVar[float | None] = ContextVar("concierge_deadline_at", default=None)
+
+
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Interrupt the block with DeadlineExceeded after `seconds` (any green wait inside ends)."""
+    """Interrupt the block with DeadlineExceeded after `seconds` (any green wait inside ends).
+
+    RPC requests sent inside carry what is left of it (`time_left`), so a service never runs
+    one after its caller has been told it failed.
+    """
     import eventlet
 
+    ends = time.monotonic() + seconds
+    outer = _deadline_at.get()
+    token = _deadline_at.set(ends if outer is None else min(ends, outer))
     timer = eventlet.Timeout(seconds, DeadlineExceeded(f"no answer within {seconds:g} s"))
     try:
         yield
     finally:
         timer.cancel()
+        _deadline_at.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left before the current `deadline` block ends, or None outside one."""
+    ends = _deadline_at.get()
+    return None if ends is None else ends - time.monotonic()
 
 
 def spawn(fn: Callable[..., Any], *args: Any) -> Any:

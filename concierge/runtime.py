@@ -106,31 +106,33 @@ class Wiring:
         return read
 
     def catch_up_local(self, records: list[StoredRecord] | None = None) -> None:
-        """Bring own read models up to the log now, in one transaction: a command's caller
-        reads its own write. `records`, just committed, spare reading them back from the log."""
+        """Bring own read models up to the log now: a command's caller reads its own write.
+        `records`, just committed, spare reading them back from the log."""
         if not self.local:
             return
         if records and all(sub.position >= records[-1].position for sub in self.local):
             return  # projected in the commit that recorded them (`own_models_in_commit`)
         known = [build_envelope(self.service, r) for r in records] if records else None
-        try:
-            with contextlib.ExitStack() as held:
-                for sub in self.local:
-                    held.enter_context(sub.locked())
-                held.enter_context(models_locked(sub.handler for sub in self.local))
-                if known:
-                    with self.engine.begin() as conn:
-                        if self._project_together(conn, known):
-                            return
-                # Each model in a transaction of its own: one transaction that locked the
-                # models one after another would hold the first one's advisory lock while it
-                # waits for the next (see `models_locked`).
-                for sub in self.local:
-                    sub.catch_up(known=known)
-        except Exception:
+        with contextlib.ExitStack() as held:
             for sub in self.local:
-                sub.forget_position()
-            log.exception("own read models fell behind; the background loop retries")
+                held.enter_context(sub.locked())
+            held.enter_context(models_locked(sub.handler for sub in self.local))
+            if known:
+                # The common case: every model in one transaction. Should one of them refuse,
+                # each goes alone below, so that one cannot hold back the others.
+                with contextlib.suppress(Exception), self.engine.begin() as conn:
+                    if self._project_together(conn, known):
+                        return
+            # Each model in a transaction of its own: one transaction that locked the models
+            # one after another would hold the first one's advisory lock while it waits for
+            # the next (see `models_locked`).
+            for sub in self.local:
+                try:
+                    sub.catch_up(known=known)
+                except Exception:
+                    sub.forget_position()
+                    log.exception("own read model %s fell behind; the next commit or start "
+                                  "catches it up", sub.handler.name)
 
 
     @contextlib.contextmanager

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -37,8 +38,9 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from concierge import context, green
+from concierge import context, green, idempotency
 from concierge.config import Settings
+from concierge.idempotency import Answer
 from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,7 @@ def _persistence_env(service: str, settings: Settings) -> dict[str, str]:
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path),
+        "PROCESS_RECORDER_TOPIC": "concierge.sqliterecorder:AnsweringProcessRecorder",
         "CREATE_TABLE": "y",
     }
 
@@ -337,17 +340,52 @@ class ServiceApplication(Application):
         try:
             for ctx, part in parts:
                 with context.acting(ctx):
-                    result, aggregates = part()
-                    unit.stage(aggregates, stamp())
-                results.append(result)
+                    results.append(self._run_part(unit, ctx, part))
         finally:
             repository.unit = None
-        if unit.events or tracking is not None:
+        if unit.events or tracking is not None or unit.answers:
             processing_event = ProcessingEvent(tracking=tracking)
             processing_event.events.extend(unit.events)
             processing_event.aggregates.update(unit.aggregates)
+            if unit.answers:
+                processing_event.saved_kwargs["answers"] = unit.answers
             self._notify(self._record(processing_event))
         return results
+
+    def _run_part(self, unit: UnitOfWork, ctx: context.CallContext,
+                  part: Callable[[], tuple[Any, Sequence[Any]]]) -> Any:
+        """One part of a unit: not run once its caller has stopped waiting, answered from
+        store when its idempotency key was answered before, else run and its events staged."""
+        if ctx.expired():
+            raise context.Expired(f"{ctx.correlation_id}: the caller stopped waiting before "
+                                  "the command ran; nothing was recorded")
+        key = self._answer_key(ctx)
+        if key is not None:
+            answer = self._answered(unit, key, ctx.request_digest or "")
+            if answer is not None:
+                return answer.result
+        result, aggregates = part()
+        unit.stage(aggregates, stamp())
+        if key is not None:
+            unit.answers.append(Answer(key, ctx.request_digest or "", result, time.time()))
+        return result
+
+    def _answer_key(self, ctx: context.CallContext) -> str | None:
+        if ctx.idempotency_key is None or not hasattr(self.recorder, "select_answer"):
+            return None
+        return idempotency.key_for(ctx.account_id or ctx.actor, ctx.idempotency_key)
+
+    def _answered(self, unit: UnitOfWork, key: str, request: str) -> Answer | None:
+        """The fresh answer kept under `key` (by an earlier part of this unit, or in store);
+        KeyReused when it answered another request."""
+        found = next((a for a in reversed(unit.answers) if a.key == key), None)
+        if found is None:
+            found = self.recorder.select_answer(key)
+        if found is None or not found.fresh():
+            return None
+        if found.request != request:
+            raise idempotency.KeyReused()
+        return found
 
     def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
         if self._in_commit is None or not processing_event.events:
@@ -388,7 +426,8 @@ class ServiceApplication(Application):
             try:
                 with raw.pipeline() as pipeline:
                     with raw.cursor(row_factory=dict_row) as curs:
-                        recorder._insert_events(curs, stored, tracking=processing_event.tracking)
+                        recorder._insert_events(curs, stored, tracking=processing_event.tracking,
+                                                **processing_event.saved_kwargs)
                     with raw.cursor(row_factory=dict_row) as curs:
                         try:
                             recorder._insert_stored_events(curs, stored)

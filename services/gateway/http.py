@@ -29,7 +29,8 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
-from concierge.green import DeadlineExceeded, deadline
+from concierge import idempotency
+from concierge.green import DeadlineExceeded, deadline, time_left
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
 from contracts.accounts import APP_STATUSES
@@ -45,6 +46,8 @@ from contracts.errors import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# Routes that change something: each takes an Idempotency-Key.
+WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BODY_DEPTH = 32
 MAX_TOKEN_CHARS = 512
@@ -302,7 +305,25 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
         }
     body = read_body(request) if route.body is not None else {}
     query = read_query(request, route.query) if route.query is not None else {}
+    left = time_left()
+    if left is not None:
+        ctx["deadline"] = time.time() + left  # a service does not start it after this
+    if route.method in WRITE_METHODS:
+        _idempotency(request, body, ctx)
     return Call(ctx=ctx, body=body, query=query, token=token)
+
+
+def _idempotency(request: Request, body: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """The client's Idempotency-Key and what it asked, for the service that runs the command
+    to answer a retry from store (`concierge.idempotency`)."""
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return
+    problem_text = idempotency.check_key(key)
+    if problem_text is not None:
+        raise Invalid.fields({idempotency.HEADER: [problem_text]})
+    ctx["idempotency_key"] = key
+    ctx["request_digest"] = idempotency.request_digest(request.method, request.path, body)
 
 
 def bearer_token(request: Request) -> str | None:

@@ -82,7 +82,7 @@ class GatewayService:
     @api("POST", f"{V1}/auth/login", summary="Log in", tag="auth", auth=False, body=LoginRequest,
          returns=LoginResponse, errors=(401,))
     def login(self, call: Call) -> Any:
-        return self.accounts.login(call.body)
+        return self.accounts.login(call.body, ctx=call.ctx)
 
     @api("POST", f"{V1}/auth/logout", summary="Log out", tag="auth", status=204, returns=None)
     def logout(self, call: Call) -> Any:

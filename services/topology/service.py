@@ -74,8 +74,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_community(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_community(community_id, load(CommunityEdit, payload))
-        return self.app.get_community(community_id)
+        return self.app.edit_community(community_id, load(CommunityEdit, payload))
 
     @rpc
     @command
@@ -101,8 +100,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_building(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_building(building_id, load(BuildingEdit, payload))
-        return self.app.get_building(building_id)
+        return self.app.edit_building(building_id, load(BuildingEdit, payload))
 
     @rpc
     @command
@@ -123,14 +121,12 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_apartment(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
-        return self.app.get_apartment(apartment_id)
+        return self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
 
     @rpc
     @command
     def reset_apartment(self, ctx: Ctx, apartment_id: Any) -> dict[str, Any]:
-        self.app.reset_apartment(apartment_id)
-        return self.app.get_apartment(apartment_id)
+        return self.app.reset_apartment(apartment_id)
 
     @rpc
     @command

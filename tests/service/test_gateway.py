@@ -92,7 +92,7 @@ class FakeAccounts:
 
     @rpc
     @translated
-    def login(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def login(self, payload: dict[str, Any], ctx: Any = None) -> dict[str, Any]:
         request = LoginRequest().load(payload)
         user = STATE.users.get(request["username"])
         if user is None or user["password"] != request["password"]:
