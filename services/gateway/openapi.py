@@ -15,8 +15,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, missing, validate
 
+from concierge import idempotency
 from contracts.topology import FLOOR_MAX, FLOOR_MESSAGE, FLOOR_MIN, GROUND_FLOORS, Floor
-from services.gateway.http import MAX_BODY_BYTES, Route
+from services.gateway.http import MAX_BODY_BYTES, WRITE_METHODS, Route
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -252,11 +253,27 @@ def query_parameters(schema: type[Schema] | None, components: Components) -> lis
     ]
 
 
+def idempotency_parameters(route: Route) -> list[dict[str, Any]]:
+    """Every write takes an Idempotency-Key (concierge.idempotency)."""
+    if route.method not in WRITE_METHODS:
+        return []
+    return [{
+        "name": idempotency.HEADER, "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_CHARS,
+                   "pattern": "^[ -~]+$"},
+        "description": "Makes the request safe to retry: the same key and request within 24 h "
+                       "answer the first response again without doing anything twice; the "
+                       "same key with another request is 422. Keys are per account.",
+    }]
+
+
 def error_statuses(route: Route) -> list[int]:
     """The error statuses a route can answer, from its shape (see services/gateway/http.py)."""
     statuses = {500, *route.errors}
     if route.body is not None:
         statuses |= {400, 413, 422}
+    if route.method in WRITE_METHODS:
+        statuses.add(422)  # an Idempotency-Key reused for another request
     if route.query is not None:
         statuses.add(422)
     if route.auth:
@@ -285,7 +302,8 @@ def operation(route: Route, components: Components) -> dict[str, Any]:
         "operationId": route.name,
         "summary": route.summary,
         "tags": [route.tag],
-        "parameters": [*path_parameters, *query_parameters(route.query, components)],
+        "parameters": [*path_parameters, *query_parameters(route.query, components),
+                       *idempotency_parameters(route)],
         "responses": responses,
         "security": [{SECURITY_SCHEME: []}] if route.auth else [],
     }

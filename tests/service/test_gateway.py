@@ -886,6 +886,12 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
             assert "401" in statuses, where
         if "requestBody" in op:
             assert {"400", "422"} <= statuses, where
+        keys = [p for p in op["parameters"] if p["name"] == "Idempotency-Key"]
+        if method in ("POST", "PATCH", "DELETE"):
+            assert [(p["in"], p["required"]) for p in keys] == [("header", False)], where
+            assert "422" in statuses, where
+        else:
+            assert keys == [], where
         for status, answer in op["responses"].items():
             if int(status) >= 400:
                 problem = _resolve(doc, answer["$ref"])
