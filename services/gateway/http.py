@@ -459,6 +459,8 @@ class Route:
     path: str
     summary: str
     tag: str
+    # What a client must know beyond the summary and the schemas (OpenAPI `description`).
+    description: str = ""
     body: type[Schema] | None = None
     query: type[Schema] | None = None
     status: int = 200
@@ -551,7 +553,7 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
         principal = service.principal(token)
         role = str(principal.get("role"))
         if route.roles and role not in route.roles:
-            raise Forbidden(f"Only a {' or '.join(route.roles)} may do this.")
+            raise Forbidden(f"Only {' or '.join(map(_a, route.roles))} may do this.")
         ctx = {
             "actor": f"{role}:{principal.get('username')}",
             "correlation_id": request_id,
@@ -580,6 +582,10 @@ def _idempotency(request: Request, body: dict[str, Any], ctx: dict[str, Any]) ->
         raise Invalid.fields({idempotency.HEADER: [problem_text]})
     ctx["idempotency_key"] = key
     ctx["request_digest"] = idempotency.request_digest(request.method, request.path, body)
+
+
+def _a(role: str) -> str:
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
 
 
 def bearer_token(request: Request) -> str | None:
@@ -727,12 +733,17 @@ def _nest(path: tuple[str, ...], message: str) -> dict[str, Any]:
     return {path[0]: errors}
 
 
-class ListQuery(Schema):
-    """The portal's list parameters (ARCHITECTURE: page, per_page default 10, sort, q)."""
+class PageQuery(Schema):
+    """A page of a list in a fixed order (an APT's history, oldest first): no sort, no q."""
 
     page = fields.Integer(load_default=1, validate=validate.Range(1, PAGE_MAX))
     per_page = fields.Integer(load_default=PER_PAGE_DEFAULT,
                               validate=validate.Range(1, PER_PAGE_MAX))
+
+
+class ListQuery(PageQuery):
+    """The portal's list parameters (ARCHITECTURE: page, per_page default 10, sort, q)."""
+
     sort = fields.String(validate=validate.Regexp(
         _SORT, error="A field name such as 'name' or '-created_at'."))
     q = fields.String(validate=validate.Length(max=128))

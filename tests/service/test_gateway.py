@@ -282,8 +282,12 @@ class FakeTopology:
 
     @rpc
     @command
-    def apartment_history(self, ctx: dict[str, Any], apartment_id: str) -> list[dict[str, Any]]:
-        return [{"type": t} for t in _mine(STATE.apartments, ctx, apartment_id)["history"]]
+    def apartment_history(self, ctx: dict[str, Any], apartment_id: str,
+                          query: dict[str, Any]) -> dict[str, Any]:
+        rows = [{"type": t} for t in _mine(STATE.apartments, ctx, apartment_id)["history"]]
+        start = (query["page"] - 1) * query["per_page"]
+        return {"items": rows[start:start + query["per_page"]], "total": len(rows),
+                "page": query["page"], "per_page": query["per_page"]}
 
     @rpc
     @command
@@ -774,7 +778,8 @@ def test_apartment_lifecycle(installer: Client) -> None:
     assert reset.json()["resident"]["email"] is None
     history = installer.get(f"/api/v1/apartments/{apartment_id}/history").json()
     assert history == {"items": [{"type": "ApartmentAdded"}, {"type": "ApartmentEdited"},
-                                 {"type": "ApartmentReset"}]}
+                                 {"type": "ApartmentReset"}],
+                       "total": 3, "page": 1, "per_page": 10}
 
     assert installer.delete(f"/api/v1/apartments/{apartment_id}").status_code == 204
     assert_problem(installer.get(f"/api/v1/apartments/{apartment_id}"), 404)
