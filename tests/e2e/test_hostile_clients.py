@@ -82,12 +82,15 @@ class Answer:
         return problem
 
 
-def exchange(port: int, request: bytes, *, half_close: bool = False,
-             timeout: float = 60.0) -> Answer:
-    """Send raw bytes, read the answer to the end of the connection; a reset fails the test."""
+def exchange(port: int, request: bytes, *, half_close: bool = False, timeout: float = 60.0,
+             sent: threading.Semaphore | None = None) -> Answer:
+    """Send raw bytes, read the answer to the end of the connection; a reset fails the test.
+    `sent` is released once the request is on its way."""
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
+        if sent is not None:
+            sent.release()
         if half_close:
             sock.shutdown(socket.SHUT_WR)
         data = b""
@@ -178,19 +181,23 @@ def test_a_flood_of_wrong_logins_does_not_hold_up_other_requests(flooded: Platfo
     name = f"flood{uuid.uuid4().hex[:6]}"
     token = flooded.installer_session(name)  # never used: the gateway must ask accounts
     finished: list[tuple[float, int, dict[str, str]]] = []
-    start = threading.Barrier(FLOOD + 1)
+    sent = threading.Semaphore(0)
 
     def wrong_login(i: int) -> None:
-        start.wait()
         body = json.dumps({"username": name if i % 2 else f"nobody{i}",
                            "password": "not-the-password"}).encode()
-        answer = exchange(flooded.port, http("POST", "/api/v1/auth/login", body=body))
+        answer = exchange(flooded.port, http("POST", "/api/v1/auth/login", body=body),
+                          sent=sent)
         finished.append((time.monotonic(), answer.status, answer.headers))
 
     clients = [threading.Thread(target=wrong_login, args=(i,)) for i in range(FLOOD)]
     for client in clients:
         client.start()
-    start.wait()
+    # The whole flood is in the gateway's hands before the other requests go: every login
+    # sent, and one answered already.
+    for _ in range(FLOOD):
+        assert sent.acquire(timeout=60)
+    eventually(lambda: finished, timeout=60, interval=0.01)
     health = exchange(flooded.port, http("GET", "/healthz"))
     health_done = time.monotonic()
     listing = exchange(flooded.port, http("GET", "/api/v1/communities", token=token))

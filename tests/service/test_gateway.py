@@ -42,6 +42,7 @@ from services.gateway.http import (
     ERROR_STATUS,
     MAX_BODY_BYTES,
     SESSION_CACHE_CONFIG_KEY,
+    BodyTooSlow,
     Malformed,
     SessionCache,
     problem_from,
@@ -548,6 +549,13 @@ def test_error_table_agrees_with_the_contracts() -> None:
     for cls in ERROR_TYPES.values():
         assert ERROR_STATUS[cls] == cls.status
     assert ERROR_STATUS[Malformed] == 400
+    assert ERROR_STATUS[BodyTooSlow] == BodyTooSlow.status == 408
+
+
+def test_a_busy_service_says_when_to_come_back() -> None:
+    response = problem_from(RemoteError("Busy", "Too many logins at once."), "rid")
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    assert json.loads(response.get_data())["detail"] == "Too many logins at once."
 
 
 @pytest.mark.parametrize(("error", "status"), [
