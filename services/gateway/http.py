@@ -3,7 +3,8 @@
 `service.py` declares each route with `@api(...)` and stays one RPC call per route; everything a
 route has in common (who is calling, is the body valid, which status an error maps to) lives here
 so no route can forget it. Errors always leave as `application/problem+json`, never as nameko's
-plain-text or werkzeug's HTML pages.
+plain-text or werkzeug's HTML pages, nor as the bytes eventlet.wsgi and the standard library
+answer malformed HTTP with (`ApiProtocol`).
 """
 
 from __future__ import annotations
@@ -553,7 +554,7 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
         principal = service.principal(token)
         role = str(principal.get("role"))
         if route.roles and role not in route.roles:
-            raise Forbidden(f"Only {' or '.join(map(_a, route.roles))} may do this.")
+            raise Forbidden(f"Only {' or '.join(map(_with_article, route.roles))} may do this.")
         ctx = {
             "actor": f"{role}:{principal.get('username')}",
             "correlation_id": request_id,
@@ -584,7 +585,7 @@ def _idempotency(request: Request, body: dict[str, Any], ctx: dict[str, Any]) ->
     ctx["request_digest"] = idempotency.request_digest(request.method, request.path, body)
 
 
-def _a(role: str) -> str:
+def _with_article(role: str) -> str:
     return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
 
 

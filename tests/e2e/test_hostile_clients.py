@@ -475,7 +475,7 @@ def test_a_role_that_may_not_use_a_route_is_refused_before_its_input_is_read(
             "list_residents", "dashboard"} <= set(forbidden)
 
 
-def test_every_route_a_distributor_is_refused_declares_its_roles() -> None:
+def test_every_route_on_sites_declares_the_installer_role() -> None:
     for route in routes_of(GatewayService):
         if route.auth and route.name not in ("logout", "create_installer"):
             assert route.roles == ("installer",), route.name
