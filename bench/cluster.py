@@ -21,9 +21,12 @@ class Platform:
 
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
                  services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
-                 extra_env: dict[str, str] | None = None, embedded: bool = False) -> None:
-        """`embedded`: one `concierge up` process on the in-process bus, as `make run` does."""
+                 extra_env: dict[str, str] | None = None, embedded: bool = False,
+                 log_dir: Path | None = None) -> None:
+        """`embedded`: one `concierge up` process on the in-process bus, as `make run` does.
+        `log_dir`: each process's output goes to `<log_dir>/<service>.log` (`up.log`)."""
         self.port = port
+        self.log_dir = log_dir
         self.services = services
         self.embedded = embedded
         self.data_dir = data_dir
@@ -52,9 +55,7 @@ class Platform:
         if self.embedded:
             env = {k: v for k, v in self.env.items()
                    if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
-            self.procs.append(subprocess.Popen([self._concierge(), "up"], env=env, cwd=ROOT,
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))
+            self.procs.append(self._popen("up", [self._concierge(), "up"], env))
         for name in () if self.embedded else self.services:
             self.procs.append(self._run(name))
         deadline = time.monotonic() + timeout
@@ -76,8 +77,24 @@ class Platform:
         return str(Path(sys.executable).with_name("concierge"))
 
     def _run(self, name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([self._concierge(), "run", name], env=self.env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self._popen(name, [self._concierge(), "run", name], self.env)
+
+    def _popen(self, name: str, args: list[str], env: dict[str, str]
+               ) -> subprocess.Popen[bytes]:
+        if self.log_dir is None:
+            return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{name}.log").open("ab") as output:
+            return subprocess.Popen(args, env=env, cwd=ROOT, stdout=output,
+                                    stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> bytes:
+        """What a process (a service's name, or `up`) has written so far; needs `log_dir`.
+        Replicas of a service write to the same file."""
+        assert self.log_dir is not None, "start the platform with a log_dir"
+        path = self.log_dir / f"{name}.log"
+        return path.read_bytes() if path.exists() else b""
 
     def stop_service(self, name: str) -> None:
         """Stop every process of one service (its replicas), as a pod eviction would."""

@@ -27,6 +27,7 @@ class Settings:
     token_ttl_hours: int = 24
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
+    gateway_body_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -49,6 +50,8 @@ class Settings:
             token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
             relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
+            gateway_body_timeout_seconds=float(
+                env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
         )
 
@@ -86,4 +89,5 @@ class Settings:
             "max_workers": 20,
             "parent_calls_tracked": 10,
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
+            "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
         }

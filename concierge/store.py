@@ -658,9 +658,12 @@ class ServiceApplication(Application):
             yield from records
             after = records[-1].position
 
-    def stream(self, stream_id: UUID | str) -> list[StoredRecord]:
-        """One aggregate's events, oldest first, decoded with their metadata."""
-        stored = self.recorder.select_events(UUID(str(stream_id)))
+    def stream(self, stream_id: UUID | str, after: int = 0,
+               limit: int | None = None) -> list[StoredRecord]:
+        """One aggregate's events, oldest first, decoded with their metadata; `after` and
+        `limit` read only the versions past `after`, at most `limit` of them."""
+        stored = self.recorder.select_events(UUID(str(stream_id)), gt=after or None,
+                                             limit=limit)
         return [
             StoredRecord(0, str(s.originator_id), s.originator_version, s.topic,
                          self.mapper.decode_state(s.state))

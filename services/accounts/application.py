@@ -77,7 +77,9 @@ class AccountsApplication(ServiceApplication):
         self.clock = clock or (lambda: datetime.now(UTC))
         # Set by the composition root (service.bootstrap): the read-model queries.
         self.views: AccountsViews | None = None
-        self._decoy_hash: str | None = None
+        # Made now, with the hasher every account's hash was made with: the first login of an
+        # unknown username must not cost a hash more than the others.
+        self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
         super().__init__(env=env)
 
     # -- portal accounts -------------------------------------------------------------------
@@ -143,7 +145,7 @@ class AccountsApplication(ServiceApplication):
             account = self._portal_account(PortalAccount.id_for_username(username))
         if account is None:
             # Spend a hash verification anyway, so timing does not tell unknown usernames apart.
-            self.credentials.verify_password(self._decoy(), str(password))
+            self.credentials.verify_password(self._decoy_hash, str(password))
             raise Unauthorized(LOGIN_FAILED)
         if not self.credentials.verify_password(account.password_hash, str(password)):
             raise Unauthorized(LOGIN_FAILED)
@@ -293,11 +295,6 @@ class AccountsApplication(ServiceApplication):
         if not isinstance(token, str) or not token:
             raise Unauthorized(NOT_SIGNED_IN)
         return self.credentials.token_digest(token)
-
-    def _decoy(self) -> str:
-        if self._decoy_hash is None:
-            self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
-        return self._decoy_hash
 
     def _portal_account(self, account_id: UUID) -> PortalAccount | None:
         found = self._get(account_id)

@@ -22,7 +22,7 @@ from concierge.unit import UnitRepository
 from contracts.errors import Forbidden, Invalid, NotFound
 from contracts.topology import EVENT_SCHEMAS
 from services.topology.domain import Apartment, Building, Community
-from services.topology.projections import TopologyViews
+from services.topology.projections import PER_PAGE_DEFAULT, TopologyViews
 
 A = TypeVar("A", Community, Building, Apartment)
 
@@ -257,21 +257,28 @@ class TopologyApplication(ServiceApplication):
             "modified_at": _when(apartment, "modified_on"),
         })
 
-    def apartment_history(self, apartment_id: Any) -> list[dict[str, Any]]:
-        """The APT's events, oldest first: what changed, when, and who did it."""
+    def apartment_history(self, apartment_id: Any, page: int = 1,
+                          per_page: int = PER_PAGE_DEFAULT) -> dict[str, Any]:
+        """A page of the APT's events, oldest first: what changed, when, and who did it.
+
+        An aggregate's versions run 1, 2, 3, ... without gaps, so page `p` is the versions
+        after `(p - 1) * per_page` and its version is the total: one page is read, not the
+        whole stream (a busy APT had 1,942 events in one answer).
+        """
         apartment = self._load(Apartment, apartment_id)
         publishable = Publishable(EVENT_SCHEMAS)
-        history = []
-        for record in self.stream(apartment.id):
+        items = []
+        for record in self.stream(apartment.id, after=(page - 1) * per_page, limit=per_page):
             envelope = build_envelope(self.service_name, record, publishable=publishable)
-            history.append({
+            items.append({
                 "type": envelope["type"],
                 "version": envelope["stream_version"],
                 "occurred_at": envelope["occurred_at"],
                 "actor": envelope["actor"],
                 "data": envelope["data"],
             })
-        return history
+        return {"items": items, "total": apartment.version, "page": page,
+                "per_page": per_page}
 
     def list_communities(self, **query: Any) -> dict[str, Any]:
         return self._views().list_communities(str(_installer()), **query)

@@ -26,6 +26,7 @@ from services.topology.projections import (
     READ_MODELS,
     BuildingListQuery,
     CommunityListQuery,
+    PageQuery,
     ResidentListQuery,
     TopologyViews,
 )
@@ -135,8 +136,9 @@ class TopologyService(ServiceBase):
 
     @rpc
     @command
-    def apartment_history(self, ctx: Ctx, apartment_id: Any) -> list[dict[str, Any]]:
-        return self.app.apartment_history(apartment_id)
+    def apartment_history(self, ctx: Ctx, apartment_id: Any, query: Any = None
+                          ) -> dict[str, Any]:
+        return self.app.apartment_history(apartment_id, **load(PageQuery, query or {}))
 
     @rpc
     @command
