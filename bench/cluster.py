@@ -24,15 +24,15 @@ class Platform:
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
                  services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
                  extra_env: dict[str, str] | None = None, embedded: bool = False,
-                 deployment: str | None = None, logs: Path | None = None) -> None:
+                 log_dir: Path | None = None, deployment: str | None = None) -> None:
         """`embedded`: one `concierge up` process on the in-process bus, as `make run` does.
-        A service named twice in `services` runs as two replicas. `logs`: a folder for each
-        process's output (`<service>-<n>.log`), discarded otherwise."""
+        `log_dir`: each process's output goes to `<log_dir>/<service>.log` (`up.log`).
+        A service named twice in `services` runs as two replicas."""
         self.port = port
+        self.log_dir = log_dir
         self.services = services
         self.embedded = embedded
         self.data_dir = data_dir
-        self.logs = logs
         self.deployment = deployment or f"p{uuid.uuid4().hex[:6]}"
         self.amqp_prefix = f"{self.deployment}."
         self.env = {
@@ -58,18 +58,12 @@ class Platform:
             from tests.support.harness import reset_bus
 
             reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
-        concierge = str(Path(sys.executable).with_name("concierge"))
         if self.embedded:
             env = {k: v for k, v in self.env.items()
                    if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
-            self.procs.append(subprocess.Popen([concierge, "up"], env=env, cwd=ROOT,
-                                               stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL))
-        for i, name in enumerate(() if self.embedded else self.services):
-            with self._log(f"{name}-{i}") as out:  # the child keeps its own copy
-                self.procs.append(subprocess.Popen([concierge, "run", name], env=self.env,
-                                                   cwd=ROOT, stdout=out,
-                                                   stderr=subprocess.STDOUT))
+            self.procs.append(self._popen("up", [self._concierge(), "up"], env))
+        for name in () if self.embedded else self.services:
+            self.procs.append(self._run(name))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -84,11 +78,47 @@ class Platform:
         self.stop()
         raise RuntimeError("the platform did not come up")
 
-    def _log(self, name: str) -> Any:
-        if self.logs is None:
-            return open(os.devnull, "wb")
-        self.logs.mkdir(parents=True, exist_ok=True)
-        return open(self.logs / f"{name}.log", "wb")
+    @staticmethod
+    def _concierge() -> str:
+        return str(Path(sys.executable).with_name("concierge"))
+
+    def _run(self, name: str) -> subprocess.Popen[bytes]:
+        return self._popen(name, [self._concierge(), "run", name], self.env)
+
+    def _popen(self, name: str, args: list[str], env: dict[str, str]
+               ) -> subprocess.Popen[bytes]:
+        if self.log_dir is None:
+            return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"{name}.log").open("ab") as output:
+            return subprocess.Popen(args, env=env, cwd=ROOT, stdout=output,
+                                    stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> bytes:
+        """What a process (a service's name, or `up`) has written so far; needs `log_dir`.
+        Replicas of a service write to the same file."""
+        assert self.log_dir is not None, "start the platform with a log_dir"
+        path = self.log_dir / f"{name}.log"
+        return path.read_bytes() if path.exists() else b""
+
+    def stop_service(self, name: str) -> None:
+        """Stop every process of one service (its replicas), as a pod eviction would."""
+        for index, (service, proc) in enumerate(zip(self.services, self.procs, strict=True)):
+            if service == name and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                self.procs[index] = proc
+
+    def start_service(self, name: str) -> None:
+        """Start again every stopped process of one service."""
+        for index, (service, proc) in enumerate(zip(self.services, self.procs, strict=True)):
+            if service == name and proc.poll() is not None:
+                self.procs[index] = self._run(name)
 
     def _topology_answers(self, token: str) -> bool:
         """Login proves the gateway and accounts are up; topology runs in its own process and

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.cluster import Platform
@@ -22,7 +23,8 @@ from bench.stats import summary
 
 
 def add_apartments(port: int, token: str, building: str, prefix: int, count: int,
-                   latencies: list[float]) -> None:
+                   latencies: list[float], statuses: Counter[int] | None = None) -> None:
+    """Every answer must be 201, or, with `statuses`, each answer's status is counted."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     for i in range(count):
@@ -35,17 +37,21 @@ def add_apartments(port: int, token: str, building: str, prefix: int, count: int
         response = conn.getresponse()
         response.read()
         elapsed = (time.perf_counter() - start) * 1000
-        if response.status != 201:
+        if statuses is not None:
+            statuses[response.status] += 1
+        elif response.status != 201:
             raise RuntimeError(f"add apartment answered {response.status}")
         latencies.append(elapsed)
     conn.close()
 
 
 def run(clients: int, per_client: int, port: int, token: str, building: str,
-        base: int, platform: Platform | None = None) -> dict[str, object]:
+        base: int, platform: Platform | None = None,
+        statuses: Counter[int] | None = None) -> dict[str, object]:
     latencies: list[float] = []
     threads = [threading.Thread(target=add_apartments,
-                                args=(port, token, building, base + c, per_client, latencies))
+                                args=(port, token, building, base + c, per_client, latencies,
+                                      statuses))
                for c in range(clients)]
     cpu_before = platform.cpu_seconds() if platform else {}
     emails_before = platform.emails_delivered() if platform else 0
@@ -88,31 +94,54 @@ def per_request(before: dict[str, float], after: dict[str, float],
     return figures
 
 
-def main() -> None:
+def platform_with(services: tuple[str, ...]) -> Platform:
     port = int(os.environ.get("BENCH_PORT", "8811"))
-    platform = Platform(os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"),
-                        os.environ.get("BENCH_DATABASE_URL", ""),
-                        Path(tempfile.mkdtemp(prefix="bench-gw-")), port).start()
+    return Platform(os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"),
+                    os.environ.get("BENCH_DATABASE_URL", ""),
+                    Path(tempfile.mkdtemp(prefix="bench-gw-")), port, services=services).start()
+
+
+def site(platform: Platform, token: str, names: tuple[str, ...]) -> list[str]:
+    """A community with these buildings; their ids."""
+    status, community = platform.call("POST", "/api/v1/communities",
+                                      {"name": "Bench Towers", "feature_plan": "premium",
+                                       "time_zone": "Europe/Paris"}, token)
+    assert status == 201, community
+    buildings = []
+    for name in names:
+        status, building = platform.call(
+            "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": name}, token)
+        assert status == 201, building
+        buildings.append(building["id"])
+    return buildings
+
+
+def main() -> None:
+    platform = platform_with(("accounts", "topology", "notify", "gateway"))
     try:
         token = platform.installer_session()
-        status, community = platform.call("POST", "/api/v1/communities",
-                                          {"name": "Bench Towers", "feature_plan": "premium",
-                                           "time_zone": "Europe/Paris"}, token)
-        assert status == 201, community
-        buildings = []
-        for name in ("A", "B"):
-            status, building = platform.call(
-                "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": name},
-                token)
-            assert status == 201, building
-            buildings.append(building["id"])
-        run(1, 30, port, token, buildings[0], 10)  # warm-up
-        one = run(1, int(sys.argv[1]) if len(sys.argv) > 1 else 300, port, token,
+        buildings = site(platform, token, ("A", "B"))
+        run(1, 30, platform.port, token, buildings[0], 10)  # warm-up
+        one = run(1, int(sys.argv[1]) if len(sys.argv) > 1 else 300, platform.port, token,
                   buildings[0], 20, platform)
-        twenty = run(20, 50, port, token, buildings[1], 30, platform)
+        twenty = run(20, 50, platform.port, token, buildings[1], 30, platform)
     finally:
         platform.stop()
-    print(json.dumps({"add_apartment_1_client": one, "add_apartment_20_clients": twenty}))
+    # The same 20 clients on two topology replicas, all in one building: every command of
+    # one replica races the other's on that building, so this shows what coordination
+    # costs (retries of lost races inside the service); on 2 cores a replica adds no CPU.
+    platform = platform_with(("accounts", "topology", "topology", "notify", "gateway"))
+    statuses: Counter[int] = Counter()
+    try:
+        token = platform.installer_session()
+        warm, building = site(platform, token, ("A", "B"))
+        run(1, 30, platform.port, token, warm, 10)  # warm-up
+        replicas = run(20, 50, platform.port, token, building, 30, platform, statuses)
+        replicas["statuses"] = {str(code): count for code, count in sorted(statuses.items())}
+    finally:
+        platform.stop()
+    print(json.dumps({"add_apartment_1_client": one, "add_apartment_20_clients": twenty,
+                      "add_apartment_20_clients_2_topology_replicas": replicas}))
 
 
 if __name__ == "__main__":

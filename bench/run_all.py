@@ -58,6 +58,10 @@ def main() -> None:
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
     twenty = gateway["add_apartment_20_clients"]
+    replicas = gateway["add_apartment_20_clients_2_topology_replicas"]
+    answers = replicas["statuses"]
+    failures = sum(n for code, n in answers.items() if code != "201")
+    share = replicas["per_s"] / twenty["per_s"]
     rows = [
         ("raw pika publish, no confirms (msg/s)", raw["pika_publish_per_s"], "baseline"),
         ("raw pika consume, prefetch 1000 (msg/s)", raw["pika_consume_per_s"], "baseline"),
@@ -74,6 +78,10 @@ def main() -> None:
          verdict(twenty["per_s"] >= 250)),
         ("  ... whole chain to the last activation email (req/s)", twenty["chain_per_s"],
          "no target; the emails finish after the answers"),
+        ("add apartment, 20 clients, two topology replicas: req/s (share of one replica's)",
+         f"{replicas['per_s']} ({share:.0%}), answers {answers}",
+         f"{verdict(failures == 0)} (every answer 201: no 5xx, no false 409)"
+         + ("" if share >= 0.85 else "; a drop of more than 15% is a finding to explain")),
         ("  ... CPU per request, all processes / RabbitMQ alone (ms)",
          f"{twenty['cpu_ms_per_request']['total']} / {twenty['cpu_ms_per_request']['rabbitmq']}",
          "no target; RabbitMQ runs none of our code, so its figure tracks the machine"),

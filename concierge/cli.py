@@ -26,6 +26,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from concierge.config import Settings  # noqa: E402
+from concierge.logs import mask_uri  # noqa: E402
 from concierge.serve import load, serve_forever  # noqa: E402
 
 SERVICES = {
@@ -130,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever([service_class(args.service)], settings,
-                  banner=f"ready: {args.service} on {settings.amqp_uri}")
+                  banner=f"ready: {args.service} on {mask_uri(settings.amqp_uri)}")
     return 0
 
 
@@ -178,7 +179,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         wiring.close()
-    print(f"re-published {total} events of {args.service} to {settings.amqp_uri}")
+    print(f"re-published {total} events of {args.service} to {mask_uri(settings.amqp_uri)}")
     return 0
 
 

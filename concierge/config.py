@@ -36,6 +36,7 @@ class Settings:
     token_ttl_hours: int = 24
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
+    gateway_body_timeout_seconds: float = 5.0
     log_level: str = "INFO"
     # The most connections each of a service's two PostgreSQL pools opens (the event store's,
     # the read models'); a caller finding its pool in use waits for a connection.
@@ -77,6 +78,8 @@ class Settings:
             token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
             relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
+            gateway_body_timeout_seconds=float(
+                env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
             db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
         )
@@ -135,4 +138,5 @@ class Settings:
             "max_workers": 20,
             "parent_calls_tracked": 10,
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
+            "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
         }

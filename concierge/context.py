@@ -7,6 +7,7 @@ it for the duration of the call so the store stamps each new event without the d
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -21,16 +22,27 @@ class CallContext:
     installer_id: str | None = None
     role: str = "system"
     account_id: str | None = None
+    # When the caller stops waiting (seconds since the epoch): a command still queued then is
+    # not run, since its caller has already been told it failed.
+    deadline: float | None = None
+    # The client's Idempotency-Key and a digest of what it asked (method, path, body): a
+    # command retried with both gets its first answer again (`concierge.idempotency`).
+    idempotency_key: str | None = None
+    request_digest: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CallContext:
         data = data or {}
+        deadline = data.get("deadline")
         return cls(
             actor=str(data.get("actor") or "system"),
             correlation_id=str(data.get("correlation_id") or uuid.uuid4()),
             installer_id=data.get("installer_id"),
             role=str(data.get("role") or "system"),
             account_id=data.get("account_id"),
+            deadline=float(deadline) if isinstance(deadline, int | float) else None,
+            idempotency_key=_text(data.get("idempotency_key")),
+            request_digest=_text(data.get("request_digest")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,7 +52,22 @@ class CallContext:
             "installer_id": self.installer_id,
             "role": self.role,
             "account_id": self.account_id,
+            "deadline": self.deadline,
+            "idempotency_key": self.idempotency_key,
+            "request_digest": self.request_digest,
         }
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the caller has stopped waiting for this call's answer."""
+        return self.deadline is not None and (time.time() if now is None else now) >= self.deadline
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class Expired(Exception):
+    """The caller stopped waiting (its deadline passed) before the command ran."""
 
 
 _SYSTEM = CallContext()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 _patched = False
@@ -87,16 +89,47 @@ class DeadlineExceeded(Exception):
     """A block did not finish within its deadline (e.g. a service did not answer an RPC)."""
 
 
+# When the innermost `deadline` block of this green thread ends (time.monotonic()).
+_deadline_at: ContextVar[float | None] = ContextVar("concierge_deadline_at", default=None)
+
+
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Interrupt the block with DeadlineExceeded after `seconds` (any green wait inside ends)."""
+    """Interrupt the block with DeadlineExceeded after `seconds` (any green wait inside ends).
+
+    RPC requests sent inside carry what is left of it (`time_left`), so a service never runs
+    one after its caller has been told it failed.
+    """
     import eventlet
 
+    ends = time.monotonic() + seconds
+    outer = _deadline_at.get()
+    token = _deadline_at.set(ends if outer is None else min(ends, outer))
     timer = eventlet.Timeout(seconds, DeadlineExceeded(f"no answer within {seconds:g} s"))
     try:
         yield
     finally:
         timer.cancel()
+        _deadline_at.reset(token)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, error: Exception) -> Iterator[None]:
+    """Interrupt the block with `error` after `seconds`: a wait on a client (its body, a
+    drain), not a deadline RPC requests sent inside would carry (`time_left`)."""
+    import eventlet
+
+    timer = eventlet.Timeout(seconds, error)
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def time_left() -> float | None:
+    """Seconds left before the current `deadline` block ends, or None outside one."""
+    ends = _deadline_at.get()
+    return None if ends is None else ends - time.monotonic()
 
 
 def spawn(fn: Callable[..., Any], *args: Any) -> Any:
@@ -115,6 +148,53 @@ def blocking(fn: Callable[..., Any], *args: Any) -> Any:
     from eventlet import tpool
 
     return tpool.execute(fn, *args)
+
+
+class Saturated(Exception):
+    """A Throttle refused a call: as many run as may, and as many wait as may."""
+
+
+class Throttle:
+    """At most `running` calls at once in OS threads (`blocking`), at most `waiting` more queued
+    for a turn; any further call is refused at once with Saturated.
+
+    For CPU-bound work that releases the GIL (argon2): in threads it leaves the event loop free,
+    the bound keeps a flood from taking every core and every worker of the service, and a
+    refusal in time beats a queue that only grows.
+    """
+
+    def __init__(self, running: int, waiting: int) -> None:
+        import threading
+
+        self.running = running
+        self.waiting = waiting
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._queued = 0
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._cond:
+            if self._busy >= self.running:
+                if self._queued >= self.waiting:
+                    raise Saturated(f"{self._busy} running and {self._queued} waiting")
+                self._queued += 1
+                try:
+                    while self._busy >= self.running:
+                        self._cond.wait()
+                finally:
+                    self._queued -= 1
+            self._busy += 1
+        try:
+            return blocking(fn, *args)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                # All, not one: a waiter woken and then killed would leave the turn unused.
+                self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
 
 
 def sleep(seconds: float) -> None:

@@ -19,6 +19,8 @@ from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.utils import Environment, EnvType
 from psycopg.sql import SQL
 
+from concierge.idempotency import PostgresAnswers
+
 
 class PostgresFactory(LibraryFactory):
     """The library's factory, with `application_name` (CONCIERGE_APPLICATION_NAME) on every
@@ -32,8 +34,21 @@ class PostgresFactory(LibraryFactory):
             kwargs["application_name"] = name
 
 
-class QuietProcessRecorder(PostgresProcessRecorder):
+class QuietProcessRecorder(PostgresAnswers, PostgresProcessRecorder):
+    """Also keeps the answers of keyed commands (`concierge.idempotency`), written in the
+    transaction that records their events, as the tracking record is."""
+
     _binary_insert: Any = None
+
+    def create_table(self) -> None:
+        super().create_table()
+        self.create_answers_table()
+
+    def _insert_events(self, curs: Any, stored_events: Any, **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        answers = kwargs.get("answers")
+        if answers:
+            self.insert_answers(curs, answers)
 
     def _notify_channel(self, curs: Any) -> None:
         return None

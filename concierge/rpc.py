@@ -16,6 +16,7 @@ import inspect
 import logging
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar, overload
@@ -45,7 +46,7 @@ from nameko.exceptions import (
 from nameko.standalone.rpc import ClusterRpcProxy as NamekoClusterRpcProxy
 from nameko.standalone.rpc import SingleThreadedReplyListener
 
-from concierge import context
+from concierge import context, green
 from concierge.bus import CONNECTION_ERRORS
 from concierge.config import AMQP_PREFIX_CONFIG_KEY
 from concierge.transport import SCHEME
@@ -54,9 +55,13 @@ from contracts.errors import ERROR_TYPES, ConciergeError, Conflict, Invalid, Not
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
+# When the caller stops waiting for an RPC request (seconds since the epoch, a header).
+DEADLINE_HEADER = "x-concierge-deadline"
+
 # Every error a caller is meant to see: the request was refused, the service did not fail.
 # nameko matches with isinstance, so errors a service subclasses from these match too.
-EXPECTED_ERRORS: tuple[type[ConciergeError], ...] = tuple(ERROR_TYPES.values())
+# A command whose caller stopped waiting before it ran (`context.Expired`) is refused too.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (*ERROR_TYPES.values(), context.Expired)
 
 
 def register_errors() -> None:
@@ -179,6 +184,13 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
 
     def handle_message(self, body: Any, message: Any) -> None:
         self.queue_consumer.ack_message(message)
+        deadline = (message.headers or {}).get(DEADLINE_HEADER)
+        if isinstance(deadline, int | float) and time.time() >= deadline:
+            # Its caller has been answered 504 already: running it now would be a write
+            # nobody asked for any more (a retry would make it twice).
+            log.info("RPC request %s dropped: its caller stopped waiting %.3f s ago",
+                     message.properties.get("correlation_id"), time.time() - deadline)
+            return
         super().handle_message(body, message)
 
     def handle_result(self, message: Any, result: Any, exc_info: Any) -> Any:
@@ -327,11 +339,19 @@ class RequestPublisher:
                 correlation_id: str | None = None,
                 extra_headers: dict[str, Any] | None = None) -> None:
         content_type, encoding, body = kombu.serialization.dumps(payload, self.serializer)
+        headers = dict(extra_headers or {})
+        expiry: dict[str, str] = {}
+        left = green.time_left()
+        if left is not None:
+            # The caller stops waiting then: the broker drops the request if it is still
+            # queued (a service down or busy), and the service if it receives it later.
+            headers[DEADLINE_HEADER] = time.time() + left
+            expiry["expiration"] = str(max(1, int(left * 1000)))
         message = amqp.Message(
             body if isinstance(body, bytes) else body.encode(encoding or "utf-8"),
             content_type=content_type, content_encoding=encoding, delivery_mode=1,
             priority=0, reply_to=reply_to, correlation_id=correlation_id,
-            application_headers=dict(extra_headers or {}))
+            application_headers=headers, **expiry)
         name = getattr(exchange, "name", exchange) or ""
         idle = self._idle.setdefault(self.key, [])
         for attempt in range(2):

@@ -36,6 +36,7 @@ from concierge.subscription import (
     ProjectionHandler,
     Subscription,
     apply_together,
+    models_locked,
 )
 
 log = logging.getLogger(__name__)
@@ -105,25 +106,33 @@ class Wiring:
         return read
 
     def catch_up_local(self, records: list[StoredRecord] | None = None) -> None:
-        """Bring own read models up to the log now, in one transaction: a command's caller
-        reads its own write. `records`, just committed, spare reading them back from the log."""
+        """Bring own read models up to the log now: a command's caller reads its own write.
+        `records`, just committed, spare reading them back from the log."""
         if not self.local:
             return
         if records and all(sub.position >= records[-1].position for sub in self.local):
             return  # projected in the commit that recorded them (`own_models_in_commit`)
         known = [build_envelope(self.service, r) for r in records] if records else None
-        try:
-            with contextlib.ExitStack() as held, self.engine.begin() as conn:
-                for sub in self.local:
-                    held.enter_context(sub.locked())
-                if known and self._project_together(conn, known):
-                    return
-                for sub in self.local:
-                    sub.catch_up(conn=conn, known=known)
-        except Exception:
+        with contextlib.ExitStack() as held:
             for sub in self.local:
-                sub.forget_position()
-            log.exception("own read models fell behind; the background loop retries")
+                held.enter_context(sub.locked())
+            held.enter_context(models_locked(sub.handler for sub in self.local))
+            if known:
+                # The common case: every model in one transaction. Should one of them refuse,
+                # each goes alone below, so that one cannot hold back the others.
+                with contextlib.suppress(Exception), self.engine.begin() as conn:
+                    if self._project_together(conn, known):
+                        return
+            # Each model in a transaction of its own: one transaction that locked the models
+            # one after another would hold the first one's advisory lock while it waits for
+            # the next (see `models_locked`).
+            for sub in self.local:
+                try:
+                    sub.catch_up(known=known)
+                except Exception:
+                    sub.forget_position()
+                    log.exception("own read model %s fell behind; the next commit or start "
+                                  "catches it up", sub.handler.name)
 
 
     @contextlib.contextmanager
@@ -136,6 +145,9 @@ class Wiring:
         with contextlib.ExitStack() as held:
             for sub in self.local:
                 held.enter_context(sub.locked())
+            # Before the transaction: it takes the events table's lock first, and must not
+            # then wait in this process for a model that a consumer here is projecting.
+            held.enter_context(models_locked(sub.handler for sub in self.local))
             done: list[tuple[int, int]] = []
 
             def project(conn: Any, records: list[StoredRecord]) -> None:
@@ -388,7 +400,7 @@ def deliver_together(subs: list[Subscription], messages: list[Envelope]) -> bool
                 or any(getattr(h, "engine", None) is not engine for h in handlers)):
             return False
         try:
-            with engine.begin() as conn:
+            with models_locked(handlers), engine.begin() as conn:
                 together = apply_together(handlers, conn, messages)  # type: ignore[arg-type]
         except Exception:
             for sub in subs:

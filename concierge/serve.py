@@ -17,7 +17,7 @@ import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
-from concierge import heap  # noqa: E402
+from concierge import heap, logs  # noqa: E402
 from concierge.config import Settings  # noqa: E402
 
 
@@ -29,6 +29,7 @@ def load(path: str) -> type:
 def start(classes: Sequence[type], settings: Settings) -> Any:
     from nameko.runners import ServiceRunner
 
+    logs.install()
     runner = ServiceRunner({**settings.nameko_config(), "CONCIERGE_SETTINGS": settings})
     for cls in classes:
         runner.add_service(cls)

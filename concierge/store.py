@@ -13,7 +13,9 @@ import functools
 import hashlib
 import json
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -36,13 +38,18 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from concierge import context
+from concierge import context, green, idempotency
 from concierge.config import Settings
+from concierge.idempotency import Answer
 from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+# A unit that lost an optimistic-concurrency race to another replica runs again this many
+# times in all, after a random pause of up to RETRY_PAUSE_SECONDS times its attempt number.
+COMMIT_ATTEMPTS = 10
+RETRY_PAUSE_SECONDS = 0.005
 # Own read models projected inside the transaction that records the events: entered before the
 # transaction (it holds what must not move meanwhile), it yields a function that projects the
 # just-stored records on the transaction's connection, and it takes effect once that commits.
@@ -183,6 +190,7 @@ def _persistence_env(service: str, settings: Settings) -> dict[str, str]:
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path),
+        "PROCESS_RECORDER_TOPIC": "concierge.sqliterecorder:AnsweringProcessRecorder",
         "CREATE_TABLE": "y",
     }
 
@@ -294,18 +302,31 @@ class ServiceApplication(Application):
         return self.group_commit.execute(command)
 
     def _commit_waiting(self, batch: list[Any]) -> None:
-        try:
-            with self.serialised():
-                results = self.run_unit([(w.ctx, w.command) for w in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].fail(exc)
-                return
-            for waiting in batch:  # each alone: its own outcome, nothing of a failed one kept
-                self._commit_waiting([waiting])
+        failure: Exception | None = None
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                with self.serialised():
+                    results = self.run_unit([(w.ctx, w.command) for w in batch])
+            except IntegrityError as exc:
+                # Another replica wrote one of these aggregates first. The unit recorded
+                # nothing; run it again against the aggregates as that replica left them
+                # (the repository fast-forwards them), so only a real conflict, which the
+                # domain then refuses by name, reaches a caller.
+                failure = exc
+                green.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * (attempt + 1)))
+                continue
+            except Exception as exc:
+                failure = exc
+                break
+            for waiting, result in zip(batch, results, strict=True):
+                waiting.succeed(result)
             return
-        for waiting, result in zip(batch, results, strict=True):
-            waiting.succeed(result)
+        assert failure is not None
+        if len(batch) == 1:
+            batch[0].fail(failure)
+            return
+        for waiting in batch:  # each alone: its own outcome, nothing of a failed one kept
+            self._commit_waiting([waiting])
 
     def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None,
                  lookups: Sequence[UUID] = ()) -> list[Any]:
@@ -324,17 +345,52 @@ class ServiceApplication(Application):
         try:
             for ctx, part in parts:
                 with context.acting(ctx):
-                    result, aggregates = part()
-                    unit.stage(aggregates, stamp())
-                results.append(result)
+                    results.append(self._run_part(unit, ctx, part))
         finally:
             repository.unit = None
-        if unit.events or tracking is not None:
+        if unit.events or tracking is not None or unit.answers:
             processing_event = ProcessingEvent(tracking=tracking)
             processing_event.events.extend(unit.events)
             processing_event.aggregates.update(unit.aggregates)
+            if unit.answers:
+                processing_event.saved_kwargs["answers"] = unit.answers
             self._notify(self._record(processing_event))
         return results
+
+    def _run_part(self, unit: UnitOfWork, ctx: context.CallContext,
+                  part: Callable[[], tuple[Any, Sequence[Any]]]) -> Any:
+        """One part of a unit: not run once its caller has stopped waiting, answered from
+        store when its idempotency key was answered before, else run and its events staged."""
+        if ctx.expired():
+            raise context.Expired(f"{ctx.correlation_id}: the caller stopped waiting before "
+                                  "the command ran; nothing was recorded")
+        key = self._answer_key(ctx)
+        if key is not None:
+            answer = self._answered(unit, key, ctx.request_digest or "")
+            if answer is not None:
+                return answer.result
+        result, aggregates = part()
+        unit.stage(aggregates, stamp())
+        if key is not None:
+            unit.answers.append(Answer(key, ctx.request_digest or "", result, time.time()))
+        return result
+
+    def _answer_key(self, ctx: context.CallContext) -> str | None:
+        if ctx.idempotency_key is None or not hasattr(self.recorder, "select_answer"):
+            return None
+        return idempotency.key_for(ctx.account_id or ctx.actor, ctx.idempotency_key)
+
+    def _answered(self, unit: UnitOfWork, key: str, request: str) -> Answer | None:
+        """The fresh answer kept under `key` (by an earlier part of this unit, or in store);
+        KeyReused when it answered another request."""
+        found = next((a for a in reversed(unit.answers) if a.key == key), None)
+        if found is None:
+            found = self.recorder.select_answer(key)
+        if found is None or not found.fresh():
+            return None
+        if found.request != request:
+            raise idempotency.KeyReused()
+        return found
 
     def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
         if self._in_commit is None or not processing_event.events:
@@ -375,7 +431,8 @@ class ServiceApplication(Application):
             try:
                 with raw.pipeline() as pipeline:
                     with raw.cursor(row_factory=dict_row) as curs:
-                        recorder._insert_events(curs, stored, tracking=processing_event.tracking)
+                        recorder._insert_events(curs, stored, tracking=processing_event.tracking,
+                                                **processing_event.saved_kwargs)
                     with raw.cursor(row_factory=dict_row) as curs:
                         try:
                             recorder._insert_stored_events(curs, stored)
@@ -606,9 +663,12 @@ class ServiceApplication(Application):
             yield from records
             after = records[-1].position
 
-    def stream(self, stream_id: UUID | str) -> list[StoredRecord]:
-        """One aggregate's events, oldest first, decoded with their metadata."""
-        stored = self.recorder.select_events(UUID(str(stream_id)))
+    def stream(self, stream_id: UUID | str, after: int = 0,
+               limit: int | None = None) -> list[StoredRecord]:
+        """One aggregate's events, oldest first, decoded with their metadata; `after` and
+        `limit` read only the versions past `after`, at most `limit` of them."""
+        stored = self.recorder.select_events(UUID(str(stream_id)), gt=after or None,
+                                             limit=limit)
         return [
             StoredRecord(0, str(s.originator_id), s.originator_version, s.topic,
                          self.mapper.decode_state(s.state))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
@@ -328,6 +328,25 @@ def _model_lock(engine: Engine, name: str) -> threading.RLock:
     return _MODEL_LOCKS.setdefault((id(engine), name), threading.RLock())
 
 
+@contextlib.contextmanager
+def models_locked(handlers: Iterable[Any]) -> Iterator[None]:
+    """The in-process locks of these read models, taken in one order (by name) by every caller.
+
+    The rule that keeps replicas free of deadlock: a transaction takes the in-process locks of
+    every model it will write before its first PostgreSQL lock, and holds them until it has
+    stopped waiting for anything. PostgreSQL sees and breaks a cycle among its own locks; it
+    cannot see a green thread that waits for an in-process lock while its transaction holds an
+    advisory lock that the lock's holder waits for (two replicas stopped every topology
+    request that way).
+    """
+    with contextlib.ExitStack() as held:
+        models = {(h.engine, h.name) for h in handlers if isinstance(h, ProjectionHandler)}
+        for engine, name in sorted(models,
+                                   key=lambda pair: (pair[1], id(pair[0]))):
+            held.enter_context(_model_lock(engine, name))
+        yield
+
+
 class ProjectionHandler:
     """Feeds a SQLAlchemy read model; rows and position commit together.
 
@@ -401,9 +420,7 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
     source = envelopes[0]["source"]
     first, last = int(envelopes[0]["position"]), int(envelopes[-1]["position"])
     names = [h.name for h in handlers]
-    with contextlib.ExitStack() as held:
-        for handler in handlers:
-            held.enter_context(_model_lock(handler.engine, handler.name))
+    with models_locked(handlers):
         statements = _together_statements(tuple(names))
         postgres = conn.dialect.name == "postgresql"
         pt = projection_tracking
@@ -458,7 +475,8 @@ class _Together:
         (`lock_namespace`): a process may serve read models of several (tests do)."""
         found = self._raw_locks.get(namespace)
         if found is None:
-            keys = tuple(advisory_key(name, namespace) for name in self.names)
+            # Sorted: every transaction that locks several models locks them in the same order.
+            keys = tuple(advisory_key(name, namespace) for name in sorted(set(self.names)))
             found = self._raw_locks[namespace] = (
                 "SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in keys), keys)
         return found

@@ -35,6 +35,8 @@ class UnitOfWork:
     events: list[Any] = field(default_factory=list)
     # Ids known (from one query for the whole unit) to have no events yet.
     absent: set[UUID] = field(default_factory=set)
+    # Results of keyed commands, recorded with the events (`concierge.idempotency`).
+    answers: list[Any] = field(default_factory=list)
 
     def stage(self, aggregates: Iterable[Any], meta: dict[str, str]) -> None:
         """Take the aggregates' pending events, stamped with the part's `meta` (its actor and

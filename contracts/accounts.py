@@ -43,6 +43,8 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 64
 NAME_MAX = 64
 PORTAL_ROLES = ("distributor", "installer")
+# Sessions an account keeps open at once; a login beyond them ends the oldest (the API says so).
+MAX_SESSIONS = 20
 APP_STATUSES = ("unregistered", "registered")
 
 # Event attributes kept in the accounts store and stripped from anything published.

@@ -75,9 +75,16 @@ class Forbidden(ConciergeError):
     title = "Forbidden"
 
 
+class Busy(ConciergeError):
+    """The service has as many of these requests in hand as it takes; retry in a moment."""
+
+    status = 503
+    title = "Service unavailable"
+
+
 ERROR_TYPES: dict[str, type[ConciergeError]] = {
     cls.__name__: cls
-    for cls in (ConciergeError, Invalid, NotFound, Conflict, Unauthorized, Forbidden)
+    for cls in (ConciergeError, Invalid, NotFound, Conflict, Unauthorized, Forbidden, Busy)
 }
 
 

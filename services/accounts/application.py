@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -76,7 +77,9 @@ class AccountsApplication(ServiceApplication):
         self.clock = clock or (lambda: datetime.now(UTC))
         # Set by the composition root (service.bootstrap): the read-model queries.
         self.views: AccountsViews | None = None
-        self._decoy_hash: str | None = None
+        # Made now, with the hasher every account's hash was made with: the first login of an
+        # unknown username must not cost a hash more than the others.
+        self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
         super().__init__(env=env)
 
     # -- portal accounts -------------------------------------------------------------------
@@ -111,24 +114,28 @@ class AccountsApplication(ServiceApplication):
         """
         caller = context.current()
         distributor_uuid = _uuid(distributor_id) if distributor_id else None
-        distributor = self._portal_account(distributor_uuid) if distributor_uuid else None
-        if caller.role != DISTRIBUTOR or distributor is None or distributor.role != DISTRIBUTOR:
+        if caller.role != DISTRIBUTOR or distributor_uuid is None:
             raise Forbidden(ONLY_DISTRIBUTORS)
         username = payload.get("username")
         validate_username(username)
-        if self._portal_account(PortalAccount.id_for_username(username)) is not None:
-            raise _taken(username)
         password = payload.get("password")
         validate_password(password)
-        installer = distributor.create_installer(
-            username, payload.get("email"), self.credentials.hash_password(password))
-        try:
-            with self.serialised():
-                self.record(installer)
-        except IntegrityError:
-            # Created by someone else between our check and our save.
-            raise _taken(username) from None
-        return str(installer.id)
+        # Hashed before the command: it is slow, and commands run one unit at a time. The
+        # username is checked inside the command, so a retry with its Idempotency-Key gets
+        # the first answer rather than "taken".
+        password_hash = self.credentials.hash_password(password)
+
+        def command() -> tuple[str, list[Any]]:
+            distributor = self._portal_account(distributor_uuid)
+            if distributor is None or distributor.role != DISTRIBUTOR:
+                raise Forbidden(ONLY_DISTRIBUTORS)
+            if self._portal_account(PortalAccount.id_for_username(username)) is not None:
+                raise _taken(username)
+            installer = distributor.create_installer(username, payload.get("email"),
+                                                     password_hash)
+            return str(installer.id), [installer]
+
+        return self.execute(command)
 
     # -- sessions --------------------------------------------------------------------------
     def login(self, username: str, password: str) -> dict[str, Any]:
@@ -138,19 +145,25 @@ class AccountsApplication(ServiceApplication):
             account = self._portal_account(PortalAccount.id_for_username(username))
         if account is None:
             # Spend a hash verification anyway, so timing does not tell unknown usernames apart.
-            self.credentials.verify_password(self._decoy(), str(password))
+            self.credentials.verify_password(self._decoy_hash, str(password))
             raise Unauthorized(LOGIN_FAILED)
         if not self.credentials.verify_password(account.password_hash, str(password)):
             raise Unauthorized(LOGIN_FAILED)
         token = self.credentials.new_token()
         digest = self.credentials.token_digest(token)
         expires_at = (self.clock() + self.token_ttl).isoformat()
-        with context.acting({"actor": f"{account.role}:{account.username}",
-                             "correlation_id": context.current().correlation_id,
-                             "role": account.role}):
-            self._change(account.id, lambda a: a.open_session(digest, expires_at))
-        return {"token": token, "expires_at": expires_at, "role": account.role,
-                "account_id": str(account.id)}
+        answer = {"token": token, "expires_at": expires_at, "role": account.role,
+                  "account_id": str(account.id)}
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            opened = self.repository.get(account.id)
+            opened.open_session(digest, expires_at)
+            return answer, [opened]
+
+        # The session is the account's own act: its events carry it as the actor.
+        with context.acting(replace(context.current(), actor=f"{account.role}:{account.username}",
+                                    role=account.role, account_id=str(account.id))):
+            return self.execute(command)
 
     def logout(self, token: str) -> None:
         """Close the token's session; an unknown or closed token is Unauthorized."""
@@ -282,11 +295,6 @@ class AccountsApplication(ServiceApplication):
         if not isinstance(token, str) or not token:
             raise Unauthorized(NOT_SIGNED_IN)
         return self.credentials.token_digest(token)
-
-    def _decoy(self) -> str:
-        if self._decoy_hash is None:
-            self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
-        return self._decoy_hash
 
     def _portal_account(self, account_id: UUID) -> PortalAccount | None:
         found = self._get(account_id)

@@ -16,6 +16,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
+from contracts.accounts import MAX_SESSIONS
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
 
 # Fixed forever: changing it would give every existing account a new id.
@@ -36,8 +37,8 @@ PASSWORD_MAX = 64
 # The manual's import template: names "should not be more than 64 bytes in length".
 NAME_MAX_BYTES = 64
 TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
-# Bounds the state a busy account carries; the oldest session is closed to make room.
-MAX_SESSIONS = 20
+# MAX_SESSIONS (contracts.accounts) bounds the state a busy account carries; the oldest session
+# is closed to make room.
 
 # App status of a resident's master account. The manual shows "App Status: Unregistered" and says a
 # reset makes "the user's app ... unregistered and needs to be re-initialized"; `registered` is

@@ -2,24 +2,49 @@
 
 Kept out of the domain so the domain stays free of libraries and tests can pass a cheap instance
 (`Credentials.cheap()`); argon2's defaults cost tens of milliseconds a hash on purpose.
+
+Hashes run in OS threads, a few at a time (`green.Throttle`): argon2 releases the GIL, so the
+service's event loop answers everything else meanwhile. On the loop, 50 logins with wrong
+passwords held every request of the process (the gateway's `/healthz` too, embedded) for
+seconds. A default hash takes 64 MiB and runs its four lanes in threads of its own (0.11 s,
+0.18 s of CPU on two cores): as many hashes run at once as there are cores for their lanes,
+at least one; beyond a short queue a login is refused at once (`Busy`, 503) rather than holding
+one of the service's workers while it waits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+from collections.abc import Callable
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from concierge import green
+from contracts.errors import Busy
+
 TOKEN_BYTES = 32
+HASHES_WAITING = 8
+BUSY = "Too many logins at once; try again in a moment."
+
+
+def hashes_at_once(hasher: PasswordHasher) -> int:
+    """As many hashes as this process has cores for all their lanes, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, hasher.parallelism))
 
 
 class Credentials:
     """Hashes and verifies passwords (argon2id) and mints and digests bearer tokens."""
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, hasher: PasswordHasher | None = None,
+                 throttle: green.Throttle | None = None) -> None:
         self._hasher = hasher or PasswordHasher()
+        self._throttle = throttle or green.Throttle(hashes_at_once(self._hasher),
+                                                    HASHES_WAITING)
 
     @classmethod
     def cheap(cls) -> Credentials:
@@ -27,14 +52,23 @@ class Credentials:
         return cls(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16))
 
     def hash_password(self, password: str) -> str:
-        return self._hasher.hash(password)
+        return self._in_thread(self._hasher.hash, password)
 
     def verify_password(self, password_hash: str, password: str) -> bool:
         """False for a wrong password or a malformed hash, so a login can only fail, not crash."""
+        return self._in_thread(self._verify, password_hash, password)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
         try:
             return self._hasher.verify(password_hash, password)
         except (VerificationError, InvalidHashError):
             return False
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return self._throttle.run(fn, *args)
+        except green.Saturated:
+            raise Busy(BUSY) from None
 
     def needs_rehash(self, password_hash: str) -> bool:
         """True when the hash was made with other parameters (rehash it after a good login)."""

@@ -80,10 +80,13 @@ class AccountsService(ServiceBase):
 
     @rpc
     @translated
-    def login(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """-> {token, expires_at, role, account_id}; Unauthorized alike for any bad pair."""
+    def login(self, payload: dict[str, Any], ctx: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """-> {token, expires_at, role, account_id}; Unauthorized alike for any bad pair.
+        `ctx`: the gateway's (its deadline, and the Idempotency-Key of a retried login)."""
         request = load(LoginRequest, payload)
-        return self.runtime.app.login(request["username"], request["password"])
+        with context.acting(ctx):
+            return self.runtime.app.login(request["username"], request["password"])
 
     @rpc
     @translated

@@ -15,8 +15,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, fields, missing, validate
 
+from concierge import idempotency
 from contracts.topology import FLOOR_MAX, FLOOR_MESSAGE, FLOOR_MIN, GROUND_FLOORS, Floor
-from services.gateway.http import MAX_BODY_BYTES, Route
+from services.gateway.http import MAX_BODY_BYTES, WRITE_METHODS, Route
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
@@ -70,11 +71,6 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
             "per_page": {"type": "integer", "minimum": 1},
         },
     },
-    "Items": {
-        "type": "object",
-        "required": ["items"],
-        "properties": {"items": {"type": "array", "items": {"type": "object"}}},
-    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -84,15 +80,19 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 ERROR_RESPONSES: dict[int, tuple[str, str]] = {
-    400: ("BadRequest", "The body is not a JSON object (`errors.body` says why)."),
+    400: ("BadRequest", "The body is not a JSON object or ended before its length "
+                        "(`errors.body` says why), or a query parameter is not UTF-8 text."),
     401: ("Unauthorized", "No valid bearer token (or wrong credentials at login)."),
     403: ("Forbidden", "This role may never do this."),
     404: ("NotFound", "No such route or resource, or not one the caller may see."),
+    408: ("RequestTimeout", "The body stopped arriving before its end."),
     409: ("Conflict", "Clashes with the current state: a duplicate or a concurrent change."),
     413: ("ContentTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
     422: ("UnprocessableContent", "A field or query parameter broke a rule; see `errors`."),
     500: ("InternalError", "Our fault; quote the X-Request-Id."),
-    503: ("ServiceUnavailable", "A service behind the gateway is not running; retry later."),
+    503: ("ServiceUnavailable", "A service behind the gateway is not running, or has as many "
+                                "of these requests in hand as it takes; retry after the "
+                                "Retry-After seconds."),
 }
 
 _PATH_PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
@@ -252,13 +252,29 @@ def query_parameters(schema: type[Schema] | None, components: Components) -> lis
     ]
 
 
+def idempotency_parameters(route: Route) -> list[dict[str, Any]]:
+    """Every write takes an Idempotency-Key (concierge.idempotency)."""
+    if route.method not in WRITE_METHODS:
+        return []
+    return [{
+        "name": idempotency.HEADER, "in": "header", "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_CHARS,
+                   "pattern": "^[ -~]+$"},
+        "description": "Makes the request safe to retry: the same key and request within 24 h "
+                       "answer the first response again without doing anything twice; the "
+                       "same key with another request is 422. Keys are per account.",
+    }]
+
+
 def error_statuses(route: Route) -> list[int]:
     """The error statuses a route can answer, from its shape (see services/gateway/http.py)."""
     statuses = {500, *route.errors}
     if route.body is not None:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 408, 413, 422}
+    if route.method in WRITE_METHODS:
+        statuses.add(422)  # an Idempotency-Key reused for another request
     if route.query is not None:
-        statuses.add(422)
+        statuses |= {400, 422}
     if route.auth:
         statuses |= {401, 403}
     if "<" in route.path:
@@ -285,12 +301,15 @@ def operation(route: Route, components: Components) -> dict[str, Any]:
         "operationId": route.name,
         "summary": route.summary,
         "tags": [route.tag],
-        "parameters": [*path_parameters, *query_parameters(route.query, components)],
+        "parameters": [*path_parameters, *query_parameters(route.query, components),
+                       *idempotency_parameters(route)],
         "responses": responses,
         "security": [{SECURITY_SCHEME: []}] if route.auth else [],
     }
-    if route.roles:
-        result["description"] = f"Only for: {', '.join(route.roles)}."
+    description = " ".join(filter(None, [
+        route.description, f"Only for: {', '.join(route.roles)}." if route.roles else ""]))
+    if description:
+        result["description"] = description
     if route.body is not None:
         result["requestBody"] = {
             "required": True,

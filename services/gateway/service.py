@@ -14,7 +14,7 @@ from typing import Any
 from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
-from contracts.accounts import InstallerCreate, LoginRequest, LoginResponse
+from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, LoginResponse
 from contracts.errors import Unauthorized
 from contracts.topology import (
     ApartmentCreate,
@@ -28,6 +28,7 @@ from services.gateway import openapi
 from services.gateway.http import (
     Call,
     ListQuery,
+    PageQuery,
     ResidentsQuery,
     Sessions,
     api,
@@ -40,6 +41,14 @@ V1 = "/api/v1"
 COMMUNITY = f"{V1}/communities/<uuid:community_id>"
 BUILDING = f"{V1}/buildings/<uuid:building_id>"
 APARTMENT = f"{V1}/apartments/<uuid:apartment_id>"
+# Sites (communities, buildings, APTs, residents) are an installer's (manual: Sites); topology
+# refuses anyone else, and the gateway does so first, before it looks at a body or a query.
+INSTALLER = ("installer",)
+LOGIN_DESCRIPTION = (
+    f"Opens a session and answers its bearer token. An account keeps at most {MAX_SESSIONS} "
+    f"sessions open: login number {MAX_SESSIONS + 1} ends the oldest session, whose token is "
+    "refused (401) from then on, within a few seconds. A wrong username or password is 401, "
+    "alike for both; too many logins at once is 503 with Retry-After.")
 
 
 class GatewayService:
@@ -80,9 +89,9 @@ class GatewayService:
     # --- auth -------------------------------------------------------------------------------
 
     @api("POST", f"{V1}/auth/login", summary="Log in", tag="auth", auth=False, body=LoginRequest,
-         returns=LoginResponse, errors=(401,))
+         returns=LoginResponse, errors=(401,), description=LOGIN_DESCRIPTION)
     def login(self, call: Call) -> Any:
-        return self.accounts.login(call.body)
+        return self.accounts.login(call.body, ctx=call.ctx)
 
     @api("POST", f"{V1}/auth/logout", summary="Log out", tag="auth", status=204, returns=None)
     def logout(self, call: Call) -> Any:
@@ -97,60 +106,65 @@ class GatewayService:
 
     # --- communities ------------------------------------------------------------------------
 
-    @api("GET", f"{V1}/dashboard", summary="Dashboard figures", tag="communities")
+    @api("GET", f"{V1}/dashboard", summary="Dashboard figures", tag="communities",
+         roles=INSTALLER)
     def dashboard(self, call: Call) -> Any:
         return self.topology.dashboard(call.ctx)
 
     @api("GET", f"{V1}/communities", summary="List communities", tag="communities",
-         query=ListQuery, returns="Page")
+         query=ListQuery, returns="Page", roles=INSTALLER)
     def list_communities(self, call: Call) -> Any:
         return page(call, self.topology.list_communities(call.ctx, call.query))
 
     @api("POST", f"{V1}/communities", summary="Create a community", tag="communities",
-         body=CommunityCreate, status=201, returns="Created", location=f"{V1}/communities/{{id}}")
+         body=CommunityCreate, status=201, returns="Created", location=f"{V1}/communities/{{id}}",
+         roles=INSTALLER)
     def create_community(self, call: Call) -> Any:
         return created(self.topology.create_community(call.ctx, call.body))
 
-    @api("GET", COMMUNITY, summary="Get a community", tag="communities")
+    @api("GET", COMMUNITY, summary="Get a community", tag="communities", roles=INSTALLER)
     def get_community(self, call: Call, community_id: str) -> Any:
         return self.topology.get_community(call.ctx, community_id)
 
-    @api("PATCH", COMMUNITY, summary="Edit a community", tag="communities", body=CommunityEdit)
+    @api("PATCH", COMMUNITY, summary="Edit a community", tag="communities", body=CommunityEdit,
+         roles=INSTALLER)
     def edit_community(self, call: Call, community_id: str) -> Any:
         return self.topology.edit_community(call.ctx, community_id, call.body)
 
     @api("DELETE", COMMUNITY, summary="Delete a community", tag="communities", status=204,
-         returns=None)
+         returns=None, roles=INSTALLER)
     def delete_community(self, call: Call, community_id: str) -> Any:
         self.topology.delete_community(call.ctx, community_id)
 
     @api("GET", f"{COMMUNITY}/residents", summary="List a community's residents",
-         tag="residents", query=ResidentsQuery, returns="Page")
+         tag="residents", query=ResidentsQuery, returns="Page", roles=INSTALLER)
     def list_residents(self, call: Call, community_id: str) -> Any:
         return page(call, self.topology.list_residents(call.ctx, community_id, call.query))
 
     # --- buildings --------------------------------------------------------------------------
 
     @api("GET", f"{COMMUNITY}/buildings", summary="List a community's buildings",
-         tag="buildings", query=ListQuery, returns="Page")
+         tag="buildings", query=ListQuery, returns="Page", roles=INSTALLER)
     def list_buildings(self, call: Call, community_id: str) -> Any:
         return page(call, self.topology.list_buildings(call.ctx, community_id, call.query))
 
     @api("POST", f"{COMMUNITY}/buildings", summary="Add a building", tag="buildings",
-         body=BuildingCreate, status=201, returns="Created", location=f"{V1}/buildings/{{id}}")
+         body=BuildingCreate, status=201, returns="Created", location=f"{V1}/buildings/{{id}}",
+         roles=INSTALLER)
     def add_building(self, call: Call, community_id: str) -> Any:
         return created(self.topology.add_building(call.ctx, community_id, call.body))
 
-    @api("GET", BUILDING, summary="Get a building", tag="buildings")
+    @api("GET", BUILDING, summary="Get a building", tag="buildings", roles=INSTALLER)
     def get_building(self, call: Call, building_id: str) -> Any:
         return self.topology.get_building(call.ctx, building_id)
 
-    @api("PATCH", BUILDING, summary="Edit a building", tag="buildings", body=BuildingEdit)
+    @api("PATCH", BUILDING, summary="Edit a building", tag="buildings", body=BuildingEdit,
+         roles=INSTALLER)
     def edit_building(self, call: Call, building_id: str) -> Any:
         return self.topology.edit_building(call.ctx, building_id, call.body)
 
     @api("DELETE", BUILDING, summary="Delete a building", tag="buildings", status=204,
-         returns=None)
+         returns=None, roles=INSTALLER)
     def delete_building(self, call: Call, building_id: str) -> Any:
         self.topology.delete_building(call.ctx, building_id)
 
@@ -158,33 +172,33 @@ class GatewayService:
 
     @api("POST", f"{BUILDING}/apartments", summary="Add an apartment (APT) and its resident",
          tag="apartments", body=ApartmentCreate, status=201, returns="Created",
-         location=f"{V1}/apartments/{{id}}")
+         location=f"{V1}/apartments/{{id}}", roles=INSTALLER)
     def add_apartment(self, call: Call, building_id: str) -> Any:
         return created(self.topology.add_apartment(call.ctx, building_id, call.body))
 
-    @api("GET", APARTMENT, summary="Get an apartment", tag="apartments")
+    @api("GET", APARTMENT, summary="Get an apartment", tag="apartments", roles=INSTALLER)
     def get_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.get_apartment(call.ctx, apartment_id)
 
     @api("PATCH", APARTMENT, summary="Edit an apartment and its resident", tag="apartments",
-         body=ApartmentEdit)
+         body=ApartmentEdit, roles=INSTALLER)
     def edit_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.edit_apartment(call.ctx, apartment_id, call.body)
 
     @api("DELETE", APARTMENT, summary="Delete an apartment", tag="apartments", status=204,
-         returns=None)
+         returns=None, roles=INSTALLER)
     def delete_apartment(self, call: Call, apartment_id: str) -> Any:
         self.topology.delete_apartment(call.ctx, apartment_id)
 
     @api("POST", f"{APARTMENT}/reset", summary="Reset an apartment (manual: Reset)",
-         tag="apartments")
+         tag="apartments", roles=INSTALLER)
     def reset_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.reset_apartment(call.ctx, apartment_id)
 
-    @api("GET", f"{APARTMENT}/history", summary="An apartment's event history",
-         tag="apartments", returns="Items")
+    @api("GET", f"{APARTMENT}/history", summary="An apartment's event history, oldest first",
+         tag="apartments", query=PageQuery, returns="Page", roles=INSTALLER)
     def apartment_history(self, call: Call, apartment_id: str) -> Any:
-        return {"items": self.topology.apartment_history(call.ctx, apartment_id)}
+        return page(call, self.topology.apartment_history(call.ctx, apartment_id, call.query))
 
 
 @cache

@@ -22,7 +22,7 @@ from concierge.unit import UnitRepository
 from contracts.errors import Forbidden, Invalid, NotFound
 from contracts.topology import EVENT_SCHEMAS
 from services.topology.domain import Apartment, Building, Community
-from services.topology.projections import TopologyViews
+from services.topology.projections import PER_PAGE_DEFAULT, TopologyViews
 
 A = TypeVar("A", Community, Building, Apartment)
 
@@ -128,13 +128,14 @@ class TopologyApplication(ServiceApplication):
 
         return self.execute(command)
 
-    def edit_community(self, community_id: Any, payload: dict[str, Any]) -> None:
-        def command() -> tuple[None, list[Any]]:
+    def edit_community(self, community_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        """The community as the edit left it (the answer a retry gets again)."""
+        def command() -> tuple[dict[str, Any], list[Any]]:
             community = self._load(Community, community_id)
             community.edit(**_printable(payload))
-            return None, [community]
+            return self._community_view(community), [community]
 
-        self.execute(command)
+        return self.execute(command)
 
     def delete_community(self, community_id: Any) -> None:
         """Refused (Conflict) while the community holds buildings: nothing is orphaned."""
@@ -154,13 +155,13 @@ class TopologyApplication(ServiceApplication):
 
         return self.execute(command)
 
-    def edit_building(self, building_id: Any, payload: dict[str, Any]) -> None:
-        def command() -> tuple[None, list[Any]]:
+    def edit_building(self, building_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        def command() -> tuple[dict[str, Any], list[Any]]:
             building, community = self._building_and_community(building_id)
             building.edit(community, **_printable(payload))
-            return None, [building, community]
+            return self._building_view(building), [building, community]
 
-        self.execute(command)
+        return self.execute(command)
 
     def delete_building(self, building_id: Any) -> None:
         def command() -> tuple[None, list[Any]]:
@@ -179,22 +180,22 @@ class TopologyApplication(ServiceApplication):
 
         return self.execute(command)
 
-    def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> None:
+    def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
         # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
-        def command() -> tuple[None, list[Any]]:
+        def command() -> tuple[dict[str, Any], list[Any]]:
             apartment, building, community = self._apartment_tree(apartment_id)
             apartment.edit(building, community, **_printable(payload))
-            return None, [apartment, building]
+            return self._apartment_view(apartment), [apartment, building]
 
-        self.execute(command)
+        return self.execute(command)
 
-    def reset_apartment(self, apartment_id: Any) -> None:
-        def command() -> tuple[None, list[Any]]:
+    def reset_apartment(self, apartment_id: Any) -> dict[str, Any]:
+        def command() -> tuple[dict[str, Any], list[Any]]:
             apartment = self._load(Apartment, apartment_id)
             apartment.reset()
-            return None, [apartment]
+            return self._apartment_view(apartment), [apartment]
 
-        self.execute(command)
+        return self.execute(command)
 
     def delete_apartment(self, apartment_id: Any) -> None:
         def command() -> tuple[None, list[Any]]:
@@ -206,7 +207,9 @@ class TopologyApplication(ServiceApplication):
 
     # -- queries ----------------------------------------------------------------------------
     def get_community(self, community_id: Any) -> dict[str, Any]:
-        community = self._load(Community, community_id)
+        return self._community_view(self._load(Community, community_id))
+
+    def _community_view(self, community: Community) -> dict[str, Any]:
         counts = self.views.community_counts(str(community.id)) if self.views else {}
         return plain({
             "id": community.id,
@@ -222,7 +225,9 @@ class TopologyApplication(ServiceApplication):
         })
 
     def get_building(self, building_id: Any) -> dict[str, Any]:
-        building = self._load(Building, building_id)
+        return self._building_view(self._load(Building, building_id))
+
+    def _building_view(self, building: Building) -> dict[str, Any]:
         return plain({
             "id": building.id,
             "community_id": building.community_id,
@@ -235,7 +240,9 @@ class TopologyApplication(ServiceApplication):
 
     def get_apartment(self, apartment_id: Any) -> dict[str, Any]:
         """The APT, its resident, and the resident's app status from the read model."""
-        apartment = self._load(Apartment, apartment_id)
+        return self._apartment_view(self._load(Apartment, apartment_id))
+
+    def _apartment_view(self, apartment: Apartment) -> dict[str, Any]:
         status = self.views.app_status(str(apartment.id)) if self.views else {}
         return plain({
             "id": apartment.id,
@@ -250,21 +257,28 @@ class TopologyApplication(ServiceApplication):
             "modified_at": _when(apartment, "modified_on"),
         })
 
-    def apartment_history(self, apartment_id: Any) -> list[dict[str, Any]]:
-        """The APT's events, oldest first: what changed, when, and who did it."""
+    def apartment_history(self, apartment_id: Any, page: int = 1,
+                          per_page: int = PER_PAGE_DEFAULT) -> dict[str, Any]:
+        """A page of the APT's events, oldest first: what changed, when, and who did it.
+
+        An aggregate's versions run 1, 2, 3, ... without gaps, so page `p` is the versions
+        after `(p - 1) * per_page` and its version is the total: one page is read, not the
+        whole stream (a busy APT had 1,942 events in one answer).
+        """
         apartment = self._load(Apartment, apartment_id)
         publishable = Publishable(EVENT_SCHEMAS)
-        history = []
-        for record in self.stream(apartment.id):
+        items = []
+        for record in self.stream(apartment.id, after=(page - 1) * per_page, limit=per_page):
             envelope = build_envelope(self.service_name, record, publishable=publishable)
-            history.append({
+            items.append({
                 "type": envelope["type"],
                 "version": envelope["stream_version"],
                 "occurred_at": envelope["occurred_at"],
                 "actor": envelope["actor"],
                 "data": envelope["data"],
             })
-        return history
+        return {"items": items, "total": apartment.version, "page": page,
+                "per_page": per_page}
 
     def list_communities(self, **query: Any) -> dict[str, Any]:
         return self._views().list_communities(str(_installer()), **query)

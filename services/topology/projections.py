@@ -61,11 +61,16 @@ def _printable(value: str) -> None:
         raise ValidationError("Must not contain NUL characters.")
 
 
-class _ListQuery(Schema):
+class PageQuery(Schema):
+    """A page of a list in a fixed order (an APT's history, oldest first): no sort, no search."""
+
     page = fields.Integer(load_default=1, validate=validate.Range(1, PAGE_MAX))
     per_page = fields.Integer(
         load_default=PER_PAGE_DEFAULT, validate=validate.Range(1, PER_PAGE_MAX)
     )
+
+
+class _ListQuery(PageQuery):
     q = fields.String(
         load_default=None, allow_none=True, validate=[validate.Length(max=Q_MAX), _printable]
     )

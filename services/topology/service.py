@@ -26,6 +26,7 @@ from services.topology.projections import (
     READ_MODELS,
     BuildingListQuery,
     CommunityListQuery,
+    PageQuery,
     ResidentListQuery,
     TopologyViews,
 )
@@ -74,8 +75,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_community(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_community(community_id, load(CommunityEdit, payload))
-        return self.app.get_community(community_id)
+        return self.app.edit_community(community_id, load(CommunityEdit, payload))
 
     @rpc
     @command
@@ -101,8 +101,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_building(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_building(building_id, load(BuildingEdit, payload))
-        return self.app.get_building(building_id)
+        return self.app.edit_building(building_id, load(BuildingEdit, payload))
 
     @rpc
     @command
@@ -123,14 +122,12 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_apartment(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
-        self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
-        return self.app.get_apartment(apartment_id)
+        return self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
 
     @rpc
     @command
     def reset_apartment(self, ctx: Ctx, apartment_id: Any) -> dict[str, Any]:
-        self.app.reset_apartment(apartment_id)
-        return self.app.get_apartment(apartment_id)
+        return self.app.reset_apartment(apartment_id)
 
     @rpc
     @command
@@ -139,8 +136,9 @@ class TopologyService(ServiceBase):
 
     @rpc
     @command
-    def apartment_history(self, ctx: Ctx, apartment_id: Any) -> list[dict[str, Any]]:
-        return self.app.apartment_history(apartment_id)
+    def apartment_history(self, ctx: Ctx, apartment_id: Any, query: Any = None
+                          ) -> dict[str, Any]:
+        return self.app.apartment_history(apartment_id, **load(PageQuery, query or {}))
 
     @rpc
     @command

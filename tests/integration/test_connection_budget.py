@@ -42,7 +42,7 @@ def free_port() -> int:
 def platform(rabbit_uri: str, postgres_url: str, tmp_path: Path) -> Iterator[Platform]:
     running = Platform(rabbit_uri, postgres_url, tmp_path / "var", free_port(),
                        services=REPLICAS, deployment=f"budget{uuid.uuid4().hex[:6]}",
-                       logs=tmp_path / "logs").start()
+                       log_dir=tmp_path / "logs").start()
     try:
         yield running
     finally:
@@ -197,7 +197,7 @@ def test_every_service_with_two_replicas_stays_within_the_connection_budget(
         assert sampler.names[pid] <= {f"concierge-{platform.deployment}-{service}"}, (
             service, sampler.names[pid])
     assert not any(platform.procs[i].poll() is not None for i in range(len(REPLICAS)))
-    for log in (platform.logs or Path()).glob("*.log"):
+    for log in (platform.log_dir or Path()).glob("*.log"):
         text = log.read_text(errors="replace")
         for failure in ("too many clients", "QueuePool limit", "PoolTimeout"):
             assert failure not in text, (log.name, failure)

@@ -44,7 +44,7 @@ def deployments(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.Tem
             # A generous deadline: one test below holds a deployment's commit on purpose.
             platforms[name] = Platform(
                 rabbit_uri, postgres_url, tmp_path / name / "var", free_port(),
-                deployment=name, logs=tmp_path / name / "logs",
+                deployment=name, log_dir=tmp_path / name / "logs",
                 extra_env={"CONCIERGE_GATEWAY_TIMEOUT_SECONDS": "30"}).start()
         yield platforms
     finally:

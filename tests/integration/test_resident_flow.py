@@ -169,7 +169,7 @@ def test_apartment_reset_reaches_accounts_and_sends_no_email(
             return account["email"] is None and account["app_status"] == "unregistered"
 
         eventually(account_reset)
-        history = rpc.topology.apartment_history(ctx, apartment)
+        history = rpc.topology.apartment_history(ctx, apartment, {"per_page": 100})["items"]
         assert [h["type"] for h in history][-1] == "ApartmentReset"
         assert history[-1]["actor"] == "installer:luna"
     store = opened(accounts_bootstrap(settings))

@@ -102,7 +102,7 @@ def test_an_installer_sets_up_a_community_and_residents_follow_accounts(
             "communities": 1, "buildings": 1, "apartments": 1, "residents": 1, "devices": 0,
             "app_accounts": {"registered": 1, "unregistered": 0},
         }
-        history = proxy.topology.apartment_history(luna, apartment)
+        history = proxy.topology.apartment_history(luna, apartment)["items"]
         assert [(h["type"], h["actor"]) for h in history] == [
             ("ApartmentAdded", luna["actor"]), ("ResidentAdded", luna["actor"])]
 

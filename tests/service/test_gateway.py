@@ -42,6 +42,7 @@ from services.gateway.http import (
     ERROR_STATUS,
     MAX_BODY_BYTES,
     SESSION_CACHE_CONFIG_KEY,
+    BodyTooSlow,
     Malformed,
     SessionCache,
     problem_from,
@@ -92,7 +93,7 @@ class FakeAccounts:
 
     @rpc
     @translated
-    def login(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def login(self, payload: dict[str, Any], ctx: Any = None) -> dict[str, Any]:
         request = LoginRequest().load(payload)
         user = STATE.users.get(request["username"])
         if user is None or user["password"] != request["password"]:
@@ -282,8 +283,12 @@ class FakeTopology:
 
     @rpc
     @command
-    def apartment_history(self, ctx: dict[str, Any], apartment_id: str) -> list[dict[str, Any]]:
-        return [{"type": t} for t in _mine(STATE.apartments, ctx, apartment_id)["history"]]
+    def apartment_history(self, ctx: dict[str, Any], apartment_id: str,
+                          query: dict[str, Any]) -> dict[str, Any]:
+        rows = [{"type": t} for t in _mine(STATE.apartments, ctx, apartment_id)["history"]]
+        start = (query["page"] - 1) * query["per_page"]
+        return {"items": rows[start:start + query["per_page"]], "total": len(rows),
+                "page": query["page"], "per_page": query["per_page"]}
 
     @rpc
     @command
@@ -544,6 +549,13 @@ def test_error_table_agrees_with_the_contracts() -> None:
     for cls in ERROR_TYPES.values():
         assert ERROR_STATUS[cls] == cls.status
     assert ERROR_STATUS[Malformed] == 400
+    assert ERROR_STATUS[BodyTooSlow] == BodyTooSlow.status == 408
+
+
+def test_a_busy_service_says_when_to_come_back() -> None:
+    response = problem_from(RemoteError("Busy", "Too many logins at once."), "rid")
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    assert json.loads(response.get_data())["detail"] == "Too many logins at once."
 
 
 @pytest.mark.parametrize(("error", "status"), [
@@ -774,7 +786,8 @@ def test_apartment_lifecycle(installer: Client) -> None:
     assert reset.json()["resident"]["email"] is None
     history = installer.get(f"/api/v1/apartments/{apartment_id}/history").json()
     assert history == {"items": [{"type": "ApartmentAdded"}, {"type": "ApartmentEdited"},
-                                 {"type": "ApartmentReset"}]}
+                                 {"type": "ApartmentReset"}],
+                       "total": 3, "page": 1, "per_page": 10}
 
     assert installer.delete(f"/api/v1/apartments/{apartment_id}").status_code == 204
     assert_problem(installer.get(f"/api/v1/apartments/{apartment_id}"), 404)
@@ -886,6 +899,12 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
             assert "401" in statuses, where
         if "requestBody" in op:
             assert {"400", "422"} <= statuses, where
+        keys = [p for p in op["parameters"] if p["name"] == "Idempotency-Key"]
+        if method in ("POST", "PATCH", "DELETE"):
+            assert [(p["in"], p["required"]) for p in keys] == [("header", False)], where
+            assert "422" in statuses, where
+        else:
+            assert keys == [], where
         for status, answer in op["responses"].items():
             if int(status) >= 400:
                 problem = _resolve(doc, answer["$ref"])

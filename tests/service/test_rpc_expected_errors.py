@@ -1,9 +1,11 @@
 """A refused request is a caller's mistake, not a service failure: nameko must log it as such.
 
 nameko 2.14 logs an entrypoint's exception at ERROR, with a traceback, unless the entrypoint lists
-it in `expected_exceptions` (then WARNING). Every service entrypoint uses `concierge.rpc.rpc`,
-which lists the contract errors; a real container on the in-process transport shows the effect.
-Also here: direct RPC callers get the contracts' field errors without the gateway in front.
+it in `expected_exceptions` (then WARNING, with the traceback too). Every service entrypoint uses
+`concierge.rpc.rpc`, which lists the contract errors, and every service process installs
+`concierge.logs` (serve.start), which makes such a WARNING one short INFO line, or DEBUG for a
+401; a real container on the in-process transport shows the effect. Also here: direct RPC
+callers get the contracts' field errors without the gateway in front.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 from typing import Any
 
 import pytest
+from marshmallow import Schema, fields
 from nameko.containers import ServiceContainer
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from nameko.rpc import Rpc
 from nameko.testing.services import entrypoint_hook, worker_factory
 
-from concierge import transport
+from concierge import logs, transport
 from concierge.rpc import EXPECTED_ERRORS, rpc, translated
+from contracts import load
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from contracts.fields import NUL_MESSAGE
 from services.accounts.service import AccountsService
@@ -64,13 +68,27 @@ def test_rpc_works_bare_and_called_and_adds_extra_expected_exceptions() -> None:
     assert called.sensitive_arguments == "secret"
 
 
+class Strict(Schema):
+    name = fields.String(required=True)
+
+
 class Refusing:
     name = "refusing"
 
     @rpc
     @translated
-    def refuse(self) -> None:
-        raise Invalid.field("name", "Nope.")
+    def refuse(self, detail: str = "Nope.") -> None:
+        raise Invalid(detail, {"name": ["Nope."], **{f"f{i}": ["Bad."] for i in range(30)}})
+
+    @rpc
+    @translated
+    def refuse_a_payload(self) -> None:
+        load(Strict, {"name": 1, "extra": 2})  # Invalid raised from a ValidationError
+
+    @rpc
+    @translated
+    def unauthorized(self) -> None:
+        raise Unauthorized("Not signed in.")
 
     @rpc
     def crash(self) -> None:
@@ -80,33 +98,60 @@ class Refusing:
 @pytest.fixture
 def container() -> Any:
     transport.reset()
+    logs.install()  # as every service process does (concierge.serve.start)
     container = ServiceContainer(Refusing, {"AMQP_URI": "concierge-memory://"})
     container.start()
     yield container
     container.kill()
 
 
-def container_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "nameko.containers" and "error" in r.msg]
+def container_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """The container's records about entrypoints, as the handler writes them."""
+    formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    return [(r.levelno, formatter.format(r)) for r in caplog.records
+            if r.name == "nameko.containers" and "worker" not in r.getMessage().split(" ")[0]
+            and ("refused" in r.getMessage() or "error" in r.getMessage())]
 
 
-def test_a_contract_error_is_logged_as_a_warning(
+def test_a_refused_request_is_one_info_line_without_a_traceback(
         container: ServiceContainer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="nameko.containers")
-    with entrypoint_hook(container, "refuse") as refuse, pytest.raises(Invalid):
+    with entrypoint_hook(container, "refuse_a_payload") as refuse, pytest.raises(Invalid):
         refuse()
-    [record] = container_records(caplog)
-    assert record.levelno == logging.WARNING
-    assert "(expected)" in record.getMessage()
+    with entrypoint_hook(container, "refuse") as refuse, pytest.raises(Invalid):
+        refuse("x\n" * 10_000)
+    [(level, chained), (level_too, long)] = container_lines(caplog)
+    assert (level, level_too) == (logging.INFO, logging.INFO)
+    assert chained == ("INFO nameko.containers: refusing.refuse_a_payload refused: "
+                       "Invalid 422: Invalid input [name, extra]")
+    # A detail sent by the caller and thirty field names still make one short line.
+    assert "\n" not in long and "Traceback" not in long and len(long) < 500
+    assert "x\\nx\\n" in long and long.endswith(", ...]")
 
 
-def test_any_other_exception_is_still_an_error(
+def test_a_401_is_logged_at_debug_and_not_at_all_at_info(
+        container: ServiceContainer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="nameko.containers")
+    with entrypoint_hook(container, "unauthorized") as refuse, pytest.raises(Unauthorized):
+        refuse()
+    assert container_lines(caplog) == [
+        (logging.DEBUG, "DEBUG nameko.containers: refusing.unauthorized refused: "
+                        "Unauthorized 401: Not signed in.")]
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="nameko.containers")
+    with entrypoint_hook(container, "unauthorized") as refuse, pytest.raises(Unauthorized):
+        refuse()
+    assert container_lines(caplog) == []
+
+
+def test_any_other_exception_is_still_an_error_with_its_traceback(
         container: ServiceContainer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="nameko.containers")
     with entrypoint_hook(container, "crash") as crash, pytest.raises(RuntimeError):
         crash()
-    [record] = container_records(caplog)
-    assert record.levelno == logging.ERROR
+    [(level, line)] = container_lines(caplog)
+    assert level == logging.ERROR
+    assert "Traceback" in line and "a real failure" in line
 
 
 # --- direct RPC callers get the contracts' field errors --------------------------------------

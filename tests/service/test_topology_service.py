@@ -153,7 +153,7 @@ def test_an_installer_builds_a_community_through_every_entrypoint(svc: TopologyS
         "resident"]["first_name"] == "Judy"
     reset = svc.reset_apartment(ctx, apartment)
     assert (reset["resident"]["email"], reset["resident"]["mobile"]) == (None, None)
-    assert [h["type"] for h in svc.apartment_history(ctx, apartment)] == [
+    assert [h["type"] for h in svc.apartment_history(ctx, apartment)["items"]] == [
         "ApartmentAdded", "ResidentAdded", "ResidentEdited", "ApartmentReset"]
 
     [row] = svc.list_residents(ctx, community, {})["items"]

@@ -16,7 +16,7 @@ from eventsourcing.persistence import IntegrityError
 
 from concierge import context, green
 from concierge.config import Settings
-from concierge.store import META_KEY, store_env
+from concierge.store import COMMIT_ATTEMPTS, META_KEY, store_env
 from contracts.errors import Conflict
 from services.topology.application import TopologyApplication
 
@@ -130,8 +130,9 @@ def test_a_command_refused_in_a_group_gets_its_error_and_the_others_are_recorded
         assert app.get_building(building)["apartment_count"] == 4
 
 
-def test_a_conflict_at_commit_sends_each_command_of_the_group_alone(
+def test_a_conflict_at_commit_runs_the_group_again(
         app: TopologyApplication, building: str) -> None:
+    """Another replica wrote first: the group recorded nothing and runs again as a whole."""
     sizes: list[int] = []
     record = app._record
 
@@ -150,8 +151,51 @@ def test_a_conflict_at_commit_sends_each_command_of_the_group_alone(
 
     assert all(isinstance(i, str) for i in ids), ids
     per_command = sizes[0]
-    assert sizes == [per_command, 3 * per_command] + [per_command] * 3
+    assert sizes == [per_command, 3 * per_command, 3 * per_command]
     assert len(app.read(before)) == 4 * per_command  # each APT once
+
+
+def test_a_group_that_keeps_conflicting_sends_each_command_alone(
+        app: TopologyApplication, building: str) -> None:
+    sizes: list[int] = []
+    record = app._record
+
+    def conflict_while_grouped(processing_event: Any) -> Any:
+        sizes.append(len(processing_event.events))
+        if len(sizes) == 1:
+            green.sleep(0.05)
+        elif len(processing_event.events) > sizes[0]:
+            raise IntegrityError("another replica wrote first")
+        return record(processing_event)
+
+    app._record = conflict_while_grouped  # type: ignore[method-assign]
+    before = app.max_position()
+
+    ids = at_once([add(app, building, f"{n}") for n in range(311, 315)])
+
+    assert all(isinstance(i, str) for i in ids), ids
+    per_command = sizes[0]
+    assert sizes == ([per_command] + [3 * per_command] * COMMIT_ATTEMPTS
+                     + [per_command] * 3)
+    assert len(app.read(before)) == 4 * per_command
+
+
+def test_a_command_that_loses_every_race_is_a_conflict_with_nothing_recorded(
+        app: TopologyApplication, building: str) -> None:
+    attempts: list[int] = []
+
+    def always_conflicting(processing_event: Any) -> Any:
+        attempts.append(len(processing_event.events))
+        raise IntegrityError("another replica wrote first")
+
+    app._record = always_conflicting  # type: ignore[method-assign]
+    before = app.max_position()
+
+    (outcome,) = at_once([add(app, building, "321")])
+
+    assert isinstance(outcome, IntegrityError)
+    assert len(attempts) == COMMIT_ATTEMPTS
+    assert app.max_position() == before
 
 
 def test_one_command_at_a_time_is_one_commit_each(app: TopologyApplication,

@@ -235,7 +235,7 @@ def test_the_history_lists_changes_oldest_first_with_who_made_them(
         app.edit_apartment(apartment, {"resident": {"first_name": "Judy"}})
         app.reset_apartment(apartment)
 
-        history = app.apartment_history(apartment)
+        history = app.apartment_history(apartment)["items"]
 
     assert [(h["type"], h["actor"]) for h in history] == [
         ("ApartmentAdded", "installer:luna"),
