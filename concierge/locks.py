@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -150,10 +151,31 @@ class LockConnection:
                 conn.close()
 
 
+@contextlib.contextmanager
+def setting_up(service: str, settings: Settings) -> Iterator[None]:
+    """One process at a time creates a service's schema and tables (replicas start together):
+    PostgreSQL's `CREATE ... IF NOT EXISTS` racing another one fails on a unique index of its
+    catalog, and the replica that lost died at start."""
+    if not settings.uses_postgres:
+        yield
+        return
+    import psycopg
+
+    key = _key(f"concierge-setup:{settings.schema_for(service)}")
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5,
+                         application_name=settings.application_name("setup")) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        yield  # closing the connection releases the lock, also if the block failed
+
+
+def _key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class AdvisoryLock:
     def __init__(self, connection: LockConnection, name: str) -> None:
         self.connection = connection
-        self.key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        self.key = _key(name)
 
     def acquire(self) -> bool:
         return self.connection.try_lock(self.key)

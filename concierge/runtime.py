@@ -24,7 +24,7 @@ from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
-from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection
+from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection, setting_up
 from concierge.projection import ReadModel
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
@@ -182,8 +182,9 @@ class Wiring:
 
 def open_store(service: str, settings: Settings, app_cls: type[ServiceApplication],
                **app_kwargs: Any) -> tuple[ServiceApplication, Engine]:
-    app = app_cls(env=store_env(service, settings), **app_kwargs)
-    engine = service_engine(service, settings)
+    with setting_up(service, settings):
+        app = app_cls(env=store_env(service, settings), **app_kwargs)
+        engine = service_engine(service, settings)
     return app, engine
 
 
