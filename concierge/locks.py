@@ -4,7 +4,8 @@ PostgreSQL: a session advisory lock (released by the server if the holder dies),
 connection per service and process that holds all of its leader locks (the relay's and the
 mailer's): outside the service's pools, so a leader never takes a pooled connection from the
 commands, and open only while it holds a lock. SQLite: an exclusive flock on a file beside the
-store (released by the kernel).
+store (released by the kernel). Also the lock that lets one replica at a time create a service's
+schema and tables (`setting_up`).
 """
 
 from __future__ import annotations
