@@ -213,8 +213,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         printer.close()
         wiring.close()
     names = sorted(args.only) if args.only else [m.name for m in wiring.read_models]
-    print(f"rebuilt {len(names)} read models of {args.service} ({', '.join(names)}) from "
-          f"{total} events in {time.monotonic() - started:.1f} s, swapped in while it served")
+    print(f"rebuilt {', '.join(names)} of {args.service} from {total} events in "
+          f"{time.monotonic() - started:.1f} s, swapped in while it served")
     return 0
 
 
