@@ -32,7 +32,7 @@ from tests.support.harness import ROOT, eventually
 from tests.support.toy import CountersView, counters
 
 CONCIERGE = str(Path(sys.executable).with_name("concierge"))
-QUIET = ("UndefinedTable", "psycopg.errors", " ERROR ", " CRITICAL ")
+QUIET = ("UndefinedTable", "psycopg.errors", "Traceback", " ERROR ", " CRITICAL ")
 
 
 def free_port() -> int:
@@ -180,7 +180,7 @@ def add(site: Site, count: int, threads: int = 4) -> None:
 
 def assert_quiet(platform: Platform) -> None:
     for service in ("topology", "accounts"):
-        log = platform.log(service)
+        log = platform.log(service).decode(errors="replace")
         found = [word for word in QUIET if word in log]
         assert not found, f"{service} logged {found}:\n{log[-4000:]}"
 
