@@ -18,7 +18,7 @@ from typing import Any
 from nameko.extensions import DependencyProvider
 from sqlalchemy.engine import Engine
 
-from concierge import green, heap
+from concierge import green
 from concierge.bus import ConsumerLoop, make_publisher, subscription_queue
 from concierge.config import Settings
 from concierge.database import service_engine
@@ -26,6 +26,7 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.locks import AdvisoryLock, FileLock, LeaderLock
 from concierge.projection import ReadModel
+from concierge.rebuild import SourceUnavailable, TogetherHandler, rebuild
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
 from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
@@ -40,6 +41,8 @@ from concierge.subscription import (
 )
 
 log = logging.getLogger(__name__)
+
+__all__ = ["SourceUnavailable", "TogetherHandler", "rebuild"]  # at home in concierge.rebuild
 
 
 @dataclass
@@ -78,6 +81,10 @@ class Wiring:
         store = self.app.store_id() if records else None
         return [build_envelope(self.service, r, publishable=publishable, store=store)
                 for r in records]
+
+    def last_position(self) -> int:
+        """Where this service's log ends now (a rebuild's total)."""
+        return self.app.max_position()
 
     def publishable(self) -> Publishable:
         if "publishable" not in self.extras:
@@ -212,13 +219,13 @@ def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
     state: dict[str, Any] = {}
     turn = threading.Lock()
 
-    def read(source: str, after: int, limit: int) -> list[Envelope]:
+    def call(source: str, method: str, *args: Any) -> Any:
         with turn:
             if "proxy" not in state:
                 state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
                 state["proxy"] = state["cluster"].start()
             try:
-                return state["proxy"][source].read_log(after, limit)
+                return getattr(state["proxy"][source], method)(*args)
             except Exception:
                 cluster = state.pop("cluster")
                 state.pop("proxy")
@@ -226,6 +233,11 @@ def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
                     cluster.stop()
                 raise
 
+    def read(source: str, after: int, limit: int) -> list[Envelope]:
+        return call(source, "read_log", after, limit)
+
+    # Where the source's log ends: a rebuild's progress total (`ServiceBase.last_position`).
+    read.last_position = lambda source: call(source, "last_position")  # type: ignore[attr-defined]
     return read
 
 
@@ -257,111 +269,6 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     if wiring.local:
         wiring.app.project_in_commit(wiring.engine, wiring.own_models_in_commit)
     return wiring
-
-
-REBUILD_SECTION = 5000
-
-
-class SourceUnavailable(RuntimeError):
-    """A rebuild could not read another service's log (it is not running, or not answering).
-
-    What was rebuilt stays: each section was committed with its position, so the read models
-    fed by that source catch up from there when the service next runs with the source
-    reachable, or when the rebuild is run again.
-    """
-
-    def __init__(self, service: str, source: str, after: int, cause: BaseException) -> None:
-        self.source = source
-        super().__init__(
-            f"could not read the log of {source} after position {after} "
-            f"({type(cause).__name__}: {cause}). Is the {source} service running? The read "
-            f"models of {service} that {source} feeds keep what was rebuilt and catch up from "
-            f"there when {service} runs with {source} reachable; run the rebuild again to "
-            f"finish it now.")
-
-
-def _explaining(read: LogReader,
-                service: str) -> LogReader:
-    """A log reader whose failures say which source could not be read (only reading errors:
-    a projection's own error must not pass for an unreachable service)."""
-
-    def read_or_explain(source: str, after: int, limit: int) -> list[Envelope]:
-        try:
-            return read(source, after, limit)
-        except Exception as exc:
-            raise SourceUnavailable(service, source, after, exc) from exc
-
-    return read_or_explain
-
-
-def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
-            only: set[str] | None = None) -> int:
-    """Drop the service's read models (or those named in `only`) and rebuild them from the
-    source logs; return how many events were read (each source's log is read once)."""
-    with heap.collecting_less():
-        return _rebuild(wiring, progress, only)
-
-
-def _rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None,
-             only: set[str] | None) -> int:
-    models = [m for m in wiring.read_models if only is None or m.name in only]
-    names = {m.name for m in models}
-    for model in models:
-        model.drop(wiring.engine)
-        model.create(wiring.engine)
-    subs = [s for s in wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
-            if isinstance(s.handler, ProjectionHandler) and s.handler.name in names]
-    by_source: dict[str, list[Subscription]] = {}
-    for sub in subs:
-        sub.forget_position()
-        by_source.setdefault(sub.source, []).append(sub)
-    total = 0
-    for source, group in by_source.items():
-        together = TogetherHandler([sub.handler for sub in group])  # type: ignore[misc]
-        local = source == wiring.service
-        reader = (wiring.local_reader(together) if local
-                  else _explaining(group[0].read_log, wiring.service))
-        # Own log: one transaction per 5000 events; another service's: its read_log's limit.
-        once = Subscription(source, together, reader,
-                            REBUILD_SECTION if local else Subscription.default_batch_size)
-        total += once.catch_up()
-        for sub in group:
-            sub.forget_position()
-        if progress:
-            progress(f"{', '.join(sorted(together.names))} <- {source}", once.position)
-    return total
-
-
-class TogetherHandler:
-    """Several read models fed from one read of a source's log, each section in one
-    transaction (a rebuild reads and decodes each event once, not once per model)."""
-
-    def __init__(self, handlers: list[ProjectionHandler]) -> None:
-        self.handlers = handlers
-        self.names = [h.name for h in handlers]
-        self.name = "+".join(self.names)
-        self._interest: dict[str, bool] = {}
-
-    def interested(self, event_type: str) -> bool:
-        # Asked once per event of a rebuild: remember each type's answer.
-        answer = self._interest.get(event_type)
-        if answer is None:
-            answer = self._interest[event_type] = any(h.interested(event_type)
-                                                      for h in self.handlers)
-        return answer
-
-    def tracked(self, source: str) -> int:
-        return min(h.tracked(source) for h in self.handlers)
-
-    def apply(self, envelope: Envelope) -> bool:
-        return self.apply_batch([envelope]) > 0
-
-    def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
-        if conn is not None:
-            return sum(h.apply_batch(envelopes, conn=conn) for h in self.handlers)
-        engine = self.handlers[0].engine
-        with engine.begin() as own:
-            return sum(h.apply_batch(envelopes, conn=own) for h in self.handlers)
 
 
 def dispatcher(subs: list[Subscription]) -> Callable[[list[Envelope]], None]:
@@ -510,3 +417,7 @@ class ServiceBase:
     @rpc
     def read_log(self, after: int = 0, limit: int = 500) -> list[Envelope]:
         return self.runtime.read_log(int(after), int(limit))
+
+    @rpc
+    def last_position(self) -> int:
+        return self.runtime.last_position()
