@@ -110,13 +110,17 @@ def platform(rabbit_uri: str, postgres_url: str,
 @pytest.mark.parametrize("service", ["accounts", "topology", "notify", "gateway"])
 def test_an_idle_service_stops_on_sigterm_with_exit_code_0(platform: Platform,
                                                             service: str) -> None:
-    stop(platform.process(service))
-    platform.run(service)  # the next test finds every service running again
+    try:
+        stop(platform.process(service))
+    finally:
+        platform.run(service)  # the next test finds every service running again
 
 
 def test_ctrl_c_stops_a_service_with_exit_code_0(platform: Platform) -> None:
-    stop(platform.process("topology"), signal.SIGINT)
-    platform.run("topology")
+    try:
+        stop(platform.process("topology"), signal.SIGINT)
+    finally:
+        platform.run("topology")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
@@ -315,7 +319,9 @@ def test_topology_stopped_under_load_loses_no_answered_write_and_runs_no_refused
         distributed: Any, rabbit_uri: str) -> None:
     # Requests sent while topology restarts wait in its queue; a gateway deadline longer than
     # the restart lets them be answered. (A request run after its caller's 504 is finding 3.)
-    platform = distributed(extra_env={"CONCIERGE_GATEWAY_TIMEOUT_SECONDS": "30"})
+    platform = distributed(services=("accounts", "notify", "gateway"),
+                           extra_env={"CONCIERGE_GATEWAY_TIMEOUT_SECONDS": "30"})
+    topology = platform.run("topology")
     token = platform.installer_session()
     status, community = platform.call("POST", "/api/v1/communities",
                                       {"name": "Shutdown Towers", "feature_plan": "premium",
@@ -327,7 +333,7 @@ def test_topology_stopped_under_load_loses_no_answered_write_and_runs_no_refused
 
     with Clients(platform, token, building["id"]) as clients:
         eventually(lambda: len(clients.created()) >= 40, timeout=60)
-        stop(platform.process("topology"))
+        stop(topology)
         answered_before = len(clients.answers)
         platform.run("topology")
         eventually(lambda: len(clients.created()) >= answered_before + 40, timeout=60)
