@@ -98,15 +98,19 @@ class DrainingContainer(ServiceContainer):
     def _drain(self, until: float) -> None:
         try:
             with green.deadline(max(0.0, until - time.monotonic())):
-                self._worker_pool.waitall()
+                while True:
+                    self._worker_pool.waitall()
+                    # An HTTP worker hands its answer to its connection's thread, which writes
+                    # it on its next turn (scheduled before this one's); a request that thread
+                    # had read in full before the intake stopped gets its worker then too.
+                    green.sleep(0)
+                    if not self._worker_threads:
+                        return
         except green.DeadlineExceeded:
             log.warning("%s: %d workers still running after %g s are abandoned",
                         self.service_name, len(self._worker_threads),
                         shutdown_seconds(self.config))
             self._kill_worker_threads()
-        # An HTTP worker hands its answer to its connection's thread, which writes it on its
-        # next turn; that turn was scheduled before this one's.
-        green.sleep(0)
 
     def _web_servers(self) -> list[WebServer]:
         return [ext for ext in self.subextensions if isinstance(ext, WebServer)]
