@@ -52,13 +52,16 @@ def shutdown_seconds(config: dict[str, Any]) -> float:
 class DrainingContainer(ServiceContainer):
     """nameko's container, stopping in the order above (configured as SERVICE_CONTAINER_CLS)."""
 
+    _draining = False
+
     def stop(self) -> None:
         if self._died.ready():
             return
-        if self._being_killed:  # as nameko's: a kill is already under way, wait for it
+        if self._being_killed or self._draining:  # already under way: wait for its end
             with contextlib.suppress(Exception):
                 self._died.wait()
             return
+        self._draining = True
         seconds = shutdown_seconds(self.config)
         began = time.monotonic()
         until = began + seconds
