@@ -95,9 +95,11 @@ def distributed(rabbit_uri: str, postgres_url: str, tmp_path: Path) -> Iterator[
         drop_schemas(postgres_url, platform.env["CONCIERGE_SCHEMA_PREFIX"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def platform(rabbit_uri: str, postgres_url: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """One platform for a class of tests, stopped before the module's other platforms start:
+    two at once would share the vhost's queues."""
     running = Platform(rabbit_uri, postgres_url, tmp_path_factory.mktemp("idle") / "var",
                        free_port()).start()
     yield running
@@ -105,23 +107,22 @@ def platform(rabbit_uri: str, postgres_url: str,
     drop_schemas(postgres_url, running.env["CONCIERGE_SCHEMA_PREFIX"])
 
 
-# --- idle services ---------------------------------------------------------------------------
+class TestIdle:
+    """Each test restarts what it stopped, for the next."""
 
+    @pytest.mark.parametrize("service", ["accounts", "topology", "notify", "gateway"])
+    def test_an_idle_service_stops_on_sigterm_with_exit_code_0(self, platform: Platform,
+                                                                service: str) -> None:
+        try:
+            stop(platform.process(service))
+        finally:
+            platform.run(service)  # the next test finds every service running again
 
-@pytest.mark.parametrize("service", ["accounts", "topology", "notify", "gateway"])
-def test_an_idle_service_stops_on_sigterm_with_exit_code_0(platform: Platform,
-                                                            service: str) -> None:
-    try:
-        stop(platform.process(service))
-    finally:
-        platform.run(service)  # the next test finds every service running again
-
-
-def test_ctrl_c_stops_a_service_with_exit_code_0(platform: Platform) -> None:
-    try:
-        stop(platform.process("topology"), signal.SIGINT)
-    finally:
-        platform.run("topology")
+    def test_ctrl_c_stops_a_service_with_exit_code_0(self, platform: Platform) -> None:
+        try:
+            stop(platform.process("topology"), signal.SIGINT)
+        finally:
+            platform.run("topology")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
