@@ -117,10 +117,11 @@ class Platform:
     def run(self, name: str, timeout: float = 60) -> subprocess.Popen[bytes]:
         """One more `concierge run NAME` (a second replica, or a restart), once it is ready.
 
-        Its output goes to `<data dir>/../logs/`, so a test can show it when something fails;
-        `stop()` ends it with the others.
+        Its output goes to a file of its own in the log folder (`<data dir>/../logs/` when
+        none was given), so a test can show it when something fails; `stop()` ends it with
+        the others.
         """
-        logs = self.data_dir.parent / "logs"
+        logs = self.log_dir or self.data_dir.parent / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         path = logs / f"{name}-{len(self.procs)}.log"
         with open(path, "wb") as out:
