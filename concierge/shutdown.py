@@ -17,8 +17,9 @@ given back at once and the work it has started bounded, so `DrainingContainer.st
 4. nameko's own shared extensions and any thread still running.
 
 `on_signals` runs that stop in a green thread: a signal handler runs on eventlet's hub, which
-must not wait. A second signal exits at once; a stop that overruns its bound by
-`WATCHDOG_SECONDS` ends the process with every green thread's stack in the log.
+must not wait. The process then exits with code 0. A second signal exits at once (code 128 +
+the signal's number); a stop that overruns its bound by `WATCHDOG_SECONDS` exits with code 1,
+every green thread's stack on stderr.
 """
 
 from __future__ import annotations
