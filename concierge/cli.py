@@ -102,10 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if "accounts" in names:
         _ensure_demo_installer(settings, user, password)
     print(banner, flush=True)
-    try:
-        runner.wait()
-    except KeyboardInterrupt:
-        runner.stop()
+    runner.wait()  # until SIGTERM or Ctrl+C has stopped every service (concierge.shutdown)
     return 0
 
 

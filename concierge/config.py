@@ -28,6 +28,7 @@ class Settings:
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
     gateway_body_timeout_seconds: float = 5.0
+    shutdown_seconds: float = 5.0
     log_level: str = "INFO"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -52,6 +53,7 @@ class Settings:
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             gateway_body_timeout_seconds=float(
                 env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
+            shutdown_seconds=float(env.get("CONCIERGE_SHUTDOWN_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
         )
 
@@ -90,4 +92,7 @@ class Settings:
             "parent_calls_tracked": 10,
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
             "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
+            # Stops in the order a replica behind a queue needs, within SHUTDOWN_SECONDS.
+            "SERVICE_CONTAINER_CLS": "concierge.shutdown.DrainingContainer",
+            "SHUTDOWN_SECONDS": self.shutdown_seconds,
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from concierge.projection import ReadModel
 from concierge.rebuild import SourceUnavailable, TogetherHandler, rebuild
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
+from concierge.shutdown import FINISH_SECONDS
 from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
 from concierge.subscription import (
     Envelope,
@@ -55,6 +57,8 @@ class Wiring:
     policies: list[tuple[str, Handler]] = field(default_factory=list)
     background: list[Callable[[], Any]] = field(default_factory=list)
     stoppers: list[Callable[[], Any]] = field(default_factory=list)
+    # Closed once every loop has ended (the log reader's broker connection, ...).
+    closers: list[Callable[[], Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     event_schemas: dict[str, Any] = field(default_factory=dict)
     relay: OutboxRelay | None = None
@@ -71,6 +75,9 @@ class Wiring:
                 if self.relay.lock.held():
                     self.relay.save_position()
             self.relay.lock.release()
+        for close in self.closers:
+            with contextlib.suppress(Exception):  # closing: a broken connection is closed too
+                close()
         self.app.close()
         self.engine.dispose()
 
@@ -202,43 +209,61 @@ def leader_lock(service: str, settings: Settings, engine: Engine,
     return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
-def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
-    """Reads another service's log over RPC (the catch-up path).
+class RpcLogReader:
+    """Reads another service's log over RPC (the catch-up path); `close()` at shutdown.
 
     A short timeout: a request sent before the source's RPC queue exists is dropped (the
     in-process bus cannot return it), and a catch-up holds its subscription while it waits;
     the caller retries with back-off instead.
     """
 
-    from nameko.standalone.rpc import ClusterRpcProxy
+    def __init__(self, settings: Settings, timeout: float = 3.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
+        # has one reader, so calls from the consumer loops and the startup catch-up take turns:
+        # two green threads draining the same socket is an error, and the loser's cleanup
+        # closed the socket under the winner, leaving it waiting forever on a file number
+        # reused later.
+        self._state: dict[str, Any] = {}
+        self._turn = threading.Lock()
 
-    # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
-    # has one reader, so calls from the consumer loops and the startup catch-up take turns:
-    # two green threads draining the same socket is an error, and the loser's cleanup closed
-    # the socket under the winner, leaving it waiting forever on a file number reused later.
-    state: dict[str, Any] = {}
-    turn = threading.Lock()
+    def __call__(self, source: str, after: int, limit: int) -> list[Envelope]:
+        return self.call(source, "read_log", after, limit)
 
-    def call(source: str, method: str, *args: Any) -> Any:
-        with turn:
+    def last_position(self, source: str) -> int:
+        """Where the source's log ends: a rebuild's progress total (`ServiceBase.last_position`)."""
+        return self.call(source, "last_position")
+
+    def call(self, source: str, method: str, *args: Any) -> Any:
+        from nameko.standalone.rpc import ClusterRpcProxy
+
+        state = self._state
+        with self._turn:
             if "proxy" not in state:
-                state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
+                state["cluster"] = ClusterRpcProxy(self.settings.nameko_config(),
+                                                   timeout=self.timeout)
                 state["proxy"] = state["cluster"].start()
             try:
                 return getattr(state["proxy"][source], method)(*args)
             except Exception:
-                cluster = state.pop("cluster")
-                state.pop("proxy")
-                with contextlib.suppress(Exception):
-                    cluster.stop()
+                self._drop()
                 raise
 
-    def read(source: str, after: int, limit: int) -> list[Envelope]:
-        return call(source, "read_log", after, limit)
+    def close(self) -> None:
+        """Stop the proxy (its reply queue and connection), once no loop reads any more."""
+        self._drop()
 
-    # Where the source's log ends: a rebuild's progress total (`ServiceBase.last_position`).
-    read.last_position = lambda source: call(source, "last_position")  # type: ignore[attr-defined]
-    return read
+    def _drop(self) -> None:
+        cluster = self._state.pop("cluster", None)
+        self._state.pop("proxy", None)
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.stop()
+
+
+def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> RpcLogReader:
+    return RpcLogReader(settings, timeout)
 
 
 def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
@@ -254,7 +279,9 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
         idle_seconds=settings.relay_idle_seconds,
         publishable=wiring.publishable(),
     )
-    read_remote = read_remote or rpc_log_reader(settings)
+    if read_remote is None:
+        read_remote = rpc_log_reader(settings)
+        wiring.closers.append(read_remote.close)
     handlers: list[tuple[str, Handler]] = list(wiring.policies)
     for model in wiring.read_models:
         model.create(wiring.engine)
@@ -321,12 +348,22 @@ def deliver_together(subs: list[Subscription], messages: list[Envelope]) -> bool
 
 
 class Runner:
-    """Runs a wiring's loops: relay, one consumer per source, startup catch-up, background."""
+    """Runs a wiring's loops: relay, one consumer per source, startup catch-up, background.
+
+    A stop comes in two steps (`concierge.shutdown`): `stop_intake()` at once (no new delivery,
+    no more catch-up), then `stop()` once the service's commands have drained: the consumers
+    finish the batch they hold, then the relay publishes what was committed and saves its
+    position, and every leader (relay, mailer) lets go of its lock, each step within its bound.
+    """
 
     def __init__(self, wiring: Wiring, spawn: Callable[..., Any] = green.spawn) -> None:
         self.wiring = wiring
         self.spawn = spawn
         self.running = False
+        self._intake: list[Any] = []  # threads that take work in: consumers, startup catch-up
+        self._leaders: list[Any] = []  # threads that publish or send it on: relay, background
+        self._stopping = threading.Event()
+        self._intake_stopped_at: float | None = None
 
     def start(self) -> None:
         w = self.wiring
@@ -337,11 +374,11 @@ class Runner:
                                 dispatcher(subs))
             loop.declare()
             w.consumers.append(loop)
-            self.spawn(loop.run)
-        self.spawn(w.relay.run)
-        self.spawn(self._startup_catch_up)
+            self._intake.append(self.spawn(loop.run))
+        self._leaders.append(self.spawn(w.relay.run))
+        self._intake.append(self.spawn(self._startup_catch_up))
         for task in w.background:
-            self.spawn(task)
+            self._leaders.append(self.spawn(task))
 
     def _startup_catch_up(self) -> None:
         """A subscriber that starts late reads what it missed from each source's log."""
@@ -359,19 +396,44 @@ class Runner:
                              type(exc).__name__)
                     still.append(sub)
             pending = still
-            if pending:
-                green.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            if pending and self._stopping.wait(delay):  # a stop ends the back-off at once
+                return
+            delay = min(delay * 2, 5.0)
 
-    def stop(self) -> None:
+    def stop_intake(self) -> None:
+        """Take no new delivery and stop catching up; a batch being applied finishes."""
+        if self._intake_stopped_at is None:
+            self._intake_stopped_at = time.monotonic()
         self.running = False
+        self._stopping.set()
+        for loop in self.wiring.consumers:
+            loop.stop()
+
+    def halt(self) -> None:
+        """Tell every loop to stop, without waiting (a kill)."""
+        self.stop_intake()
         w = self.wiring
         if w.relay:
             w.relay.stop()
-        for loop in w.consumers:
-            loop.stop()
         for stop in w.stoppers:
             stop()
+
+    def stop(self) -> None:
+        """Stop every loop: the consumers by the shutdown bound after `stop_intake`, the relay
+        and the other leaders within FINISH_SECONDS after; a loop that overruns is ended."""
+        self.stop_intake()
+        assert self._intake_stopped_at is not None
+        drained_by = self._intake_stopped_at + self.wiring.settings.shutdown_seconds
+        self._end(self._intake, drained_by, "applying events")
+        self.halt()
+        self._end(self._leaders, max(time.monotonic(), drained_by) + FINISH_SECONDS,
+                  "publishing or sending")
+
+    def _end(self, threads: list[Any], until: float, doing: str) -> None:
+        for thread in green.join([t for t in threads if t is not None], until):
+            log.warning("%s: a loop still %s at its deadline is ended", self.wiring.service,
+                        doing)
+            green.kill(thread)
 
 
 class Runtime(DependencyProvider):
@@ -394,6 +456,12 @@ class Runtime(DependencyProvider):
         assert self.runner is not None
         self.runner.start()
 
+    def stop_intake(self) -> None:
+        """The first step of a stop (`concierge.shutdown.DrainingContainer`), beside the
+        entrypoints': no new bus delivery while the commands in flight drain."""
+        if self.runner:
+            self.runner.stop_intake()
+
     def stop(self) -> None:
         if self.runner:
             self.runner.stop()
@@ -402,7 +470,7 @@ class Runtime(DependencyProvider):
 
     def kill(self) -> None:
         if self.runner:
-            self.runner.stop()
+            self.runner.halt()
 
     def get_dependency(self, worker_ctx: Any) -> Wiring:
         assert self.wiring is not None
