@@ -44,6 +44,7 @@ class Platform:
             **(extra_env or {}),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._probe: str | None = None  # an installer's token, to see topology answer
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 90) -> Platform:
@@ -144,11 +145,17 @@ class Platform:
 
     def _topology_answers(self, token: str) -> bool:
         """Login proves the gateway and accounts are up; topology runs in its own process and
-        may still be declaring its RPC queue (the gateway would answer 503). Any other answer
-        (a distributor is refused the dashboard) means it consumes."""
+        may still be declaring its RPC queue (the gateway would answer 503). An installer's
+        dashboard is the cheapest call that reaches it (the gateway refuses a distributor
+        every topology route before any call)."""
         if not self.embedded and "topology" not in self.services:
             return True
-        status, _ = self.call("GET", "/api/v1/dashboard", token=token)
+        if self._probe is None:
+            try:
+                self._probe = self.installer_session("platform-probe")
+            except (KeyError, TypeError):  # accounts refused: try again on the next round
+                return False
+        status, _ = self.call("GET", "/api/v1/dashboard", token=self._probe)
         return status != 503
 
     def cpu_seconds(self) -> dict[str, float]:
