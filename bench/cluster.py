@@ -50,6 +50,7 @@ class Platform:
             **(extra_env or {}),
         }
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._probe: str | None = None  # an installer's token, to see topology answer
         self.base = f"http://127.0.0.1:{port}"
 
     def start(self, timeout: float = 90) -> Platform:
@@ -120,13 +121,47 @@ class Platform:
             if service == name and proc.poll() is not None:
                 self.procs[index] = self._run(name)
 
+    def run(self, name: str, timeout: float = 60) -> subprocess.Popen[bytes]:
+        """One more `concierge run NAME` (a second replica, or a restart), once it is ready.
+
+        Its output goes to a file of its own in the log folder (`<data dir>/../logs/` when
+        none was given), so a test can show it when something fails; `stop()` ends it with
+        the others.
+        """
+        logs = self.log_dir or self.data_dir.parent / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"{name}-{len(self.procs)}.log"
+        with open(path, "wb") as out:
+            proc = subprocess.Popen([self._concierge(), "run", name], env=self.env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        self.services = (*self.services, name)
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith(b"ready") for line in path.read_bytes().splitlines()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start:\n{path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return proc
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        """The latest running process of a service (`up`: the embedded platform's)."""
+        names = ("up",) if self.embedded else self.services
+        return next(proc for proc, n in reversed(list(zip(self.procs, names, strict=True)))
+                    if n == name and proc.poll() is None)
+
     def _topology_answers(self, token: str) -> bool:
         """Login proves the gateway and accounts are up; topology runs in its own process and
-        may still be declaring its RPC queue (the gateway would answer 503). Any other answer
-        (a distributor is refused the dashboard) means it consumes."""
+        may still be declaring its RPC queue (the gateway would answer 503). An installer's
+        dashboard is the cheapest call that reaches it (the gateway refuses a distributor
+        every topology route before any call)."""
         if not self.embedded and "topology" not in self.services:
             return True
-        status, _ = self.call("GET", "/api/v1/dashboard", token=token)
+        if self._probe is None:
+            try:
+                self._probe = self.installer_session("platform-probe")
+            except (KeyError, TypeError):  # accounts refused: try again on the next round
+                return False
+        status, _ = self.call("GET", "/api/v1/dashboard", token=self._probe)
         return status != 503
 
     def cpu_seconds(self) -> dict[str, float]:

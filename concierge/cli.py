@@ -4,7 +4,7 @@
   concierge run SERVICE             one service, distributed (AMQP_URI, CONCIERGE_DATABASE_URL)
   concierge events SERVICE [--from N] [--stream ID] [--limit N]
   concierge replay SERVICE [--from N]     re-publish a service's events to the bus
-  concierge rebuild SERVICE              drop and rebuild the service's read models
+  concierge rebuild SERVICE [--only MODEL ...]   rebuild read models, swapped in while it serves
   concierge migrate SERVICE              create the service's schema and tables
   concierge ping SERVICE                 exit 0 when the service answers RPC (probes)
 """
@@ -103,10 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if "accounts" in names:
         _ensure_demo_installer(settings, user, password)
     print(banner, flush=True)
-    try:
-        runner.wait()
-    except KeyboardInterrupt:
-        runner.stop()
+    runner.wait()  # until SIGTERM or Ctrl+C has stopped every service (concierge.shutdown)
     return 0
 
 
@@ -184,22 +181,38 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from concierge.runtime import SourceUnavailable, rebuild
+    """Rebuild into new tables while the service serves, then swap them in (concierge.rebuild)."""
+    import signal
+    import time
 
+    from concierge.rebuild import (
+        Interrupted,
+        ProgressPrinter,
+        RebuildRefused,
+        SourceUnavailable,
+        rebuild,
+    )
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # as Ctrl+C: the new tables are dropped
     settings = Settings.from_env()
     wiring = _operator_wiring(args.service, settings)
-
-    def report(label: str, position: int) -> None:
-        print(f"  {label}: up to position {position}", file=sys.stderr)
-
+    printer = ProgressPrinter(sys.stderr)
+    started = time.monotonic()
     try:
-        total = rebuild(wiring, progress=report)
-    except SourceUnavailable as exc:
+        total = rebuild(wiring, progress=printer, only=set(args.only) if args.only else None)
+    except (SourceUnavailable, RebuildRefused, Interrupted, ValueError) as exc:
+        printer.close()
         print(f"concierge rebuild {args.service}: {exc}", file=sys.stderr)
-        return 1
+        return 130 if isinstance(exc, Interrupted) else 1
     finally:
+        printer.close()
         wiring.close()
-    print(f"rebuilt {len(wiring.read_models)} read models of {args.service} from {total} events")
+    names = sorted(args.only) if args.only else [m.name for m in wiring.read_models]
+    print(f"rebuilt {', '.join(names)} of {args.service} from {total} events in "
+          f"{time.monotonic() - started:.1f} s, swapped in while it served")
     return 0
 
 
@@ -250,8 +263,10 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("service", choices=EVENT_SOURCED)
     replay.add_argument("--from", dest="start", type=int, default=1, help="first position")
     replay.set_defaults(fn=cmd_replay)
-    rebuild_ = sub.add_parser("rebuild", help="drop and rebuild a service's read models")
+    rebuild_ = sub.add_parser("rebuild", help="rebuild a service's read models while it serves")
     rebuild_.add_argument("service", choices=EVENT_SOURCED)
+    rebuild_.add_argument("--only", nargs="+", action="extend", metavar="MODEL",
+                          help="only these read models (default: all of the service's)")
     rebuild_.set_defaults(fn=cmd_rebuild)
     migrate = sub.add_parser("migrate", help="create a service's schema and tables")
     migrate.add_argument("service", choices=EVENT_SOURCED)

@@ -37,6 +37,7 @@ class Settings:
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
     gateway_body_timeout_seconds: float = 5.0
+    shutdown_seconds: float = 5.0
     log_level: str = "INFO"
     # The most connections each of a service's two PostgreSQL pools opens (the event store's,
     # the read models'); a caller finding its pool in use waits for a connection.
@@ -80,6 +81,7 @@ class Settings:
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             gateway_body_timeout_seconds=float(
                 env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
+            shutdown_seconds=float(env.get("CONCIERGE_SHUTDOWN_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
             db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
         )
@@ -139,4 +141,7 @@ class Settings:
             "parent_calls_tracked": 10,
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
             "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
+            # Stops in the order a replica behind a queue needs, within SHUTDOWN_SECONDS.
+            "SERVICE_CONTAINER_CLS": "concierge.shutdown.DrainingContainer",
+            "SHUTDOWN_SECONDS": self.shutdown_seconds,
         }

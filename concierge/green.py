@@ -203,6 +203,63 @@ def sleep(seconds: float) -> None:
     eventlet.sleep(seconds)
 
 
+def join(threads: list[Any], until: float) -> list[Any]:
+    """Wait for green threads to end, until the monotonic time `until`; return those still
+    running then. A thread that ended with an error counts as ended (its spawner logs it)."""
+    import time
+
+    import eventlet
+
+    left = []
+    for thread in threads:
+        remaining = until - time.monotonic()
+        if thread.dead:
+            continue
+        if remaining <= 0:
+            left.append(thread)
+            continue
+        timer = eventlet.Timeout(remaining)
+        try:
+            thread.wait()
+        except eventlet.Timeout as exc:
+            if exc is not timer:
+                raise
+            left.append(thread)
+        except BaseException:  # its end is all that is waited for here
+            pass
+        finally:
+            timer.cancel()
+    return left
+
+
+def kill(thread: Any) -> None:
+    """End a green thread now: GreenletExit is raised where it waits, so its `finally` blocks
+    and transactions unwind (a transaction rolls back, an unacked message goes back)."""
+    thread.kill()
+
+
+def write_now(fd: int, data: bytes) -> None:
+    """Write without the hub: eventlet's green `os.write` waits on it for a pipe, which a
+    signal handler (it runs on the hub) must not do."""
+    from eventlet import patcher
+
+    patcher.original("os").write(fd, data)
+
+
+def stacks() -> str:
+    """Every green thread's stack, for a process that does not stop (the shutdown watchdog)."""
+    import gc
+    import traceback
+
+    import greenlet
+
+    parts = []
+    for obj in gc.get_objects():
+        if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
+            parts.append(f"green thread {obj!r}:\n" + "".join(traceback.format_stack(obj.gr_frame)))
+    return "\n".join(parts)
+
+
 class Wakeup:
     """A level-triggered signal: `set()` from a writer wakes a waiting loop at once.
 

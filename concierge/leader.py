@@ -32,18 +32,25 @@ class LeaderLoop:
         self.running = False
         self.wakeup.set()
 
-    def run(self, step: Callable[[], float], on_lost: Callable[[], None] = lambda: None) -> None:
-        """`on_lost` runs when leadership was lost or a step failed (forget cached state)."""
+    def run(self, step: Callable[[], float], on_lost: Callable[[], None] = lambda: None,
+            last: Callable[[], None] | None = None) -> None:
+        """`on_lost` runs when leadership was lost or a step failed (forget cached state);
+        `last`, once stopped while leading, before the lock goes (another replica takes over
+        the moment it is released)."""
         last_check = 0.0
+        leading = False
         try:
             while self.running:
                 if not self.lock.acquire():
+                    leading = False
                     self.wakeup.wait(self.idle_seconds, self.wakeup.count)
                     continue
+                leading = True
                 now = time.monotonic()
                 if now - last_check > self.lock_check_seconds:
                     last_check = now
                     if not self.lock.held():
+                        leading = False
                         on_lost()
                         continue
                 seen = self.wakeup.count
@@ -55,5 +62,10 @@ class LeaderLoop:
                     wait = self.failure_pause
                 if wait > 0:
                     self.wakeup.wait(wait, seen)
+            if leading and last is not None:
+                try:
+                    last()
+                except Exception as exc:  # the next leader starts from what was saved
+                    log.warning("%s could not finish before stopping (%s)", self.name, exc)
         finally:
             self.lock.release()

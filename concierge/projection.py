@@ -365,11 +365,12 @@ class ReadModel:
         conn.execute(delete(projection_tracking).where(
             projection_tracking.c.projection == self.name))
 
-    def projection_handlers(self, engine: Engine) -> dict[str, Any]:
+    def projection_handlers(self, engine: Engine, exclusive: bool = False) -> dict[str, Any]:
+        """{source: handler}; `exclusive` for tables nothing else writes (a rebuild's)."""
         from concierge.subscription import ProjectionHandler
 
         return {
-            source: ProjectionHandler(self.name, engine, fns)
+            source: ProjectionHandler(self.name, engine, fns, exclusive=exclusive)
             for source, fns in self.handlers().items()
         }
 

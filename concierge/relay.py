@@ -217,12 +217,14 @@ class OutboxRelay:
             self._handed = []
             self._drop_publisher()
 
+        def last() -> None:
+            """Stopping while leading: publish what was committed (the commands drained at
+            shutdown included) and save the position, before the lead goes to another
+            replica, which then starts where this one ended."""
+            self.publish_pending()
+            self.save_position()
+
         try:
-            self.loop.run(step, on_lost=forget)
+            self.loop.run(step, on_lost=forget, last=last)
         finally:
-            if self._position is not None and self.lock.held():
-                try:
-                    self.save_position()
-                except Exception:  # a stopping relay must not fail its service's shutdown
-                    log.exception("relay of %s could not save its position", self.service)
             self._drop_publisher()

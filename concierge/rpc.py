@@ -168,6 +168,15 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
     replica is not handed to the next one either.
     """
 
+    stopping = False
+
+    def unregister_provider(self, provider: Any) -> None:
+        # The container is stopping: a request delivered from now on is left unacked, and the
+        # broker gives it to another replica (or to this service's next start) when the
+        # consumer's channel closes, within a second.
+        self.stopping = True
+        super().unregister_provider(provider)
+
     def setup(self) -> None:
         """nameko's setup, with the deployment's prefix before the queue's name
         (`<prefix>rpc-<service>`): nameko names it from a module constant."""
@@ -183,7 +192,8 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
             self._registered = True
 
     def handle_message(self, body: Any, message: Any) -> None:
-        self.queue_consumer.ack_message(message)
+        if self.stopping or not self._take(message):
+            return
         deadline = (message.headers or {}).get(DEADLINE_HEADER)
         if isinstance(deadline, int | float) and time.time() >= deadline:
             # Its caller has been answered 504 already: running it now would be a write
@@ -192,6 +202,24 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
                      message.properties.get("correlation_id"), time.time() - deadline)
             return
         super().handle_message(body, message)
+
+    @staticmethod
+    def _take(message: Any) -> bool:
+        """Ack a request before it runs; False if the ack could not go out. Its channel then
+        closed under it, which gives the request back to the broker for another consumer, so
+        this process must not run it too."""
+        if not message.channel.connection:
+            return False
+        try:
+            message.ack()
+        except CONNECTION_ERRORS:
+            return False
+        return True
+
+    def requeue_message(self, message: Any) -> None:
+        # A container being killed refuses new work; the request, already acked, is dropped.
+        log.warning("RPC request %s dropped: its service is stopping",
+                    message.properties.get("correlation_id"))
 
     def handle_result(self, message: Any, result: Any, exc_info: Any) -> Any:
         # nameko's reply, without its ack: the request was acked when it arrived.
@@ -469,11 +497,6 @@ class Responder(nameko_rpc.Responder):
             body if isinstance(body, bytes) else body.encode(encoding or "utf-8"),
             content_type, encoding)
         return result, exc_info
-
-    def requeue_message(self, message: Any) -> None:
-        # A container being killed refuses new work; the request, already acked, is dropped.
-        log.warning("RPC request %s dropped: its service is stopping",
-                    message.properties.get("correlation_id"))
 
 
 class SignatureReadOnce:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from nameko.extensions import DependencyProvider
 from sqlalchemy.engine import Engine
 
-from concierge import green, heap
+from concierge import green
 from concierge.bus import ConsumerLoop, make_publisher, subscription_queue
 from concierge.config import Settings
 from concierge.database import service_engine
@@ -26,8 +27,10 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection, setting_up
 from concierge.projection import ReadModel
+from concierge.rebuild import SourceUnavailable, TogetherHandler, rebuild
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
+from concierge.shutdown import FINISH_SECONDS
 from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
 from concierge.subscription import (
     Envelope,
@@ -41,6 +44,8 @@ from concierge.subscription import (
 
 log = logging.getLogger(__name__)
 
+__all__ = ["SourceUnavailable", "TogetherHandler", "rebuild"]  # at home in concierge.rebuild
+
 
 @dataclass
 class Wiring:
@@ -52,6 +57,8 @@ class Wiring:
     policies: list[tuple[str, Handler]] = field(default_factory=list)
     background: list[Callable[[], Any]] = field(default_factory=list)
     stoppers: list[Callable[[], Any]] = field(default_factory=list)
+    # Closed once every loop has ended (the log reader's broker connection, ...).
+    closers: list[Callable[[], Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     event_schemas: dict[str, Any] = field(default_factory=dict)
     relay: OutboxRelay | None = None
@@ -68,6 +75,9 @@ class Wiring:
                 if self.relay.lock.held():
                     self.relay.save_position()
             self.relay.lock.release()
+        for close in self.closers:
+            with contextlib.suppress(Exception):  # closing: a broken connection is closed too
+                close()
         self.app.close()
         self.engine.dispose()
 
@@ -78,6 +88,10 @@ class Wiring:
         store = self.app.store_id() if records else None
         return [build_envelope(self.service, r, publishable=publishable, store=store)
                 for r in records]
+
+    def last_position(self) -> int:
+        """Where this service's log ends now (a rebuild's total)."""
+        return self.app.max_position()
 
     def publishable(self) -> Publishable:
         if "publishable" not in self.extras:
@@ -197,38 +211,61 @@ def leader_lock(service: str, settings: Settings, engine: Engine,
     return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
-def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> LogReader:
-    """Reads another service's log over RPC (the catch-up path).
+class RpcLogReader:
+    """Reads another service's log over RPC (the catch-up path); `close()` at shutdown.
 
     A short timeout: a request sent before the source's RPC queue exists is dropped (the
     in-process bus cannot return it), and a catch-up holds its subscription while it waits;
     the caller retries with back-off instead.
     """
 
-    from concierge.rpc import ClusterRpcProxy
+    def __init__(self, settings: Settings, timeout: float = 3.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
+        # has one reader, so calls from the consumer loops and the startup catch-up take turns:
+        # two green threads draining the same socket is an error, and the loser's cleanup
+        # closed the socket under the winner, leaving it waiting forever on a file number
+        # reused later.
+        self._state: dict[str, Any] = {}
+        self._turn = threading.Lock()
 
-    # One long-lived proxy: each new one costs a reply queue on the broker. Its connection
-    # has one reader, so calls from the consumer loops and the startup catch-up take turns:
-    # two green threads draining the same socket is an error, and the loser's cleanup closed
-    # the socket under the winner, leaving it waiting forever on a file number reused later.
-    state: dict[str, Any] = {}
-    turn = threading.Lock()
+    def __call__(self, source: str, after: int, limit: int) -> list[Envelope]:
+        return self.call(source, "read_log", after, limit)
 
-    def read(source: str, after: int, limit: int) -> list[Envelope]:
-        with turn:
+    def last_position(self, source: str) -> int:
+        """Where the source's log ends: a rebuild's progress total (`ServiceBase.last_position`)."""
+        return self.call(source, "last_position")
+
+    def call(self, source: str, method: str, *args: Any) -> Any:
+        from concierge.rpc import ClusterRpcProxy
+
+        state = self._state
+        with self._turn:
             if "proxy" not in state:
-                state["cluster"] = ClusterRpcProxy(settings.nameko_config(), timeout=timeout)
+                state["cluster"] = ClusterRpcProxy(self.settings.nameko_config(),
+                                                   timeout=self.timeout)
                 state["proxy"] = state["cluster"].start()
             try:
-                return state["proxy"][source].read_log(after, limit)
+                return getattr(state["proxy"][source], method)(*args)
             except Exception:
-                cluster = state.pop("cluster")
-                state.pop("proxy")
-                with contextlib.suppress(Exception):
-                    cluster.stop()
+                self._drop()
                 raise
 
-    return read
+    def close(self) -> None:
+        """Stop the proxy (its reply queue and connection), once no loop reads any more."""
+        self._drop()
+
+    def _drop(self) -> None:
+        cluster = self._state.pop("cluster", None)
+        self._state.pop("proxy", None)
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.stop()
+
+
+def rpc_log_reader(settings: Settings, timeout: float = 3.0) -> RpcLogReader:
+    return RpcLogReader(settings, timeout)
 
 
 def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
@@ -245,7 +282,9 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
         idle_seconds=settings.relay_idle_seconds,
         publishable=wiring.publishable(),
     )
-    read_remote = read_remote or rpc_log_reader(settings)
+    if read_remote is None:
+        read_remote = rpc_log_reader(settings)
+        wiring.closers.append(read_remote.close)
     handlers: list[tuple[str, Handler]] = list(wiring.policies)
     for model in wiring.read_models:
         model.create(wiring.engine)
@@ -260,111 +299,6 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     if wiring.local:
         wiring.app.project_in_commit(wiring.engine, wiring.own_models_in_commit)
     return wiring
-
-
-REBUILD_SECTION = 5000
-
-
-class SourceUnavailable(RuntimeError):
-    """A rebuild could not read another service's log (it is not running, or not answering).
-
-    What was rebuilt stays: each section was committed with its position, so the read models
-    fed by that source catch up from there when the service next runs with the source
-    reachable, or when the rebuild is run again.
-    """
-
-    def __init__(self, service: str, source: str, after: int, cause: BaseException) -> None:
-        self.source = source
-        super().__init__(
-            f"could not read the log of {source} after position {after} "
-            f"({type(cause).__name__}: {cause}). Is the {source} service running? The read "
-            f"models of {service} that {source} feeds keep what was rebuilt and catch up from "
-            f"there when {service} runs with {source} reachable; run the rebuild again to "
-            f"finish it now.")
-
-
-def _explaining(read: LogReader,
-                service: str) -> LogReader:
-    """A log reader whose failures say which source could not be read (only reading errors:
-    a projection's own error must not pass for an unreachable service)."""
-
-    def read_or_explain(source: str, after: int, limit: int) -> list[Envelope]:
-        try:
-            return read(source, after, limit)
-        except Exception as exc:
-            raise SourceUnavailable(service, source, after, exc) from exc
-
-    return read_or_explain
-
-
-def rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None = None,
-            only: set[str] | None = None) -> int:
-    """Drop the service's read models (or those named in `only`) and rebuild them from the
-    source logs; return how many events were read (each source's log is read once)."""
-    with heap.collecting_less():
-        return _rebuild(wiring, progress, only)
-
-
-def _rebuild(wiring: Wiring, progress: Callable[[str, int], None] | None,
-             only: set[str] | None) -> int:
-    models = [m for m in wiring.read_models if only is None or m.name in only]
-    names = {m.name for m in models}
-    for model in models:
-        model.drop(wiring.engine)
-        model.create(wiring.engine)
-    subs = [s for s in wiring.local + [s for subs in wiring.subscriptions.values() for s in subs]
-            if isinstance(s.handler, ProjectionHandler) and s.handler.name in names]
-    by_source: dict[str, list[Subscription]] = {}
-    for sub in subs:
-        sub.forget_position()
-        by_source.setdefault(sub.source, []).append(sub)
-    total = 0
-    for source, group in by_source.items():
-        together = TogetherHandler([sub.handler for sub in group])  # type: ignore[misc]
-        local = source == wiring.service
-        reader = (wiring.local_reader(together) if local
-                  else _explaining(group[0].read_log, wiring.service))
-        # Own log: one transaction per 5000 events; another service's: its read_log's limit.
-        once = Subscription(source, together, reader,
-                            REBUILD_SECTION if local else Subscription.default_batch_size)
-        total += once.catch_up()
-        for sub in group:
-            sub.forget_position()
-        if progress:
-            progress(f"{', '.join(sorted(together.names))} <- {source}", once.position)
-    return total
-
-
-class TogetherHandler:
-    """Several read models fed from one read of a source's log, each section in one
-    transaction (a rebuild reads and decodes each event once, not once per model)."""
-
-    def __init__(self, handlers: list[ProjectionHandler]) -> None:
-        self.handlers = handlers
-        self.names = [h.name for h in handlers]
-        self.name = "+".join(self.names)
-        self._interest: dict[str, bool] = {}
-
-    def interested(self, event_type: str) -> bool:
-        # Asked once per event of a rebuild: remember each type's answer.
-        answer = self._interest.get(event_type)
-        if answer is None:
-            answer = self._interest[event_type] = any(h.interested(event_type)
-                                                      for h in self.handlers)
-        return answer
-
-    def tracked(self, source: str) -> int:
-        return min(h.tracked(source) for h in self.handlers)
-
-    def apply(self, envelope: Envelope) -> bool:
-        return self.apply_batch([envelope]) > 0
-
-    def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
-        if conn is not None:
-            return sum(h.apply_batch(envelopes, conn=conn) for h in self.handlers)
-        engine = self.handlers[0].engine
-        with engine.begin() as own:
-            return sum(h.apply_batch(envelopes, conn=own) for h in self.handlers)
 
 
 def dispatcher(subs: list[Subscription]) -> Callable[[list[Envelope]], None]:
@@ -417,12 +351,22 @@ def deliver_together(subs: list[Subscription], messages: list[Envelope]) -> bool
 
 
 class Runner:
-    """Runs a wiring's loops: relay, one consumer per source, startup catch-up, background."""
+    """Runs a wiring's loops: relay, one consumer per source, startup catch-up, background.
+
+    A stop comes in two steps (`concierge.shutdown`): `stop_intake()` at once (no new delivery,
+    no more catch-up), then `stop()` once the service's commands have drained: the consumers
+    finish the batch they hold, then the relay publishes what was committed and saves its
+    position, and every leader (relay, mailer) lets go of its lock, each step within its bound.
+    """
 
     def __init__(self, wiring: Wiring, spawn: Callable[..., Any] = green.spawn) -> None:
         self.wiring = wiring
         self.spawn = spawn
         self.running = False
+        self._intake: list[Any] = []  # threads that take work in: consumers, startup catch-up
+        self._leaders: list[Any] = []  # threads that publish or send it on: relay, background
+        self._stopping = threading.Event()
+        self._intake_stopped_at: float | None = None
 
     def start(self) -> None:
         w = self.wiring
@@ -433,11 +377,11 @@ class Runner:
             loop = ConsumerLoop(w.settings.amqp_uri, queue, dispatcher(subs))
             loop.declare()
             w.consumers.append(loop)
-            self.spawn(loop.run)
-        self.spawn(w.relay.run)
-        self.spawn(self._startup_catch_up)
+            self._intake.append(self.spawn(loop.run))
+        self._leaders.append(self.spawn(w.relay.run))
+        self._intake.append(self.spawn(self._startup_catch_up))
         for task in w.background:
-            self.spawn(task)
+            self._leaders.append(self.spawn(task))
 
     def _startup_catch_up(self) -> None:
         """A subscriber that starts late reads what it missed from each source's log."""
@@ -455,19 +399,44 @@ class Runner:
                              type(exc).__name__)
                     still.append(sub)
             pending = still
-            if pending:
-                green.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            if pending and self._stopping.wait(delay):  # a stop ends the back-off at once
+                return
+            delay = min(delay * 2, 5.0)
 
-    def stop(self) -> None:
+    def stop_intake(self) -> None:
+        """Take no new delivery and stop catching up; a batch being applied finishes."""
+        if self._intake_stopped_at is None:
+            self._intake_stopped_at = time.monotonic()
         self.running = False
+        self._stopping.set()
+        for loop in self.wiring.consumers:
+            loop.stop()
+
+    def halt(self) -> None:
+        """Tell every loop to stop, without waiting (a kill)."""
+        self.stop_intake()
         w = self.wiring
         if w.relay:
             w.relay.stop()
-        for loop in w.consumers:
-            loop.stop()
         for stop in w.stoppers:
             stop()
+
+    def stop(self) -> None:
+        """Stop every loop: the consumers by the shutdown bound after `stop_intake`, the relay
+        and the other leaders within FINISH_SECONDS after; a loop that overruns is ended."""
+        self.stop_intake()
+        assert self._intake_stopped_at is not None
+        drained_by = self._intake_stopped_at + self.wiring.settings.shutdown_seconds
+        self._end(self._intake, drained_by, "applying events")
+        self.halt()
+        self._end(self._leaders, max(time.monotonic(), drained_by) + FINISH_SECONDS,
+                  "publishing or sending")
+
+    def _end(self, threads: list[Any], until: float, doing: str) -> None:
+        for thread in green.join([t for t in threads if t is not None], until):
+            log.warning("%s: a loop still %s at its deadline is ended", self.wiring.service,
+                        doing)
+            green.kill(thread)
 
 
 class Runtime(DependencyProvider):
@@ -490,6 +459,12 @@ class Runtime(DependencyProvider):
         assert self.runner is not None
         self.runner.start()
 
+    def stop_intake(self) -> None:
+        """The first step of a stop (`concierge.shutdown.DrainingContainer`), beside the
+        entrypoints': no new bus delivery while the commands in flight drain."""
+        if self.runner:
+            self.runner.stop_intake()
+
     def stop(self) -> None:
         if self.runner:
             self.runner.stop()
@@ -498,7 +473,7 @@ class Runtime(DependencyProvider):
 
     def kill(self) -> None:
         if self.runner:
-            self.runner.stop()
+            self.runner.halt()
 
     def get_dependency(self, worker_ctx: Any) -> Wiring:
         assert self.wiring is not None
@@ -513,3 +488,7 @@ class ServiceBase:
     @rpc
     def read_log(self, after: int = 0, limit: int = 500) -> list[Envelope]:
         return self.runtime.read_log(int(after), int(limit))
+
+    @rpc
+    def last_position(self) -> int:
+        return self.runtime.last_position()

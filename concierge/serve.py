@@ -12,12 +12,11 @@ green.patch()
 
 import importlib  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
-from concierge import heap, logs  # noqa: E402
+from concierge import heap, logs, shutdown  # noqa: E402
 from concierge.config import Settings  # noqa: E402
 
 
@@ -27,6 +26,8 @@ def load(path: str) -> type:
 
 
 def start(classes: Sequence[type], settings: Settings) -> Any:
+    """Start the services; from then on SIGTERM and SIGINT stop them gracefully, and
+    `runner.wait()` returns once they have (`concierge.shutdown`)."""
     from nameko.runners import ServiceRunner
 
     logs.install()
@@ -34,22 +35,15 @@ def start(classes: Sequence[type], settings: Settings) -> Any:
     for cls in classes:
         runner.add_service(cls)
     runner.start()
+    shutdown.on_signals(runner, settings)
     heap.settle()
     return runner
 
 
 def serve_forever(classes: Sequence[type], settings: Settings, banner: str = "ready") -> None:
     runner = start(classes, settings)
-
-    def shutdown(*_: Any) -> None:
-        runner.stop()
-
-    signal.signal(signal.SIGTERM, shutdown)
     print(banner, flush=True)
-    try:
-        runner.wait()
-    except KeyboardInterrupt:
-        runner.stop()
+    runner.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

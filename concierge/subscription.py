@@ -351,15 +351,19 @@ class ProjectionHandler:
     """Feeds a SQLAlchemy read model; rows and position commit together.
 
     A read model fed by several sources (its own log and another service's events) has one
-    writer at a time, in this process (a lock) and across replicas (a transaction-scoped
-    advisory lock on PostgreSQL): otherwise two transactions could each miss the other's
-    uncommitted row and leave the model inconsistent.
+    writer at a time, in this process (a lock) and across replicas and a rebuild (a
+    transaction-scoped advisory lock on PostgreSQL, the database's write lock on SQLite):
+    otherwise two transactions could each miss the other's uncommitted row and leave the
+    model inconsistent. `exclusive`: nothing else writes these tables (a rebuild's new ones),
+    so no lock is taken across processes.
     """
 
-    def __init__(self, name: str, engine: Engine, handlers: dict[str, ProjectFn]) -> None:
+    def __init__(self, name: str, engine: Engine, handlers: dict[str, ProjectFn],
+                 exclusive: bool = False) -> None:
         self.name = name
         self.engine = engine
         self.handlers = handlers
+        self.exclusive = exclusive
 
     def interested(self, event_type: str) -> bool:
         return event_type in self.handlers
@@ -385,9 +389,12 @@ class ProjectionHandler:
             statements = _together_statements((self.name,))
             if conn.dialect.name == "postgresql":
                 # The lock, then the position read under it: one round trip.
-                current = int(dict(_locked_positions(conn, statements, source)).get(
+                current = int(dict(_locked_positions(conn, statements, source,
+                                                     lock=not self.exclusive)).get(
                     self.name, 0))
             else:
+                if not self.exclusive:
+                    _sqlite_write_lock(conn)
                 current = _tracked(conn, self.name, source)
             rows = Rows(conn)
             applied, last = 0, current
@@ -427,6 +434,7 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
         if postgres:
             tracked = dict(_locked_positions(conn, statements, source))
         else:
+            _sqlite_write_lock(conn)
             tracked = dict(conn.execute(statements.positions,
                                         {"of_source": source}).tuples().all())
         if any(int(tracked.get(name, 0)) != first - 1 for name in names):
@@ -503,14 +511,25 @@ def pipelined(conn: Connection) -> Iterator[Any]:
 
 
 def _locked_positions(conn: Connection, statements: _Together,
-                      source: str) -> list[tuple[str, int]]:
+                      source: str, lock: bool = True) -> list[tuple[str, int]]:
     """Lock the read models (transaction-scoped advisory locks), then read their positions:
     two statements, one round trip. The read is a statement of its own, after the locks, so
     it sees what the previous holder committed."""
     with pipelined(conn) as raw, raw.cursor() as locking, raw.cursor() as reading:
-        locking.execute(*statements.raw_lock(lock_namespace(conn)))
+        if lock:
+            locking.execute(*statements.raw_lock(lock_namespace(conn)))
         reading.execute(statements.raw_positions, (statements.names, source))
         return [(name, int(position)) for name, position in reading.fetchall()]
+
+
+def _sqlite_write_lock(conn: Connection) -> None:
+    """Take SQLite's write lock before reading the positions. The driver opens a transaction
+    only at the first write, so the read would otherwise come before the lock, and a rebuild
+    swapping its tables in between would have this transaction apply events again and move
+    a position back."""
+    raw = conn.connection.driver_connection
+    if not raw.in_transaction:
+        raw.execute("BEGIN IMMEDIATE")
 
 
 def _flush_and_move(conn: Connection, rows: Rows, statements: _Together, source: str,

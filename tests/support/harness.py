@@ -51,6 +51,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONCIERGE_SCHEMA_PREFIX": settings.schema_prefix,
         "CONCIERGE_DB_POOL_SIZE": str(settings.db_pool_size),
         "CONCIERGE_RELAY_IDLE_SECONDS": str(settings.relay_idle_seconds),
+        "CONCIERGE_SHUTDOWN_SECONDS": str(settings.shutdown_seconds),
         "PYTHONPATH": str(ROOT),
     })
     return env

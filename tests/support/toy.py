@@ -176,6 +176,12 @@ class LedgerService(ServiceBase):
         with context.acting({"actor": "tester"}):
             self.runtime.app.increment(counter_id, 1)
 
+    @rpc
+    def slow_commands_started(self) -> int:
+        """How many slow commands this process has started (a test in another process waits
+        for one to be under way)."""
+        return len(SLOW_COMMANDS_STARTED)
+
 
 class TallyService(ServiceBase):
     name = "tally"
