@@ -17,24 +17,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Platform:
-    """`concierge run SERVICE` for each service, on the given bus and database."""
+    """`concierge run SERVICE` for each service, on the given bus and database, as a deployment
+    of its own (`CONCIERGE_DEPLOYMENT`): its queues, exchanges, schemas and lock keys meet no
+    other platform's on the same servers."""
 
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
                  services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
                  extra_env: dict[str, str] | None = None, embedded: bool = False,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, deployment: str | None = None) -> None:
         """`embedded`: one `concierge up` process on the in-process bus, as `make run` does.
-        `log_dir`: each process's output goes to `<log_dir>/<service>.log` (`up.log`)."""
+        `log_dir`: each process's output goes to `<log_dir>/<service>.log` (`up.log`).
+        A service named twice in `services` runs as two replicas."""
         self.port = port
         self.log_dir = log_dir
         self.services = services
         self.embedded = embedded
         self.data_dir = data_dir
+        self.deployment = deployment or f"p{uuid.uuid4().hex[:6]}"
+        self.amqp_prefix = f"{self.deployment}."
         self.env = {
             **os.environ,
             "AMQP_URI": amqp_uri,
             "CONCIERGE_DATABASE_URL": database_url,
-            "CONCIERGE_SCHEMA_PREFIX": f"p{uuid.uuid4().hex[:6]}_",
+            "CONCIERGE_DEPLOYMENT": self.deployment,
+            "CONCIERGE_SCHEMA_PREFIX": f"{self.deployment}_",
             "CONCIERGE_DATA_DIR": str(data_dir),
             "CONCIERGE_GATEWAY_PORT": str(port),
             "CONCIERGE_BOOTSTRAP_DISTRIBUTOR": "bench-distributor:bench-distributor-pw",
@@ -52,7 +58,7 @@ class Platform:
             # A fresh store must not meet messages an earlier run left in durable queues.
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
         if self.embedded:
             env = {k: v for k, v in self.env.items()
                    if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
@@ -161,8 +167,10 @@ class Platform:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by each service process and by the broker and database
         (Linux /proc), to show where a benchmark's work goes."""
-        figures = {name: pid_cpu_seconds(proc.pid) for name, proc in zip(
-            ("up",) if self.embedded else self.services, self.procs, strict=False)}
+        figures: dict[str, float] = {}
+        for name, proc in zip(("up",) if self.embedded else self.services, self.procs,
+                              strict=False):
+            figures[name] = figures.get(name, 0.0) + pid_cpu_seconds(proc.pid)
         figures.update(infrastructure_cpu_seconds())
         return figures
 
@@ -176,15 +184,17 @@ class Platform:
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()
+        deadline = time.monotonic() + 15  # one grace period for all, as a pod's stop has
         for proc in self.procs:
             try:
-                proc.wait(15)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         if not self.embedded:  # no durable queue left to fill up
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"])
+            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
 
     def call(self, method: str, path: str, body: Any = None,
              token: str | None = None) -> tuple[int, Any]:

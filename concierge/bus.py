@@ -2,7 +2,9 @@
 
 Events go to the topic exchange `<service>.events` with the event type as routing key, exactly as
 nameko's own event dispatcher does, so a plain `@event_handler("topology", "ApartmentReset")` in
-any nameko service, or any AMQP client, can subscribe with the contracts alone.
+any nameko service, or any AMQP client, can subscribe with the contracts alone. A named deployment
+(`Settings.deployment`) puts its prefix before every name: `<deployment>.topology.events`, which
+nameko knows as the events of a service called `<deployment>.topology`.
 """
 
 from __future__ import annotations
@@ -33,20 +35,25 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def exchange_name(service: str) -> str:
-    return f"{service}.events"
+def exchange_name(service: str, prefix: str = "") -> str:
+    """`prefix`: the deployment's (`Settings.amqp_prefix`), before every name it declares."""
+    return f"{prefix}{service}.events"
 
 
-def events_exchange(service: str) -> Exchange:
+def events_exchange(service: str, prefix: str = "") -> Exchange:
     # Same declaration as nameko's get_event_exchange, or RabbitMQ refuses the redeclare.
-    return Exchange(exchange_name(service), type="topic", durable=True, auto_delete=False,
-                    delivery_mode=2)
+    return Exchange(exchange_name(service, prefix), type="topic", durable=True,
+                    auto_delete=False, delivery_mode=2)
 
 
-def subscription_queue(subscriber: str, source: str) -> Queue:
+def subscription_queue_name(subscriber: str, source: str, prefix: str = "") -> str:
+    return f"{prefix}concierge.{subscriber}--{source}"
+
+
+def subscription_queue(subscriber: str, source: str, prefix: str = "") -> Queue:
     return Queue(
-        f"concierge.{subscriber}--{source}",
-        exchange=events_exchange(source),
+        subscription_queue_name(subscriber, source, prefix),
+        exchange=events_exchange(source, prefix),
         routing_key="#",
         durable=True,
         auto_delete=False,
@@ -109,10 +116,12 @@ class ConfirmingPublisher:
     batch and collecting the (usually `multiple`) acks keeps most of the raw publish rate.
     """
 
-    def __init__(self, amqp_uri: str, service: str, confirm_timeout: float = 10.0) -> None:
+    def __init__(self, amqp_uri: str, service: str, confirm_timeout: float = 10.0,
+                 prefix: str = "") -> None:
         self.amqp_uri = amqp_uri
-        self.exchange = exchange_name(service)
+        self.exchange = exchange_name(service, prefix)
         self._service = service
+        self._prefix = prefix
         self.confirm_timeout = confirm_timeout
         self._conn: kombu.Connection | None = None
         self._channel: Any = None
@@ -128,7 +137,7 @@ class ConfirmingPublisher:
         conn = kombu.Connection(self.amqp_uri, heartbeat=0)
         conn.connect()
         channel = conn.channel()
-        events_exchange(self._service)(channel).declare()
+        events_exchange(self._service, self._prefix)(channel).declare()
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
@@ -225,9 +234,9 @@ class ConfirmingPublisher:
 class InProcessPublisher:
     """The embedded transport has no confirms; a publish is a synchronous in-memory put."""
 
-    def __init__(self, amqp_uri: str, service: str) -> None:
+    def __init__(self, amqp_uri: str, service: str, prefix: str = "") -> None:
         self.conn = kombu.Connection(amqp_uri)
-        self.exchange = events_exchange(service)
+        self.exchange = events_exchange(service, prefix)
         self.producer = kombu.Producer(self.conn.channel(), exchange=self.exchange)
         self.exchange(self.producer.channel).declare()
 
@@ -253,10 +262,10 @@ class InProcessPublisher:
         self.conn.release()
 
 
-def make_publisher(amqp_uri: str, service: str) -> Publisher:
+def make_publisher(amqp_uri: str, service: str, prefix: str = "") -> Publisher:
     if amqp_uri.startswith(concierge.transport.SCHEME):
-        return InProcessPublisher(amqp_uri, service)
-    return ConfirmingPublisher(amqp_uri, service)
+        return InProcessPublisher(amqp_uri, service, prefix)
+    return ConfirmingPublisher(amqp_uri, service, prefix=prefix)
 
 
 class ConsumerLoop:

@@ -17,6 +17,7 @@ green.patch()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -108,8 +109,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _ensure_demo_installer(settings: Settings, distributor: str, password: str) -> None:
     """The embedded default prints a working installer login; create it once."""
-    from nameko.standalone.rpc import ClusterRpcProxy
-
+    from concierge.rpc import ClusterRpcProxy
     from contracts.errors import Conflict
 
     with ClusterRpcProxy(settings.nameko_config(), timeout=30) as rpc:
@@ -135,7 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _operator_wiring(name: str, settings: Settings) -> Any:
     if name not in EVENT_SOURCED:
         raise SystemExit(f"{name} has no event store; choose one of {', '.join(EVENT_SOURCED)}")
-    return bootstrap_of(name)(settings)
+    # Its connections show as the CLI's in pg_stat_activity, not as the service's.
+    return bootstrap_of(name)(dataclasses.replace(settings, role="cli"))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -228,7 +229,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_ping(args: argparse.Namespace) -> int:
     """Exit 0 when the service answers an RPC within the timeout (used by probes)."""
-    from nameko.standalone.rpc import ClusterRpcProxy
+    from concierge.rpc import ClusterRpcProxy
 
     settings = Settings.from_env()
     try:

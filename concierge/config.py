@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 EMBEDDED_AMQP_URI = "concierge-memory://"
+# nameko config key carrying the deployment's prefix of AMQP names (`concierge.rpc` reads it).
+AMQP_PREFIX_CONFIG_KEY = "CONCIERGE_AMQP_PREFIX"
+# A deployment name ends up in PostgreSQL schema names, where an unquoted identifier is folded
+# to lower case (`search_path`), and in `application_name`, which keeps 63 bytes.
+DEPLOYMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,29}")
 
 
 @dataclass(frozen=True)
@@ -15,6 +21,9 @@ class Settings:
     data_dir: Path = Path("var")
     amqp_uri: str = EMBEDDED_AMQP_URI
     database_url: str = ""
+    # Names every broker object, schema and lock key of one deployment; empty: today's names.
+    deployment: str = ""
+    # Empty with a deployment name: `<deployment>_` (see `__post_init__`).
     schema_prefix: str = ""
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
@@ -30,7 +39,25 @@ class Settings:
     gateway_body_timeout_seconds: float = 5.0
     shutdown_seconds: float = 5.0
     log_level: str = "INFO"
+    # The most connections each of a service's two PostgreSQL pools opens (the event store's,
+    # the read models'); a caller finding its pool in use waits for a connection.
+    db_pool_size: int = 2
+    # Who holds a connection (`pg_stat_activity.application_name`): a service, or the CLI.
+    role: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.deployment and not DEPLOYMENT_NAME.fullmatch(self.deployment):
+            raise ValueError(
+                f"CONCIERGE_DEPLOYMENT={self.deployment!r}: use 1 to 30 lower-case letters, "
+                "digits and underscores, starting with a letter")
+        if self.deployment and not self.schema_prefix:
+            object.__setattr__(self, "schema_prefix", f"{self.deployment}_")
+        if self.db_pool_size < 2:
+            # A transaction may need a second connection of its pool while it holds the first
+            # (a read model's position read while its commit is open): with one, it would wait
+            # for itself.
+            raise ValueError(f"CONCIERGE_DB_POOL_SIZE={self.db_pool_size}: use 2 or more")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -39,6 +66,7 @@ class Settings:
             data_dir=Path(env.get("CONCIERGE_DATA_DIR", "var")),
             amqp_uri=env.get("AMQP_URI", "") or EMBEDDED_AMQP_URI,
             database_url=env.get("CONCIERGE_DATABASE_URL", ""),
+            deployment=env.get("CONCIERGE_DEPLOYMENT", ""),
             schema_prefix=env.get("CONCIERGE_SCHEMA_PREFIX", ""),
             gateway_host=env.get("CONCIERGE_GATEWAY_HOST", "127.0.0.1"),
             gateway_port=int(env.get("CONCIERGE_GATEWAY_PORT", "8000")),
@@ -55,6 +83,7 @@ class Settings:
                 env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
             shutdown_seconds=float(env.get("CONCIERGE_SHUTDOWN_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
+            db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
         )
 
     @property
@@ -65,8 +94,25 @@ class Settings:
     def uses_postgres(self) -> bool:
         return self.database_url.startswith(("postgres://", "postgresql://"))
 
+    @property
+    def amqp_prefix(self) -> str:
+        """Put before every exchange and queue name this deployment declares."""
+        return f"{self.deployment}." if self.deployment else ""
+
+    @property
+    def lock_namespace(self) -> str:
+        """Put before every advisory lock key: the locks guard the tables, which the schema
+        prefix names (empty: the keys of a deployment without a name, as they always were)."""
+        return self.schema_prefix
+
     def schema_for(self, service: str) -> str:
         return f"{self.schema_prefix}{service}"
+
+    def application_name(self, service: str) -> str:
+        """`application_name` of every PostgreSQL connection a service (or the CLI on its
+        behalf) opens, so that `pg_stat_activity` shows who holds what."""
+        parts = ["concierge", self.deployment, service, self.role]
+        return "-".join(p for p in parts if p)[:63]
 
     def service_dir(self, service: str) -> Path:
         path = self.data_dir / service
@@ -86,6 +132,9 @@ class Settings:
     def nameko_config(self) -> dict[str, object]:
         return {
             "AMQP_URI": self.amqp_uri,
+            # nameko's RPC exchange (`nameko.rpc.get_rpc_exchange`); the queues are ours.
+            "rpc_exchange": f"{self.amqp_prefix}nameko-rpc",
+            AMQP_PREFIX_CONFIG_KEY: self.amqp_prefix,
             "WEB_SERVER_ADDRESS": f"{self.gateway_host}:{self.gateway_port}",
             "serializer": "json",
             "max_workers": 20,

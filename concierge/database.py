@@ -37,6 +37,10 @@ projection_tracking = Table(
     Column("position", BigInteger, nullable=False),
 )
 
+# An engine's execution option: what its advisory lock keys start with (`Settings.lock_namespace`,
+# read by `concierge.projection.lock_namespace`).
+LOCK_NAMESPACE_OPTION = "concierge_lock_namespace"
+
 # The shape each read model's tables were created with (ReadModel.version).
 read_model_versions = Table(
     "concierge_read_model_versions",
@@ -54,9 +58,13 @@ def service_engine(service: str, settings: Settings) -> Engine:
         url = url.replace("postgres://", "postgresql+psycopg://", 1)
         engine = create_engine(
             url,
-            pool_size=5,
-            max_overflow=10,
-            connect_args={"options": f"-csearch_path={schema}"},
+            # No overflow: SQLAlchemy closes an overflow connection as soon as it is returned,
+            # so a pool at its size under load would connect anew for every statement.
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
+            connect_args={"options": f"-csearch_path={schema}",
+                          "application_name": settings.application_name(service)},
+            execution_options={LOCK_NAMESPACE_OPTION: settings.lock_namespace},
         )
         ping_when_idle(engine)
     else:

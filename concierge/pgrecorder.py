@@ -1,4 +1,5 @@
-"""The PostgreSQL process recorder every service's store uses (PROCESS_RECORDER_TOPIC).
+"""The PostgreSQL factory and process recorder every service's store uses (PERSISTENCE_MODULE,
+PROCESS_RECORDER_TOPIC).
 
 eventsourcing's recorder sends `NOTIFY` with every insert for its LISTEN-based subscriptions;
 nothing here listens (subscribers learn of new events from the bus and read the log), so that
@@ -13,10 +14,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventsourcing.postgres import PostgresFactory as LibraryFactory
 from eventsourcing.postgres import PostgresProcessRecorder
+from eventsourcing.utils import Environment, EnvType
 from psycopg.sql import SQL
 
 from concierge.idempotency import PostgresAnswers
+
+
+class PostgresFactory(LibraryFactory):
+    """The library's factory, with `application_name` (CONCIERGE_APPLICATION_NAME) on every
+    connection of its pool, which the library has no setting for."""
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        name = self.env.get("CONCIERGE_APPLICATION_NAME")
+        kwargs = self.datastore.pool.kwargs
+        if name and isinstance(kwargs, dict):  # the pool is not open yet: no connection lacks it
+            kwargs["application_name"] = name
 
 
 class QuietProcessRecorder(PostgresAnswers, PostgresProcessRecorder):

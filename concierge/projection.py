@@ -15,7 +15,7 @@ from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from concierge.database import projection_tracking, read_model_versions
+from concierge.database import LOCK_NAMESPACE_OPTION, projection_tracking, read_model_versions
 
 Key = tuple[Any, ...]
 _ABSENT = "absent"
@@ -339,7 +339,7 @@ class ReadModel:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                             {"k": advisory_key(f"schema:{self.name}")})
+                             {"k": advisory_key(f"schema:{self.name}", lock_namespace(conn))})
             stored = conn.execute(select(read_model_versions.c.version).where(
                 read_model_versions.c.name == self.name)).scalar()
             existing = any(conn.dialect.has_table(conn, table.name)
@@ -375,9 +375,19 @@ class ReadModel:
         }
 
 
-def advisory_key(name: str) -> int:
-    """A PostgreSQL advisory lock key for a name (64 bits of its hash)."""
+def advisory_key(name: str, namespace: str = "") -> int:
+    """A PostgreSQL advisory lock key for a read model's name (64 bits of its hash).
+
+    `namespace`: the deployment's (`lock_namespace(engine)`), so that deployments sharing a
+    database never wait for each other's locks; empty, the key is the one it always was.
+    """
     import hashlib
 
-    return int.from_bytes(hashlib.sha256(f"read-model:{name}".encode()).digest()[:8], "big",
-                          signed=True)
+    return int.from_bytes(hashlib.sha256(f"read-model:{namespace}{name}".encode()).digest()[:8],
+                          "big", signed=True)
+
+
+def lock_namespace(bind: Engine | Connection) -> str:
+    """The namespace of the advisory lock keys of the read models behind an engine or one of
+    its connections (`concierge.database.service_engine` sets it)."""
+    return str(bind.get_execution_options().get(LOCK_NAMESPACE_OPTION, ""))

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from concierge import green, heap
 from concierge.database import projection_tracking, read_model_versions, service_engine
-from concierge.projection import ReadModel, advisory_key
+from concierge.projection import ReadModel, advisory_key, lock_namespace
 from concierge.subscription import (
     Envelope,
     LogReader,
@@ -524,8 +524,9 @@ class _Rebuild:
     def _keys(self) -> list[int]:
         """The models' keys in the order the service's writers take them, then those of
         `ReadModel.create` (a replica starting), which nothing holds while it waits for more."""
-        return ([advisory_key(n) for n in self.names]
-                + [advisory_key(f"schema:{n}") for n in self.names])
+        namespace = lock_namespace(self.wiring.engine)  # the deployment's
+        return ([advisory_key(n, namespace) for n in self.names]
+                + [advisory_key(f"schema:{n}", namespace) for n in self.names])
 
     def _move_in(self, conn: Connection, shadow: _Shadow) -> None:
         """PostgreSQL: the old tables dropped, the new ones moved into the service's schema

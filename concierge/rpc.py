@@ -17,6 +17,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -42,9 +43,12 @@ from nameko.exceptions import (
     registry,
     serialize,
 )
+from nameko.standalone.rpc import ClusterRpcProxy as NamekoClusterRpcProxy
+from nameko.standalone.rpc import SingleThreadedReplyListener
 
 from concierge import context, green
 from concierge.bus import CONNECTION_ERRORS
+from concierge.config import AMQP_PREFIX_CONFIG_KEY
 from concierge.transport import SCHEME
 from contracts.errors import ERROR_TYPES, ConciergeError, Conflict, Invalid, NotFound, rebuild
 
@@ -172,6 +176,20 @@ class AtMostOnceRpcConsumer(nameko_rpc.RpcConsumer):
         # consumer's channel closes, within a second.
         self.stopping = True
         super().unregister_provider(provider)
+
+    def setup(self) -> None:
+        """nameko's setup, with the deployment's prefix before the queue's name
+        (`<prefix>rpc-<service>`): nameko names it from a module constant."""
+        if self.queue is None:
+            config = self.container.config
+            service = self.container.service_name
+            self.queue = kombu.Queue(
+                f"{config.get(AMQP_PREFIX_CONFIG_KEY, '')}"
+                f"{nameko_rpc.RPC_QUEUE_TEMPLATE.format(service)}",
+                exchange=nameko_rpc.get_rpc_exchange(config), routing_key=f"{service}.*",
+                durable=True)
+            self.queue_consumer.register_provider(self)
+            self._registered = True
 
     def handle_message(self, body: Any, message: Any) -> None:
         if self.stopping or not self._take(message):
@@ -392,6 +410,43 @@ class RequestPublisher:
             return
 
 
+class PrefixedReplyQueue:
+    """nameko's reply listener setup, with the deployment's prefix before the reply queue's name
+    (`<prefix>rpc.reply-<service>-<uuid>`)."""
+
+    container: Any
+    queue_consumer: Any
+
+    def setup(self) -> None:
+        config = self.container.config
+        key = uuid.uuid4()
+        self.routing_key = str(key)
+        self.queue = kombu.Queue(
+            f"{config.get(AMQP_PREFIX_CONFIG_KEY, '')}"
+            f"{nameko_rpc.RPC_REPLY_QUEUE_TEMPLATE.format(self.container.service_name, key)}",
+            exchange=nameko_rpc.get_rpc_exchange(config), routing_key=self.routing_key,
+            queue_arguments={"x-expires": nameko_rpc.RPC_REPLY_QUEUE_TTL})
+        self.queue_consumer.register_provider(self)
+
+
+class ReplyListener(PrefixedReplyQueue, nameko_rpc.ReplyListener):
+    """A service's reply queue (the gateway's), named in its deployment."""
+
+
+class StandaloneReplyListener(PrefixedReplyQueue, SingleThreadedReplyListener):
+    """A standalone proxy's reply queue, named in its deployment."""
+
+
+class ClusterRpcProxy(NamekoClusterRpcProxy):
+    """nameko's standalone proxy (CLI, log readers, tests), its reply queue named in the
+    deployment of its config (`Settings.nameko_config()`)."""
+
+    def __init__(self, config: dict[str, Any], context_data: Any = None,
+                 timeout: float | None = None,
+                 reply_listener_cls: type = StandaloneReplyListener) -> None:
+        super().__init__(config, context_data, timeout, reply_listener_cls)
+
+
 class ServiceProxy(nameko_rpc.ServiceProxy):
     def __getattr__(self, name: str) -> Any:
         return MethodProxy(self.worker_ctx, self.service_name, name, self.reply_listener,
@@ -405,6 +460,8 @@ class MethodProxy(nameko_rpc.MethodProxy):
 class RpcProxy(nameko_rpc.RpcProxy):
     """nameko's RpcProxy, publishing its requests with `RequestPublisher` (over RabbitMQ; the
     embedded transport keeps nameko's publisher)."""
+
+    rpc_reply_listener = ReplyListener()
 
     def get_dependency(self, worker_ctx: Any) -> Any:
         if self.container.config[AMQP_URI_CONFIG_KEY].startswith(SCHEME):

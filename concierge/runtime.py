@@ -25,7 +25,7 @@ from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
-from concierge.locks import AdvisoryLock, FileLock, LeaderLock
+from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection, setting_up
 from concierge.projection import ReadModel
 from concierge.rebuild import SourceUnavailable, TogetherHandler, rebuild
 from concierge.relay import OutboxRelay
@@ -196,8 +196,9 @@ class Wiring:
 
 def open_store(service: str, settings: Settings, app_cls: type[ServiceApplication],
                **app_kwargs: Any) -> tuple[ServiceApplication, Engine]:
-    app = app_cls(env=store_env(service, settings), **app_kwargs)
-    engine = service_engine(service, settings)
+    with setting_up(service, settings):
+        app = app_cls(env=store_env(service, settings), **app_kwargs)
+        engine = service_engine(service, settings)
     return app, engine
 
 
@@ -205,7 +206,8 @@ def leader_lock(service: str, settings: Settings, engine: Engine,
                 purpose: str = "relay") -> LeaderLock:
     """One holder per (service, purpose) across every replica: the relay, a mailer, ..."""
     if settings.uses_postgres:
-        return AdvisoryLock(engine, f"concierge-{purpose}:{settings.schema_for(service)}")
+        return AdvisoryLock(LockConnection.of(engine, settings, service),
+                            f"concierge-{purpose}:{settings.schema_for(service)}")
     return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
@@ -236,7 +238,7 @@ class RpcLogReader:
         return self.call(source, "last_position")
 
     def call(self, source: str, method: str, *args: Any) -> Any:
-        from nameko.standalone.rpc import ClusterRpcProxy
+        from concierge.rpc import ClusterRpcProxy
 
         state = self._state
         with self._turn:
@@ -274,7 +276,8 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
         service,
         wiring.app,
         wiring.engine,
-        publisher_factory=lambda: make_publisher(settings.amqp_uri, service),
+        publisher_factory=lambda: make_publisher(settings.amqp_uri, service,
+                                                 settings.amqp_prefix),
         lock=leader_lock(service, settings, wiring.engine),
         idle_seconds=settings.relay_idle_seconds,
         publishable=wiring.publishable(),
@@ -370,8 +373,8 @@ class Runner:
         self.running = True
         assert w.relay is not None
         for source, subs in w.subscriptions.items():
-            loop = ConsumerLoop(w.settings.amqp_uri, subscription_queue(w.service, source),
-                                dispatcher(subs))
+            queue = subscription_queue(w.service, source, w.settings.amqp_prefix)
+            loop = ConsumerLoop(w.settings.amqp_uri, queue, dispatcher(subs))
             loop.declare()
             w.consumers.append(loop)
             self._intake.append(self.spawn(loop.run))

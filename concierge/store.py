@@ -166,15 +166,19 @@ def _persistence_env(service: str, settings: Settings) -> dict[str, str]:
         schema = settings.schema_for(service)
         ensure_postgres_schema(settings, schema)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # The library's factory, naming its connections (`application_name`).
+            "PERSISTENCE_MODULE": "concierge.pgrecorder:PostgresFactory",
+            "CONCIERGE_APPLICATION_NAME": settings.application_name(service),
             "POSTGRES_DBNAME": pg["dbname"],
             "POSTGRES_HOST": pg["host"],
             "POSTGRES_PORT": pg["port"],
             "POSTGRES_USER": pg["user"],
             "POSTGRES_PASSWORD": pg["password"],
             "POSTGRES_SCHEMA": schema,
-            "POSTGRES_POOL_SIZE": "5",
-            "POSTGRES_MAX_OVERFLOW": "10",
+            # One connection kept; up to CONCIERGE_DB_POOL_SIZE under load, each closed
+            # after ten idle minutes (psycopg_pool's max_idle).
+            "POSTGRES_POOL_SIZE": "1",
+            "POSTGRES_MAX_OVERFLOW": str(settings.db_pool_size - 1),
             # Not POSTGRES_ENABLE_DB_FUNCTIONS: in eventsourcing 9.5.6 that faster path skips the
             # tracking record, so a subscriber would lose its idempotence on PostgreSQL
             # (tests/integration/test_store.py proves tracking is kept).
@@ -202,6 +206,7 @@ def ensure_postgres_schema(settings: Settings, schema: str) -> None:
         password=pg["password"] or None,
         dbname=pg["dbname"],
         autocommit=True,
+        application_name=settings.application_name("setup"),
     ) as conn:
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
@@ -263,7 +268,7 @@ class ServiceApplication(Application):
         """On PostgreSQL: record events through `engine` (the read models' database, the same
         one) and project own read models in that transaction (`InCommit`), instead of in a
         second transaction after it. SQLite stores keep the two transactions."""
-        if self.factory.__class__.__module__.startswith("eventsourcing.postgres"):
+        if self._postgres_datastore() is not None:
             self._in_commit = (engine, in_commit)
 
     def construct_repository(self) -> Any:

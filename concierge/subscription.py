@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from concierge import context, green
 from concierge.database import projection_tracking
-from concierge.projection import ProjectFn, Rows, advisory_key
+from concierge.projection import ProjectFn, Rows, advisory_key, lock_namespace
 from concierge.store import ServiceApplication
 
 log = logging.getLogger(__name__)
@@ -467,19 +467,27 @@ class _Together:
 
     def __init__(self, names: tuple[str, ...]) -> None:
         pt = projection_tracking
-        # Sorted: every transaction that locks several models locks them in the same order.
-        keys = [advisory_key(name) for name in sorted(set(names))]
         mine = and_(pt.c.projection.in_(names), pt.c.source == bindparam("of_source"))
         self.positions = select(pt.c.projection, pt.c.position).where(mine)
         self.move = pt.update().where(mine).values(position=bindparam("to_position"))
         # PostgreSQL: straight to the driver, to be pipelined; the lock is PostgreSQL's only.
-        self.raw_lock = ("SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in keys),
-                         tuple(keys))
+        self._raw_locks: dict[str, tuple[str, tuple[int, ...]]] = {}
         self.raw_positions = (f"SELECT projection, position FROM {pt.name} "
                               "WHERE projection = ANY(%s) AND source = %s")
         self.raw_move = (f"UPDATE {pt.name} SET position = %s "
                          "WHERE projection = ANY(%s) AND source = %s")
         self.names = list(names)
+
+    def raw_lock(self, namespace: str) -> tuple[str, tuple[int, ...]]:
+        """The statement locking these read models, with the keys of one deployment's
+        (`lock_namespace`): a process may serve read models of several (tests do)."""
+        found = self._raw_locks.get(namespace)
+        if found is None:
+            # Sorted: every transaction that locks several models locks them in the same order.
+            keys = tuple(advisory_key(name, namespace) for name in sorted(set(self.names)))
+            found = self._raw_locks[namespace] = (
+                "SELECT " + ", ".join("pg_advisory_xact_lock(%s::bigint)" for _ in keys), keys)
+        return found
 
 
 _TOGETHER: dict[tuple[str, ...], _Together] = {}
@@ -509,7 +517,7 @@ def _locked_positions(conn: Connection, statements: _Together,
     it sees what the previous holder committed."""
     with pipelined(conn) as raw, raw.cursor() as locking, raw.cursor() as reading:
         if lock:
-            locking.execute(*statements.raw_lock)
+            locking.execute(*statements.raw_lock(lock_namespace(conn)))
         reading.execute(statements.raw_positions, (statements.names, source))
         return [(name, int(position)) for name, position in reading.fetchall()]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from nameko.runners import ServiceRunner
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI, Settings
+from concierge.rpc import ClusterRpcProxy
 from tests.support.harness import reset_bus
 
 STACKS = ["embedded", "rabbit-sqlite", "rabbit-postgres"]
@@ -29,17 +29,30 @@ def make_settings(kind: str, request: pytest.FixtureRequest, data_dir: Path,
         database = request.getfixturevalue("postgres_url")
     if kind == "embedded":
         transport.reset()
+    # A deployment of its own per test (named after its schemas): concurrent test runs on one
+    # broker never meet each other's queues, exchanges or lock keys.
     return Settings(data_dir=data_dir, amqp_uri=amqp, database_url=database,
-                    schema_prefix=schema_prefix, relay_idle_seconds=0.2)
+                    deployment=schema_prefix.rstrip("_"), schema_prefix=schema_prefix,
+                    relay_idle_seconds=0.2)
+
+
+# Every service the integration tests run (the chassis's toy ones too).
+TEST_SERVICES = ["accounts", "topology", "notify", "ledger", "tally"]
 
 
 @pytest.fixture
 def stack_factory(request: pytest.FixtureRequest, data_dir: Path,
-                  schema_prefix: str) -> Callable[[str], Settings]:
-    def make(kind: str) -> Settings:
-        return make_settings(kind, request, data_dir, schema_prefix)
+                  schema_prefix: str) -> Iterator[Callable[[str], Settings]]:
+    made: list[Settings] = []
 
-    return make
+    def make(kind: str) -> Settings:
+        made.append(make_settings(kind, request, data_dir, schema_prefix))
+        return made[-1]
+
+    yield make
+    # The test's deployment leaves no exchange or queue on the broker.
+    for settings in made:
+        reset_bus(settings.amqp_uri, TEST_SERVICES, settings.amqp_prefix)
 
 
 class Services:
@@ -94,7 +107,7 @@ def services_factory() -> Iterator[Callable[[Settings, list[str]], Services]]:
     created: list[tuple[Services, list[str]]] = []
 
     def make(settings: Settings, names: list[str]) -> Services:
-        reset_bus(settings.amqp_uri, names)
+        reset_bus(settings.amqp_uri, names, settings.amqp_prefix)
         services = Services(settings)
         created.append((services, names))
         return services
@@ -104,7 +117,7 @@ def services_factory() -> Iterator[Callable[[Settings, list[str]], Services]]:
         services.stop_all()
         # Durable queues outlive the test: left behind, a subscriber's queue keeps filling from
         # whatever publishes to its source later (a benchmark's half a million messages once).
-        reset_bus(services.settings.amqp_uri, names)
+        reset_bus(services.settings.amqp_uri, names, services.settings.amqp_prefix)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from nameko.exceptions import IncorrectSignature, MethodNotFound
 
 from concierge import green
-from concierge.bus import ConfirmingPublisher, exchange_name
+from concierge.bus import ConfirmingPublisher, exchange_name, subscription_queue_name
 from concierge.runtime import rebuild, rpc_log_reader
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ServiceProcess, eventually
@@ -97,7 +97,7 @@ def test_a_message_that_is_not_an_envelope_is_dropped_and_the_stream_goes_on(
         for body, content_type in [(b"\xff\xfe not json", "application/octet-stream"),
                                    (b"[1, 2, 3]", "application/json"),
                                    (b"[" * 100_000 + b"]" * 100_000, "application/json")]:
-            producer.publish(body, exchange=exchange_name("ledger"),
+            producer.publish(body, exchange=exchange_name("ledger", settings.amqp_prefix),
                              routing_key="CounterIncremented", content_type=content_type,
                              content_encoding="binary")
     with services.rpc() as rpc:
@@ -107,7 +107,8 @@ def test_a_message_that_is_not_an_envelope_is_dropped_and_the_stream_goes_on(
     eventually(lambda: view_of(services) == {counter: (11, 6)})
     # Nothing was requeued to come back: the tally's queue drains to empty.
     with kombu.Connection(settings.amqp_uri) as conn:
-        queue = kombu.Queue("concierge.tally--ledger", no_declare=True)(conn.default_channel)
+        queue = kombu.Queue(subscription_queue_name("tally", "ledger", settings.amqp_prefix),
+                            no_declare=True)(conn.default_channel)
         eventually(lambda: queue.queue_declare(passive=True).message_count == 0)
 
 
@@ -130,7 +131,7 @@ def test_lost_and_out_of_order_deliveries_are_repaired_from_the_log(
     assert len(log) == 21
     shuffled = log[1:]
     random.Random(7).shuffle(shuffled)
-    publisher = ConfirmingPublisher(settings.amqp_uri, "ledger")
+    publisher = ConfirmingPublisher(settings.amqp_uri, "ledger", prefix=settings.amqp_prefix)
     publisher.publish_batch(shuffled[:12])  # a third of them are never delivered at all
     publisher.close()
     eventually(lambda: tally_is(services, counter, sum(range(1, 21)), 20))
@@ -191,9 +192,9 @@ def test_only_one_relay_publishes_and_another_takes_over(
     settings = stack_factory(kind)
     services = services_factory(settings, ["ledger", "tally"])
     with kombu.Connection(settings.amqp_uri) as conn:
-        queue = kombu.Queue("test.relay-watch", exchange=kombu.Exchange(
-            exchange_name("ledger"), type="topic", durable=True), routing_key="#",
-            auto_delete=False, durable=False)
+        queue = kombu.Queue(f"{settings.amqp_prefix}test.relay-watch", exchange=kombu.Exchange(
+            exchange_name("ledger", settings.amqp_prefix), type="topic", durable=True),
+            routing_key="#", auto_delete=False, durable=False)
         queue(conn.default_channel).declare()
         queue(conn.default_channel).purge()
     services.start(LedgerService, key="replica-1")
@@ -280,7 +281,7 @@ def test_a_message_from_an_earlier_store_is_ignored_even_at_the_next_position(
         counter = rpc.ledger.create("attic")
     [created] = outsider.read_log(0, 10)
     assert created["store"] == outsider.app.store_id()
-    publisher = ConfirmingPublisher(settings.amqp_uri, "ledger")
+    publisher = ConfirmingPublisher(settings.amqp_uri, "ledger", prefix=settings.amqp_prefix)
     publisher.publish_batch([created])
     with services.rpc() as rpc:
         rpc.ledger.increment(counter, 2)

@@ -307,14 +307,15 @@ def test_a_request_that_reaches_a_service_after_its_deadline_is_dropped(
            "installer_id": session["installer_id"], "account_id": session["account_id"],
            "correlation_id": str(uuid.uuid4())}
     payload = {"args": [ctx, {"name": "Late", "feature_plan": "premium"}], "kwargs": {}}
+    rpc_exchange = f"{platform.amqp_prefix}nameko-rpc"  # the platform's deployment's
     with kombu.Connection(rabbit_uri) as conn:
         producer = kombu.Producer(conn.default_channel)
-        producer.publish(payload, exchange="nameko-rpc", routing_key="topology.create_community",
+        producer.publish(payload, exchange=rpc_exchange, routing_key="topology.create_community",
                          serializer="json", headers={DEADLINE_HEADER: time.time() - 1},
                          reply_to="nobody", correlation_id=str(uuid.uuid4()))
         producer.publish(payload | {"args": [ctx, {"name": "On time",
                                                     "feature_plan": "premium"}]},
-                         exchange="nameko-rpc", routing_key="topology.create_community",
+                         exchange=rpc_exchange, routing_key="topology.create_community",
                          serializer="json", headers={DEADLINE_HEADER: time.time() + 30},
                          reply_to="nobody", correlation_id=str(uuid.uuid4()))
 
@@ -330,6 +331,7 @@ def test_a_request_that_reaches_a_service_after_its_deadline_is_dropped(
 def _principal(platform: Platform, token: str) -> dict[str, Any]:
     from nameko.standalone.rpc import ClusterRpcProxy
 
-    config = {"AMQP_URI": platform.env["AMQP_URI"], "serializer": "json"}
+    config = {"AMQP_URI": platform.env["AMQP_URI"], "serializer": "json",
+              "rpc_exchange": f"{platform.amqp_prefix}nameko-rpc"}  # the platform's deployment
     with ClusterRpcProxy(config, timeout=10) as rpc:
         return rpc.accounts.authenticate(token)

@@ -769,7 +769,7 @@ def test_an_account_published_on_the_bus_gets_one_email(
     created = master_account_created(1)
     accounts_log.envelopes.append(created)  # what a gap repair would read
 
-    publisher = make_publisher(settings.amqp_uri, "accounts")  # ConfirmingPublisher on RabbitMQ
+    publisher = make_publisher(settings.amqp_uri, "accounts", settings.amqp_prefix)
     try:
         publisher.publish_batch([created, created])  # a duplicate delivery, too
     finally:
@@ -808,7 +808,7 @@ def test_a_close_on_the_bus_cancels_an_activation_email_stuck_retrying(
 
     def publish(*envelopes: dict[str, Any]) -> None:
         accounts_log.envelopes.extend(e for e in envelopes if e not in accounts_log.envelopes)
-        publisher = make_publisher(settings.amqp_uri, "accounts")  # ConfirmingPublisher on Rabbit
+        publisher = make_publisher(settings.amqp_uri, "accounts", settings.amqp_prefix)
         try:
             publisher.publish_batch(list(envelopes))
         finally:

@@ -259,7 +259,8 @@ def test_an_interrupted_rebuild_leaves_the_live_model_and_the_next_one_finishes(
     # Someone holds one of the read models' locks (a stuck transaction): the rebuild builds
     # its tables, then waits to swap them in, and says who it waits for.
     holder = psycopg.connect(postgres_url, autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key("topology_sites"),))
+    namespace = Settings.from_env(platform.env).lock_namespace  # the platform's deployment's
+    holder.execute("SELECT pg_advisory_lock(%s)", (advisory_key("topology_sites", namespace),))
     try:
         for stop in (signal.SIGKILL, signal.SIGINT):
             proc = subprocess.Popen([CONCIERGE, "rebuild", "topology"], env=platform.env,

@@ -20,7 +20,8 @@ from tests.support.toy import LedgerApp
 
 def _relay(settings: Settings, app: Any, engine: Any, save_seconds: float) -> OutboxRelay:
     return OutboxRelay("ledger", app, engine,
-                       publisher_factory=lambda: make_publisher(settings.amqp_uri, "ledger"),
+                       publisher_factory=lambda: make_publisher(settings.amqp_uri, "ledger",
+                                                                settings.amqp_prefix),
                        lock=leader_lock("ledger", settings, engine), save_seconds=save_seconds)
 
 
@@ -36,9 +37,9 @@ def test_position_is_saved_lazily_and_a_crash_repeats_but_never_skips(
     app, engine = open_store("ledger", settings, LedgerApp)
     wiring = Wiring("ledger", settings, app, engine)
     with kombu.Connection(settings.amqp_uri) as conn:
-        queue = kombu.Queue("test.relay-lazy", exchange=kombu.Exchange(
-            exchange_name("ledger"), type="topic", durable=True), routing_key="#",
-            auto_delete=False, durable=False)
+        queue = kombu.Queue(f"{settings.amqp_prefix}test.relay-lazy", exchange=kombu.Exchange(
+            exchange_name("ledger", settings.amqp_prefix), type="topic", durable=True),
+            routing_key="#", auto_delete=False, durable=False)
         queue(conn.default_channel).declare()
         queue(conn.default_channel).purge()
     try:
@@ -92,8 +93,8 @@ def test_records_handed_over_by_a_commit_go_out_without_a_read_and_a_gap_is_read
     # Another replica on the same store: its commits are never handed to this relay.
     other, other_engine = open_store("ledger", settings, LedgerApp)
     wiring = Wiring("ledger", settings, app, engine)
-    queue = kombu.Queue("test.relay-handover", exchange=kombu.Exchange(
-        exchange_name("ledger"), type="topic", durable=True), routing_key="#",
+    queue = kombu.Queue(f"{settings.amqp_prefix}test.relay-handover", exchange=kombu.Exchange(
+        exchange_name("ledger", settings.amqp_prefix), type="topic", durable=True), routing_key="#",
         auto_delete=False, durable=False)
     with kombu.Connection(settings.amqp_uri) as conn:
         queue(conn.default_channel).declare()

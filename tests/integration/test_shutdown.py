@@ -347,7 +347,7 @@ def test_a_service_stopped_under_load_loses_no_answered_write_and_runs_no_refuse
     created = clients.created()
     refused = {number for number, status in clients.answers if status != 201}
     # Settled: no request is left in topology's queue to run later.
-    eventually(lambda: queue_counts(rabbit_uri, "rpc-topology")[0] == 0)
+    eventually(lambda: queue_counts(rabbit_uri, f"{platform.amqp_prefix}rpc-topology")[0] == 0)
     listed = resident_numbers(platform, token, community["id"])
     assert created <= listed, f"answered 201 but missing: {sorted(created - listed)[:10]}"
     assert not refused & listed, f"answered 503/504 but written: {sorted(refused & listed)}"
@@ -379,7 +379,7 @@ def test_the_gateway_stopped_under_load_answers_every_request_it_took(
     statuses = {status for _, status in clients.answers}
     assert statuses <= {201, 0}, statuses
     unanswered = {number for number, status in clients.answers if status == 0}
-    eventually(lambda: queue_counts(rabbit_uri, "rpc-topology")[0] == 0)
+    eventually(lambda: queue_counts(rabbit_uri, f"{platform.amqp_prefix}rpc-topology")[0] == 0)
     listed = resident_numbers(platform, token, community["id"])
     created = clients.created()
     assert created <= listed, f"answered 201 but missing: {sorted(created - listed)[:10]}"
@@ -394,7 +394,8 @@ def test_a_leading_relay_stopped_hands_over_at_once_and_loses_no_event(
     platform = distributed(services=("accounts", "notify", "gateway"))
     name = f"shutdown-test-{uuid.uuid4().hex[:8]}"
     with kombu.Connection(rabbit_uri) as conn:
-        queue = kombu.Queue(name, exchange=events_exchange("topology"), routing_key="#",
+        queue = kombu.Queue(name, exchange=events_exchange("topology", platform.amqp_prefix),
+                            routing_key="#",
                             auto_delete=False, durable=False)
         queue(conn.default_channel).declare()
     delivered: list[int] = []
@@ -423,7 +424,8 @@ def test_a_leading_relay_stopped_hands_over_at_once_and_loses_no_event(
         stop(leader)
         create("after")  # committed and published by the second replica, now leading
 
-        with ClusterRpcProxy({"AMQP_URI": rabbit_uri}, timeout=30) as rpc:
+        config = {"AMQP_URI": rabbit_uri, "rpc_exchange": f"{platform.amqp_prefix}nameko-rpc"}
+        with ClusterRpcProxy(config, timeout=30) as rpc:
             positions = sorted(e["position"] for e in rpc.topology.read_log(0, 1000))
         eventually(lambda: sorted(set(drain())) == positions)
         # The leader saved the position it had published to: nothing went out twice.

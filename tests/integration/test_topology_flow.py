@@ -85,7 +85,7 @@ def test_an_installer_sets_up_a_community_and_residents_follow_accounts(
 
     account = accounts.master_account_created(got)
     registered = accounts.append("MasterAccountRegistered", account)
-    publisher = make_publisher(settings.amqp_uri, "accounts")
+    publisher = make_publisher(settings.amqp_uri, "accounts", settings.amqp_prefix)
     # Only the second event reaches the bus: the subscriber finds the gap and reads the log.
     publisher.publish_batch([registered])
     publisher.close()

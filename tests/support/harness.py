@@ -13,22 +13,31 @@ from typing import Any
 
 import kombu
 
+from concierge.bus import exchange_name, subscription_queue_name
 from concierge.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def reset_bus(amqp_uri: str, services: Iterable[str]) -> None:
-    """Delete the queues these services use, so no test sees another test's messages."""
+def reset_bus(amqp_uri: str, services: Iterable[str], prefix: str = "") -> None:
+    """Delete the queues these services use, so no test sees another test's messages.
+
+    `prefix`: a named deployment's (`Settings.amqp_prefix`); its exchanges are deleted too,
+    since nothing outside the deployment uses them.
+    """
     names = list(services)
     if amqp_uri.startswith("concierge-memory"):
         return
     with kombu.Connection(amqp_uri) as conn:
         channel = conn.channel()
         for sub, src in itertools.permutations(names, 2):
-            channel.queue_delete(f"concierge.{sub}--{src}")
+            channel.queue_delete(subscription_queue_name(sub, src, prefix))
         for name in names:
-            channel.queue_delete(f"rpc-{name}")
+            channel.queue_delete(f"{prefix}rpc-{name}")
+        if prefix:
+            for name in names:
+                channel.exchange_delete(exchange_name(name, prefix))
+            channel.exchange_delete(f"{prefix}nameko-rpc")
         channel.close()
 
 
@@ -38,7 +47,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONCIERGE_DATA_DIR": str(settings.data_dir),
         "AMQP_URI": settings.amqp_uri,
         "CONCIERGE_DATABASE_URL": settings.database_url,
+        "CONCIERGE_DEPLOYMENT": settings.deployment,
         "CONCIERGE_SCHEMA_PREFIX": settings.schema_prefix,
+        "CONCIERGE_DB_POOL_SIZE": str(settings.db_pool_size),
         "CONCIERGE_RELAY_IDLE_SECONDS": str(settings.relay_idle_seconds),
         "CONCIERGE_SHUTDOWN_SECONDS": str(settings.shutdown_seconds),
         "PYTHONPATH": str(ROOT),
