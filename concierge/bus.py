@@ -51,12 +51,21 @@ def subscription_queue_name(subscriber: str, source: str, prefix: str = "") -> s
 
 
 def subscription_queue(subscriber: str, source: str, prefix: str = "") -> Queue:
+    """The queue of one service's subscription to another's events, shared by its replicas.
+
+    One consumer at a time (RabbitMQ's single active consumer): a subscription applies the
+    source's events in log order, so replicas sharing the queue round-robin would each see
+    every other event as a gap and read the source's log over RPC to fill it (two topology
+    replicas spent twice the CPU per request that way). The others stand by and take over
+    when it goes.
+    """
     return Queue(
         subscription_queue_name(subscriber, source, prefix),
         exchange=events_exchange(source, prefix),
         routing_key="#",
         durable=True,
         auto_delete=False,
+        queue_arguments={"x-single-active-consumer": True},
     )
 
 
@@ -299,9 +308,21 @@ class ConsumerLoop:
         self._pending: list[tuple[dict[str, Any], Any]] = []
 
     def declare(self) -> None:
-        """Create the queue and its binding now, so events published from here on are kept."""
+        """Create the queue and its binding now, so events published from here on are kept.
+
+        A queue declared by an earlier release with other arguments is refused by the broker
+        (PRECONDITION_FAILED): it is deleted and declared anew. Nothing is lost: what it held
+        is in the source's log, which the subscription reads from its position at start.
+        """
         with kombu.Connection(self.amqp_uri) as conn:
-            self.queue(conn.default_channel).declare()
+            try:
+                self.queue(conn.channel()).declare()
+            except amqp.exceptions.PreconditionFailed as exc:
+                log.warning("%s was declared with other arguments (%s); declaring it anew",
+                            self.queue.name, exc)
+                channel = conn.channel()
+                channel.queue_delete(self.queue.name)
+                self.queue(channel).declare()
 
     def stop(self) -> None:
         self.running = False

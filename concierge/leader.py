@@ -32,6 +32,14 @@ class LeaderLoop:
         self.running = False
         self.wakeup.set()
 
+    def _stand_by(self) -> None:
+        """Wait out the idle timeout before trying the lock again. Commits in this process
+        wake the loop, which is for a leader: a standby that tried the lock at each (a query
+        each) added a database round trip to every command of its replica."""
+        until = time.monotonic() + self.idle_seconds
+        while self.running and (left := until - time.monotonic()) > 0:
+            self.wakeup.wait(left, self.wakeup.count)
+
     def run(self, step: Callable[[], float], on_lost: Callable[[], None] = lambda: None,
             last: Callable[[], None] | None = None) -> None:
         """`on_lost` runs when leadership was lost or a step failed (forget cached state);
@@ -43,7 +51,7 @@ class LeaderLoop:
             while self.running:
                 if not self.lock.acquire():
                     leading = False
-                    self.wakeup.wait(self.idle_seconds, self.wakeup.count)
+                    self._stand_by()
                     continue
                 leading = True
                 now = time.monotonic()

@@ -142,6 +142,10 @@ class Wiring:
             # the next (see `models_locked`).
             for sub in self.local:
                 try:
+                    # From where the database says it stands: another replica may have
+                    # moved it far past what this process remembers, and reading the log
+                    # from there would fetch every event in between only to skip it.
+                    sub.forget_position()
                     sub.catch_up(known=known)
                 except Exception:
                     sub.forget_position()
@@ -165,11 +169,13 @@ class Wiring:
             done: list[tuple[int, int]] = []
 
             def project(conn: Any, records: list[StoredRecord]) -> None:
-                first = records[0].position
                 handlers = [sub.handler for sub in self.local]
-                if (any(sub.position != first - 1 for sub in self.local)
-                        or not all(isinstance(h, ProjectionHandler) for h in handlers)):
+                if not all(isinstance(h, ProjectionHandler) for h in handlers):
                     return
+                # Whether the models stand right before these events is read from the
+                # database under their locks (`apply_together`), not from the positions this
+                # process remembers: another replica's commits move the models too, and a
+                # remembered position that lags would send every commit to the slow path.
                 known = [build_envelope(self.service, r) for r in records]
                 if apply_together(handlers, conn, known):  # type: ignore[arg-type]
                     done.append((records[-1].position, len(known)))
@@ -180,11 +186,10 @@ class Wiring:
                     sub.advanced(last, count)
 
     def _project_together(self, conn: Any, known: list[Envelope]) -> bool:
-        """The common case: every own read model stands right before the new events."""
-        first = int(known[0]["position"])
+        """The common case: every own read model stands right before the new events (as
+        the database says: see `own_models_in_commit`)."""
         handlers = [sub.handler for sub in self.local]
-        if (any(sub.position != first - 1 for sub in self.local)
-                or not all(isinstance(h, ProjectionHandler) for h in handlers)):
+        if not all(isinstance(h, ProjectionHandler) for h in handlers):
             return False
         if not apply_together(handlers, conn, known):  # type: ignore[arg-type]
             return False

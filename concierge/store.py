@@ -50,6 +50,8 @@ R = TypeVar("R")
 # times in all, after a random pause of up to RETRY_PAUSE_SECONDS times its attempt number.
 COMMIT_ATTEMPTS = 10
 RETRY_PAUSE_SECONDS = 0.005
+# After a lost race, units take the events table's lock before they run for this long.
+CONTENDED_SECONDS = 10.0
 # Own read models projected inside the transaction that records the events: entered before the
 # transaction (it holds what must not move meanwhile), it yields a function that projects the
 # just-stored records on the transaction's connection, and it takes effect once that commits.
@@ -260,6 +262,10 @@ class ServiceApplication(Application):
         self._save_lock = threading.RLock()
         self.group_commit = GroupCommit(self._commit_waiting)
         self._in_commit: tuple[Any, InCommit] | None = None
+        # Until when units lock the events table before they run (`run_unit`).
+        self._contended_until = 0.0
+        # The transaction `_events_locked` holds in this green thread, if any.
+        self._held = threading.local()
         # The records a commit in this green thread decoded for its projection, for `_notify`.
         self._decoded = threading.local()
         super().__init__(env=env)
@@ -313,6 +319,7 @@ class ServiceApplication(Application):
                 # (the repository fast-forwards them), so only a real conflict, which the
                 # domain then refuses by name, reaches a caller.
                 failure = exc
+                self._contended_until = time.monotonic() + CONTENDED_SECONDS
                 green.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * (attempt + 1)))
                 continue
             except Exception as exc:
@@ -330,6 +337,44 @@ class ServiceApplication(Application):
 
     def run_unit(self, parts: Sequence[Part], tracking: Tracking | None = None,
                  lookups: Sequence[UUID] = ()) -> list[Any]:
+        """See `_run_unit`. While this service loses races to another replica (a conflict in
+        the last CONTENDED_SECONDS), the unit takes the events table's lock before its parts
+        run, so it cannot lose again: on a hot aggregate (one building's apartments) two
+        replicas otherwise threw away a third of their commits."""
+        if self._in_commit is None or time.monotonic() >= self._contended_until:
+            return self._run_unit(parts, tracking, lookups, self._notify)
+        recorded: list[Any] = []
+        try:
+            with self._events_locked():
+                results = self._run_unit(parts, tracking, lookups, recorded.append)
+        except _ProjectionFailed:
+            # Nothing was kept; without the lock the commit falls back as it always has.
+            return self._run_unit(parts, tracking, lookups, self._notify)
+        for recordings in recorded:  # after the commit: the relay must not see them before
+            self._notify(recordings)
+        return results
+
+    @contextlib.contextmanager
+    def _events_locked(self) -> Iterator[None]:
+        """A transaction that holds the events table's lock (the one every insert takes) from
+        before the unit's parts load their aggregates until its commit; `_record_and_project`
+        records in it. The own models' in-process locks come first, as in every commit."""
+        assert self._in_commit is not None
+        engine, in_commit = self._in_commit
+        recorder: Any = self.recorder
+        with in_commit() as project, engine.begin() as conn:
+            with conn.connection.driver_connection.cursor() as curs:
+                recorder._lock_table(curs)
+            self._held.commit = (project, conn)
+            try:
+                yield
+            finally:
+                self._held.commit = None
+        self._decoded.records = getattr(self._decoded, "projected", None)
+
+    def _run_unit(self, parts: Sequence[Part], tracking: Tracking | None,
+                  lookups: Sequence[UUID],
+                  notify: Callable[[Sequence[Any]], None]) -> list[Any]:
         """Run `parts` in order against one set of in-memory aggregates and record all their
         events (and `tracking`) in one transaction; their results, in order. `lookups`: ids
         the parts will ask for, checked in one query first (those without events then cost
@@ -354,7 +399,7 @@ class ServiceApplication(Application):
             processing_event.aggregates.update(unit.aggregates)
             if unit.answers:
                 processing_event.saved_kwargs["answers"] = unit.answers
-            self._notify(self._record(processing_event))
+            notify(self._record(processing_event))
         return results
 
     def _run_part(self, unit: UnitOfWork, ctx: context.CallContext,
@@ -398,6 +443,8 @@ class ServiceApplication(Application):
         try:
             recordings = self._record_and_project(processing_event)
         except _ProjectionFailed:
+            if getattr(self._held, "commit", None) is not None:
+                raise  # the library's insert would wait for our own lock: `run_unit` redoes it
             log.exception("%s: own read models not projected with the commit; projecting "
                           "after it", self.service_name)
             return super()._record(processing_event)
@@ -410,64 +457,74 @@ class ServiceApplication(Application):
                             ) -> list[Recording[Any]]:
         """The library's insert (tracking, table lock, events), on a read-model connection,
         then the own read models' projection, then one commit."""
+        assert self._in_commit is not None
+        held = getattr(self._held, "commit", None)
+        if held is not None:  # inside `_events_locked`: its transaction commits later
+            project, conn = held
+            return self._insert_and_project(conn, project, processing_event)
+        engine, in_commit = self._in_commit
+        with in_commit() as project, engine.begin() as conn:
+            recordings = self._insert_and_project(conn, project, processing_event)
+        self._decoded.records = self._decoded.projected
+        return recordings
+
+    def _insert_and_project(self, conn: Any, project: Callable[[Any, list[StoredRecord]], None],
+                            processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
         import psycopg
         from psycopg.rows import dict_row
         from psycopg.types.composite import register_composite
 
-        assert self._in_commit is not None
-        engine, in_commit = self._in_commit
         recorder: Any = self.recorder
         events = processing_event.events
         stored = [self.mapper.to_stored_event(e) for e in events]
-        with in_commit() as project, engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            for info in recorder.datastore.psycopg_type_adapters.values():
-                if not raw.adapters.types.get(info.oid):
-                    register_composite(info, raw)
-            # Pipelined, as the library's own insert is: the tracking row, the table lock and
-            # the events go out together instead of a round trip each.
-            failure: Exception | None = None
-            ids: Any = None
-            try:
-                with raw.pipeline() as pipeline:
-                    with raw.cursor(row_factory=dict_row) as curs:
-                        recorder._insert_events(curs, stored, tracking=processing_event.tracking,
-                                                **processing_event.saved_kwargs)
-                    with raw.cursor(row_factory=dict_row) as curs:
-                        try:
-                            recorder._insert_stored_events(curs, stored)
-                            pipeline.sync()  # a conflict is raised here, not at the commit
-                            ids = recorder._fetch_ids_after_insert_events(curs, stored)
-                        except Exception as exc:  # re-raised once the pipeline has ended
-                            failure = exc
-            except Exception as exc:  # the tracking row refused, or the pipeline's own end
-                failure = failure or exc
-            if isinstance(failure, psycopg.IntegrityError):
-                raise IntegrityError(str(failure)) from failure
-            if isinstance(failure, psycopg.OperationalError | psycopg.InterfaceError):
-                conn.invalidate()
-                raise OperationalError(str(failure)) from failure
-            if failure is not None:
-                raise failure
-            recordings = [
-                Recording(event, Notification(id=nid, originator_id=s.originator_id,
-                                              originator_version=s.originator_version,
-                                              topic=s.topic, state=s.state))
-                for event, s, nid in zip(events, stored, ids, strict=True)
-            ]
-            # A projection that looks an aggregate up (accounts' sessions do) must see it as
-            # this commit leaves it, not as the store holds it until the commit.
-            repository: UnitRepository = self.repository  # type: ignore[assignment]
-            outer, repository.unit = repository.unit, UnitOfWork(
-                aggregates=dict(processing_event.aggregates))
-            records = [self.decode(r.notification) for r in recordings]
-            try:
-                project(conn, records)
-            except Exception as exc:
-                raise _ProjectionFailed from exc
-            finally:
-                repository.unit = outer
-        self._decoded.records = records
+        raw = conn.connection.driver_connection
+        for info in recorder.datastore.psycopg_type_adapters.values():
+            if not raw.adapters.types.get(info.oid):
+                register_composite(info, raw)
+        # Pipelined, as the library's own insert is: the tracking row, the table lock and
+        # the events go out together instead of a round trip each.
+        failure: Exception | None = None
+        ids: Any = None
+        try:
+            with raw.pipeline() as pipeline:
+                with raw.cursor(row_factory=dict_row) as curs:
+                    recorder._insert_events(curs, stored, tracking=processing_event.tracking,
+                                            **processing_event.saved_kwargs)
+                with raw.cursor(row_factory=dict_row) as curs:
+                    try:
+                        recorder._insert_stored_events(curs, stored)
+                        pipeline.sync()  # a conflict is raised here, not at the commit
+                        ids = recorder._fetch_ids_after_insert_events(curs, stored)
+                    except Exception as exc:  # re-raised once the pipeline has ended
+                        failure = exc
+        except Exception as exc:  # the tracking row refused, or the pipeline's own end
+            failure = failure or exc
+        if isinstance(failure, psycopg.IntegrityError):
+            raise IntegrityError(str(failure)) from failure
+        if isinstance(failure, psycopg.OperationalError | psycopg.InterfaceError):
+            conn.invalidate()
+            raise OperationalError(str(failure)) from failure
+        if failure is not None:
+            raise failure
+        recordings = [
+            Recording(event, Notification(id=nid, originator_id=s.originator_id,
+                                          originator_version=s.originator_version,
+                                          topic=s.topic, state=s.state))
+            for event, s, nid in zip(events, stored, ids, strict=True)
+        ]
+        # A projection that looks an aggregate up (accounts' sessions do) must see it as
+        # this commit leaves it, not as the store holds it until the commit.
+        repository: UnitRepository = self.repository  # type: ignore[assignment]
+        outer, repository.unit = repository.unit, UnitOfWork(
+            aggregates=dict(processing_event.aggregates))
+        records = [self.decode(r.notification) for r in recordings]
+        try:
+            project(conn, records)
+        except Exception as exc:
+            raise _ProjectionFailed from exc
+        finally:
+            repository.unit = outer
+        self._decoded.projected = records
         return recordings
 
     def _notify(self, recordings: Sequence[Any]) -> None:

@@ -120,3 +120,74 @@ def test_identical_creates_on_two_replicas_make_one_apartment_and_real_conflicts
     status, residents = replicated.call(
         "GET", f"/api/v1/communities/{community_id}/residents?per_page=1", token=token)
     assert status == 200 and residents["total"] == 3
+
+
+# --- a replica that lost a race locks first ---------------------------------------------------
+
+
+@pytest.fixture
+def two_wirings(postgres_url: str, data_dir: Path, schema_prefix: str) -> Iterator[Any]:
+    from concierge.config import Settings
+    from services.topology.service import bootstrap
+
+    settings = Settings(data_dir=data_dir, database_url=postgres_url,
+                        schema_prefix=schema_prefix)
+    one = bootstrap(settings)
+    two = bootstrap(settings)
+    yield one, two
+    one.close()
+    two.close()
+
+
+def test_a_replica_that_lost_a_race_runs_its_units_under_the_events_lock(
+        two_wirings: Any) -> None:
+    """While contended, a unit holds the events table's lock from before its parts load
+    their aggregates: the other replica's write to the same building waits for it (and then
+    retries), so this unit's parts run once. Without the lock they ran twice."""
+    from concierge import context, green
+
+    one, two = two_wirings
+    installer = str(uuid.uuid4())
+    acting = {"actor": "installer:luna", "installer_id": installer, "role": "installer"}
+    with context.acting(acting):
+        community = one.app.create_community({"name": "Seaside", "feature_plan": "premium"})
+        building_id = one.app.add_building(community, {"name": "A"})
+    one.app._contended_until = float("inf")  # as after a lost race
+    runs: list[int] = []
+    loaded = green.Wakeup()
+    release = green.Wakeup()
+
+    def slow_add() -> Any:
+        with context.acting(acting):
+            def part() -> tuple[str, list[Any]]:
+                runs.append(1)
+                building, community_ = one.app._building_and_community(building_id)
+                loaded.set()
+                release.wait(10, 0)
+                apartment = building.add_apartment(community_, number="101",
+                                                   resident=_resident("101"))
+                return str(apartment.id), [building, apartment]
+
+            return one.app.execute(part)
+
+    def other_add() -> Any:
+        with context.acting(acting):
+            return two.app.add_apartment(building_id, {"number": "102",
+                                                       "resident": _resident("102")})
+
+    first = green.spawn(slow_add)
+    loaded.wait(10, 0)
+    second = green.spawn(other_add)
+    green.sleep(0.3)  # the other replica reaches the events lock and waits there
+    release.set()
+    ids = {first.wait(), second.wait()}
+
+    assert runs == [1]
+    with context.acting(acting):
+        numbers = sorted(one.app.get_apartment(i)["number"] for i in ids)
+        assert numbers == ["101", "102"]
+        assert two.app.get_building(building_id)["apartment_count"] == 2
+
+
+def _resident(number: str) -> dict[str, Any]:
+    return {"first_name": "Ann", "last_name": f"Lee{number}", "email": f"r{number}@example.org"}

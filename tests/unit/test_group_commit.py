@@ -6,6 +6,7 @@ commit is held open a moment so that the others queue behind it, as they do unde
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,6 +154,8 @@ def test_a_conflict_at_commit_runs_the_group_again(
     per_command = sizes[0]
     assert sizes == [per_command, 3 * per_command, 3 * per_command]
     assert len(app.read(before)) == 4 * per_command  # each APT once
+    # Contended now: on PostgreSQL the next units lock the events table before they run.
+    assert app._contended_until > time.monotonic()
 
 
 def test_a_group_that_keeps_conflicting_sends_each_command_alone(
