@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from bench.cluster import Platform
+from tests.support.harness import eventually
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
@@ -191,3 +192,55 @@ def test_a_replica_that_lost_a_race_runs_its_units_under_the_events_lock(
 
 def _resident(number: str) -> dict[str, Any]:
     return {"first_name": "Ann", "last_name": f"Lee{number}", "email": f"r{number}@example.org"}
+
+
+# --- one consumer at a time on a subscription queue -------------------------------------------
+
+
+@pytest.mark.parametrize("declared_before", [False, True])
+def test_replicas_sharing_a_subscription_queue_take_turns_not_events(
+        rabbit_uri: str, declared_before: bool) -> None:
+    """Replicas of a subscriber share its queue, but one consumes every event (RabbitMQ's
+    single active consumer): round-robin, each saw every other event as a gap and read the
+    source's log to fill it. A queue an earlier release declared without that argument is
+    declared anew."""
+    import kombu
+
+    from concierge import green
+    from concierge.bus import ConsumerLoop, encode, exchange_name, subscription_queue
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    queue = subscription_queue("tally", "ledger", prefix)
+    if declared_before:
+        with kombu.Connection(rabbit_uri) as conn:
+            kombu.Queue(queue.name, exchange=queue.exchange, routing_key="#",
+                        durable=True)(conn.channel()).declare()
+    received: dict[int, list[int]] = {0: [], 1: []}
+
+    def handler(replica: int) -> Any:
+        return lambda batch: received[replica].extend(int(m["position"]) for m in batch)
+
+    loops = [ConsumerLoop(rabbit_uri, queue, handler(i)) for i in (0, 1)]
+    try:
+        for loop in loops:
+            loop.declare()
+        threads = [green.spawn(loop.run) for loop in loops]
+        eventually(lambda: all(loop.ready for loop in loops))
+        with kombu.Connection(rabbit_uri) as conn:
+            producer = kombu.Producer(conn.channel())
+            for position in range(1, 101):
+                producer.publish(encode({"position": position, "type": "CounterIncremented"}),
+                                 exchange=exchange_name("ledger", prefix),
+                                 routing_key="CounterIncremented",
+                                 content_type="application/json")
+        eventually(lambda: len(received[0]) + len(received[1]) == 100)
+        assert sorted([received[0], received[1]], key=len) == [[], list(range(1, 101))]
+    finally:
+        for loop in loops:
+            loop.stop()
+        for thread in threads:
+            thread.wait()
+        with kombu.Connection(rabbit_uri) as conn:
+            channel = conn.channel()
+            channel.queue_delete(queue.name)
+            channel.exchange_delete(exchange_name("ledger", prefix))
