@@ -105,6 +105,32 @@ def test_a_projection_that_fails_in_the_commit_does_not_cost_the_events(
         wiring.close()
 
 
+def test_a_commit_projects_in_the_commit_after_another_replica_moved_the_models(
+        settings: Settings) -> None:
+    """What this process remembers of the models' positions lags behind another replica's
+    commits; the commit still projects its own events in its transaction (the database says
+    where the models stand), with no read of the log."""
+    if not settings.uses_postgres:
+        pytest.skip("one process writes a SQLite store")
+    one, two = ledger(settings), ledger(settings)
+    try:
+        counter = one.app.create("lobby")
+        for _ in range(3):
+            two.app.increment(counter)
+        reads: list[int] = []
+        read = one.app.read_notifications
+        one.app.read_notifications = lambda *a, **k: reads.append(1) or read(*a, **k)
+
+        one.app.increment(counter)
+
+        assert reads == []
+        assert view(one) == ([("lobby", 4)], [("lobby",)])
+        assert [sub.position for sub in one.local] == [5, 5]
+    finally:
+        two.close()
+        one.close()
+
+
 def test_a_conflict_at_commit_projects_nothing(settings: Settings) -> None:
     wiring = ledger(settings)
     other = ledger(settings)  # another replica on the same store
