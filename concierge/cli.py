@@ -78,6 +78,8 @@ class Progress:
 def cmd_up(args: argparse.Namespace) -> int:
     os.environ.setdefault("CONCIERGE_BOOTSTRAP_DISTRIBUTOR", DEMO_DISTRIBUTOR)
     settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     names = args.services or list(SERVICES)
     unknown = sorted(set(names) - set(SERVICES))

@@ -37,6 +37,7 @@ class Settings:
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
     gateway_body_timeout_seconds: float = 5.0
+    gateway_idle_timeout_seconds: float = 30.0
     shutdown_seconds: float = 5.0
     log_level: str = "INFO"
     # The most connections each of a service's two PostgreSQL pools opens (the event store's,
@@ -81,6 +82,8 @@ class Settings:
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             gateway_body_timeout_seconds=float(
                 env.get("CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS", "5")),
+            gateway_idle_timeout_seconds=float(
+                env.get("CONCIERGE_GATEWAY_IDLE_TIMEOUT_SECONDS", "30")),
             shutdown_seconds=float(env.get("CONCIERGE_SHUTDOWN_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
             db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
@@ -141,6 +144,7 @@ class Settings:
             "parent_calls_tracked": 10,
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
             "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
+            "GATEWAY_IDLE_TIMEOUT_SECONDS": self.gateway_idle_timeout_seconds,
             # Stops in the order a replica behind a queue needs, within SHUTDOWN_SECONDS.
             "SERVICE_CONTAINER_CLS": "concierge.shutdown.DrainingContainer",
             "SHUTDOWN_SECONDS": self.shutdown_seconds,

@@ -21,6 +21,7 @@ chassis_metadata = MetaData()
 # sat in the pool would otherwise fail its next statement). One in steady use is not: a ping
 # on every checkout was a tenth of all statements the services sent.
 PING_AFTER_IDLE_SECONDS = 1.0
+IDLE_IN_TX_MS = 60_000
 
 relay_position = Table(
     "concierge_relay_position",
@@ -62,7 +63,11 @@ def service_engine(service: str, settings: Settings) -> Engine:
             # so a pool at its size under load would connect anew for every statement.
             pool_size=settings.db_pool_size,
             max_overflow=0,
-            connect_args={"options": f"-csearch_path={schema}",
+            # A transaction left idle this long is ended by the server, releasing its locks
+            # (the event store's own pool does the same after 5 s): should a green thread of
+            # this process ever stall inside one, the other replicas are not held up for good.
+            connect_args={"options": f"-csearch_path={schema} "
+                                     f"-cidle_in_transaction_session_timeout={IDLE_IN_TX_MS}",
                           "application_name": settings.application_name(service)},
             execution_options={LOCK_NAMESPACE_OPTION: settings.lock_namespace},
         )

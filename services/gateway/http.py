@@ -72,6 +72,11 @@ PAGE_MAX = 100_000
 # never looks like a slow service (504).
 BODY_TIMEOUT_SECONDS = 5.0
 BODY_TIMEOUT_CONFIG_KEY = "GATEWAY_BODY_TIMEOUT_SECONDS"
+# A connection that sends nothing for this long is closed: between requests (keep-alive), in
+# its request line or in its headers (from CONCIERGE_GATEWAY_IDLE_TIMEOUT_SECONDS). Without it
+# a client that opens connections and stops sending holds each one for ever.
+IDLE_TIMEOUT_SECONDS = 30.0
+IDLE_TIMEOUT_CONFIG_KEY = "GATEWAY_IDLE_TIMEOUT_SECONDS"
 # What the gateway reads of a body it did not take before it gives the connection up, and for
 # how long it drains a connection it closes with bytes unread (see ApiProtocol).
 DISCARD_MAX_BYTES = 64 * 1024 * 1024
@@ -423,6 +428,11 @@ class ApiServer(WebServer):
         server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
         server.body_timeout = float(self.container.config.get(
             BODY_TIMEOUT_CONFIG_KEY, BODY_TIMEOUT_SECONDS))
+        idle = float(self.container.config.get(IDLE_TIMEOUT_CONFIG_KEY, IDLE_TIMEOUT_SECONDS))
+        # eventlet: `keepalive` bounds the wait for a request line, `socket_timeout` every
+        # other read and write of the connection (nameko sets it on each accepted socket).
+        server.keepalive = idle
+        server.socket_timeout = idle
         # The status first and the request line last, so that cutting a line short keeps
         # the status and cuts only what the client sent.
         server.log_format = ('%(status_code)s %(wall_seconds).3f %(body_length)s '

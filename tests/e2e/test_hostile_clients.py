@@ -28,6 +28,7 @@ from tests.support.harness import eventually
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 BODY_TIMEOUT = 1.0
+IDLE_TIMEOUT = 2.0
 GATEWAY_TIMEOUT = 10.0  # the default deadline: a 504 would take this long
 
 
@@ -43,7 +44,8 @@ def start_platform(data_dir: Path, amqp: str = "", database: str = "",
                     log_dir=data_dir / "logs",
                     extra_env={"CONCIERGE_PASSWORD_HASH": "argon2",
                                "CONCIERGE_LOG_LEVEL": "INFO",
-                               "CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT)}
+                               "CONCIERGE_GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+                               "CONCIERGE_GATEWAY_IDLE_TIMEOUT_SECONDS": str(IDLE_TIMEOUT)}
                     ).start()
 
 
@@ -239,6 +241,35 @@ def test_a_body_cut_off_by_the_client_is_a_400_at_once(platform: Platform,
     assert answer.status == 400
     assert "body" in answer.problem()["errors"]
     assert answer.seconds < GATEWAY_TIMEOUT - 2
+
+
+def closed_by_the_gateway(port: int, sent: bytes) -> float:
+    """Seconds until the gateway closes a connection that sent `sent` and then nothing."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(sent)
+        assert sock.recv(1 << 16) == b""  # closed, with nothing to say
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: gatew",
+                                  b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n"])
+def test_a_connection_that_stops_sending_is_closed_after_the_idle_timeout(
+        platform: Platform, sent: bytes) -> None:
+    """Nothing, a request line cut short, headers never ended: none holds a connection for
+    ever (without the bound, each did)."""
+    assert closed_by_the_gateway(platform.port, sent) < GATEWAY_TIMEOUT
+    assert exchange(platform.port, http("GET", "/healthz")).status == 200
+
+
+def test_a_keep_alive_connection_serves_requests_until_it_idles(platform: Platform) -> None:
+    with socket.create_connection(("127.0.0.1", platform.port), timeout=30) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            answer = sock.recv(1 << 16)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            time.sleep(IDLE_TIMEOUT / 4)
+        assert sock.recv(1 << 16) == b""
 
 
 # --- 4. chunked bodies ---------------------------------------------------------------------------

@@ -61,3 +61,21 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_on_checkout(
 
     assert pings == [1]
     assert second != first
+
+
+def test_a_service_transaction_left_idle_is_ended_by_the_server(
+        postgres_url: str, data_dir: Any, schema_prefix: str) -> None:
+    """Should a green thread stall inside a transaction, the server ends it and frees its
+    locks, so other replicas are not held up for good."""
+    from concierge.config import Settings
+    from concierge.database import IDLE_IN_TX_MS, service_engine
+
+    engine = service_engine("ledger", Settings(data_dir=data_dir, database_url=postgres_url,
+                                               schema_prefix=schema_prefix))
+    try:
+        with engine.connect() as conn:
+            setting = conn.execute(text("SELECT setting FROM pg_settings WHERE name = "
+                                        "'idle_in_transaction_session_timeout'")).scalar()
+        assert int(setting) == IDLE_IN_TX_MS
+    finally:
+        engine.dispose()
