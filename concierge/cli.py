@@ -130,8 +130,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever([service_class(args.service)], settings,
-                  banner=f"ready: {args.service} on {mask_uri(settings.amqp_uri)}")
+                  banner=f"ready: {args.service} on {mask_uri(settings.amqp_uri)}"
+                         f"{_serves(args.service, settings)}")
     return 0
+
+
+def _serves(service: str, settings: Settings) -> str:
+    """Where a service's work shows, for the operator who just started it."""
+    if service == "gateway":
+        return (f"; API at http://{settings.gateway_host}:{settings.gateway_port}/api/v1 "
+                "(OpenAPI: /openapi.json)")
+    if service == "notify":
+        if settings.smtp_host:
+            return f"; mail by SMTP to {settings.smtp_host}:{settings.smtp_port}"
+        return f"; mail written to {(settings.data_dir / 'mail').resolve()}"
+    if service == "accounts" and settings.bootstrap_distributor:
+        user = settings.bootstrap_distributor.partition(":")[0]
+        return f"; distributor login {user!r} (CONCIERGE_BOOTSTRAP_DISTRIBUTOR)"
+    return ""
 
 
 def _operator_wiring(name: str, settings: Settings) -> Any:

@@ -415,7 +415,11 @@ def test_the_ready_banner_masks_the_broker_password(platform: Platform) -> None:
               if line.startswith(b"ready: gateway on ")]
     assert banner, platform.log("gateway")[:2000]
     assert b":***@" in banner[0]
+    assert f"API at http://127.0.0.1:{platform.port}/api/v1".encode() in banner[0]
     assert all(b"guest:guest@" not in platform.log(name) for name in LOGGED)
+    mail = [line for line in platform.log("notify").splitlines()
+            if line.startswith(b"ready: notify on ")]
+    assert mail and str((platform.data_dir / "mail").resolve()).encode() in mail[0]
 
 
 # --- 7. an apartment's history pages -------------------------------------------------------------
