@@ -217,6 +217,14 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # as Ctrl+C: the new tables are dropped
     settings = Settings.from_env()
     wiring = _operator_wiring(args.service, settings)
+    if settings.embedded_bus:
+        # No broker to ask the other services over: read their logs from their stores,
+        # which the embedded platform keeps in this same data folder.
+        reader = StoreLogReader(settings)
+        wiring.stoppers.append(reader.close)
+        for subs in wiring.subscriptions.values():
+            for sub in subs:
+                sub.read_log = reader
     printer = ProgressPrinter(sys.stderr)
     started = time.monotonic()
     try:
@@ -232,6 +240,31 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     print(f"rebuilt {', '.join(names)} of {args.service} from {total} events in "
           f"{time.monotonic() - started:.1f} s, swapped in while it served")
     return 0
+
+
+class StoreLogReader:
+    """Other services' logs read from their own stores, as their `read_log` RPC answers them
+    (public attributes only), for a rebuild in the embedded mode: its bus lives inside the
+    `concierge up` process, out of this one's reach."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.wirings: dict[str, Any] = {}
+
+    def _wiring(self, source: str) -> Any:
+        if source not in self.wirings:
+            self.wirings[source] = _operator_wiring(source, self.settings)
+        return self.wirings[source]
+
+    def __call__(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return self._wiring(source).read_log(after, limit)
+
+    def last_position(self, source: str) -> int:
+        return self._wiring(source).app.max_position()
+
+    def close(self) -> None:
+        for wiring in self.wirings.values():
+            wiring.close()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

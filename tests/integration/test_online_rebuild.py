@@ -231,6 +231,29 @@ def test_a_rebuild_while_topology_serves_and_takes_writes_never_shows_less(
     assert_quiet(platform)
 
 
+def test_a_rebuild_of_the_embedded_platform_reads_the_other_services_stores(
+        tmp_path: Path) -> None:
+    """`make run`'s platform has its bus inside its own process: the rebuild reads accounts'
+    log from accounts' store in the same data folder, while the platform serves (before, it
+    could not reach accounts and gave up)."""
+    platform = Platform("", "", tmp_path / "var", free_port(), embedded=True).start()
+    try:
+        site = Site(platform, buildings=2)
+        add(site, 30, threads=2)
+        eventually(site.settled, timeout=120, interval=0.5)
+        _, before = site.counts()
+
+        done = run_rebuild(platform, timeout=300)
+
+        assert done.returncode == 0, done.stderr
+        assert "rebuilt topology_sites" in done.stdout
+        _, after = site.counts()
+        assert after == before == site.expected()
+        assert all(item["master_account_id"] for item in site.residents())
+    finally:
+        platform.stop()
+
+
 def run_rebuild(platform: Platform, timeout: float) -> subprocess.CompletedProcess[str]:
     """`concierge rebuild topology` as an operator runs it; one that hangs is killed and
     reported as such."""
