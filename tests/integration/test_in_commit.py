@@ -106,12 +106,11 @@ def test_a_projection_that_fails_in_the_commit_does_not_cost_the_events(
 
 
 def test_a_commit_projects_in_the_commit_after_another_replica_moved_the_models(
-        settings: Settings) -> None:
+        postgres_url: str, data_dir: Path, schema_prefix: str) -> None:
     """What this process remembers of the models' positions lags behind another replica's
     commits; the commit still projects its own events in its transaction (the database says
-    where the models stand), with no read of the log."""
-    if not settings.uses_postgres:
-        pytest.skip("one process writes a SQLite store")
+    where the models stand), with no read of the log. (Replicas need PostgreSQL.)"""
+    settings = Settings(data_dir=data_dir, database_url=postgres_url, schema_prefix=schema_prefix)
     one, two = ledger(settings), ledger(settings)
     try:
         counter = one.app.create("lobby")
