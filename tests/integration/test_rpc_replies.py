@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import kombu
 import pytest
 from nameko.containers import ServiceContainer
 from nameko.exceptions import IncorrectSignature, RemoteError, UnknownService
@@ -81,6 +82,11 @@ def running(rabbit_uri: str, *services: type) -> Iterator[Any]:
     finally:
         for container in reversed(containers):
             container.stop()
+        # Their durable RPC queues would outlive the test (named afresh for each run).
+        with kombu.Connection(rabbit_uri) as conn:
+            channel = conn.channel()
+            for cls in services:
+                channel.queue_delete(f"rpc-{cls.name}")
 
 
 @pytest.fixture
