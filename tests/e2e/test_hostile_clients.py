@@ -24,7 +24,7 @@ from bench.cluster import Platform
 from contracts.accounts import MAX_SESSIONS
 from services.gateway.http import MAX_BODY_BYTES, routes_of
 from services.gateway.service import GatewayService
-from tests.support.harness import eventually
+from tests.support.harness import eventually, free_port
 
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}
 BODY_TIMEOUT = 1.0
@@ -32,10 +32,6 @@ IDLE_TIMEOUT = 2.0
 GATEWAY_TIMEOUT = 10.0  # the default deadline: a 504 would take this long
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_platform(data_dir: Path, amqp: str = "", database: str = "",

@@ -4,7 +4,6 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,7 @@ from typing import Any
 import pytest
 
 from bench.cluster import Platform
-from tests.support.harness import eventually
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.harness import eventually, free_port
 
 
 @pytest.fixture(params=["embedded", "distributed"], scope="module")

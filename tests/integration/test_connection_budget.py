@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ import pytest
 
 from bench.cluster import Platform
 from concierge.config import Settings
-from tests.support.harness import eventually
+from tests.support.harness import eventually, free_port
 
 REPLICAS = ("accounts", "accounts", "topology", "topology", "notify", "notify", "gateway")
 # The README's budget: two pools of CONCIERGE_DB_POOL_SIZE each, and one connection for the
@@ -32,10 +31,6 @@ PER_DEPLOYMENT = PER_PROCESS * sum(1 for s in REPLICAS if s != "gateway")
 WRITERS, READERS, WRITES_EACH = 10, 10, 8
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

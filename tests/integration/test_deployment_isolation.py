@@ -7,7 +7,6 @@ Each deployment runs accounts, topology, notify and the gateway, every one its o
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,16 +18,12 @@ import pytest
 
 from bench.cluster import Platform
 from concierge.projection import advisory_key
-from tests.support.harness import eventually
+from tests.support.harness import eventually, free_port
 
 APARTMENTS = 4
 TOPOLOGY_MODELS = ["topology_sites", "topology_buildings", "topology_residents"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from concierge.config import Settings
 from concierge.rpc import DEADLINE_HEADER
 from concierge.store import store_env
 from services.topology.application import TopologyApplication
-from tests.support.harness import eventually
+from tests.support.harness import eventually, free_port
 
 LUNA = str(uuid.uuid4())
 LUNA_ACCOUNT = str(uuid.uuid4())
@@ -190,10 +189,6 @@ def test_a_command_whose_caller_stopped_waiting_is_not_run(
 # --- over the gateway, RabbitMQ and PostgreSQL -----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -209,25 +204,8 @@ def platform(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.TempPa
 
 def call(platform: Platform, method: str, path: str, body: Any = None, token: str | None = None,
          key: str | None = None) -> tuple[int, Any]:
-    """Like `Platform.call`, with an Idempotency-Key header."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(platform.base + path, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    if key:
-        request.add_header("Idempotency-Key", key)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as err:
-        raw = err.read()
-        return err.code, json.loads(raw) if raw else None
+    return platform.call(method, path, body, token,
+                         headers={"Idempotency-Key": key} if key else None)
 
 
 def communities(platform: Platform, token: str) -> list[str]:

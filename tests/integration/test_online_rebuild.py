@@ -6,7 +6,6 @@ On RabbitMQ with PostgreSQL and with SQLite, every service in its own process.""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,17 +27,13 @@ from concierge.projection import advisory_key
 from concierge.runtime import assemble, rebuild
 from services.topology.projections import apartments
 from services.topology.service import wiring as topology_wiring
-from tests.support.harness import ROOT, eventually
+from tests.support.harness import ROOT, eventually, free_port
 from tests.support.toy import CountersView, counters
 
 CONCIERGE = str(Path(sys.executable).with_name("concierge"))
 QUIET = ("UndefinedTable", "psycopg.errors", "Traceback", " ERROR ", " CRITICAL ")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

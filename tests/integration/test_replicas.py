@@ -8,7 +8,6 @@ in PostgreSQL.
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections import Counter
@@ -19,15 +18,11 @@ from typing import Any
 import pytest
 
 from bench.cluster import Platform
-from tests.support.harness import eventually
+from tests.support.harness import eventually, free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

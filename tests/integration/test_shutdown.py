@@ -13,7 +13,6 @@ import dataclasses
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,16 +29,12 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from bench.cluster import Platform
 from concierge.bus import events_exchange
 from concierge.config import Settings
-from tests.support.harness import ServiceProcess, eventually, reset_bus
+from tests.support.harness import ServiceProcess, eventually, free_port, reset_bus
 
 DEADLINE = 10.0
 LEDGER = "tests.support.toy:LedgerService"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop(proc: subprocess.Popen[Any], sig: signal.Signals = signal.SIGTERM,

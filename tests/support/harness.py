@@ -19,6 +19,15 @@ from concierge.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a gateway under test."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def reset_bus(amqp_uri: str, services: Iterable[str], prefix: str = "") -> None:
     """Delete the queues these services use, so no test sees another test's messages.
 
