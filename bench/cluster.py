@@ -213,6 +213,17 @@ class Platform:
             raw = err.read()
             return err.code, json.loads(raw) if raw else None
 
+    def community_with_building(self, token: str, name: str = "Towers") -> tuple[str, str]:
+        """An installer's new community with one building: their ids."""
+        status, community = self.call("POST", "/api/v1/communities",
+                                      {"name": name, "feature_plan": "premium",
+                                       "time_zone": "Europe/Paris"}, token)
+        assert status == 201, community
+        status, building = self.call("POST", f"/api/v1/communities/{community['id']}/buildings",
+                                     {"name": "A"}, token)
+        assert status == 201, building
+        return community["id"], building["id"]
+
     def distributor_token(self) -> str:
         _, session = self.call("POST", "/api/v1/auth/login",
                                {"username": "bench-distributor",

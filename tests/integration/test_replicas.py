@@ -36,18 +36,6 @@ def replicated(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.Temp
     platform.stop()
 
 
-def a_building(platform: Platform, token: str) -> tuple[str, str]:
-    status, community = platform.call("POST", "/api/v1/communities",
-                                      {"name": f"Replicas {uuid.uuid4().hex[:6]}",
-                                       "feature_plan": "premium", "time_zone": "Europe/Paris"},
-                                      token)
-    assert status == 201, community
-    status, building = platform.call(
-        "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"}, token)
-    assert status == 201, building
-    return community["id"], building["id"]
-
-
 def apartment(number: str, email: str) -> dict[str, Any]:
     return {"number": number, "floor": 1, "name": f"APT {number}",
             "resident": {"first_name": "Ann", "last_name": "Lee", "email": email}}
@@ -76,7 +64,8 @@ def test_concurrent_apartments_in_one_building_all_succeed_on_two_replicas(
     retries inside the service. Residents with emails send accounts' events back to both
     replicas' read models while they commit (the interleaving that deadlocked them)."""
     token = replicated.installer_session(f"inst{uuid.uuid4().hex[:8]}")
-    community_id, building_id = a_building(replicated, token)
+    community_id, building_id = replicated.community_with_building(
+        token, f"Replicas {uuid.uuid4().hex[:6]}")
 
     def client(k: int) -> Iterator[tuple[int, Any]]:
         for i in range(25):
@@ -100,7 +89,8 @@ def test_identical_creates_on_two_replicas_make_one_apartment_and_real_conflicts
     """Twenty identical creates: one 201, and nineteen 409s that name the APT number (the
     domain's refusal, not a lost race), and the replicas still answer afterwards."""
     token = replicated.installer_session(f"inst{uuid.uuid4().hex[:8]}")
-    community_id, building_id = a_building(replicated, token)
+    community_id, building_id = replicated.community_with_building(
+        token, f"Replicas {uuid.uuid4().hex[:6]}")
 
     def client(_k: int) -> Iterator[tuple[int, tuple[str, ...]]]:
         status, body = replicated.call("POST", f"/api/v1/buildings/{building_id}/apartments",

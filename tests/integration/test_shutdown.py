@@ -322,15 +322,9 @@ def test_a_service_stopped_under_load_loses_no_answered_write_and_runs_no_refuse
     # opens the resident's account; notify sends the email.
     platform = distributed(extra_env={"CONCIERGE_GATEWAY_TIMEOUT_SECONDS": "30"})
     token = platform.installer_session()
-    status, community = platform.call("POST", "/api/v1/communities",
-                                      {"name": "Shutdown Towers", "feature_plan": "premium",
-                                       "time_zone": "Europe/Paris"}, token)
-    assert status == 201, community
-    status, building = platform.call(
-        "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"}, token)
-    assert status == 201, building
+    community_id, building_id = platform.community_with_building(token, "Shutdown Towers")
 
-    with Clients(platform, token, building["id"]) as clients:
+    with Clients(platform, token, building_id) as clients:
         eventually(lambda: len(clients.created()) >= 40, timeout=60)
         stop(platform.process(service))
         created_before = len(clients.created())
@@ -343,7 +337,7 @@ def test_a_service_stopped_under_load_loses_no_answered_write_and_runs_no_refuse
     refused = {number for number, status in clients.answers if status != 201}
     # Settled: no request is left in topology's queue to run later.
     eventually(lambda: queue_counts(rabbit_uri, f"{platform.amqp_prefix}rpc-topology")[0] == 0)
-    listed = resident_numbers(platform, token, community["id"])
+    listed = resident_numbers(platform, token, community_id)
     assert created <= listed, f"answered 201 but missing: {sorted(created - listed)[:10]}"
     assert not refused & listed, f"answered 503/504 but written: {sorted(refused & listed)}"
     eventually(lambda: created <= emailed(platform), timeout=60)
@@ -354,15 +348,9 @@ def test_the_gateway_stopped_under_load_answers_every_request_it_took(
     platform = distributed()
     gateway = platform.process("gateway")
     token = platform.installer_session()
-    status, community = platform.call("POST", "/api/v1/communities",
-                                      {"name": "Gateway Towers", "feature_plan": "premium",
-                                       "time_zone": "Europe/Paris"}, token)
-    assert status == 201, community
-    status, building = platform.call(
-        "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"}, token)
-    assert status == 201, building
+    community_id, building_id = platform.community_with_building(token, "Gateway Towers")
 
-    with Clients(platform, token, building["id"]) as clients:
+    with Clients(platform, token, building_id) as clients:
         eventually(lambda: len(clients.created()) >= 40, timeout=60)
         stop(gateway)
         created_before = len(clients.created())
@@ -375,7 +363,7 @@ def test_the_gateway_stopped_under_load_answers_every_request_it_took(
     assert statuses <= {201, 0}, statuses
     unanswered = {number for number, status in clients.answers if status == 0}
     eventually(lambda: queue_counts(rabbit_uri, f"{platform.amqp_prefix}rpc-topology")[0] == 0)
-    listed = resident_numbers(platform, token, community["id"])
+    listed = resident_numbers(platform, token, community_id)
     created = clients.created()
     assert created <= listed, f"answered 201 but missing: {sorted(created - listed)[:10]}"
     assert not unanswered & listed, f"unanswered but written: {sorted(unanswered & listed)}"
