@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration bench clean install
+.PHONY: run test lint unit integration bench bench-ab clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ integration: $(STAMP)
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run_all.py
+
+# Interleaved runs of "add apartment" on two commits: make bench-ab BASE=<commit> [OTHER=<commit>]
+# (OTHER defaults to this working tree)
+bench-ab: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/ab.py $(BASE) $(OTHER) --pairs $(or $(PAIRS),3)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
