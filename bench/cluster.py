@@ -22,15 +22,19 @@ class Platform:
     other platform's on the same servers."""
 
     def __init__(self, amqp_uri: str, database_url: str, data_dir: Path, port: int,
-                 services: tuple[str, ...] = ("accounts", "topology", "notify", "gateway"),
+                 services: tuple[str, ...] | None = None,
                  extra_env: dict[str, str] | None = None, embedded: bool = False,
                  log_dir: Path | None = None, deployment: str | None = None) -> None:
         """`embedded`: one `concierge up` process on the in-process bus, as `make run` does.
         `log_dir`: each process's output goes to `<log_dir>/<service>.log` (`up.log`).
-        A service named twice in `services` runs as two replicas."""
+        A service named twice in `services` runs as two replicas; by default every declared
+        context runs once (`concierge.contexts`)."""
         self.port = port
         self.log_dir = log_dir
-        self.services = services
+        from concierge.contexts import contexts, stored_contexts
+
+        self.services = tuple(contexts()) if services is None else services
+        self.stored = stored_contexts()
         self.embedded = embedded
         self.data_dir = data_dir
         self.deployment = deployment or f"p{uuid.uuid4().hex[:6]}"
@@ -58,7 +62,7 @@ class Platform:
             # A fresh store must not meet messages an earlier run left in durable queues.
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
+            reset_bus(self.env["AMQP_URI"], self.stored, self.amqp_prefix)
         if self.embedded:
             env = {k: v for k, v in self.env.items()
                    if k not in ("AMQP_URI", "CONCIERGE_DATABASE_URL")}
@@ -194,7 +198,7 @@ class Platform:
         if not self.embedded:  # no durable queue left to fill up
             from tests.support.harness import reset_bus
 
-            reset_bus(self.env["AMQP_URI"], ["accounts", "topology", "notify"], self.amqp_prefix)
+            reset_bus(self.env["AMQP_URI"], self.stored, self.amqp_prefix)
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any]:

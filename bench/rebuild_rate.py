@@ -23,7 +23,8 @@ from pathlib import Path  # noqa: E402
 
 from concierge import context  # noqa: E402
 from concierge.config import Settings  # noqa: E402
-from concierge.runtime import assemble, rebuild  # noqa: E402
+from concierge.rebuild import rebuild  # noqa: E402
+from concierge.runtime import assemble  # noqa: E402
 from services.topology.service import wiring as topology_wiring  # noqa: E402
 
 

@@ -5,7 +5,8 @@
   concierge events SERVICE [--from N] [--stream ID] [--limit N]
   concierge replay SERVICE [--from N]     re-publish a service's events to the bus
   concierge rebuild SERVICE [--only MODEL ...]   rebuild read models, swapped in while it serves
-  concierge migrate SERVICE              create the service's schema and tables
+  concierge migrate [SERVICE ...]        create the services' schemas and tables (default: all)
+  concierge contexts [--stored]          the declared contexts (services/*/declaration.py)
   concierge ping SERVICE                 exit 0 when the service answers RPC (probes)
 """
 
@@ -16,7 +17,6 @@ from concierge import green
 green.patch()
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -26,32 +26,22 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from concierge.config import Settings  # noqa: E402
+from concierge.contexts import BoundedContext, contexts, stored_contexts  # noqa: E402
 from concierge.logs import mask_uri  # noqa: E402
 from concierge.serve import load, serve_forever  # noqa: E402
 
-SERVICES = {
-    "accounts": "services.accounts.service",
-    "topology": "services.topology.service",
-    "notify": "services.notify.service",
-    "gateway": "services.gateway.service",
-}
-SERVICE_CLASSES = {
-    "accounts": "AccountsService",
-    "topology": "TopologyService",
-    "notify": "NotifyService",
-    "gateway": "GatewayService",
-}
-EVENT_SOURCED = ["accounts", "topology", "notify"]
 DEMO_DISTRIBUTOR = "demo-distributor:demo-distributor-pw"
-DEMO_INSTALLER = ("demo-installer", "demo-installer-pw", "installer@example.com")
+
+def _contexts() -> dict[str, BoundedContext]:
+    return contexts()
+
+
+def _stored() -> list[str]:
+    return stored_contexts()
 
 
 def service_class(name: str) -> type:
-    return load(f"{SERVICES[name]}:{SERVICE_CLASSES[name]}")
-
-
-def bootstrap_of(name: str) -> Any:
-    return load(f"{SERVICES[name]}:bootstrap")
+    return _contexts()[name].service_class()
 
 
 class Progress:
@@ -81,80 +71,51 @@ def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    names = args.services or list(SERVICES)
-    unknown = sorted(set(names) - set(SERVICES))
+    declared = _contexts()
+    names = args.services or list(declared)
+    unknown = sorted(set(names) - set(declared))
     if unknown:
         raise SystemExit(f"unknown service(s): {', '.join(unknown)}")
-    user, _, password = settings.bootstrap_distributor.partition(":")
-    banner = "\n".join([
+    from concierge.serve import start
+
+    runner = start([service_class(n) for n in names], settings)
+    lines = [
         "ready",
         f"SmartPlus Cloud is running ({'embedded' if settings.embedded_bus else 'on RabbitMQ'}"
         f", {'PostgreSQL' if settings.uses_postgres else 'SQLite under ' + str(settings.data_dir)}"
         ")",
-        f"  gateway:      http://{settings.gateway_host}:{settings.gateway_port}/api/v1"
-        f"  (OpenAPI: /openapi.json)",
-        f"  distributor:  {user} / {password}",
-        f"  installer:    {DEMO_INSTALLER[0]} / {DEMO_INSTALLER[1]}",
-        f"  mail folder:  {settings.data_dir / 'mail'}" if not settings.smtp_host else
-        f"  SMTP:         {settings.smtp_host}:{settings.smtp_port}",
-        "Press Ctrl+C to stop.",
-    ])
-    from concierge.serve import start
-
-    runner = start([service_class(n) for n in names], settings)
-    if "accounts" in names:
-        _ensure_demo_installer(settings, user, password)
-    print(banner, flush=True)
+    ]
+    for name in names:
+        note = declared[name].describe(settings) if declared[name].describe else ""
+        if note:
+            lines.append(f"  {name}: {note}")
+    for name in names:  # demo logins, once every service serves
+        if declared[name].demo:
+            lines.extend(f"  {line}" for line in load(declared[name].demo)(settings))
+    lines.append("Press Ctrl+C to stop.")
+    print("\n".join(lines), flush=True)
     runner.wait()  # until SIGTERM or Ctrl+C has stopped every service (concierge.shutdown)
     return 0
-
-
-def _ensure_demo_installer(settings: Settings, distributor: str, password: str) -> None:
-    """The embedded default prints a working installer login; create it once."""
-    from concierge.rpc import ClusterRpcProxy
-    from contracts.errors import Conflict
-
-    with ClusterRpcProxy(settings.nameko_config(), timeout=30) as rpc:
-        session = rpc.accounts.login({"username": distributor, "password": password})
-        principal = rpc.accounts.authenticate(session["token"])
-        ctx = {"actor": f"distributor:{distributor}", "role": "distributor",
-               "installer_id": None, "account_id": principal["account_id"]}
-        username, pw, email = DEMO_INSTALLER
-        with contextlib.suppress(Conflict):
-            rpc.accounts.create_installer(ctx, {"username": username, "password": pw,
-                                                "email": email})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve_forever([service_class(args.service)], settings,
+    declared = _contexts()[args.service]
+    note = declared.describe(settings) if declared.describe else ""
+    serve_forever([declared.service_class()], settings,
                   banner=f"ready: {args.service} on {mask_uri(settings.amqp_uri)}"
-                         f"{_serves(args.service, settings)}")
+                         f"{'; ' + note if note else ''}")
     return 0
 
 
-def _serves(service: str, settings: Settings) -> str:
-    """Where a service's work shows, for the operator who just started it."""
-    if service == "gateway":
-        return (f"; API at http://{settings.gateway_host}:{settings.gateway_port}/api/v1 "
-                "(OpenAPI: /openapi.json)")
-    if service == "notify":
-        if settings.smtp_host:
-            return f"; mail by SMTP to {settings.smtp_host}:{settings.smtp_port}"
-        return f"; mail written to {(settings.data_dir / 'mail').resolve()}"
-    if service == "accounts" and settings.bootstrap_distributor:
-        user = settings.bootstrap_distributor.partition(":")[0]
-        return f"; distributor login {user!r} (CONCIERGE_BOOTSTRAP_DISTRIBUTOR)"
-    return ""
-
-
 def _operator_wiring(name: str, settings: Settings) -> Any:
-    if name not in EVENT_SOURCED:
-        raise SystemExit(f"{name} has no event store; choose one of {', '.join(EVENT_SOURCED)}")
+    stored = _stored()
+    if name not in stored:
+        raise SystemExit(f"{name} has no event store; choose one of {', '.join(stored)}")
     # Its connections show as the CLI's in pg_stat_activity, not as the service's.
-    return bootstrap_of(name)(dataclasses.replace(settings, role="cli"))
+    return _contexts()[name].wire(dataclasses.replace(settings, role="cli"))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -268,13 +229,22 @@ class StoreLogReader:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Create the service's schema, event tables and read-model tables (idempotent)."""
+    """Create the services' schemas, event tables and read-model tables (idempotent)."""
     settings = Settings.from_env()
-    wiring = _operator_wiring(args.service, settings)
-    for model in wiring.read_models:
-        model.create(wiring.engine)
-    wiring.close()
-    print(f"{args.service}: store and read models are in place")
+    for name in args.services or _stored():
+        wiring = _operator_wiring(name, settings)
+        for model in wiring.read_models:
+            model.create(wiring.engine)
+        wiring.close()
+        print(f"{name}: store and read models are in place")
+    return 0
+
+
+def cmd_contexts(args: argparse.Namespace) -> int:
+    """The declared contexts, one name a line (the deploy manifests loop over them)."""
+    for name, declared in _contexts().items():
+        if declared.stored or not args.stored:
+            print(name)
     return 0
 
 
@@ -299,31 +269,36 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run every service in one process")
     up.add_argument("services", nargs="*", default=[],
-                    help=f"only these services (default: all of {', '.join(SERVICES)})")
+                    help=f"only these services (default: all of {', '.join(_contexts())})")
     up.set_defaults(fn=cmd_up)
     run = sub.add_parser("run", help="run one service (distributed mode)")
-    run.add_argument("service", choices=list(SERVICES))
+    run.add_argument("service", choices=list(_contexts()))
     run.set_defaults(fn=cmd_run)
     events = sub.add_parser("events", help="print a service's events as JSON lines")
-    events.add_argument("service", choices=EVENT_SOURCED)
+    events.add_argument("service", choices=_stored())
     events.add_argument("--from", dest="start", type=int, default=1, help="first position")
     events.add_argument("--stream", help="only this aggregate's events")
     events.add_argument("--limit", type=int, default=None)
     events.set_defaults(fn=cmd_events)
     replay = sub.add_parser("replay", help="re-publish a service's events to the bus")
-    replay.add_argument("service", choices=EVENT_SOURCED)
+    replay.add_argument("service", choices=_stored())
     replay.add_argument("--from", dest="start", type=int, default=1, help="first position")
     replay.set_defaults(fn=cmd_replay)
     rebuild_ = sub.add_parser("rebuild", help="rebuild a service's read models while it serves")
-    rebuild_.add_argument("service", choices=EVENT_SOURCED)
+    rebuild_.add_argument("service", choices=_stored())
     rebuild_.add_argument("--only", nargs="+", action="extend", metavar="MODEL",
                           help="only these read models (default: all of the service's)")
     rebuild_.set_defaults(fn=cmd_rebuild)
-    migrate = sub.add_parser("migrate", help="create a service's schema and tables")
-    migrate.add_argument("service", choices=EVENT_SOURCED)
+    migrate = sub.add_parser("migrate", help="create services' schemas and tables")
+    migrate.add_argument("services", nargs="*", default=[], metavar="service",
+                         help=f"only these (default: all of {', '.join(_stored())})")
     migrate.set_defaults(fn=cmd_migrate)
+    listing = sub.add_parser("contexts", help="list the declared contexts")
+    listing.add_argument("--stored", action="store_true",
+                         help="only those with an event store (migrate, rebuild, replay)")
+    listing.set_defaults(fn=cmd_contexts)
     ping = sub.add_parser("ping", help="check that a service answers RPC")
-    ping.add_argument("service", choices=EVENT_SOURCED)
+    ping.add_argument("service", choices=_stored())
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.set_defaults(fn=cmd_ping)
     return p

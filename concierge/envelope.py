@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import hashlib
 import uuid
 from typing import Any
 
-from concierge.store import META_KEY, StoredRecord
+from concierge.records import AS_IS, META_KEY, StoredRecord, plain
 
 # Attributes the eventsourcing library keeps on every event; they travel as envelope fields.
 _LIBRARY_KEYS = {"timestamp", "originator_topic", META_KEY, "class_version"}
 _EVENT_NAMESPACE = uuid.UUID("6f1c1a6e-0d5e-4c55-9b0e-2a7f4f4a5e10")
 _NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
-
-
-_AS_IS = frozenset({str, int, float, bool, type(None)})
-
-
-def plain(value: Any) -> Any:
-    """JSON-safe copy of an event attribute."""
-    if type(value) in _AS_IS:  # most attributes: checked first, it is the hot path of rebuilds
-        return value
-    if isinstance(value, dict):
-        return {str(k): v if type(v) in _AS_IS else plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [v if type(v) in _AS_IS else plain(v) for v in value]
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    return value
 
 
 def event_id(source: str, stream_id: str, stream_version: int) -> str:
@@ -90,7 +69,7 @@ def build(source: str, record: StoredRecord, version: int = 1,
         "correlation_id": meta.get("correlation_id", ""),
         "data": publishable.data(
             record.type,
-            {k: v if type(v) in _AS_IS else plain(v)
+            {k: v if type(v) in AS_IS else plain(v)
              for k, v in state.items() if k not in _LIBRARY_KEYS}
         ),
     }

@@ -186,3 +186,12 @@ class AdvisoryLock:
 
     def release(self) -> None:
         self.connection.unlock(self.key)
+
+
+def leader_lock(service: str, settings: Settings, engine: Engine,
+                purpose: str = "relay") -> LeaderLock:
+    """One holder per (service, purpose) across every replica: the relay, a mailer, ..."""
+    if settings.uses_postgres:
+        return AdvisoryLock(LockConnection.of(engine, settings, service),
+                            f"concierge-{purpose}:{settings.schema_for(service)}")
+    return FileLock(settings.service_dir(service) / f"{purpose}.lock")

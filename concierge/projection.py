@@ -15,6 +15,7 @@ from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from concierge import library
 from concierge.database import LOCK_NAMESPACE_OPTION, projection_tracking, read_model_versions
 
 Key = tuple[Any, ...]
@@ -222,7 +223,7 @@ def _compiled_update(conn: Connection, table: Table, columns: tuple[str, ...]) -
 
 def _execute_many(conn: Connection, compiled: Any, batch: list[dict[str, Any]]) -> None:
     """Bound values go through the column types (datetimes, booleans), then to the driver."""
-    processors = compiled._bind_processors
+    processors = library.bind_processors(compiled)
     rows = []
     for params in batch:
         values = compiled.construct_params(params)
@@ -364,16 +365,6 @@ class ReadModel:
         self.metadata.drop_all(conn)
         conn.execute(delete(projection_tracking).where(
             projection_tracking.c.projection == self.name))
-
-    def projection_handlers(self, engine: Engine, exclusive: bool = False) -> dict[str, Any]:
-        """{source: handler}; `exclusive` for tables nothing else writes (a rebuild's)."""
-        from concierge.subscription import ProjectionHandler
-
-        return {
-            source: ProjectionHandler(self.name, engine, fns, exclusive=exclusive)
-            for source, fns in self.handlers().items()
-        }
-
 
 def advisory_key(name: str, namespace: str = "") -> int:
     """A PostgreSQL advisory lock key for a read model's name (64 bits of its hash).

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from concierge import green, heap
 from concierge.database import projection_tracking, read_model_versions, service_engine
+from concierge.locks import leader_lock
 from concierge.projection import ReadModel, advisory_key, lock_namespace
 from concierge.subscription import (
     Envelope,
@@ -38,6 +39,7 @@ from concierge.subscription import (
     ProjectionHandler,
     Subscription,
     models_locked,
+    projection_handlers,
 )
 
 if TYPE_CHECKING:
@@ -326,7 +328,6 @@ class _Rebuild:
     def run(self) -> int:
         if not self.models:
             return 0
-        from concierge.runtime import leader_lock
 
         lock = leader_lock(self.service, self.wiring.settings, self.wiring.engine, "rebuild")
         self._take(lock)
@@ -366,8 +367,8 @@ class _Rebuild:
         live: dict[str, list[ProjectionHandler]] = {}
         assert shadow.engine is not None
         for model in self.models:
-            live_handlers = model.projection_handlers(self.wiring.engine)
-            for source, handler in model.projection_handlers(shadow.engine,
+            live_handlers = projection_handlers(model, self.wiring.engine)
+            for source, handler in projection_handlers(model, shadow.engine,
                                                              exclusive=True).items():
                 built.setdefault(source, []).append(handler)
                 live.setdefault(source, []).append(live_handlers[source])

@@ -27,7 +27,8 @@ from concierge.database import relay_position
 from concierge.green import Wakeup
 from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
-from concierge.store import ServiceApplication, StoredRecord
+from concierge.records import StoredRecord
+from concierge.store import ServiceApplication
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The composition root of one service, and the nameko glue that runs it.
 
-Each context's `bootstrap(settings)` returns a `Wiring`: its application, its database, its read
-models and the policies that react to other services' events. The chassis adds the relay, the
-consumers and the catch-up loops; which store, which bus, which mail sender is decided here and
-in `bootstrap`, never in entrypoints.
+A context's declaration (`concierge.contexts.BoundedContext`) becomes a `Wiring`: its
+application, its database, its read models and the policies that react to other services'
+events. The chassis adds the relay, the consumers and the catch-up loops; which store, which bus,
+which mail sender is decided here and in the declaration, never in entrypoints.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from nameko.extensions import DependencyProvider
 from sqlalchemy.engine import Engine
@@ -25,13 +25,13 @@ from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
-from concierge.locks import AdvisoryLock, FileLock, LeaderLock, LockConnection, setting_up
+from concierge.locks import leader_lock, setting_up
 from concierge.projection import ReadModel
-from concierge.rebuild import SourceUnavailable, TogetherHandler, rebuild
+from concierge.records import StoredRecord, event_type
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
 from concierge.shutdown import FINISH_SECONDS
-from concierge.store import ServiceApplication, StoredRecord, event_type, store_env
+from concierge.store import ServiceApplication, store_env
 from concierge.subscription import (
     Envelope,
     Handler,
@@ -40,11 +40,21 @@ from concierge.subscription import (
     Subscription,
     apply_together,
     models_locked,
+    projection_handlers,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SourceUnavailable", "TogetherHandler", "rebuild"]  # at home in concierge.rebuild
+
+class Loop(Protocol):
+    """A background loop: `run` until `stop` is called."""
+
+    def run(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+
+L = TypeVar("L", bound=Loop)
 
 
 @dataclass
@@ -59,12 +69,14 @@ class Wiring:
     stoppers: list[Callable[[], Any]] = field(default_factory=list)
     # Closed once every loop has ended (the log reader's broker connection, ...).
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
     event_schemas: dict[str, Any] = field(default_factory=dict)
+    # Background loops a context's `started` step added (`add_loop`): a mailer, ...
+    loops: list[Loop] = field(default_factory=list)
     relay: OutboxRelay | None = None
     subscriptions: dict[str, list[Subscription]] = field(default_factory=dict)
     local: list[Subscription] = field(default_factory=list)
     consumers: list[ConsumerLoop] = field(default_factory=list)
+    _publishable: Publishable | None = None
 
     def close(self) -> None:
         for stop in self.stoppers:
@@ -94,9 +106,22 @@ class Wiring:
         return self.app.max_position()
 
     def publishable(self) -> Publishable:
-        if "publishable" not in self.extras:
-            self.extras["publishable"] = Publishable(self.event_schemas)
-        return self.extras["publishable"]
+        if self._publishable is None:
+            self._publishable = Publishable(self.event_schemas)
+        return self._publishable
+
+    def add_loop(self, loop: Loop) -> None:
+        """Run `loop` beside the service, from its start until its stop."""
+        self.loops.append(loop)
+        self.background.append(loop.run)
+        self.stoppers.append(loop.stop)
+
+    def loop(self, kind: type[L]) -> L:
+        """The background loop of this type (tests and operators drive it by hand)."""
+        found = [loop for loop in self.loops if isinstance(loop, kind)]
+        if len(found) != 1:
+            raise LookupError(f"{self.service} runs {len(found)} loops of type {kind.__name__}")
+        return found[0]
 
     def local_reader(self, handler: Handler) -> LogReader:
         """Reads this service's own log for one of its read models.
@@ -201,19 +226,12 @@ class Wiring:
 
 def open_store(service: str, settings: Settings, app_cls: type[ServiceApplication],
                **app_kwargs: Any) -> tuple[ServiceApplication, Engine]:
+    """A context's application on its store, given its read models' engine (its read side)."""
     with setting_up(service, settings):
-        app = app_cls(env=store_env(service, settings), **app_kwargs)
+        env = store_env(service, settings)
         engine = service_engine(service, settings)
+        app = app_cls(env=env, engine=engine, **app_kwargs)
     return app, engine
-
-
-def leader_lock(service: str, settings: Settings, engine: Engine,
-                purpose: str = "relay") -> LeaderLock:
-    """One holder per (service, purpose) across every replica: the relay, a mailer, ..."""
-    if settings.uses_postgres:
-        return AdvisoryLock(LockConnection.of(engine, settings, service),
-                            f"concierge-{purpose}:{settings.schema_for(service)}")
-    return FileLock(settings.service_dir(service) / f"{purpose}.lock")
 
 
 class RpcLogReader:
@@ -293,7 +311,7 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     handlers: list[tuple[str, Handler]] = list(wiring.policies)
     for model in wiring.read_models:
         model.create(wiring.engine)
-        handlers.extend(model.projection_handlers(wiring.engine).items())
+        handlers.extend(projection_handlers(model, wiring.engine).items())
     for source, handler in handlers:
         if source == service:
             wiring.local.append(Subscription(source, handler, wiring.local_reader(handler)))
@@ -301,6 +319,7 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
             sub = Subscription(source, handler, read_remote)
             wiring.subscriptions.setdefault(source, []).append(sub)
     wiring.app.on_recorded(wiring.catch_up_local)
+    wiring.app.catch_up_read_models = wiring.catch_up_local
     if wiring.local:
         wiring.app.project_in_commit(wiring.engine, wiring.own_models_in_commit)
     return wiring

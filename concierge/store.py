@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import logging
@@ -17,7 +16,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
@@ -38,10 +36,11 @@ from eventsourcing.persistence import (
     Tracking,
 )
 
-from concierge import context, green, idempotency
+from concierge import context, green, idempotency, library
 from concierge.config import Settings
 from concierge.idempotency import Answer
-from concierge.unit import META_KEY, GroupCommit, UnitOfWork, UnitRepository
+from concierge.records import META_KEY, StoredRecord, plain
+from concierge.unit import GroupCommit, UnitOfWork, UnitRepository
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,6 @@ class PlainDecoder:
             return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
         if name in ("datetime_iso", "decimal_str"):
             return data
-        from concierge.envelope import plain
-
         return plain(self.transcoder.names[name].decode(data))
 
 
@@ -217,21 +214,6 @@ class _ProjectionFailed(Exception):
     """Own read models failed inside the commit: the commit is redone without them."""
 
 
-@dataclass(frozen=True)
-class StoredRecord:
-    """One entry of a service's log, decoded to plain attributes."""
-
-    position: int
-    stream_id: str
-    stream_version: int
-    topic: str
-    state: dict[str, Any]
-
-    @property
-    def type(self) -> str:
-        return event_type(self.topic)
-
-
 class LogEntry(NamedTuple):
     """One raw entry of the log, as read (a tuple: the library's frozen dataclass costs more
     to build than the rest of a row's reading)."""
@@ -243,21 +225,24 @@ class LogEntry(NamedTuple):
     state: bytes
 
 
-@functools.cache
-def event_type(topic: str) -> str:
-    """The event's class name, from its stored topic ("module:Class.Event")."""
-    return topic.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-
-
 class ServiceApplication(Application):
-    """Base of every context's application: tracking-capable store, stamped events, listeners."""
+    """Base of every context's application: tracking-capable store, stamped events, listeners.
+
+    `engine` is the database of the context's read models, given at construction (the chassis
+    does, from the context's declaration, `concierge.contexts`); an application built without
+    one (a unit test of the domain) has no read side.
+    """
 
     # Reading the log 1000 at a time is 5.6x faster on PostgreSQL than the default 10; rebuilds
     # read 5000 at a time (fewer transactions); callers still choose their own limit.
     log_section_size = 5000
     service_name = "service"
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
+        self.engine = engine
+        # Brings the context's own read models up to its log now (set by the chassis when it
+        # wires the context): a command that reads them right after a write calls it.
+        self.catch_up_read_models: Callable[[], None] = lambda: None
         self._listeners: list[Callable[[list[StoredRecord]], None]] = []
         self._save_lock = threading.RLock()
         self.group_commit = GroupCommit(self._commit_waiting)
@@ -364,7 +349,7 @@ class ServiceApplication(Application):
         recorder: Any = self.recorder
         with in_commit() as project, engine.begin() as conn:
             with conn.connection.driver_connection.cursor() as curs:
-                recorder._lock_table(curs)
+                library.lock_events_table(recorder, curs)
             self._held.commit = (project, conn)
             try:
                 yield
@@ -488,13 +473,14 @@ class ServiceApplication(Application):
         try:
             with raw.pipeline() as pipeline:
                 with raw.cursor(row_factory=dict_row) as curs:
-                    recorder._insert_events(curs, stored, tracking=processing_event.tracking,
+                    library.insert_tracking(recorder, curs, stored,
+                                            tracking=processing_event.tracking,
                                             **processing_event.saved_kwargs)
                 with raw.cursor(row_factory=dict_row) as curs:
                     try:
-                        recorder._insert_stored_events(curs, stored)
+                        library.insert_stored_events(recorder, curs, stored)
                         pipeline.sync()  # a conflict is raised here, not at the commit
-                        ids = recorder._fetch_ids_after_insert_events(curs, stored)
+                        ids = library.fetch_inserted_ids(recorder, curs, stored)
                     except Exception as exc:  # re-raised once the pipeline has ended
                         failure = exc
         except Exception as exc:  # the tracking row refused, or the pipeline's own end
@@ -636,12 +622,9 @@ class ServiceApplication(Application):
                     cached[aggregate_id] = inner.cache.get(aggregate_id)
         if len(cached) < 2:  # one query either way
             return
-        locks = []
-        try:
-            for aggregate_id in cached:
-                lock = inner._use_fastforward_lock(aggregate_id)  # eventsourcing 9.5's own
-                locks.append((aggregate_id, lock))
-                lock.acquire()
+        with contextlib.ExitStack() as held:
+            for aggregate_id in cached:  # the repository's own locks, in one order
+                held.enter_context(library.fastforward_locked(inner, aggregate_id))
             rows = self._postgres_rows(
                 "newer", "SELECT e.originator_id, e.originator_version, e.topic, e.state "
                 "FROM {events} e JOIN unnest(%s::uuid[], %s::int8[]) AS c(id, version) "
@@ -660,10 +643,6 @@ class ServiceApplication(Application):
                 if aggregate is not None:  # else the repository's own get says not found
                     unit.aggregates[aggregate_id] = (copy.deepcopy(aggregate)
                                                      if inner.deepcopy_from_cache else aggregate)
-        finally:
-            for aggregate_id, lock in reversed(locks):
-                lock.release()
-                inner._disuse_fastforward_lock(aggregate_id)
 
     def max_position(self) -> int:
         return self.recorder.max_notification_id() or 0

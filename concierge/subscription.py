@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from concierge import context, green
 from concierge.database import projection_tracking
-from concierge.projection import ProjectFn, Rows, advisory_key, lock_namespace
+from concierge.projection import ProjectFn, ReadModel, Rows, advisory_key, lock_namespace
 from concierge.store import ServiceApplication
 
 log = logging.getLogger(__name__)
@@ -561,3 +561,11 @@ def _set_tracked(conn: Connection, projection: str, source: str, current: int,
     else:
         conn.execute(projection_tracking.insert().values(projection=projection, source=source,
                                                          position=position))
+
+
+def projection_handlers(model: ReadModel, engine: Engine, exclusive: bool = False
+                        ) -> dict[str, ProjectionHandler]:
+    """A read model's handlers, {source: handler}, writing through `engine`; `exclusive` for
+    tables nothing else writes (a rebuild's)."""
+    return {source: ProjectionHandler(model.name, engine, fns, exclusive=exclusive)
+            for source, fns in model.handlers().items()}

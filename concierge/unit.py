@@ -21,10 +21,9 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
+from concierge.records import META_KEY
 
 R = TypeVar("R")
-# Where a stored event keeps who recorded it and why (hidden from the domain on the way back).
-META_KEY = "__meta__"
 
 
 @dataclass

@@ -16,7 +16,6 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
 
 from concierge import context
 from concierge.store import ServiceApplication
@@ -43,9 +42,6 @@ LOGIN_FAILED = "Wrong username or password."
 NOT_SIGNED_IN = "Not signed in: the token is unknown or the session was closed."
 EXPIRED = "The session has expired."
 ONLY_DISTRIBUTORS = "Only a distributor can create installer accounts."
-# Optimistic concurrency between replicas: a login racing another write to the same account
-# reloads and tries again instead of failing the user.
-SAVE_ATTEMPTS = 3
 
 
 def _taken(username: str) -> Conflict:
@@ -68,6 +64,7 @@ class AccountsApplication(ServiceApplication):
     def __init__(
         self,
         env: dict[str, str] | None = None,
+        engine: Any = None,
         credentials: Credentials | None = None,
         token_ttl: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] | None = None,
@@ -75,12 +72,12 @@ class AccountsApplication(ServiceApplication):
         self.credentials = credentials or Credentials()
         self.token_ttl = token_ttl
         self.clock = clock or (lambda: datetime.now(UTC))
-        # Set by the composition root (service.bootstrap): the read-model queries.
-        self.views: AccountsViews | None = None
+        # The read models' queries; none without a read side.
+        self.views = AccountsViews(engine) if engine is not None else None
         # Made now, with the hasher every account's hash was made with: the first login of an
         # unknown username must not cost a hash more than the others.
         self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
-        super().__init__(env=env)
+        super().__init__(env=env, engine=engine)
 
     # -- portal accounts -------------------------------------------------------------------
     def ensure_distributor(self, username: str, password: str) -> str:
@@ -90,20 +87,19 @@ class AccountsApplication(ServiceApplication):
         """
         validate_username(username)
         account_id = PortalAccount.id_for_username(username)
-        existing = self._portal_account(account_id)
-        if existing is None:
+
+        def command() -> tuple[PortalAccount, list[Any]]:
+            # Run again by the chassis when another replica created it first: then it exists.
+            existing = self._portal_account(account_id)
+            if existing is not None:
+                return existing, []
             validate_password(password)
             distributor = PortalAccount.open_distributor(
                 username, self.credentials.hash_password(password))
-            try:
-                with self.serialised():
-                    self.record(distributor)
-                return str(account_id)
-            except IntegrityError:
-                existing = self._portal_account(account_id)  # another replica was first
-                if existing is None:
-                    raise
-        if existing.role != DISTRIBUTOR:
+            return distributor, [distributor]
+
+        account = self.execute(command)
+        if account.role != DISTRIBUTOR:
             raise _taken(username)
         return str(account_id)
 
@@ -288,7 +284,7 @@ class AccountsApplication(ServiceApplication):
     # -- helpers ---------------------------------------------------------------------------
     def _views(self) -> AccountsViews:
         if self.views is None:
-            raise RuntimeError("accounts read models are not wired (see service.bootstrap)")
+            raise RuntimeError("this application was built without a read side (no engine)")
         return self.views
 
     def _digest(self, token: Any) -> str:
@@ -311,14 +307,11 @@ class AccountsApplication(ServiceApplication):
             return None
 
     def _change(self, account_id: UUID, change: Callable[[Any], None]) -> None:
-        """Load, change and save one aggregate, reloading when another process wrote first."""
-        for attempt in range(SAVE_ATTEMPTS):
-            with self.serialised():
-                aggregate = self.repository.get(account_id)
-                change(aggregate)
-                try:
-                    self.record(aggregate)
-                    return
-                except IntegrityError:
-                    if attempt == SAVE_ATTEMPTS - 1:
-                        raise
+        """Load, change and save one aggregate (the chassis runs it again on a lost race)."""
+
+        def command() -> tuple[None, list[Any]]:
+            aggregate = self.repository.get(account_id)
+            change(aggregate)
+            return None, [aggregate]
+
+        self.execute(command)

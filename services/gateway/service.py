@@ -25,6 +25,7 @@ from contracts.topology import (
     CommunityEdit,
 )
 from services.gateway import openapi
+from services.gateway.declaration import CONTEXT
 from services.gateway.http import (
     Call,
     ListQuery,
@@ -52,7 +53,7 @@ LOGIN_DESCRIPTION = (
 
 
 class GatewayService:
-    name = "gateway"
+    name = CONTEXT.name
 
     topology = RpcProxy("topology")
     accounts = RpcProxy("accounts")

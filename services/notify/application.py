@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -36,7 +36,8 @@ from sqlalchemy.engine import Engine
 from concierge import context
 from concierge.database import projection_tracking
 from concierge.projection import ReadModel, Rows
-from concierge.store import META_KEY, ServiceApplication
+from concierge.records import META_KEY
+from concierge.store import ServiceApplication
 from contracts import load
 from contracts.accounts import (
     MasterAccountClosedSchema,
@@ -57,6 +58,9 @@ from services.notify.domain import (
     activation_account,
     activation_due,
 )
+
+if TYPE_CHECKING:
+    from services.notify.mailer import MailSender
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +103,14 @@ def template_environment(folder: Path = TEMPLATES_DIR) -> Environment:
 class NotifyApplication(ServiceApplication):
     service_name = "notify"
 
-    def __init__(self, env: dict[str, str] | None = None,
-                 templates: Path = TEMPLATES_DIR) -> None:
-        super().__init__(env=env)
+    def __init__(self, env: dict[str, str] | None = None, engine: Any = None,
+                 templates: Path = TEMPLATES_DIR, sender: MailSender | None = None) -> None:
+        super().__init__(env=env, engine=engine)
         self.templates = template_environment(templates)
-        self.emails: EmailsView | None = None  # wired in bootstrap, beside the store's engine
-        # Projects the store's new events into the emails view now (bootstrap wires it).
-        self.refresh_emails: Callable[[], None] = lambda: None
+        # Where the mailer delivers (services/notify/declaration.py picks it from the settings).
+        self.sender = sender
+        # Read model and query both; none without a read side.
+        self.emails = EmailsView(engine) if engine is not None else None
         # Email id -> correlation id of its cause, for the mailer's events (oldest dropped).
         self._correlations: dict[str, str] = {}
         # What `lookups` loaded for the unit it serves, by envelope: (its data, loaded).
@@ -213,7 +218,7 @@ class NotifyApplication(ServiceApplication):
         """
         view = self._view()
         stored = self.max_position()
-        self.refresh_emails()
+        self.catch_up_read_models()
         if view.position() < stored:
             raise EmailsViewBehind(f"the emails view is behind the store ({stored})")
         return view.pending_activation(master_account_id)
@@ -238,10 +243,13 @@ class NotifyApplication(ServiceApplication):
         return self.repository.get(UUID(str(email_id)))
 
     def record_sent(self, email_id: UUID | str, sent_at: datetime, transport: str) -> None:
-        with context.acting(self._mailer_context(email_id)), self.serialised():
+        def command() -> tuple[None, list[Any]]:
             email = self.email(email_id)
             email.mark_sent(sent_at, transport)
-            self.record(email)
+            return None, [email]
+
+        with context.acting(self._mailer_context(email_id)):
+            self.execute(command)
 
     def record_sent_many(self, delivered: list[tuple[Email, datetime]], transport: str) -> None:
         """Several deliveries in one transaction, on the emails the mailer loaded to send.
@@ -270,10 +278,13 @@ class NotifyApplication(ServiceApplication):
 
     def record_failure(self, email_id: UUID | str, reason: str, failed_at: datetime,
                        permanent: bool = False) -> None:
-        with context.acting(self._mailer_context(email_id)), self.serialised():
+        def command() -> tuple[None, list[Any]]:
             email = self.email(email_id)
             email.mark_failed(reason, failed_at, permanent=permanent)
-            self.record(email)
+            return None, [email]
+
+        with context.acting(self._mailer_context(email_id)):
+            self.execute(command)
 
     def _mailer_context(self, email_id: UUID | str) -> dict[str, str]:
         """Delivery events keep the correlation id of the request that queued the email
@@ -300,7 +311,7 @@ class NotifyApplication(ServiceApplication):
 
     def _view(self) -> EmailsView:
         if self.emails is None:
-            raise RuntimeError("the emails view is wired in services.notify.service.bootstrap")
+            raise RuntimeError("this application was built without a read side (no engine)")
         return self.emails
 
 

@@ -15,8 +15,9 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
-from concierge.envelope import Publishable, plain
+from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
+from concierge.records import plain
 from concierge.store import ServiceApplication
 from concierge.unit import UnitRepository
 from contracts.errors import Forbidden, Invalid, NotFound
@@ -76,8 +77,11 @@ def _as_uuid(item_id: Any) -> UUID | None:
 
 class TopologyApplication(ServiceApplication):
     service_name = "topology"
-    # Set by bootstrap: the read models' queries (lists, counts, app status).
-    views: TopologyViews | None = None
+
+    def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
+        super().__init__(env=env, engine=engine)
+        # The read models' queries (lists, counts, app status); none without a read side.
+        self.views = TopologyViews(engine) if engine is not None else None
 
     # -- loading, scoped to the caller ------------------------------------------------------
     def _load(self, cls: type[A], item_id: Any) -> A:
@@ -300,5 +304,5 @@ class TopologyApplication(ServiceApplication):
 
     def _views(self) -> TopologyViews:
         if self.views is None:
-            raise RuntimeError("The topology read models are not wired (see service.bootstrap).")
+            raise RuntimeError("this application was built without a read side (no engine)")
         return self.views

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from concierge.config import Settings
 from concierge.rpc import command, rpc
-from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.runtime import Runtime, ServiceBase
 from contracts import load
 from contracts.topology import (
-    EVENT_SCHEMAS,
     ApartmentCreate,
     ApartmentEdit,
     BuildingCreate,
@@ -22,35 +20,20 @@ from contracts.topology import (
     CommunityEdit,
 )
 from services.topology.application import TopologyApplication
+from services.topology.declaration import CONTEXT
 from services.topology.projections import (
-    READ_MODELS,
     BuildingListQuery,
     CommunityListQuery,
     PageQuery,
     ResidentListQuery,
-    TopologyViews,
 )
 
 Ctx = dict[str, Any] | None
 
 
-def wiring(settings: Settings) -> Wiring:
-    """Topology's store and read models, before the chassis attaches relay and subscriptions."""
-    app, engine = open_store("topology", settings, TopologyApplication)
-    assert isinstance(app, TopologyApplication)
-    app.views = TopologyViews(engine)
-    return Wiring("topology", settings, app, engine,
-                  read_models=[model() for model in READ_MODELS],
-                  event_schemas=EVENT_SCHEMAS)
-
-
-def bootstrap(settings: Settings) -> Wiring:
-    return assemble(wiring(settings))
-
-
 class TopologyService(ServiceBase):
-    name = "topology"
-    runtime = Runtime(bootstrap)
+    name = CONTEXT.name
+    runtime = Runtime(CONTEXT.wire)
 
     @property
     def app(self) -> TopologyApplication:

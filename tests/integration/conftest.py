@@ -12,6 +12,7 @@ from nameko.runners import ServiceRunner
 
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI, Settings
+from concierge.contexts import stored_contexts
 from concierge.rpc import ClusterRpcProxy
 from tests.support.harness import reset_bus
 
@@ -36,8 +37,8 @@ def make_settings(kind: str, request: pytest.FixtureRequest, data_dir: Path,
                     relay_idle_seconds=0.2)
 
 
-# Every service the integration tests run (the chassis's toy ones too).
-TEST_SERVICES = ["accounts", "topology", "notify", "ledger", "tally"]
+# Every service the integration tests run: the declared contexts, and the chassis's toy ones.
+TEST_SERVICES = [*stored_contexts(), "ledger", "tally"]
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 from concierge import context
 from concierge.config import Settings
-from concierge.database import service_engine
 from concierge.envelope import Publishable, build
 from concierge.rpc import rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
@@ -26,9 +25,10 @@ from concierge.subscription import Envelope, LogReader, ProcessHandler, Subscrip
 from contracts import topology as topology_contract
 from contracts.errors import Conflict, NotFound, Unauthorized
 from services.accounts.application import TOPOLOGY_EVENTS, AccountsApplication
+from services.accounts.declaration import CONTEXT as ACCOUNTS
 from services.accounts.domain import MasterAccount
 from services.accounts.security import Credentials
-from services.accounts.service import AccountsService, wire
+from services.accounts.service import AccountsService
 from services.topology.domain import Community
 from tests.support.harness import eventually
 
@@ -92,8 +92,9 @@ class Stack:
     def __init__(self, data_dir: Path) -> None:
         settings = Settings(data_dir=data_dir)
         self.topology = TopologyStandIn(env=store_env("topology", settings))
-        app = AccountsApplication(env=store_env("accounts", settings), credentials=CREDENTIALS)
-        self.wiring = wire(app, service_engine("accounts", settings), settings)
+        self.wiring = ACCOUNTS.wire(settings, credentials=CREDENTIALS)
+        app = self.wiring.app
+        assert isinstance(app, AccountsApplication)
         self.accounts = app
         self.read_topology = topology_log(self.topology)
         self.subscription = self.subscribe()

@@ -18,7 +18,8 @@ from nameko.exceptions import IncorrectSignature, MethodNotFound
 
 from concierge import green
 from concierge.bus import ConfirmingPublisher, exchange_name, subscription_queue_name
-from concierge.runtime import rebuild, rpc_log_reader
+from concierge.rebuild import rebuild
+from concierge.runtime import rpc_log_reader
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ServiceProcess, eventually
 from tests.support.toy import (

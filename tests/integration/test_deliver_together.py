@@ -15,7 +15,7 @@ from concierge.config import Settings
 from concierge.database import service_engine
 from concierge.projection import ReadModel, Rows
 from concierge.runtime import dispatcher
-from concierge.subscription import Subscription
+from concierge.subscription import Subscription, projection_handlers
 from tests.support.harness import FakeLog
 from tests.support.toy import CountersView, counters
 
@@ -58,7 +58,7 @@ def wire(settings: Settings, log: FakeLog) -> tuple[Any, list[Subscription], lis
     subs = []
     for model in (CountersView(), NamesView()):
         model.create(engine)
-        [(source, handler)] = model.projection_handlers(engine).items()
+        [(source, handler)] = projection_handlers(model, engine).items()
         subs.append(Subscription(source, handler, log))
     commits: list[int] = []
     event.listen(engine, "commit", lambda _conn: commits.append(1))

@@ -28,14 +28,16 @@ from concierge import green
 from concierge.bus import make_publisher
 from concierge.config import Settings
 from concierge.locks import FileLock
-from concierge.runtime import Wiring, rebuild
-from concierge.store import META_KEY
+from concierge.rebuild import rebuild
+from concierge.records import META_KEY
+from concierge.runtime import Wiring
 from concierge.subscription import Subscription
 from contracts.errors import Invalid
 from services.notify.application import ACTIVATION, NotifyApplication
+from services.notify.declaration import CONTEXT as NOTIFY
 from services.notify.domain import ACCOUNT_CLOSED, Email, activation_key
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
-from services.notify.service import NotifyService, bootstrap
+from services.notify.service import NotifyService
 from tests.support.harness import eventually
 
 # --- the accounts side, faked --------------------------------------------------------------
@@ -219,7 +221,7 @@ class NotifyStack:
         return self.settings.data_dir / "mail"
 
     def open(self, sender: MailSender | None = None) -> Wiring:
-        wiring = bootstrap(self.settings, sender)
+        wiring = NOTIFY.wire(self.settings, **({"sender": sender} if sender else {}))
         self.open_wirings.append(wiring)
         return wiring
 
@@ -235,7 +237,7 @@ class NotifyStack:
         self.open_wirings.remove(wiring)
 
     def run_mailer(self, wiring: Wiring) -> Mailer:
-        mailer = wiring.extras["mailer"]
+        mailer = wiring.loop(Mailer)
         self.loops.append((mailer, green.spawn(mailer.run)))
         return mailer
 
@@ -335,7 +337,7 @@ def test_emails_queued_soon_after_a_pass_are_sent_together_in_the_next(
     notify = stack.open()
     app = app_of(notify)
     batches = recorded_batches(app)
-    mailer = notify.extras["mailer"]
+    mailer = notify.loop(Mailer)
     mailer.gather_seconds = 2.0  # wide, so that a slow machine still commits all nine in it
     events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(10)]
     sub = subscribe(notify, AccountsLog(events))
@@ -375,7 +377,7 @@ def test_an_email_added_later_gets_one_activation_email_even_when_replayed(
         sub.deliver(envelope)
         assert app.on_accounts_event(envelope) == []  # even past the tracking
 
-    assert notify.extras["mailer"].send_due() == 0
+    assert notify.loop(Mailer).send_due() == 0
     assert stack.files() == [f"{email_id}.eml"]
     assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
     [summary] = app.list_emails({})["items"]
@@ -392,7 +394,7 @@ def test_a_new_address_while_unregistered_gets_its_own_activation_email(
     back = contact_changed(created, 3, "judy@example.com", previous="judy@work.example")
     subscribe(notify, AccountsLog([created, moved, back])).catch_up()
 
-    assert notify.extras["mailer"].send_due() == 2
+    assert notify.loop(Mailer).send_due() == 2
 
     assert stack.files() == sorted([f"{activation_id(created)}.eml", f"{activation_id(moved)}.eml"])
     recipients = sorted(e["recipient"] for e in app_of(notify).list_emails({})["items"])
@@ -407,13 +409,13 @@ def test_a_mailer_killed_after_sending_leaves_one_file_after_the_restart(
     email_id = activation_id(created)
 
     with pytest.raises(ProcessKilled):
-        notify.extras["mailer"].send_due()
+        notify.loop(Mailer).send_due()
     assert app_of(notify).email(email_id).status == "queued"  # the delivery was never recorded
 
     notify = stack.restart(notify)
     app = app_of(notify)
     assert app.pending() == [email_id]
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
 
     assert stack.files() == [f"{email_id}.eml"]  # no second file, no temporary left behind
     assert app.email(email_id).status == "sent"
@@ -438,7 +440,7 @@ def test_a_pass_is_recorded_ten_at_a_time_unless_a_resend_changes_nothing(
     events = [master_account_created(i + 1, f"r{i}@example.com") for i in range(25)]
     subscribe(notify, AccountsLog(events)).catch_up()
 
-    assert notify.extras["mailer"].send_due() == 25
+    assert notify.loop(Mailer).send_due() == 25
     assert batches == records
     assert len(stack.files()) == 25
 
@@ -460,7 +462,7 @@ class DiskFailsOnce(MailFolderSender):
 def test_a_failed_mail_folder_write_is_never_recorded_sent_and_goes_out_later(
         stack: NotifyStack) -> None:
     notify = stack.open(DiskFailsOnce(stack.folder))
-    mailer = notify.extras["mailer"]
+    mailer = notify.loop(Mailer)
     mailer.record_every = 2  # the failure hits a batch recorded mid-pass
     events = [master_account_created(i, address=f"res{i}@example.com") for i in (1, 2, 3)]
     subscribe(notify, AccountsLog(events)).catch_up()
@@ -486,7 +488,7 @@ def test_the_same_event_after_a_restart_creates_nothing_and_sends_nothing(
     created = master_account_created()
     log = AccountsLog([created])
     subscribe(notify, log).deliver(created)
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
     positions = notify.app.max_position()
 
     notify = stack.restart(notify)
@@ -495,7 +497,7 @@ def test_the_same_event_after_a_restart_creates_nothing_and_sends_nothing(
     sub.deliver(created)  # replayed to the bus by an operator
     sub.catch_up()
     assert app.on_accounts_event(created) == []  # even past the tracking: the email exists
-    assert notify.extras["mailer"].send_due() == 0
+    assert notify.loop(Mailer).send_due() == 0
 
     assert app.max_position() == positions
     assert len(stack.files()) == 1
@@ -508,7 +510,7 @@ def test_a_rebuilt_emails_view_sends_nothing_again(stack: NotifyStack) -> None:
     sent, waiting = master_account_created(1), master_account_created(2, "zoe@example.com")
     sub = subscribe(notify, AccountsLog([sent]))
     sub.catch_up()
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
     sub.read_log = AccountsLog([sent, waiting])
     sub.catch_up()
     before = app.list_emails({})
@@ -517,7 +519,7 @@ def test_a_rebuilt_emails_view_sends_nothing_again(stack: NotifyStack) -> None:
 
     assert app.list_emails({}) == before
     assert app.pending() == [activation_id(waiting)]
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
     assert len(stack.files()) == 2
 
 
@@ -530,7 +532,7 @@ def test_accounts_without_email_and_other_events_send_nothing(stack: NotifyStack
 
     sub.catch_up()
 
-    assert notify.extras["mailer"].send_due() == 0
+    assert notify.loop(Mailer).send_due() == 0
     # The reset is not handed to the policy; its position is recorded with the batch's unit.
     assert notify.app.tracked_position("accounts") == 2
     assert app_of(notify).list_emails({})["total"] == 0
@@ -553,10 +555,10 @@ def test_smtp_resends_after_a_crash_with_the_same_message_id(stack: NotifyStack,
     subscribe(notify, AccountsLog([created])).deliver(created)
     email_id = activation_id(created)
     with pytest.raises(ProcessKilled):
-        notify.extras["mailer"].send_due()
+        notify.loop(Mailer).send_due()
 
     notify = stack.restart(notify)  # bootstrap picks SMTP: a host is configured
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
 
     first, second = smtp.parsed()  # at least once over SMTP ...
     assert first["Message-ID"] == second["Message-ID"] == f"<{email_id}@smartplus.local>"
@@ -566,7 +568,7 @@ def test_smtp_resends_after_a_crash_with_the_same_message_id(stack: NotifyStack,
     app = app_of(notify)
     assert app.email(email_id).transport == "smtp"
     assert event_types(app, email_id) == ["EmailQueued", "EmailSent"]
-    assert notify.extras["mailer"].send_due() == 0
+    assert notify.loop(Mailer).send_due() == 0
     assert len(smtp.messages) == 2
     assert stack.files() == []  # nothing went to the mail folder
 
@@ -609,7 +611,7 @@ def test_a_recipient_the_server_refuses_is_given_up(stack: NotifyStack, smtp: Sm
     email_id = activation_id(created)
     smtp.rcpt_replies.append("550 5.1.1 no such user")
 
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
 
     given_up = app.email(email_id)
     assert (given_up.status, given_up.attempts, given_up.retry_at) == ("failed", 1, None)
@@ -623,7 +625,7 @@ def test_credentials_never_travel_without_tls(stack: NotifyStack, smtp: SmtpSink
     created = master_account_created()
     subscribe(notify, AccountsLog([created])).deliver(created)
 
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
 
     assert "AUTH" not in smtp.commands  # the sink offers no STARTTLS, so no login either
     assert smtp.messages == []
@@ -659,7 +661,7 @@ def test_a_retrying_activation_email_of_a_closed_account_is_never_sent(
     for envelope in log.envelopes:
         subscribe(notify, log).deliver(envelope)
         assert app.on_accounts_event(envelope) == []  # even past the tracking
-    assert notify.extras["mailer"].send_due() == 0
+    assert notify.loop(Mailer).send_due() == 0
     cancelled = app.email(email_id)
     assert (cancelled.status, cancelled.cancel_reason) == ("cancelled", ACCOUNT_CLOSED)
     assert event_types(app, email_id) == ["EmailQueued", "EmailFailed", "EmailCancelled"]
@@ -687,7 +689,7 @@ def test_a_close_cancels_an_email_queued_before_emails_named_their_account(
 
     assert app.email(older.id).status == "cancelled"
     assert app.pending() == [activation_id(other)]
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
     assert stack.files() == [f"{activation_id(other)}.eml"]
 
 
@@ -725,7 +727,7 @@ def test_a_batch_of_accounts_events_is_one_transaction_and_a_close_in_it_still_c
     subscribe(notify, log).deliver_many(log.envelopes)  # and into a new process
 
     assert app_of(notify).max_position() == stored
-    assert notify.extras["mailer"].send_due() == 1
+    assert notify.loop(Mailer).send_due() == 1
     assert stack.files() == [f"{activation_id(zoe)}.eml"]
 
 

@@ -24,9 +24,10 @@ from concierge import context, green
 from concierge.config import Settings
 from concierge.database import projection_tracking, service_engine
 from concierge.projection import advisory_key
-from concierge.runtime import assemble, rebuild
+from concierge.rebuild import rebuild
+from concierge.subscription import projection_handlers
+from services.topology.declaration import CONTEXT as TOPOLOGY
 from services.topology.projections import apartments
-from services.topology.service import wiring as topology_wiring
 from tests.support.harness import ROOT, eventually, free_port
 from tests.support.toy import CountersView, counters
 
@@ -321,7 +322,7 @@ def test_prepared_statements_of_a_live_connection_read_the_old_tables_then_the_n
     """psycopg prepares a statement run five times on a connection; PostgreSQL plans it again
     for the tables swapped in under the same name. Meanwhile it reads the old ones, whole."""
     settings = Settings(data_dir=data_dir, database_url=postgres_url, schema_prefix=schema_prefix)
-    live = opened(assemble(topology_wiring(settings), read_remote=no_remote))
+    live = opened(TOPOLOGY.wire(settings, read_remote=no_remote))
     with context.acting({"actor": "installer:test", "installer_id": str(uuid.uuid4()),
                          "role": "installer"}):
         community = live.app.create_community({"name": "C", "feature_plan": "premium",
@@ -344,7 +345,7 @@ def test_prepared_statements_of_a_live_connection_read_the_old_tables_then_the_n
             assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
             conn.commit()
 
-            operator = opened(assemble(topology_wiring(settings), read_remote=no_remote))
+            operator = opened(TOPOLOGY.wire(settings, read_remote=no_remote))
             job = green.spawn(rebuild, operator)
             while not job.dead:
                 seen.append(conn.execute(count).scalar())
@@ -367,7 +368,7 @@ def test_on_sqlite_a_projection_reads_its_position_under_the_write_lock(data_dir
     try:
         model = CountersView()
         model.create(engine)
-        [(_, handler)] = model.projection_handlers(engine).items()
+        [(_, handler)] = projection_handlers(model, engine).items()
         stream = str(uuid.uuid4())
         events = [{"type": "CounterCreated", "source": "ledger", "position": 1,
                    "stream_id": stream, "data": {"name": "lobby"}}]

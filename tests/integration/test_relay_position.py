@@ -13,8 +13,9 @@ import pytest
 
 from concierge.bus import exchange_name, make_publisher
 from concierge.config import Settings
+from concierge.locks import leader_lock
 from concierge.relay import OutboxRelay
-from concierge.runtime import Wiring, leader_lock, open_store
+from concierge.runtime import Wiring, open_store
 from tests.support.toy import LedgerApp
 
 

@@ -114,12 +114,12 @@ def test_identical_creates_on_two_replicas_make_one_apartment_and_real_conflicts
 @pytest.fixture
 def two_wirings(postgres_url: str, data_dir: Path, schema_prefix: str) -> Iterator[Any]:
     from concierge.config import Settings
-    from services.topology.service import bootstrap
+    from services.topology.declaration import CONTEXT
 
     settings = Settings(data_dir=data_dir, database_url=postgres_url,
                         schema_prefix=schema_prefix)
-    one = bootstrap(settings)
-    two = bootstrap(settings)
+    one = CONTEXT.wire(settings)
+    two = CONTEXT.wire(settings)
     yield one, two
     one.close()
     two.close()

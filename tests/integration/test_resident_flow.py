@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from concierge.runtime import SourceUnavailable, rebuild
+from concierge.rebuild import SourceUnavailable, rebuild
+from services.accounts.declaration import CONTEXT as ACCOUNTS
 from services.accounts.domain import MasterAccount
 from services.accounts.service import AccountsService
-from services.accounts.service import bootstrap as accounts_bootstrap
 from services.notify.service import NotifyService
+from services.topology.declaration import CONTEXT as TOPOLOGY
 from services.topology.service import TopologyService
-from services.topology.service import bootstrap as topology_bootstrap
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ROOT, ServiceProcess, eventually, settings_env
 
@@ -106,13 +106,13 @@ def test_the_same_events_delivered_twice_create_one_account_and_one_email(
                       for i in range(5)]
         eventually(lambda: len(mails(settings)) == 5)
         # An operator replays topology's whole stream, and accounts' too: every event again.
-        assert opened(topology_bootstrap(settings)).relay.replay(0) > 0
-        assert opened(accounts_bootstrap(settings)).relay.replay(0) > 0
+        assert opened(TOPOLOGY.wire(settings)).relay.replay(0) > 0
+        assert opened(ACCOUNTS.wire(settings)).relay.replay(0) > 0
         marker = add_resident(rpc, ctx, building, "999", "marker@example.org")
         eventually(lambda: len(mails(settings)) == 6)
         eventually(lambda: status_of(rpc, ctx, marker) == "unregistered")
         assert all(status_of(rpc, ctx, a) == "unregistered" for a in apartments)
-    accounts = opened(accounts_bootstrap(settings))
+    accounts = opened(ACCOUNTS.wire(settings))
     created = [r for r in accounts.app.iter_log() if r.type == "MasterAccountCreated"]
     assert len(created) == 6
     assert len(mails(settings)) == 6
@@ -144,7 +144,7 @@ def test_accounts_killed_mid_stream_ends_in_the_same_state(
             eventually(lambda: len(mails(settings)) == 60, timeout=120)
     finally:
         accounts.stop()
-    store = opened(accounts_bootstrap(settings))
+    store = opened(ACCOUNTS.wire(settings))
     created = [r for r in store.app.iter_log() if r.type == "MasterAccountCreated"]
     assert len(created) == 60
     assert len({r.stream_id for r in created}) == 60
@@ -172,7 +172,7 @@ def test_apartment_reset_reaches_accounts_and_sends_no_email(
         history = rpc.topology.apartment_history(ctx, apartment, {"per_page": 100})["items"]
         assert [h["type"] for h in history][-1] == "ApartmentReset"
         assert history[-1]["actor"] == "installer:luna"
-    store = opened(accounts_bootstrap(settings))
+    store = opened(ACCOUNTS.wire(settings))
     assert [r.type for r in store.app.iter_log()].count("MasterAccountReset") == 1
     assert len(mails(settings)) == 1  # nobody is emailed about a reset
 
@@ -187,8 +187,8 @@ def community_of(rpc: Any, ctx: dict[str, Any], building: str) -> str:
 
 def replay_everything(settings: Any, opened: Any) -> None:
     """An operator re-publishes topology's and accounts' whole logs: every event a second time."""
-    assert opened(topology_bootstrap(settings)).relay.replay(0) > 0
-    assert opened(accounts_bootstrap(settings)).relay.replay(0) > 0
+    assert opened(TOPOLOGY.wire(settings)).relay.replay(0) > 0
+    assert opened(ACCOUNTS.wire(settings)).relay.replay(0) > 0
 
 
 @pytest.mark.parametrize("kind", BROKER_STACKS)
@@ -203,7 +203,7 @@ def test_a_deleted_apartment_closes_its_master_account_once(
         kept = add_resident(rpc, ctx, building, "402")
         eventually(lambda: status_of(rpc, ctx, apartment) == "unregistered")
         # A family member joins the account (accounts has no entrypoint for it yet).
-        operator = opened(accounts_bootstrap(settings))
+        operator = opened(ACCOUNTS.wire(settings))
         account = operator.app.repository.get(MasterAccount.id_for_apartment(apartment))
         account.add_family_member("fm-1")
         operator.app.record(account)
@@ -226,7 +226,7 @@ def test_a_deleted_apartment_closes_its_master_account_once(
         assert sorted(item["number"] for item in page["items"]) == ["402", "999"]
         assert rpc.topology.dashboard(ctx)["app_accounts"] == {"registered": 0,
                                                                "unregistered": 2}
-    store = opened(accounts_bootstrap(settings))
+    store = opened(ACCOUNTS.wire(settings))
     closed = [r for r in store.app.iter_log() if r.type == "MasterAccountClosed"]
     assert [r.stream_id for r in closed] == [str(MasterAccount.id_for_apartment(apartment))]
     assert closed[0].state["removed_family_member_ids"] == ["fm-1"]
@@ -259,7 +259,7 @@ def test_an_email_added_later_gets_one_activation_email(
         # Still unregistered: another address gets its own activation email.
         edit({"email": "later@example.org"})
         eventually(lambda: len(mails(settings)) == 3)
-    store = opened(accounts_bootstrap(settings))
+    store = opened(ACCOUNTS.wire(settings))
     changes = [r.type for r in store.app.iter_log() if r.type == "MasterAccountContactChanged"]
     assert len(changes) == 3
     assert recipients(settings) == ["late@example.org", "later@example.org",
@@ -281,7 +281,7 @@ def test_topology_read_models_rebuild_to_the_same_rows(
             ctx, community, {"per_page": 100})["items"]))
         before = rpc.topology.list_residents(ctx, community, {"per_page": 100})
         dashboard = rpc.topology.dashboard(ctx)
-        operator = opened(topology_bootstrap(settings))
+        operator = opened(TOPOLOGY.wire(settings))
         assert rebuild(operator) > 0
         assert rpc.topology.list_residents(ctx, community, {"per_page": 100}) == before
         assert rpc.topology.dashboard(ctx) == dashboard
@@ -307,7 +307,7 @@ def test_a_rebuild_without_accounts_says_so_and_a_second_one_finishes(
         services.stop("accounts")
 
         with pytest.raises(SourceUnavailable) as raised:
-            rebuild(opened(topology_bootstrap(settings)))
+            rebuild(opened(TOPOLOGY.wire(settings)))
         assert raised.value.source == "accounts"
         concierge = str(Path(sys.executable).with_name("concierge"))
         done = subprocess.run([concierge, "rebuild", "topology"], env=settings_env(settings),
@@ -318,5 +318,5 @@ def test_a_rebuild_without_accounts_says_so_and_a_second_one_finishes(
         assert "Traceback" not in done.stderr
 
         services.start(AccountsService)
-        assert rebuild(opened(topology_bootstrap(settings))) > 0
+        assert rebuild(opened(TOPOLOGY.wire(settings))) > 0
         assert rpc.topology.list_residents(ctx, community, {"per_page": 100}) == before

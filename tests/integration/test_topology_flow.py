@@ -14,7 +14,7 @@ import pytest
 from nameko.rpc import rpc
 
 from concierge.bus import make_publisher
-from concierge.runtime import rebuild
+from concierge.rebuild import rebuild
 from contracts.errors import Forbidden, Invalid, NotFound
 from services.topology.service import TopologyService
 from tests.service.test_topology_service import AccountsLog, read_model_rows

@@ -17,9 +17,10 @@ from nameko.testing.services import worker_factory
 from sqlalchemy import select
 
 from concierge.config import Settings
-from concierge.runtime import Wiring, assemble, rebuild
+from concierge.rebuild import rebuild
+from concierge.runtime import Wiring
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound
-from services.topology import service as topology
+from services.topology.declaration import CONTEXT as TOPOLOGY
 from services.topology.service import TopologyService
 
 LUNA = str(uuid.uuid4())
@@ -103,7 +104,7 @@ def wiring(request: pytest.FixtureRequest, tmp_path: Path, store: str, schema_pr
     database = request.getfixturevalue("postgres_url") if store == "postgres" else ""
     settings = Settings(data_dir=tmp_path / "var", database_url=database,
                         schema_prefix=schema_prefix)
-    wired = assemble(topology.wiring(settings), read_remote=accounts.read)
+    wired = TOPOLOGY.wire(settings, read_remote=accounts.read)
     yield wired
     wired.close()
 
@@ -195,7 +196,7 @@ def test_a_community_holding_buildings_is_not_deleted(svc: TopologyService) -> N
 def test_two_replicas_adding_the_same_apt_number_at_once_never_both_win(
         svc: TopologyService, wiring: Wiring, accounts: AccountsLog) -> None:
     community, building, _apartment = a_site(svc)
-    replica = assemble(topology.wiring(wiring.settings), read_remote=accounts.read)
+    replica = TOPOLOGY.wire(wiring.settings, read_remote=accounts.read)
     other = worker_factory(TopologyService, runtime=replica)
     save = replica.app._record
 

@@ -1,4 +1,5 @@
-"""A two-service toy used to prove the chassis guarantees without any real context.
+"""A two-service toy used to prove the chassis guarantees without any real context; the
+smallest complete example of a context's declaration (docs/new-context.md).
 
 `ledger` records counter increments; `tally` reacts to them (an event-sourced policy with
 tracking) and keeps a read model of ledger events (a projection with tracking). Run one service in
@@ -7,6 +8,7 @@ its own process with `python -m concierge.serve tests.support.toy:TallyService` 
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -16,11 +18,11 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select
 
 from concierge import context, green
 from concierge.config import Settings
+from concierge.contexts import BoundedContext, Policy
 from concierge.projection import ReadModel, Rows
 from concierge.rpc import rpc
-from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.runtime import Runtime, ServiceBase, Wiring
 from concierge.store import ServiceApplication
-from concierge.subscription import ProcessHandler
 
 NS = uuid.UUID("0b7f1f7e-0000-4000-8000-000000000001")
 
@@ -130,20 +132,28 @@ class CountersView(ReadModel):
                     increments=row["increments"] + 1)
 
 
+LEDGER = BoundedContext(
+    name="ledger",
+    service="tests.support.toy:LedgerService",
+    application=LedgerApp,
+)
+TALLY = BoundedContext(
+    name="tally",
+    service="tests.support.toy:TallyService",
+    application=TallyApp,
+    read_models=lambda app: [CountersView()],
+    policies=[Policy("ledger", {"CounterCreated", "CounterIncremented"}, "on_ledger_event")],
+)
+
+
 def bootstrap_ledger(settings: Settings, service: str = "ledger") -> Wiring:
     """The ledger's wiring; another `service` name gives a ledger with its own store and
     exchange (the relay benchmark's, which no test queue is bound to)."""
-    app, engine = open_store(service, settings, LedgerApp)
-    return assemble(Wiring(service, settings, app, engine))
+    return dataclasses.replace(LEDGER, name=service).wire(settings)
 
 
 def bootstrap_tally(settings: Settings) -> Wiring:
-    app, engine = open_store("tally", settings, TallyApp)
-    handler = ProcessHandler("tally", app, {"CounterCreated", "CounterIncremented"},
-                             app.on_ledger_event)
-    wiring = Wiring("tally", settings, app, engine, read_models=[CountersView()],
-                    policies=[("ledger", handler)])
-    return assemble(wiring)
+    return TALLY.wire(settings)
 
 
 SLOW_COMMANDS_STARTED: list[int] = []
@@ -151,7 +161,7 @@ SLOW_COMMANDS_STARTED: list[int] = []
 
 class LedgerService(ServiceBase):
     name = "ledger"
-    runtime = Runtime(bootstrap_ledger)
+    runtime = Runtime(LEDGER.wire)
 
     @rpc
     def create(self, name: str) -> str:
@@ -185,7 +195,7 @@ class LedgerService(ServiceBase):
 
 class TallyService(ServiceBase):
     name = "tally"
-    runtime = Runtime(bootstrap_tally)
+    runtime = Runtime(TALLY.wire)
 
     @rpc
     def total(self, counter_id: str) -> dict[str, Any]:

@@ -15,14 +15,14 @@ import pytest
 
 from concierge import context
 from concierge.config import Settings
-from concierge.database import service_engine
-from concierge.runtime import Wiring, rebuild
-from concierge.store import store_env
+from concierge.rebuild import rebuild
+from concierge.runtime import Wiring
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
 from services.accounts.application import LOGIN_FAILED, AccountsApplication
+from services.accounts.declaration import CONTEXT as ACCOUNTS
+from services.accounts.declaration import credentials_from_env, parse_bootstrap_distributor
 from services.accounts.domain import MAX_SESSIONS, PortalAccount
 from services.accounts.security import Credentials
-from services.accounts.service import credentials_from_env, parse_bootstrap_distributor, wire
 
 CREDENTIALS = Credentials.cheap()
 TTL = timedelta(hours=8)
@@ -42,9 +42,7 @@ class Clock:
 
 def open_accounts(data_dir: Path, clock: Clock, **settings: Any) -> Wiring:
     config = Settings(data_dir=data_dir, **settings)
-    app = AccountsApplication(env=store_env("accounts", config), credentials=CREDENTIALS,
-                              token_ttl=TTL, clock=clock)
-    return wire(app, service_engine("accounts", config), config)
+    return ACCOUNTS.wire(config, credentials=CREDENTIALS, token_ttl=TTL, clock=clock)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 
 from concierge.envelope import build, event_id
-from concierge.store import StoredRecord
+from concierge.records import StoredRecord
 from contracts.envelope import validate_envelope
 
 

@@ -17,7 +17,8 @@ from eventsourcing.persistence import IntegrityError
 
 from concierge import context, green
 from concierge.config import Settings
-from concierge.store import COMMIT_ATTEMPTS, META_KEY, store_env
+from concierge.records import META_KEY
+from concierge.store import COMMIT_ATTEMPTS, store_env
 from contracts.errors import Conflict
 from services.topology.application import TopologyApplication
 

@@ -16,12 +16,10 @@ from eventlet import patcher
 
 from concierge import green
 from concierge.config import Settings
-from concierge.database import service_engine
-from concierge.store import store_env
 from contracts.errors import Busy, Unauthorized
 from services.accounts.application import AccountsApplication
+from services.accounts.declaration import CONTEXT as ACCOUNTS
 from services.accounts.security import Credentials
-from services.accounts.service import wire
 
 real_sleep = patcher.original("time").sleep
 RealLock = patcher.original("threading").Lock
@@ -106,9 +104,9 @@ class CountingHasher(PasswordHasher):
 def test_an_unknown_username_costs_one_check_like_a_known_one(tmp_path: Path) -> None:
     hasher = CountingHasher()
     config = Settings(data_dir=tmp_path, bootstrap_distributor="root:root-password")
-    app = AccountsApplication(env=store_env("accounts", config),
-                              credentials=Credentials(hasher))
-    wiring = wire(app, service_engine("accounts", config), config)
+    wiring = ACCOUNTS.wire(config, credentials=Credentials(hasher))
+    app = wiring.app
+    assert isinstance(app, AccountsApplication)
     try:
         hasher.hashed, hasher.verified = 0, []
         with pytest.raises(Unauthorized):

@@ -1,0 +1,54 @@
+"""Notify's declaration: emails (and, later, device pushes) for what happens elsewhere.
+
+Which mail transport is used is decided here and nowhere else: SMTP when `CONCIERGE_SMTP_HOST`
+is set, the local mail folder (`<data dir>/mail`) otherwise.
+"""
+
+from __future__ import annotations
+
+from concierge.config import Settings
+from concierge.contexts import BoundedContext, Policy
+from concierge.locks import leader_lock
+from concierge.runtime import Wiring
+from contracts.notify import EVENT_SCHEMAS
+from services.notify.application import ACCOUNTS_EVENTS, NotifyApplication
+from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
+
+
+def mail_sender(settings: Settings) -> MailSender:
+    if settings.smtp_host:
+        return SmtpSender(settings)
+    return MailFolderSender(settings.data_dir / "mail")
+
+
+def start_mailer(wiring: Wiring) -> None:
+    """One mailer at a time across the replicas sends what the emails view says is due; it
+    runs after the chassis has wired the view, so its wake-up follows the view's catch-up."""
+    app = wiring.app
+    assert isinstance(app, NotifyApplication) and app.sender is not None
+    settings = wiring.settings
+    wiring.add_loop(Mailer(app, app.sender, leader_lock("notify", settings, wiring.engine,
+                                                        "mailer"),
+                           settings.mail_from, refresh=wiring.catch_up_local,
+                           idle_seconds=settings.relay_idle_seconds))
+
+
+def describe(settings: Settings) -> str:
+    if settings.smtp_host:
+        return f"mail by SMTP to {settings.smtp_host}:{settings.smtp_port}"
+    return f"mail written to {(settings.data_dir / 'mail').resolve()}"
+
+
+CONTEXT = BoundedContext(
+    name="notify",
+    service="services.notify.service:NotifyService",
+    application=NotifyApplication,
+    options=lambda settings: {"sender": mail_sender(settings)},
+    read_models=lambda app: [app.emails],
+    # A close reads the emails view, which shows nothing of a unit not yet recorded: alone.
+    policies=[Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",
+                     alone={"MasterAccountClosed"}, lookups="lookups")],
+    event_schemas=EVENT_SCHEMAS,
+    started=[start_mailer],
+    describe=describe,
+)
