@@ -38,7 +38,9 @@ class Policy:
     `handler` names the application's method that turns one event into the aggregates to
     record; `alone`, the event types it must see applied one transaction at a time (it reads a
     read model, which a unit of work in progress does not show); `lookups`, the application's
-    method naming the aggregates a run of events will load, so one query loads them all.
+    method naming the aggregates a run of events will load, so one query loads them all;
+    `schemas`, per event type, the contract schema the chassis loads its `data` with before
+    `lookups` and `handler` see it (once per event; one that breaks it is logged and skipped).
     """
 
     source: str
@@ -46,11 +48,13 @@ class Policy:
     handler: str
     alone: Collection[str] = ()
     lookups: str | None = None
+    schemas: Mapping[str, Any] | None = None
 
     def bind(self, context: str, app: ServiceApplication) -> ProcessHandler:
         return ProcessHandler(context, app, set(self.events), getattr(app, self.handler),
                               alone=frozenset(self.alone),
-                              lookups=getattr(app, self.lookups) if self.lookups else None)
+                              lookups=getattr(app, self.lookups) if self.lookups else None,
+                              schemas=self.schemas)
 
 
 def _no_read_models(app: Any) -> Sequence[ReadModel]:

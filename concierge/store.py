@@ -600,6 +600,19 @@ class ServiceApplication(Application):
                 found[aggregate_id] = aggregate
         return found
 
+    def load_related(self, item_id: UUID | None, *attributes: str) -> None:
+        """Say, before loading `item_id`, that the aggregates it names in `attributes` (ids
+        set for good: an apartment's building and community) are loaded with it: when it is
+        cached, they are all brought up to date in one query (`load_together`) instead of
+        one each. Nothing happens otherwise; the loads that follow find what they find."""
+        if item_id is None:
+            return
+        repository: UnitRepository = self.repository  # type: ignore[assignment]
+        item = repository.cached(item_id)
+        if item is not None:
+            named = (getattr(item, name, None) for name in attributes)
+            self.load_together([item_id, *(i for i in named if isinstance(i, UUID))])
+
     def load_together(self, ids: Sequence[UUID]) -> None:
         """Bring the cached aggregates among `ids` up to date with one query, into the current
         unit of work, where the repository would ask once for each (a command on an apartment

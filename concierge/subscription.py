@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from eventsourcing.persistence import IntegrityError, Tracking
+from marshmallow import ValidationError
 from sqlalchemy import and_, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 
@@ -215,6 +216,11 @@ class Subscription:
         self._position = int(message["position"])
 
 
+# The type an event whose data breaks its contract is handed on as: no policy is interested in
+# it, so it only carries its position past the policy.
+_BROKEN = "concierge.broken-contract"
+
+
 class ProcessHandler:
     """A policy that turns a source's event into this service's events, tracked atomically.
 
@@ -226,18 +232,44 @@ class ProcessHandler:
     def __init__(self, name: str, app: ServiceApplication, types: set[str],
                  policy: Callable[[Envelope], list[Any]],
                  alone: set[str] | frozenset[str] = frozenset(),
-                 lookups: Callable[[list[Envelope]], list[Any]] | None = None) -> None:
+                 lookups: Callable[[list[Envelope]], list[Any]] | None = None,
+                 schemas: Mapping[str, Any] | None = None) -> None:
         """`alone`: event types whose policy reads something a unit of work does not show
         (a read model), so each is applied in a transaction of its own, after what precedes
         it has committed. `lookups(envelopes)`: the aggregate ids the policy will look for,
-        checked in one query per unit."""
+        checked in one query per unit. `schemas`: per event type, the contract schema its
+        `data` is loaded with, once per event, before `lookups` and the policy see it; an
+        event whose data breaks its contract is logged and skipped (a producer's bug must
+        not hold back every later event)."""
         self.name = name
         self.app = app
         self.types = types
         self.policy = policy
         self.alone = alone
         self.lookups = lookups
+        self.schemas = {kind: schema() if isinstance(schema, type) else schema
+                        for kind, schema in (schemas or {}).items()}
         self.units = 0
+
+    def _loaded(self, envelopes: list[Envelope]) -> list[Envelope]:
+        """The envelopes with their `data` loaded through its contract schema (copies), those
+        whose data breaks it left out."""
+        if not self.schemas:
+            return envelopes
+        loaded = []
+        for envelope in envelopes:
+            schema = self.schemas.get(envelope["type"])
+            if schema is None:
+                loaded.append(envelope)
+                continue
+            try:
+                loaded.append({**envelope, "data": schema.load(envelope["data"])})
+            except ValidationError as exc:
+                log.error("%s: %s %s of %s breaks its contract (%s); skipped", self.name,
+                          envelope["type"], envelope.get("event_id"), envelope.get("source"),
+                          exc.messages)
+                loaded.append({**envelope, "type": _BROKEN})
+        return loaded
 
     def apply_batch(self, envelopes: list[Envelope], conn: Any = None) -> int:
         """A run of the source's events past our position, in order: applied in as few units
@@ -250,11 +282,11 @@ class ProcessHandler:
         assert conn is None, "a policy records in its own store, not in a read model's"
         applied = 0
         group: list[Envelope] = []
-        for envelope in envelopes:
+        for envelope in self._loaded(envelopes):
             if envelope["type"] in self.alone:
                 applied += self._apply_group(group)
                 group = []
-                applied += self.apply(envelope) if self.interested(envelope["type"]) else 0
+                applied += self._apply_one(envelope) if self.interested(envelope["type"]) else 0
             else:
                 group.append(envelope)
         return applied + self._apply_group(group)
@@ -264,7 +296,7 @@ class ProcessHandler:
             return 0
         if len(envelopes) == 1:
             envelope = envelopes[0]
-            return 1 if self.interested(envelope["type"]) and self.apply(envelope) else 0
+            return 1 if self.interested(envelope["type"]) and self._apply_one(envelope) else 0
         source, last = envelopes[0]["source"], int(envelopes[-1]["position"])
         parts = [(context.CallContext.from_dict(self._context(envelope)),
                   self._part(envelope)) for envelope in envelopes]
@@ -275,7 +307,7 @@ class ProcessHandler:
         except Exception as exc:
             log.info("%s applies %d events of %s one by one (%s: %s)", self.name,
                      len(envelopes), source, type(exc).__name__, exc)
-            return sum(1 for envelope in envelopes if self.apply(envelope))
+            return sum(1 for envelope in envelopes if self._apply_one(envelope))
         self.units += 1
         return sum(1 for envelope in envelopes if self.interested(envelope["type"]))
 
@@ -299,6 +331,10 @@ class ProcessHandler:
         return self.app.tracked_position(source)
 
     def apply(self, envelope: Envelope) -> bool:
+        """One event of the source, applied alone (with its tracking position)."""
+        return self._apply_one(self._loaded([envelope])[0])
+
+    def _apply_one(self, envelope: Envelope) -> bool:
         source, position = envelope["source"], int(envelope["position"])
         tracking = Tracking(source, position)
         # No read of the tracked position first: the subscription only hands over events

@@ -17,7 +17,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -38,7 +38,6 @@ from concierge.database import projection_tracking
 from concierge.projection import ReadModel, Rows
 from concierge.records import META_KEY
 from concierge.store import ServiceApplication
-from contracts import load
 from contracts.accounts import (
     MasterAccountClosedSchema,
     MasterAccountContactChangedSchema,
@@ -113,57 +112,34 @@ class NotifyApplication(ServiceApplication):
         self.emails = EmailsView(engine) if engine is not None else None
         # Email id -> correlation id of its cause, for the mailer's events (oldest dropped).
         self._correlations: dict[str, str] = {}
-        # What `lookups` loaded for the unit it serves, by envelope: (its data, loaded).
-        self._loaded: dict[int, tuple[Any, dict[str, Any]]] = {}
 
     # -- policies ----------------------------------------------------------------------------
     def on_accounts_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
         """The activation email a master account's event asks for, queued once: one per account,
         reset and address (the rule is `activation_due`); or, when the account is closed, its
-        activation emails still pending, cancelled."""
-        kind = envelope.get("type")
-        schema = ACCOUNTS_EVENTS.get(str(kind))
-        if schema is None:
-            return []
-        try:
-            data = self._loaded_data(schema, envelope)
-        except ValidationError as exc:
-            # A producer bug; holding back every later email behind it would be worse.
-            log.error("%s %s breaks its contract (%s); ignored",
-                      kind, envelope.get("event_id"), exc.messages)
-            return []
-        if kind == "MasterAccountClosed":
+        activation emails still pending, cancelled. Its `data` arrives loaded through its
+        contract schema (`ACCOUNTS_EVENTS`, by the chassis)."""
+        if envelope["type"] == "MasterAccountClosed":
             return self._cancel_activation(envelope)
-        return self._queue_activation(envelope, data)
+        return self._queue_activation(envelope, envelope["data"])
 
     def lookups(self, envelopes: list[dict[str, Any]]) -> list[UUID]:
         """The email ids `on_accounts_event` will look for in these events (one query for a
         whole batch instead of two per event)."""
         ids = []
-        self._loaded = {}
         for envelope in envelopes:
             kind = str(envelope.get("type"))
             if kind not in ("MasterAccountCreated", "MasterAccountContactChanged"):
                 continue
             try:
-                data = load(ACCOUNTS_EVENTS[kind], envelope["data"])
-                self._loaded[id(envelope)] = (envelope["data"], data)
-                key = activation_due(kind, envelope["stream_id"], data)
-            except (ValidationError, KeyError, ValueError):
+                key = activation_due(kind, envelope["stream_id"], envelope["data"])
+            except (KeyError, ValueError):
                 continue
             if key is not None:
                 ids.append(Email.create_id(envelope["event_id"], ACTIVATION, key))
             if kind == "MasterAccountCreated":
                 ids.append(Email.create_id(envelope["event_id"], ACTIVATION))
         return ids
-
-    def _loaded_data(self, schema: Any, envelope: dict[str, Any]) -> dict[str, Any]:
-        """The event's data loaded with its schema: as `lookups` loaded it for the same unit
-        (one marshmallow load per event, not two), else loaded now."""
-        known = self._loaded.pop(id(envelope), None)
-        if known is not None and known[0] is envelope["data"]:
-            return known[1]
-        return load(schema, envelope["data"])
 
     def _queue_activation(self, envelope: dict[str, Any], data: dict[str, Any]) -> list[Aggregate]:
         kind = str(envelope["type"])

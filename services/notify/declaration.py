@@ -45,9 +45,10 @@ CONTEXT = BoundedContext(
     application=NotifyApplication,
     options=lambda settings: {"sender": mail_sender(settings)},
     read_models=lambda app: [app.emails],
-    # A close reads the emails view, which shows nothing of a unit not yet recorded: alone.
+    # Their data loaded through these schemas. A close reads the emails view, which shows
+    # nothing of a unit not yet recorded: alone.
     policies=[Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",
-                     alone={"MasterAccountClosed"}, lookups="lookups")],
+                     alone={"MasterAccountClosed"}, lookups="lookups", schemas=ACCOUNTS_EVENTS)],
     event_schemas=EVENT_SCHEMAS,
     started=[start_mailer],
     describe=describe,

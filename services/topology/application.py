@@ -19,7 +19,6 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
-from concierge.unit import UnitRepository
 from contracts.errors import Forbidden, Invalid, NotFound
 from contracts.topology import EVENT_SCHEMAS
 from services.topology.domain import Apartment, Building, Community
@@ -100,26 +99,13 @@ class TopologyApplication(ServiceApplication):
             raise missing
         return aggregate
 
-    def _load_together(self, item_id: Any, *above: str) -> None:
-        """When `item_id` is cached, fast-forward it and the aggregates it names in its
-        attributes `above` (set for good: an apartment's building and community) with one
-        query instead of one each."""
-        repository: UnitRepository = self.repository  # type: ignore[assignment]
-        uid = _as_uuid(item_id)
-        if uid is None:
-            return  # `_load` says not found
-        item = repository.cached(uid)
-        if item is not None:
-            named = (getattr(item, name, None) for name in above)
-            self.load_together([uid, *(i for i in named if isinstance(i, UUID))])
-
     def _building_and_community(self, building_id: Any) -> tuple[Building, Community]:
-        self._load_together(building_id, "community_id")
+        self.load_related(_as_uuid(building_id), "community_id")
         building = self._load(Building, building_id)
         return building, self._load(Community, building.community_id)
 
     def _apartment_tree(self, apartment_id: Any) -> tuple[Apartment, Building, Community]:
-        self._load_together(apartment_id, "building_id", "community_id")
+        self.load_related(_as_uuid(apartment_id), "building_id", "community_id")
         apartment = self._load(Apartment, apartment_id)
         building, community = self._building_and_community(apartment.building_id)
         return apartment, building, community
