@@ -498,18 +498,13 @@ class ServiceApplication(Application):
                                           topic=s.topic, state=s.state))
             for event, s, nid in zip(events, stored, ids, strict=True)
         ]
-        # A projection that looks an aggregate up (accounts' sessions do) must see it as
-        # this commit leaves it, not as the store holds it until the commit.
-        repository: UnitRepository = self.repository  # type: ignore[assignment]
-        outer, repository.unit = repository.unit, UnitOfWork(
-            aggregates=dict(processing_event.aggregates))
+        # Projections read the events, never the write model (which still holds what the
+        # store held before this commit).
         records = [self.decode(r.notification) for r in recordings]
         try:
             project(conn, records)
         except Exception as exc:
             raise _ProjectionFailed from exc
-        finally:
-            repository.unit = outer
         self._decoded.projected = records
         return recordings
 

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
 from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.engine import Engine
 
 from concierge.projection import ProjectFn, ReadModel, Rows
-from concierge.store import ServiceApplication
 from concierge.subscription import Envelope
+from services.accounts.domain import INSTALLER
 
 SOURCE = "accounts"
 
@@ -30,6 +28,13 @@ sessions = Table(
     Column("installer_id", String(36), nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("closed", Boolean, nullable=False),
+)
+
+session_owners = Table(
+    "session_owners", sessions_metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("username", String(64), nullable=False),
 )
 
 portal_metadata = MetaData()
@@ -67,39 +72,40 @@ def _instant(value: datetime | str) -> datetime:
 class SessionsView(ReadModel):
     """Open and closed sessions by token digest, so `authenticate` is one primary-key read.
 
-    Published events leave the token digest out (it is private), and own read models get the
-    published data; so each session event syncs the account's rows from the aggregate itself.
-    Syncing to the latest state converges on rebuild too: the last event of a stream syncs last.
+    Own read models see every attribute of the service's events, private ones included (they
+    never leave it): the token digests of SessionOpened and SessionClosed, and, from
+    PortalAccountCreated, who each account is (`session_owners`). A login beyond the session
+    limit records the oldest session's SessionClosed before its own SessionOpened.
     """
 
     name = "accounts_sessions"
+    version = 2  # 2: fed by the events alone (session_owners), no longer by the aggregate
     metadata = sessions_metadata
 
-    def __init__(self, app: ServiceApplication) -> None:
-        self.app = app
-
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
-        return {SOURCE: {"SessionOpened": self.sync, "SessionClosed": self.sync}}
+        return {SOURCE: {"PortalAccountCreated": self.account_created,
+                         "SessionOpened": self.opened, "SessionClosed": self.closed}}
 
-    def sync(self, rows: Rows, env: Envelope) -> None:
-        try:
-            account = self.app.repository.get(UUID(env["stream_id"]))
-        except AggregateNotFoundError:
-            return
-        account_id = str(account.id)
-        open_now: dict[str, str] = dict(account.sessions)
-        known = set(rows.execute(
-            select(sessions.c.token_digest).where(
-                sessions.c.account_id == account_id, sessions.c.closed.is_(False))
-        ).scalars())
-        installer_id = account.installer_id
-        for digest in open_now.keys() - known:
-            rows.put(sessions, token_digest=digest, account_id=account_id, role=account.role,
-                     username=account.username,
-                     installer_id=str(installer_id) if installer_id else None,
-                     expires_at=_instant(open_now[digest]), closed=False)
-        for digest in sorted(known - open_now.keys()):
-            rows.update(sessions, digest, closed=True)
+    @staticmethod
+    def account_created(rows: Rows, env: Envelope) -> None:
+        data = env["data"]
+        rows.put(session_owners, account_id=env["stream_id"], role=data["role"],
+                 username=data["username"])
+
+    @staticmethod
+    def opened(rows: Rows, env: Envelope) -> None:
+        owner = rows.get(session_owners, env["stream_id"])
+        if owner is None:
+            raise LookupError(f"session opened for unknown account {env['stream_id']}")
+        data = env["data"]
+        rows.put(sessions, token_digest=data["token_digest"], account_id=env["stream_id"],
+                 role=owner["role"], username=owner["username"],
+                 installer_id=env["stream_id"] if owner["role"] == INSTALLER else None,
+                 expires_at=_instant(data["expires_at"]), closed=False)
+
+    @staticmethod
+    def closed(rows: Rows, env: Envelope) -> None:
+        rows.update(sessions, env["data"]["token_digest"], closed=True)
 
 
 class PortalAccountsView(ReadModel):
@@ -200,6 +206,6 @@ class AccountsViews:
         return dict(row._mapping) if row is not None else None
 
 
-def read_models(app: ServiceApplication) -> list[ReadModel]:
+def read_models(app: Any = None) -> list[ReadModel]:
     """Every read model of the accounts service, in the order they are brought up to date."""
-    return [SessionsView(app), PortalAccountsView(), MasterAccountsView()]
+    return [SessionsView(), PortalAccountsView(), MasterAccountsView()]
