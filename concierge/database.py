@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engin
 from sqlalchemy.engine import Engine
 
 from concierge.config import Settings
-from concierge.store import ensure_postgres_schema
+from concierge.storage import ensure_postgres_schema
 
 chassis_metadata = MetaData()
 

@@ -11,7 +11,7 @@ give is reached here and nowhere else:
   `executemany` (`concierge.projection`).
 
 The chassis also overrides a few of the libraries' non-public hooks (its recorders in
-`concierge.pgrecorder` and `concierge.sqliterecorder`, and `ServiceApplication._record`): they
+`concierge.pgrecorder` and `concierge.sqliterecorder`, and `_record` in `concierge.commit`): they
 keep the library's names there, and are listed in `SURFACE` with the calls below.
 `tests/unit/test_library_surface.py` checks every entry of `SURFACE` against the installed
 libraries and fails, naming the method, when an upgrade removes or reshapes one.
@@ -60,7 +60,7 @@ SURFACE: tuple[Private, ...] = (
     Private(SQLiteProcessRecorder, "_insert_events", ("c", "stored_events", "kwargs"),
             "overridden by sqliterecorder.AnsweringProcessRecorder"),
     Private(Application, "_record", ("processing_event",),
-            "overridden by store.ServiceApplication"),
+            "overridden by commit.Commits (part of store.ServiceApplication)"),
     Private(Repository, "_use_fastforward_lock", ("aggregate_id",),
             "library.fastforward_locked"),
     Private(Repository, "_disuse_fastforward_lock", ("aggregate_id",),

@@ -31,7 +31,8 @@ from concierge.records import StoredRecord, event_type
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
 from concierge.shutdown import FINISH_SECONDS
-from concierge.store import ServiceApplication, store_env
+from concierge.storage import store_env
+from concierge.store import ServiceApplication
 from concierge.subscription import (
     Envelope,
     Handler,

@@ -20,7 +20,8 @@ from concierge.config import Settings
 from concierge.envelope import Publishable, build
 from concierge.rpc import rpc
 from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
-from concierge.store import ServiceApplication, store_env
+from concierge.storage import store_env
+from concierge.store import ServiceApplication
 from concierge.subscription import Envelope, LogReader, ProcessHandler, Subscription
 from contracts import topology as topology_contract
 from contracts.errors import Conflict, NotFound, Unauthorized

@@ -24,7 +24,7 @@ from bench.cluster import Platform
 from concierge import context, green, idempotency
 from concierge.config import Settings
 from concierge.rpc import DEADLINE_HEADER
-from concierge.store import store_env
+from concierge.storage import store_env
 from services.topology.application import TopologyApplication
 from tests.support.harness import eventually, free_port
 

@@ -12,7 +12,7 @@ import pytest
 
 from concierge import context
 from concierge.config import Settings
-from concierge.store import store_env
+from concierge.storage import store_env
 from contracts.errors import Conflict, Invalid, NotFound
 from services.topology.application import TopologyApplication
 from tests.unit.test_topology_application import a_site

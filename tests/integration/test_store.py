@@ -11,7 +11,7 @@ from eventsourcing.persistence import IntegrityError, Tracking
 from concierge import context
 from concierge.config import Settings
 from concierge.context import CallContext
-from concierge.store import store_env
+from concierge.storage import store_env
 from tests.support.toy import Counter, LedgerApp
 
 

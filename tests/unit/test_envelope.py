@@ -75,7 +75,7 @@ def test_plain_decoding_gives_the_same_envelope_as_the_library_decoder() -> None
 
     from eventsourcing.application import Application
 
-    from concierge.store import PlainDecoder
+    from concierge.decoding import PlainDecoder
 
     transcoder = Application().construct_transcoder()
     state = {
@@ -112,7 +112,7 @@ def test_plain_decoder_keeps_numbers_exact_where_orjson_would_not() -> None:
 
     from eventsourcing.application import Application
 
-    from concierge.store import PlainDecoder
+    from concierge.decoding import PlainDecoder
 
     transcoder = Application().construct_transcoder()
     decoder = PlainDecoder(transcoder)
@@ -135,7 +135,7 @@ def test_plain_decoder_replaces_tags_at_every_depth() -> None:
 
     from eventsourcing.application import Application
 
-    from concierge.store import PlainDecoder
+    from concierge.decoding import PlainDecoder
 
     transcoder = Application().construct_transcoder()
     ids = [uuid.UUID(int=i) for i in range(4)]

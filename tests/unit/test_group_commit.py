@@ -16,9 +16,10 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from concierge import context, green
+from concierge.commit import COMMIT_ATTEMPTS
 from concierge.config import Settings
 from concierge.records import META_KEY
-from concierge.store import COMMIT_ATTEMPTS, store_env
+from concierge.storage import store_env
 from contracts.errors import Conflict
 from services.topology.application import TopologyApplication
 

@@ -38,9 +38,10 @@ def test_a_changed_method_is_named_in_the_failure() -> None:
 
 def test_no_other_chassis_module_reaches_into_the_libraries_privately() -> None:
     """Calls of the listed names go through `concierge.library`; only the recorders that
-    override the library's hooks (and the store's `_record`) name them elsewhere."""
+    override the library's hooks (and the application's `_record`, commit.py) name them
+    elsewhere."""
     names = {p.name for p in library.SURFACE}
-    overriders = {"pgrecorder.py", "sqliterecorder.py", "store.py"}
+    overriders = {"pgrecorder.py", "sqliterecorder.py", "commit.py"}
     offenders = []
     for path in sorted((ROOT / "concierge").glob("*.py")):
         if path.name == "library.py":

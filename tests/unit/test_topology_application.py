@@ -14,7 +14,7 @@ import pytest
 
 from concierge import context
 from concierge.config import Settings
-from concierge.store import store_env
+from concierge.storage import store_env
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound
 from services.topology.application import TopologyApplication
 
