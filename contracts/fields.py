@@ -19,9 +19,12 @@ from typing import Any
 
 from marshmallow import fields
 
-__all__ = ["NUL_MESSAGE", "SURROGATE_MESSAGE", "Email", "Integer", "Text"]
+__all__ = ["EMAIL_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "Email", "Integer", "Text"]
 
 NUL_MESSAGE = "Must not contain NUL characters."
+# The one email rule of the platform (an address one context takes, every other takes too): the
+# contracts' patterns and the domains' checks use this one.
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SURROGATE_MESSAGE = "Must not contain unpaired surrogates."
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

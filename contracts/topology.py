@@ -19,7 +19,7 @@ from zoneinfo import available_timezones
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from contracts.fields import Integer, Text
+from contracts.fields import EMAIL_PATTERN, Integer, Text
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -149,7 +149,7 @@ RESET_CLEARS = ("email", "mobile", "country", "landlines")
 
 # \Z rather than $: "$" would let a trailing newline through.
 APARTMENT_NUMBER_REGEX = r"^[0-9][0-9#]{0,5}\Z"
-EMAIL_REGEX = r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z"
+EMAIL_REGEX = rf"^{EMAIL_PATTERN.pattern}\Z"
 PHONE_REGEX = rf"^[0-9]{{1,{PHONE_MAX_DIGITS}}}\Z"
 COUNTRY_REGEX = r"^[A-Za-z]{2}\Z"
 LANGUAGE_REGEX = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*\Z"

@@ -18,6 +18,7 @@ from eventsourcing.domain import event
 from concierge.domain import Aggregate
 from contracts.accounts import MAX_SESSIONS
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
+from contracts.fields import EMAIL_PATTERN
 
 # Fixed forever: changing it would give every existing account a new id.
 ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
@@ -30,7 +31,6 @@ USERNAME_MAX = 64
 # ASCII so that lower-casing is the whole of case folding and the uuid5 key is unambiguous.
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 EMAIL_MAX = 254
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 # The manual states no rule for portal passwords; these limits are ours (contracts/accounts.py).
 PASSWORD_MIN = 8
 PASSWORD_MAX = 64

@@ -21,6 +21,7 @@ from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid
+from contracts.fields import EMAIL_PATTERN
 
 # Fixed forever: changing it would give every queued email a new id and send it again.
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
@@ -48,7 +49,6 @@ LONGEST_WAIT = timedelta(hours=1)
 REASON_MAX = 500
 
 EMAIL_MAX = 254
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 TEMPLATE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,49}")
 SUBJECT_MAX = 255
 

@@ -63,6 +63,7 @@ from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid, NotFound
+from contracts.fields import EMAIL_PATTERN
 
 # --- vocabulary and limits (contracts/topology.py mirrors them; a unit test keeps them equal) ---
 
@@ -100,8 +101,6 @@ WEB_RELAY_ID_MAX = 50
 NETWORK_GROUP_MAX = 99
 
 APARTMENT_NUMBER_PATTERN = re.compile(r"[0-9][0-9#]{0,5}")
-# Same pattern as services/accounts: an address we accept must make a master account there.
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 PHONE_PATTERN = re.compile(rf"[0-9]{{1,{PHONE_MAX_DIGITS}}}")
 COUNTRY_PATTERN = re.compile(r"[A-Z]{2}")
 LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
