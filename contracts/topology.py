@@ -145,6 +145,7 @@ RESIDENT_DEFAULTS: dict[str, Any] = {
     "mobile": None,
     "landlines": [],
 }
+# The manual's "Reset" list of removed data, as far as the apartment's own stream holds it.
 RESET_CLEARS = ("email", "mobile", "country", "landlines")
 
 # \Z rather than $: "$" would let a trailing newline through.

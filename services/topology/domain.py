@@ -64,42 +64,42 @@ from eventsourcing.domain import event
 from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid, NotFound
 from contracts.fields import EMAIL_PATTERN
+from contracts.topology import (
+    ACCESS_CONTROL_PERMISSIONS,
+    ADDRESS_PART_MAX,
+    ADDRESS_PARTS,
+    ALL_FLOORS,
+    APARTMENT_NAME_MAX,
+    BUILDING_NAME_MAX,
+    CALL_SEQUENCE_MAX,
+    CALL_SEQUENCE_TARGETS,
+    COMMUNITY_NAME_MAX,
+    CONTACT_DISPLAY_ORDERS,
+    CONTACT_PREFERENCES,
+    DATE_FORMATS,
+    DEVICE_NAME_MAX,
+    EMAIL_MAX,
+    EXPIRATION_EMAIL_OPTIONS,
+    FEATURE_PLANS,
+    FLOOR_MAX,
+    FLOOR_MIN,
+    GROUND_FLOORS,
+    INDOOR_MONITOR_RELAYS_MAX,
+    LANDLINES_MAX,
+    NETWORK_GROUP_MAX,
+    PHONE_MAX_DIGITS,
+    PIN_ACCESS_MODES,
+    POST_CODE_MAX,
+    REMARK_MAX,
+    RESET_CLEARS,
+    RESIDENT_NAME_MAX_BYTES,
+    SIP_OR_IP_CALL,
+    TIME_FORMATS,
+    WEB_RELAY_ID_MAX,
+)
 
-# --- vocabulary and limits (contracts/topology.py mirrors them; a unit test keeps them equal) ---
-
-FEATURE_PLANS = ("basic", "premium")
-DATE_FORMATS = ("year_month_day", "month_day_year", "day_month_year")
-TIME_FORMATS = ("24_hour", "12_hour")
-ACCESS_CONTROL_PERMISSIONS = ("public_and_private_area", "public_area_only")
-CONTACT_DISPLAY_ORDERS = ("first_name_last_name", "last_name_first_name")
-PIN_ACCESS_MODES = ("pin", "apt_pin")
-EXPIRATION_EMAIL_OPTIONS = ("end_user_and_pm", "pm_only", "off")
-ADDRESS_PARTS = ("country", "state_province", "city", "post_code", "street")
-
-GROUND_FLOORS = ("G0", "G1", "G2")
-FLOOR_MIN = -10
-FLOOR_MAX = 128
-ALL_FLOORS = "all"
-CONTACT_PREFERENCES = ("group_call", "sequence_call")
-CALL_SEQUENCE_TARGETS = ("master_and_family_accounts", "indoor_monitors", "landlines")
-SIP_OR_IP_CALL = ("ip_call", "sip_call")
-
-COMMUNITY_NAME_MAX = 128
-BUILDING_NAME_MAX = 128
-APARTMENT_NAME_MAX = 64
-ADDRESS_PART_MAX = 128
-POST_CODE_MAX = 32
-RESIDENT_NAME_MAX_BYTES = 64
-REMARK_MAX = 255
-EMAIL_MAX = 254
-PHONE_MAX_DIGITS = 20
-LANDLINES_MAX = 3
-CALL_SEQUENCE_MAX = 3
-DEVICE_NAME_MAX = 64
-INDOOR_MONITOR_RELAYS_MAX = 2
-WEB_RELAY_ID_MAX = 50
-NETWORK_GROUP_MAX = 99
-
+# The vocabulary and limits above are the contract's (contracts/topology.py), defined there once;
+# the patterns below are the domain's checks of the same rules.
 APARTMENT_NUMBER_PATTERN = re.compile(r"[0-9][0-9#]{0,5}")
 PHONE_PATTERN = re.compile(rf"[0-9]{{1,{PHONE_MAX_DIGITS}}}")
 COUNTRY_PATTERN = re.compile(r"[A-Z]{2}")
@@ -119,8 +119,6 @@ class CallType(IntEnum):
     INDOOR_MONITORS_WITH_SMARTPLUS_BACKUP_THEN_PHONE = 5
 
 
-# The manual's "Reset" list of removed data, as far as the apartment's own stream holds it.
-RESET_CLEARS = ("email", "mobile", "country", "landlines")
 # "You cannot edit the mobile phone number, email ... and area code of the user accounts that
 # have linked sites."
 LINKED_SITES_LOCK = ("email", "mobile", "country")
