@@ -19,7 +19,7 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
-from contracts.errors import Forbidden, Invalid, NotFound
+from contracts.errors import Forbidden, NotFound
 from contracts.topology import EVENT_SCHEMAS
 from services.topology.domain import Apartment, Building, Community
 from services.topology.projections import PER_PAGE_DEFAULT, TopologyViews
@@ -39,26 +39,6 @@ def _installer() -> UUID:
         return UUID(str(ctx.installer_id))
     except ValueError:
         raise Forbidden("The call carries no installer account.") from None
-
-
-def _nul_errors(value: Any) -> Any:
-    """Where text holds NUL: no database read model can store it (PostgreSQL refuses)."""
-    if isinstance(value, str):
-        return ["Must not contain NUL characters."] if "\x00" in value else None
-    if isinstance(value, dict):
-        found = {str(k): e for k, v in value.items() if (e := _nul_errors(v)) is not None}
-        return found or None
-    if isinstance(value, list):
-        found_items = {str(i): e for i, v in enumerate(value) if (e := _nul_errors(v)) is not None}
-        return found_items or None
-    return None
-
-
-def _printable(payload: dict[str, Any]) -> dict[str, Any]:
-    errors = _nul_errors(payload)
-    if errors:
-        raise Invalid.fields(errors)
-    return payload
 
 
 def _when(aggregate: Any, name: str) -> str | None:
@@ -113,7 +93,7 @@ class TopologyApplication(ServiceApplication):
     # -- community --------------------------------------------------------------------------
     def create_community(self, payload: dict[str, Any]) -> str:
         def command() -> tuple[str, list[Any]]:
-            community = Community.create(installer_id=_installer(), **_printable(payload))
+            community = Community.create(installer_id=_installer(), **payload)
             return str(community.id), [community]
 
         return self.execute(command)
@@ -122,7 +102,7 @@ class TopologyApplication(ServiceApplication):
         """The community as the edit left it (the answer a retry gets again)."""
         def command() -> tuple[dict[str, Any], list[Any]]:
             community = self._load(Community, community_id)
-            community.edit(**_printable(payload))
+            community.edit(**payload)
             return self._community_view(community), [community]
 
         return self.execute(command)
@@ -140,7 +120,7 @@ class TopologyApplication(ServiceApplication):
     def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
         def command() -> tuple[str, list[Any]]:
             community = self._load(Community, community_id)
-            building = community.add_building(**_printable(payload))
+            building = community.add_building(**payload)
             return str(building.id), [community, building]
 
         return self.execute(command)
@@ -148,7 +128,7 @@ class TopologyApplication(ServiceApplication):
     def edit_building(self, building_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
         def command() -> tuple[dict[str, Any], list[Any]]:
             building, community = self._building_and_community(building_id)
-            building.edit(community, **_printable(payload))
+            building.edit(community, **payload)
             return self._building_view(building), [building, community]
 
         return self.execute(command)
@@ -165,7 +145,7 @@ class TopologyApplication(ServiceApplication):
     def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
         def command() -> tuple[str, list[Any]]:
             building, community = self._building_and_community(building_id)
-            apartment = building.add_apartment(community, **_printable(payload))
+            apartment = building.add_apartment(community, **payload)
             return str(apartment.id), [building, apartment]
 
         return self.execute(command)
@@ -174,7 +154,7 @@ class TopologyApplication(ServiceApplication):
         # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
         def command() -> tuple[dict[str, Any], list[Any]]:
             apartment, building, community = self._apartment_tree(apartment_id)
-            apartment.edit(building, community, **_printable(payload))
+            apartment.edit(building, community, **payload)
             return self._apartment_view(apartment), [apartment, building]
 
         return self.execute(command)

@@ -170,7 +170,7 @@ def _without_nul(value: Any) -> Any:
 def _data(env: Envelope) -> dict[str, Any]:
     data = env.get("data") or {}
     if env.get("source") == "topology":
-        return data  # topology's commands refuse NUL (application._printable): nothing to scan
+        return data  # topology's command contracts refuse NUL (contracts.fields.Text)
     # Scanning is cheaper than copying, and events with NUL are rare (the contracts refuse it).
     if isinstance(data, dict) and _has_nul(data):
         return _without_nul(data)
