@@ -13,6 +13,7 @@ from concierge.runtime import Wiring
 from contracts.notify import EVENT_SCHEMAS
 from services.notify.application import ACCOUNTS_EVENTS, NotifyApplication
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
+from services.notify.projections import EmailsView
 
 
 def mail_sender(settings: Settings) -> MailSender:
@@ -44,7 +45,7 @@ CONTEXT = BoundedContext(
     service="services.notify.service:NotifyService",
     application=NotifyApplication,
     options=lambda settings: {"sender": mail_sender(settings)},
-    read_models=lambda app: [app.emails],
+    read_models=lambda app: [EmailsView()],
     # Their data loaded through these schemas. A close reads the emails view, which shows
     # nothing of a unit not yet recorded: alone.
     policies=[Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",

@@ -624,7 +624,7 @@ class EmailsSeen:
 @pytest.fixture
 def seen(app: NotifyApplication) -> EmailsSeen:
     view = EmailsSeen(app)
-    app.emails = view  # type: ignore[assignment]
+    app.views = view  # type: ignore[assignment]
     return view
 
 
