@@ -15,11 +15,13 @@ text, and an unpaired surrogate cannot be encoded as UTF-8 by any store.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from marshmallow import fields
 
-__all__ = ["EMAIL_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "Email", "Integer", "Text"]
+__all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN",
+           "Email", "Integer", "Text", "documented", "ecma"]
 
 NUL_MESSAGE = "Must not contain NUL characters."
 # The one email rule of the platform (an address one context takes, every other takes too): the
@@ -28,6 +30,31 @@ EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SURROGATE_MESSAGE = "Must not contain unpaired surrogates."
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+# The same rules in JSON Schema, for the OpenAPI document (services/gateway/openapi.py): text
+# without NUL, and that text with at least one character that is not white space. (Unpaired
+# surrogates are refused too; JSON Schema tools cannot all read a pattern that says so, and no
+# JSON text generator makes them.)
+TEXT_PATTERN = "^[^\\u0000]*$"
+NON_BLANK_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def ecma(pattern: str) -> str:
+    r"""A Python pattern in ECMA-262 syntax: `\Z` (end of text) is `$` there without flags."""
+    return re.sub(r"(?<!\\)\\Z", "$", pattern)
+
+
+def documented(**json_schema: Any) -> Callable[[V], V]:
+    """A validator function's rule as JSON Schema keywords, for the OpenAPI document: a rule
+    in code is stated there too, so that a request made to the document is never refused."""
+
+    def mark(validator: V) -> V:
+        validator.json_schema = json_schema  # type: ignore[attr-defined]
+        return validator
+
+    return mark
 
 
 class Text(fields.String):
@@ -38,6 +65,7 @@ class Text(fields.String):
     """
 
     default_error_messages = {"nul": NUL_MESSAGE, "surrogate": SURROGATE_MESSAGE}
+    json_schema = {"pattern": TEXT_PATTERN}  # unless a validator states a stricter pattern
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         text = super()._deserialize(value, attr, data, **kwargs)

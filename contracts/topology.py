@@ -19,7 +19,14 @@ from zoneinfo import available_timezones
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from contracts.fields import EMAIL_PATTERN, Integer, Text
+from contracts.fields import (
+    EMAIL_PATTERN,
+    NON_BLANK_PATTERN,
+    Integer,
+    Text,
+    documented,
+    ecma,
+)
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -145,6 +152,12 @@ RESIDENT_DEFAULTS: dict[str, Any] = {
     "mobile": None,
     "landlines": [],
 }
+# The keys the portal's lists sort by (prefix '-' to reverse); the Residents list sorts by APT,
+# APT Name, Resident and Created Time (manual, User Management).
+COMMUNITY_SORTS = ("name", "created_at")
+BUILDING_SORTS = ("name", "created_at")
+RESIDENT_SORTS = ("number", "name", "resident", "created_at")
+
 # The manual's "Reset" list of removed data, as far as the apartment's own stream holds it.
 RESET_CLEARS = ("email", "mobile", "country", "landlines")
 
@@ -167,11 +180,14 @@ def _time_zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+@documented(enum=sorted(available_timezones()))
 def _time_zone(value: str) -> None:
     if value not in _time_zones():
         raise ValidationError("Not a valid IANA time zone name.")
 
 
+@documented(pattern=NON_BLANK_PATTERN, maxLength=RESIDENT_NAME_MAX_BYTES,
+            description=f"At most {RESIDENT_NAME_MAX_BYTES} bytes of UTF-8.")
 def _resident_name(value: str) -> None:
     # The import template: "should not be more than 64 bytes in length" (accounts agrees).
     if not value.strip():
@@ -191,6 +207,7 @@ def _optional_pattern(regex: str, message: str) -> Callable[[str], None]:
     return check
 
 
+@documented(pattern=ecma(APARTMENT_NUMBER_REGEX))
 def _apartment_number(value: str) -> None:
     if value.strip().startswith("#"):
         # Door phones in APT#+PIN mode cannot tell such a number from the PIN.
@@ -253,6 +270,7 @@ def _name(max_chars: int, **kwargs: Any) -> Text:
     )
 
 
+@documented(pattern=NON_BLANK_PATTERN)
 def _not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("This field may not be blank.")

@@ -53,6 +53,8 @@ from contracts.errors import (
     NotFound,
     Unauthorized,
 )
+from contracts.fields import TEXT_PATTERN
+from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("services.gateway.access")
@@ -752,16 +754,38 @@ class PageQuery(Schema):
                               validate=validate.Range(1, PER_PAGE_MAX))
 
 
+def _sort(keys: tuple[str, ...] = ()) -> fields.String:
+    """A sort key (the service checks which; the document states them, so that a request made
+    to it is never refused)."""
+    stated = {"json_schema": {"enum": [*keys, *(f"-{key}" for key in keys)]}} if keys else {}
+    return fields.String(validate=validate.Regexp(
+        _SORT, error="A field name such as 'name' or '-created_at'."), metadata=stated)
+
+
 class ListQuery(PageQuery):
     """The portal's list parameters (ARCHITECTURE: page, per_page default 10, sort, q)."""
 
-    sort = fields.String(validate=validate.Regexp(
-        _SORT, error="A field name such as 'name' or '-created_at'."))
-    q = fields.String(validate=validate.Length(max=128))
+    sort = _sort()
+    q = fields.String(validate=validate.Length(max=128),
+                      metadata={"json_schema": {"pattern": TEXT_PATTERN}})
+
+
+class CommunitiesQuery(ListQuery):
+    """The installer's communities (manual: Sites)."""
+
+    sort = _sort(COMMUNITY_SORTS)
+
+
+class BuildingsQuery(ListQuery):
+    """A community's buildings."""
+
+    sort = _sort(BUILDING_SORTS)
 
 
 class ResidentsQuery(ListQuery):
     """Residents of a community, as the portal's resident list filters them."""
+
+    sort = _sort(RESIDENT_SORTS)
 
     app_status = fields.String(validate=validate.OneOf(APP_STATUSES))
     building_id = fields.UUID()

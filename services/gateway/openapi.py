@@ -2,8 +2,11 @@
 
 A small converter from marshmallow fields to JSON Schema (2020-12, the dialect of OpenAPI 3.1)
 instead of apispec: the contracts use a handful of field types and validators, and owning the
-mapping keeps one pinned dependency fewer. Rules a validator expresses only in code (an APT
-number may not start with '#') stay server-side; the schema says what it can.
+mapping keeps one pinned dependency fewer. A rule a validator checks in code states itself in
+JSON Schema (`contracts.fields.documented`: blank names, APT numbers, IANA time zones), `Text`
+states that it takes no NUL, and a list states its sort keys, so that a request made to the
+document is not refused for a rule it does not say. What JSON Schema cannot say (a name's
+64 *bytes*, an integer written 2.0) stays in the descriptions and on the server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, fields, missing, validate
 
 from concierge import idempotency
+from contracts.fields import ecma
 from contracts.topology import FLOOR_MAX, FLOOR_MESSAGE, FLOOR_MIN, GROUND_FLOORS, Floor
 from services.gateway.http import MAX_BODY_BYTES, WRITE_METHODS, Route
 
@@ -159,6 +163,7 @@ def field_schema(field: fields.Field, components: Components) -> dict[str, Any]:
         result = next((dict(s) for cls, s in FIELD_TYPES if isinstance(field, cls)), {})
     for validator in field.validators:
         _apply(validator, result)
+    _stated(field, result)
     if field.allow_none:
         result = _nullable(result)
     default = field.load_default
@@ -198,12 +203,32 @@ def _apply(validator: Any, result: dict[str, Any]) -> None:
     elif isinstance(validator, validate.OneOf):
         result["enum"] = list(validator.choices)
     elif isinstance(validator, validate.Regexp):
-        result["pattern"] = ecma_pattern(validator.regex.pattern)
+        result["pattern"] = ecma(validator.regex.pattern)
+    hint = getattr(validator, "json_schema", None)  # a rule in code (`contracts.fields.documented`)
+    if hint:
+        _merge(result, hint)
 
 
-def ecma_pattern(pattern: str) -> str:
-    r"""A Python pattern in ECMA-262 syntax: `\Z` (end of text) is `$` there without flags."""
-    return re.sub(r"(?<!\\)\\Z", "$", pattern)
+def _stated(field: fields.Field, result: dict[str, Any]) -> None:
+    """What the field itself states beyond its validators: its own rules (`Text`: no NUL, no
+    unpaired surrogate; a pattern or an enum of a validator already says as much or more), and
+    a route's `metadata={"json_schema": {...}}` (the sort keys a list takes)."""
+    own = getattr(field, "json_schema", None)
+    if own and "pattern" not in result and "enum" not in result and "format" not in result:
+        _merge(result, own)
+    stated = field.metadata.get("json_schema")
+    if stated:
+        _merge(result, stated)
+
+
+def _merge(result: dict[str, Any], hint: dict[str, Any]) -> None:
+    for key, value in hint.items():
+        if key == "maxLength" and "maxLength" in result:
+            result[key] = min(result[key], value)
+        elif key == "description" and "description" in result:
+            result[key] = f"{result[key]} {value}"
+        else:
+            result[key] = value
 
 
 def _nullable(result: dict[str, Any]) -> dict[str, Any]:

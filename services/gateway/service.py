@@ -27,8 +27,9 @@ from contracts.topology import (
 from services.gateway import openapi
 from services.gateway.declaration import CONTEXT
 from services.gateway.http import (
+    BuildingsQuery,
     Call,
-    ListQuery,
+    CommunitiesQuery,
     PageQuery,
     ResidentsQuery,
     Sessions,
@@ -113,7 +114,7 @@ class GatewayService:
         return self.topology.dashboard(call.ctx)
 
     @api("GET", f"{V1}/communities", summary="List communities", tag="communities",
-         query=ListQuery, returns="Page", roles=INSTALLER)
+         query=CommunitiesQuery, returns="Page", roles=INSTALLER)
     def list_communities(self, call: Call) -> Any:
         return page(call, self.topology.list_communities(call.ctx, call.query))
 
@@ -145,7 +146,7 @@ class GatewayService:
     # --- buildings --------------------------------------------------------------------------
 
     @api("GET", f"{COMMUNITY}/buildings", summary="List a community's buildings",
-         tag="buildings", query=ListQuery, returns="Page", roles=INSTALLER)
+         tag="buildings", query=BuildingsQuery, returns="Page", roles=INSTALLER)
     def list_buildings(self, call: Call, community_id: str) -> Any:
         return page(call, self.topology.list_buildings(call.ctx, community_id, call.query))
 

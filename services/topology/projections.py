@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts.errors import Invalid
+from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
 Envelope = dict[str, Any]
 
@@ -45,10 +46,7 @@ PER_PAGE_MAX = 100
 PAGE_MAX = 100_000
 Q_MAX = 128
 
-COMMUNITY_SORTS = ("name", "created_at")
-BUILDING_SORTS = ("name", "created_at")
-# The Residents list sorts by APT, APT Name, Resident and Created Time (manual, User Management).
-RESIDENT_SORTS = ("number", "name", "resident", "created_at")
+# COMMUNITY_SORTS, BUILDING_SORTS, RESIDENT_SORTS: the contract's (contracts/topology.py).
 
 
 def _sort_field(keys: Sequence[str], default: str) -> fields.String:
