@@ -16,26 +16,31 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
-from contracts.accounts import MAX_SESSIONS
+from contracts.accounts import (
+    APP_STATUSES,
+    EMAIL_MAX,
+    MAX_SESSIONS,
+    NAME_MAX,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    PORTAL_ROLES,
+    USERNAME_MAX,
+    USERNAME_REGEX,
+)
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
 from contracts.fields import EMAIL_PATTERN
 
 # Fixed forever: changing it would give every existing account a new id.
 ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
 
-DISTRIBUTOR = "distributor"
-INSTALLER = "installer"
-PORTAL_ROLES = (DISTRIBUTOR, INSTALLER)
+DISTRIBUTOR, INSTALLER = PORTAL_ROLES
 
-USERNAME_MAX = 64
+# The limits are the contract's (contracts/accounts.py), defined there once. The manual states
+# no rule for portal passwords; those limits are ours. Names: the manual's import template says
+# they "should not be more than 64 bytes in length".
+NAME_MAX_BYTES = NAME_MAX
 # ASCII so that lower-casing is the whole of case folding and the uuid5 key is unambiguous.
-USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-EMAIL_MAX = 254
-# The manual states no rule for portal passwords; these limits are ours (contracts/accounts.py).
-PASSWORD_MIN = 8
-PASSWORD_MAX = 64
-# The manual's import template: names "should not be more than 64 bytes in length".
-NAME_MAX_BYTES = 64
+USERNAME_PATTERN = re.compile(USERNAME_REGEX)
 TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 # MAX_SESSIONS (contracts.accounts) bounds the state a busy account carries; the oldest session
 # is closed to make room.
@@ -43,9 +48,7 @@ TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 # App status of a resident's master account. The manual shows "App Status: Unregistered" and says a
 # reset makes "the user's app ... unregistered and needs to be re-initialized"; `registered` is
 # the state after that initialisation.
-UNREGISTERED = "unregistered"
-REGISTERED = "registered"
-APP_STATUSES = (UNREGISTERED, REGISTERED)
+UNREGISTERED, REGISTERED = APP_STATUSES
 
 
 # --- rules shared by the aggregates and the application ------------------------------------
