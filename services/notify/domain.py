@@ -20,21 +20,18 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
+from contracts.accounts import APP_STATUSES
 from contracts.errors import Conflict, Invalid
 from contracts.fields import EMAIL_PATTERN
+from contracts.notify import STATUSES, TEMPLATES
 
 # Fixed forever: changing it would give every queued email a new id and send it again.
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
 
-ACTIVATION = "activation"
-UNREGISTERED = "unregistered"
-
-QUEUED = "queued"
-RETRYING = "retrying"
-SENT = "sent"
-FAILED = "failed"  # given up
-CANCELLED = "cancelled"
-STATUSES = (QUEUED, RETRYING, SENT, FAILED, CANCELLED)
+# The vocabulary is the contracts' (contracts/notify.py, contracts/accounts.py), defined once.
+(ACTIVATION,) = TEMPLATES
+UNREGISTERED = APP_STATUSES[0]
+QUEUED, RETRYING, SENT, FAILED, CANCELLED = STATUSES  # FAILED: given up
 PENDING = (QUEUED, RETRYING)
 
 # Why an activation email is cancelled: the APT was deleted, so the app account it activates
