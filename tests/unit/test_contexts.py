@@ -79,3 +79,4 @@ def test_the_cli_lists_the_contexts(capsys: pytest.CaptureFixture[str]) -> None:
 def test_operator_commands_accept_only_contexts_with_a_store() -> None:
     with pytest.raises(SystemExit):
         cli.main(["events", "gateway"])
+
