@@ -110,6 +110,9 @@ INDOOR_MONITOR_RELAYS_MAX = 2
 WEB_RELAY_ID_MAX = 50
 NETWORK_GROUP_MAX = 99
 
+# Defaults of the manual's New Community forms: its preselected radio buttons (24-hour time,
+# PIN mode), "enabled by default" for the QR code registration, the first option where a choice
+# shows none, and off for the other switches.
 COMMUNITY_DEFAULTS: dict[str, Any] = {
     "time_zone": "UTC",
     "address": dict.fromkeys(ADDRESS_PARTS),
@@ -128,7 +131,10 @@ COMMUNITY_DEFAULTS: dict[str, Any] = {
     "scan_indoor_monitor_qr_code": True,
     "dormakaba_integration": False,
 }
+# None is the manual's "Configure On the Device", preselected in the Add Building form.
 BUILDING_DEFAULTS: dict[str, Any] = {"ground_floor": None, "floor_start": None}
+# The Add APT form's preselections: web relay 0, Group Call, "SmartPlus and indoor monitors"
+# (code 0), IP call; the device form's "Network 1".
 APARTMENT_DEFAULTS: dict[str, Any] = {
     "floor": None,
     "name": None,

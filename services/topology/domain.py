@@ -69,10 +69,13 @@ from contracts.topology import (
     ADDRESS_PART_MAX,
     ADDRESS_PARTS,
     ALL_FLOORS,
+    APARTMENT_DEFAULTS,
     APARTMENT_NAME_MAX,
+    BUILDING_DEFAULTS,
     BUILDING_NAME_MAX,
     CALL_SEQUENCE_MAX,
     CALL_SEQUENCE_TARGETS,
+    COMMUNITY_DEFAULTS,
     COMMUNITY_NAME_MAX,
     CONTACT_DISPLAY_ORDERS,
     CONTACT_PREFERENCES,
@@ -92,6 +95,7 @@ from contracts.topology import (
     POST_CODE_MAX,
     REMARK_MAX,
     RESET_CLEARS,
+    RESIDENT_DEFAULTS,
     RESIDENT_NAME_MAX_BYTES,
     SIP_OR_IP_CALL,
     TIME_FORMATS,
@@ -409,27 +413,6 @@ COMMUNITY_RULES: dict[str, Rule] = {
 
 EMPTY_ADDRESS: dict[str, str | None] = dict.fromkeys(ADDRESS_PARTS)
 
-# Defaults of the manual's New Community forms: its preselected radio buttons (24-hour time,
-# PIN mode), "enabled by default" for the QR code registration, the first option where a choice
-# shows none, and off for the other switches.
-COMMUNITY_DEFAULTS: dict[str, Any] = {
-    "time_zone": "UTC",
-    "address": EMPTY_ADDRESS,
-    "date_format": "year_month_day",
-    "time_format": "24_hour",
-    "landline_service": False,
-    "video_storage": False,
-    "community_calls": False,
-    "access_control_permission": "public_and_private_area",
-    "contact_display_order": "first_name_last_name",
-    "pin_access_mode": "pin",
-    "pay_by_pm": False,
-    "send_expiration_email": "end_user_and_pm",
-    "send_renew_email": False,
-    "akubela_smart_home": False,
-    "scan_indoor_monitor_qr_code": True,
-    "dormakaba_integration": False,
-}
 
 
 def _community_rules_across(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -611,8 +594,6 @@ BUILDING_RULES: dict[str, Rule] = {
     "ground_floor": _ground_floor,
     "floor_start": _integer(FLOOR_MIN, FLOOR_MAX, nullable=True),
 }
-# None is the manual's "Configure On the Device", preselected in the Add Building form.
-BUILDING_DEFAULTS: dict[str, Any] = {"ground_floor": None, "floor_start": None}
 
 
 class Building(Aggregate):
@@ -799,24 +780,6 @@ APARTMENT_RULES: dict[str, Rule] = {
     "indoor_monitor_network_group": _integer(1, NETWORK_GROUP_MAX),
     "indoor_monitor_relays": _relay_names,
 }
-# The Add APT form's preselections: web relay 0, Group Call, "SmartPlus and indoor monitors"
-# (code 0), IP call; the device form's "Network 1".
-APARTMENT_DEFAULTS: dict[str, Any] = {
-    "floor": None,
-    "name": None,
-    "web_relay_id": 0,
-    "contact_preference": "group_call",
-    "call_sequence": [],
-    "call_type": int(CallType.SMARTPLUS_AND_INDOOR_MONITORS),
-    "sip_or_ip_call": "ip_call",
-    "accessible_floors": [],
-    "remark": None,
-    "indoor_monitor_mac": None,
-    "indoor_monitor_name": None,
-    "indoor_monitor_arming_function": False,
-    "indoor_monitor_network_group": 1,
-    "indoor_monitor_relays": [],
-}
 
 RESIDENT_RULES: dict[str, Rule] = {
     "first_name": _resident_name,
@@ -826,13 +789,6 @@ RESIDENT_RULES: dict[str, Rule] = {
     "country": _country,
     "mobile": _phone,
     "landlines": _landlines,
-}
-RESIDENT_DEFAULTS: dict[str, Any] = {
-    "email": None,
-    "language": "en",
-    "country": None,
-    "mobile": None,
-    "landlines": [],
 }
 
 
