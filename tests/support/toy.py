@@ -61,23 +61,31 @@ class Tally(Aggregate):
 class LedgerApp(ServiceApplication):
     service_name = "ledger"
 
+    # Each command returns its result and the aggregates it changed; `execute` records them
+    # (with group commit, and runs it again when another replica wrote first).
     def create(self, name: str) -> str:
-        counter = Counter(name)
-        self.record(counter)
-        return str(counter.id)
+        def command() -> tuple[str, list[Any]]:
+            counter = Counter(name)
+            return str(counter.id), [counter]
+
+        return self.execute(command)
 
     def increment(self, counter_id: str, by: int = 1) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             counter = self.repository.get(uuid.UUID(counter_id))
             counter.increment(by)
-            self.record(counter)
+            return None, [counter]
+
+        self.execute(command)
 
     def increment_many(self, counter_id: str, times: int) -> None:
-        with self.serialised():
+        def command() -> tuple[None, list[Any]]:
             counter = self.repository.get(uuid.UUID(counter_id))
             for _ in range(times):
                 counter.increment(1)
-            self.record(counter)
+            return None, [counter]
+
+        self.execute(command)
 
 
 class TallyApp(ServiceApplication):
