@@ -467,14 +467,15 @@ class Runner:
 class Runtime(DependencyProvider):
     """Gives a nameko service its context's wiring and runs the chassis loops beside it."""
 
-    def __init__(self, bootstrap: Callable[[Settings], Wiring]) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, wire: Callable[[Settings], Wiring]) -> None:
+        """`wire`: the context's `BoundedContext.wire`."""
+        self.wire = wire
         self.wiring: Wiring | None = None
         self.runner: Runner | None = None
 
     def setup(self) -> None:
         settings = self.container.config.get("CONCIERGE_SETTINGS") or Settings.from_env()
-        self.wiring = self.bootstrap(settings)
+        self.wiring = self.wire(settings)
         self.runner = Runner(self.wiring, spawn=self._spawn)
 
     def _spawn(self, fn: Callable[[], Any]) -> Any:

@@ -1,7 +1,8 @@
 """Sending queued emails: one `MailSender` protocol, two adapters, and the loop that drives them.
 
-Bootstrap picks the adapter: `SmtpSender` when an SMTP host is configured, `MailFolderSender`
-(one `.eml` file per email under the data folder) otherwise. The `Mailer` sends what is due and
+The declaration (services/notify/declaration.py) picks the adapter: `SmtpSender` when an SMTP
+host is configured, `MailFolderSender` (one `.eml` file per email under the data folder)
+otherwise. The `Mailer` sends what is due and
 records the outcome as events. A crash between sending and recording sends again on restart:
 at least once over SMTP, where the repeated Message-ID (derived from the email id) lets the
 receiving side recognise the copy, and exactly one file in the mail folder, whose name is the

@@ -17,9 +17,10 @@ import pytest
 
 from concierge import context
 from concierge.config import Settings
+from concierge.contexts import BoundedContext
 from concierge.envelope import Publishable, build
 from concierge.rpc import rpc
-from concierge.runtime import Runtime, ServiceBase, Wiring, assemble, open_store
+from concierge.runtime import Runtime, ServiceBase
 from concierge.storage import store_env
 from concierge.store import ServiceApplication
 from concierge.subscription import Envelope, LogReader, ProcessHandler, Subscription
@@ -331,15 +332,17 @@ def test_a_resident_accounts_refuses_is_logged_and_skipped(stack: Stack) -> None
 # --- the service over RabbitMQ and PostgreSQL ----------------------------------------------
 
 
-def bootstrap_topology(settings: Settings) -> Wiring:
-    app, engine = open_store("topology", settings, TopologyStandIn)
-    return assemble(Wiring("topology", settings, app, engine,
-                           event_schemas=topology_contract.EVENT_SCHEMAS))
+TOPOLOGY_STAND_IN = BoundedContext(
+    name="topology",
+    service=f"{__name__}:TopologyStandInService",
+    application=TopologyStandIn,
+    event_schemas=topology_contract.EVENT_SCHEMAS,
+)
 
 
 class TopologyStandInService(ServiceBase):
     name = "topology"
-    runtime = Runtime(bootstrap_topology)
+    runtime = Runtime(TOPOLOGY_STAND_IN.wire)
 
     @rpc
     def add_apartment(self, installer_id: str, number: str, resident: dict[str, Any]) -> str:
