@@ -176,6 +176,14 @@ LANGUAGE_REGEX = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*\Z"
 _HEX2 = "[0-9A-Fa-f]{2}"
 MAC_REGEX = rf"^([0-9A-Fa-f]{{12}}|({_HEX2}:){{5}}{_HEX2}|({_HEX2}-){{5}}{_HEX2})\Z"
 FLOOR_MESSAGE = f"Must be a floor from {FLOOR_MIN} to {FLOOR_MAX}, G0, G1 or G2."
+# What each rule says when it is broken, here and in the domain alike.
+TIME_ZONE_MESSAGE = "Not a valid IANA time zone name."
+APARTMENT_NUMBER_HASH_MESSAGE = "An APT number must not start with '#'."
+APARTMENT_NUMBER_MESSAGE = "An APT number is 1 to 6 characters of digits and '#'."
+MAC_MESSAGE = "Not a valid MAC address (12 hex digits, optionally ':' or '-' separated)."
+PHONE_MESSAGE = f"A phone number is 1 to {PHONE_MAX_DIGITS} digits."
+COUNTRY_MESSAGE = "Not an ISO 3166 alpha-2 country/region code."
+EMAIL_MESSAGE = "Not a valid email address."
 
 
 # --- validators and fields -------------------------------------------------------------------
@@ -189,7 +197,7 @@ def _time_zones() -> frozenset[str]:
 @documented(enum=sorted(available_timezones()))
 def _time_zone(value: str) -> None:
     if value not in _time_zones():
-        raise ValidationError("Not a valid IANA time zone name.")
+        raise ValidationError(TIME_ZONE_MESSAGE)
 
 
 @documented(pattern=NON_BLANK_PATTERN, maxLength=RESIDENT_NAME_MAX_BYTES,
@@ -217,9 +225,9 @@ def _optional_pattern(regex: str, message: str) -> Callable[[str], None]:
 def _apartment_number(value: str) -> None:
     if value.strip().startswith("#"):
         # Door phones in APT#+PIN mode cannot tell such a number from the PIN.
-        raise ValidationError("An APT number must not start with '#'.")
+        raise ValidationError(APARTMENT_NUMBER_HASH_MESSAGE)
     if not re.match(APARTMENT_NUMBER_REGEX, value.strip()):
-        raise ValidationError("An APT number is 1 to 6 characters of digits and '#'.")
+        raise ValidationError(APARTMENT_NUMBER_MESSAGE)
 
 
 def _unique(values: list[Any]) -> None:
@@ -287,7 +295,7 @@ def _email(**kwargs: Any) -> Text:
         allow_none=True,
         validate=[
             validate.Length(max=EMAIL_MAX),
-            _optional_pattern(EMAIL_REGEX, "Not a valid email address."),
+            _optional_pattern(EMAIL_REGEX, EMAIL_MESSAGE),
         ],
         **kwargs,
     )
@@ -297,7 +305,7 @@ def _phone(**kwargs: Any) -> Text:
     return Text(
         allow_none=True,
         validate=_optional_pattern(
-            PHONE_REGEX, f"A phone number is 1 to {PHONE_MAX_DIGITS} digits."
+            PHONE_REGEX, PHONE_MESSAGE
         ),
         **kwargs,
     )
@@ -307,7 +315,7 @@ def _mac(**kwargs: Any) -> Text:
     return Text(
         allow_none=True,
         validate=_optional_pattern(
-            MAC_REGEX, "Not a valid MAC address (12 hex digits, optionally ':' or '-' separated)."
+            MAC_REGEX, MAC_MESSAGE
         ),
         **kwargs,
     )
@@ -464,12 +472,12 @@ class ResidentFields(Schema):
     )
     country = Text(
         allow_none=True,
-        validate=_optional_pattern(COUNTRY_REGEX, "Not an ISO 3166 alpha-2 country/region code."),
+        validate=_optional_pattern(COUNTRY_REGEX, COUNTRY_MESSAGE),
         load_default=None,
     )
     mobile = _phone(load_default=None)
     landlines = fields.List(
-        Text(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
+        Text(validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE)),
         validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
         load_default=list,
     )
@@ -486,11 +494,11 @@ class ResidentEditFields(Schema):
     )
     country = Text(
         allow_none=True,
-        validate=_optional_pattern(COUNTRY_REGEX, "Not an ISO 3166 alpha-2 country/region code."),
+        validate=_optional_pattern(COUNTRY_REGEX, COUNTRY_MESSAGE),
     )
     mobile = _phone()
     landlines = fields.List(
-        Text(validate=_optional_pattern(PHONE_REGEX, "A phone number is 1 to 20 digits.")),
+        Text(validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE)),
         validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
     )
 

@@ -71,6 +71,9 @@ from contracts.topology import (
     ALL_FLOORS,
     APARTMENT_DEFAULTS,
     APARTMENT_NAME_MAX,
+    APARTMENT_NUMBER_HASH_MESSAGE,
+    APARTMENT_NUMBER_MESSAGE,
+    APARTMENT_NUMBER_REGEX,
     BUILDING_DEFAULTS,
     BUILDING_NAME_MAX,
     CALL_SEQUENCE_MAX,
@@ -79,18 +82,26 @@ from contracts.topology import (
     COMMUNITY_NAME_MAX,
     CONTACT_DISPLAY_ORDERS,
     CONTACT_PREFERENCES,
+    COUNTRY_MESSAGE,
+    COUNTRY_REGEX,
     DATE_FORMATS,
     DEVICE_NAME_MAX,
     EMAIL_MAX,
+    EMAIL_MESSAGE,
     EXPIRATION_EMAIL_OPTIONS,
     FEATURE_PLANS,
     FLOOR_MAX,
+    FLOOR_MESSAGE,
     FLOOR_MIN,
     GROUND_FLOORS,
     INDOOR_MONITOR_RELAYS_MAX,
     LANDLINES_MAX,
+    LANGUAGE_REGEX,
+    MAC_MESSAGE,
+    MAC_REGEX,
     NETWORK_GROUP_MAX,
-    PHONE_MAX_DIGITS,
+    PHONE_MESSAGE,
+    PHONE_REGEX,
     PIN_ACCESS_MODES,
     POST_CODE_MAX,
     REMARK_MAX,
@@ -99,17 +110,20 @@ from contracts.topology import (
     RESIDENT_NAME_MAX_BYTES,
     SIP_OR_IP_CALL,
     TIME_FORMATS,
+    TIME_ZONE_MESSAGE,
     WEB_RELAY_ID_MAX,
+)
+from contracts.topology import (
+    PHONE_MAX_DIGITS as PHONE_MAX_DIGITS,  # the domain's vocabulary, re-exported
 )
 
 # The vocabulary and limits above are the contract's (contracts/topology.py), defined there once;
 # the patterns below are the domain's checks of the same rules.
-APARTMENT_NUMBER_PATTERN = re.compile(r"[0-9][0-9#]{0,5}")
-PHONE_PATTERN = re.compile(rf"[0-9]{{1,{PHONE_MAX_DIGITS}}}")
-COUNTRY_PATTERN = re.compile(r"[A-Z]{2}")
-LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
-_HEX2 = "[0-9A-Fa-f]{2}"
-MAC_PATTERN = re.compile(rf"[0-9A-Fa-f]{{12}}|({_HEX2}:){{5}}{_HEX2}|({_HEX2}-){{5}}{_HEX2}")
+APARTMENT_NUMBER_PATTERN = re.compile(APARTMENT_NUMBER_REGEX)
+PHONE_PATTERN = re.compile(PHONE_REGEX)
+COUNTRY_PATTERN = re.compile(COUNTRY_REGEX)  # checked upper-cased: [A-Z]{2}
+LANGUAGE_PATTERN = re.compile(LANGUAGE_REGEX)
+MAC_PATTERN = re.compile(MAC_REGEX)
 
 
 class CallType(IntEnum):
@@ -204,11 +218,10 @@ def _time_zones() -> frozenset[str]:
 
 def _time_zone(value: Any) -> str:
     if not isinstance(value, str) or value not in _time_zones():
-        raise _Broken("Not a valid IANA time zone name.")
+        raise _Broken(TIME_ZONE_MESSAGE)
     return value
 
 
-FLOOR_MESSAGE = f"Must be a floor from {FLOOR_MIN} to {FLOOR_MAX}, G0, G1 or G2."
 
 
 def _floor(value: Any) -> int | str:
@@ -254,9 +267,9 @@ def _apartment_number(value: Any) -> str:
     number = value.strip()
     if number.startswith("#"):
         # Door phones in APT#+PIN mode cannot tell the number from the PIN (manual, Add APT).
-        raise _Broken("An APT number must not start with '#'.")
+        raise _Broken(APARTMENT_NUMBER_HASH_MESSAGE)
     if not APARTMENT_NUMBER_PATTERN.fullmatch(number):
-        raise _Broken("An APT number is 1 to 6 characters of digits and '#'.")
+        raise _Broken(APARTMENT_NUMBER_MESSAGE)
     return number
 
 
@@ -265,7 +278,7 @@ def _mac(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not MAC_PATTERN.fullmatch(value.strip()):
-        raise _Broken("Not a valid MAC address (12 hex digits, optionally ':' or '-' separated).")
+        raise _Broken(MAC_MESSAGE)
     return re.sub("[:-]", "", value.strip()).upper()
 
 
@@ -274,7 +287,7 @@ def _email(value: Any) -> str | None:
         return None
     text = value.strip() if isinstance(value, str) else None
     if not text or len(text) > EMAIL_MAX or not EMAIL_PATTERN.fullmatch(text):
-        raise _Broken("Not a valid email address.")
+        raise _Broken(EMAIL_MESSAGE)
     return text
 
 
@@ -282,7 +295,7 @@ def _phone(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not PHONE_PATTERN.fullmatch(value.strip()):
-        raise _Broken(f"A phone number is 1 to {PHONE_MAX_DIGITS} digits.")
+        raise _Broken(PHONE_MESSAGE)
     return value.strip()
 
 
@@ -299,7 +312,7 @@ def _country(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not COUNTRY_PATTERN.fullmatch(value.strip().upper()):
-        raise _Broken("Not an ISO 3166 alpha-2 country/region code.")
+        raise _Broken(COUNTRY_MESSAGE)
     return value.strip().upper()
 
 
