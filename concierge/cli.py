@@ -26,22 +26,14 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from concierge.config import Settings  # noqa: E402
-from concierge.contexts import BoundedContext, contexts, stored_contexts  # noqa: E402
+from concierge.contexts import contexts, stored_contexts  # noqa: E402
 from concierge.logs import mask_uri  # noqa: E402
 from concierge.serve import load, serve_forever  # noqa: E402
 
 DEMO_DISTRIBUTOR = "demo-distributor:demo-distributor-pw"
 
-def _contexts() -> dict[str, BoundedContext]:
-    return contexts()
-
-
-def _stored() -> list[str]:
-    return stored_contexts()
-
-
 def service_class(name: str) -> type:
-    return _contexts()[name].service_class()
+    return contexts()[name].service_class()
 
 
 class Progress:
@@ -71,7 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    declared = _contexts()
+    declared = contexts()
     names = args.services or list(declared)
     unknown = sorted(set(names) - set(declared))
     if unknown:
@@ -102,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    declared = _contexts()[args.service]
+    declared = contexts()[args.service]
     note = declared.describe(settings) if declared.describe else ""
     serve_forever([declared.service_class()], settings,
                   banner=f"ready: {args.service} on {mask_uri(settings.amqp_uri)}"
@@ -111,11 +103,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _operator_wiring(name: str, settings: Settings) -> Any:
-    stored = _stored()
+    stored = stored_contexts()
     if name not in stored:
         raise SystemExit(f"{name} has no event store; choose one of {', '.join(stored)}")
     # Its connections show as the CLI's in pg_stat_activity, not as the service's.
-    return _contexts()[name].wire(dataclasses.replace(settings, role="cli"))
+    return contexts()[name].wire(dataclasses.replace(settings, role="cli"))
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -231,7 +223,7 @@ class StoreLogReader:
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Create the services' schemas, event tables and read-model tables (idempotent)."""
     settings = Settings.from_env()
-    for name in args.services or _stored():
+    for name in args.services or stored_contexts():
         wiring = _operator_wiring(name, settings)
         for model in wiring.read_models:
             model.create(wiring.engine)
@@ -242,7 +234,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_contexts(args: argparse.Namespace) -> int:
     """The declared contexts, one name a line (the deploy manifests loop over them)."""
-    for name, declared in _contexts().items():
+    for name, declared in contexts().items():
         if declared.stored or not args.stored:
             print(name)
     return 0
@@ -269,36 +261,36 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run every service in one process")
     up.add_argument("services", nargs="*", default=[],
-                    help=f"only these services (default: all of {', '.join(_contexts())})")
+                    help=f"only these services (default: all of {', '.join(contexts())})")
     up.set_defaults(fn=cmd_up)
     run = sub.add_parser("run", help="run one service (distributed mode)")
-    run.add_argument("service", choices=list(_contexts()))
+    run.add_argument("service", choices=list(contexts()))
     run.set_defaults(fn=cmd_run)
     events = sub.add_parser("events", help="print a service's events as JSON lines")
-    events.add_argument("service", choices=_stored())
+    events.add_argument("service", choices=stored_contexts())
     events.add_argument("--from", dest="start", type=int, default=1, help="first position")
     events.add_argument("--stream", help="only this aggregate's events")
     events.add_argument("--limit", type=int, default=None)
     events.set_defaults(fn=cmd_events)
     replay = sub.add_parser("replay", help="re-publish a service's events to the bus")
-    replay.add_argument("service", choices=_stored())
+    replay.add_argument("service", choices=stored_contexts())
     replay.add_argument("--from", dest="start", type=int, default=1, help="first position")
     replay.set_defaults(fn=cmd_replay)
     rebuild_ = sub.add_parser("rebuild", help="rebuild a service's read models while it serves")
-    rebuild_.add_argument("service", choices=_stored())
+    rebuild_.add_argument("service", choices=stored_contexts())
     rebuild_.add_argument("--only", nargs="+", action="extend", metavar="MODEL",
                           help="only these read models (default: all of the service's)")
     rebuild_.set_defaults(fn=cmd_rebuild)
     migrate = sub.add_parser("migrate", help="create services' schemas and tables")
     migrate.add_argument("services", nargs="*", default=[], metavar="service",
-                         help=f"only these (default: all of {', '.join(_stored())})")
+                         help=f"only these (default: all of {', '.join(stored_contexts())})")
     migrate.set_defaults(fn=cmd_migrate)
     listing = sub.add_parser("contexts", help="list the declared contexts")
     listing.add_argument("--stored", action="store_true",
                          help="only those with an event store (migrate, rebuild, replay)")
     listing.set_defaults(fn=cmd_contexts)
     ping = sub.add_parser("ping", help="check that a service answers RPC")
-    ping.add_argument("service", choices=_stored())
+    ping.add_argument("service", choices=stored_contexts())
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.set_defaults(fn=cmd_ping)
     return p

@@ -100,7 +100,7 @@ class BoundedContext:
         return self.application is not None
 
     def service_class(self) -> type:
-        return _load(self.service)
+        return pkgutil.resolve_name(self.service)
 
     def open(self, settings: Settings, **options: Any) -> ServiceApplication:
         """Its application on its store, with its read side; `options` override the
@@ -129,11 +129,6 @@ class BoundedContext:
         for step in self.started:
             step(wiring)
         return wiring
-
-
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 @functools.cache

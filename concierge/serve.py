@@ -10,8 +10,8 @@ from concierge import green
 
 green.patch()
 
-import importlib  # noqa: E402
 import logging  # noqa: E402
+import pkgutil  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
@@ -21,8 +21,8 @@ from concierge.config import Settings  # noqa: E402
 
 
 def load(path: str) -> type:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    """"module:Name" to the object it names."""
+    return pkgutil.resolve_name(path)
 
 
 def start(classes: Sequence[type], settings: Settings) -> Any:

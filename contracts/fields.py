@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from marshmallow import fields
 
-__all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN",
+__all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN", "UNSTORABLE",
            "Email", "Integer", "Text", "documented", "ecma"]
 
 NUL_MESSAGE = "Must not contain NUL characters."
@@ -29,7 +29,8 @@ NUL_MESSAGE = "Must not contain NUL characters."
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SURROGATE_MESSAGE = "Must not contain unpaired surrogates."
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Text no store can keep: PostgreSQL refuses NUL, UTF-8 cannot encode lone surrogates.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # The same rules in JSON Schema, for the OpenAPI document (services/gateway/openapi.py): text
 # without NUL, and that text with at least one character that is not white space. (Unpaired
@@ -69,7 +70,7 @@ class Text(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         text = super()._deserialize(value, attr, data, **kwargs)
-        found = _UNSTORABLE.search(text)
+        found = UNSTORABLE.search(text)
         if found is not None:
             raise self.make_error("nul" if found.group() == "\x00" else "surrogate")
         return text

@@ -53,7 +53,7 @@ from contracts.errors import (
     NotFound,
     Unauthorized,
 )
-from contracts.fields import TEXT_PATTERN
+from contracts.fields import TEXT_PATTERN, UNSTORABLE
 from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,6 @@ RETRY_HEADERS: dict[int, dict[str, str]] = {
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 _TOKEN = re.compile(r"[\x21-\x7e]+\Z")
-# Text no store can keep: PostgreSQL refuses NUL, UTF-8 cannot encode lone surrogates.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SORT = r"^-?[a-z][a-z0-9_]{0,39}\Z"
 NOT_UTF8 = "Must be UTF-8 text, percent-encoded."
 
@@ -715,7 +713,7 @@ def _check_text(data: dict[str, Any]) -> None:
     for path, value in _walk(data):
         if len(path) > MAX_BODY_DEPTH:
             raise Malformed(f"The body is nested deeper than {MAX_BODY_DEPTH} levels.")
-        if isinstance(value, str) and _UNSTORABLE.search(value):
+        if isinstance(value, str) and UNSTORABLE.search(value):
             raise Invalid.fields(
                 _nest(path, "Text may not contain NUL characters or unpaired surrogates."))
 

@@ -194,6 +194,57 @@ def test_sessions_survive_a_rebuild_of_the_read_models(wiring: Wiring,
         app.authenticate(closed)
 
 
+def _sessions(wiring: Wiring) -> Any:
+    """The subscription of the sessions view to accounts' own log."""
+    return next(sub for sub in wiring.local if sub.handler.name == "accounts_sessions")
+
+
+def test_the_sessions_view_applies_its_events_once_when_they_come_twice(
+        wiring: Wiring, app: AccountsApplication) -> None:
+    kept = app.login(*ROOT)["token"]
+    closed = app.login(*ROOT)["token"]
+    app.logout(closed)
+    sub = _sessions(wiring)
+    position = sub.position
+
+    own_log = wiring.local_reader(sub.handler)("accounts", 0, 1000)
+    sub.deliver_many(own_log)  # every event again: each is a duplicate
+
+    assert sub.position == position
+    assert app.authenticate(kept)["username"] == "root"
+    with pytest.raises(Unauthorized):
+        app.authenticate(closed)
+
+
+def test_the_sessions_view_stopped_mid_stream_ends_in_the_same_state(
+        tmp_path: Path, clock: Clock) -> None:
+    first = open_accounts(tmp_path, clock, bootstrap_distributor=":".join(ROOT))
+    app = first.app
+    assert isinstance(app, AccountsApplication)
+    tokens = [app.login(*ROOT)["token"] for _ in range(3)]
+    app.logout(tokens[1])
+    events = first.local_reader(_sessions(first).handler)("accounts", 0, 1000)
+    # The view forgets everything, then is stopped after half the log ...
+    view = next(m for m in first.read_models if m.name == "accounts_sessions")
+    view.drop(first.engine)
+    view.create(first.engine)
+    _sessions(first).forget_position()
+    _sessions(first).deliver_many(events[: len(events) // 2])
+    first.close()
+    # ... and a restart catches up with the rest.
+    second = open_accounts(tmp_path, clock)
+    try:
+        second.catch_up_local()
+        again = second.app
+        assert isinstance(again, AccountsApplication)
+        assert again.authenticate(tokens[0])["username"] == "root"
+        assert again.authenticate(tokens[2])["username"] == "root"
+        with pytest.raises(Unauthorized):
+            again.authenticate(tokens[1])
+    finally:
+        second.close()
+
+
 # --- installers ----------------------------------------------------------------------------
 
 
