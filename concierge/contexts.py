@@ -3,9 +3,9 @@
 Each context declares itself in `services/<name>/declaration.py`, as one
 `CONTEXT = BoundedContext(...)`: its name, its nameko service, its application, its read models,
 the policies that react to other contexts' events (and from which source), the schemas of the
-events it publishes. The chassis
-wires a context from that declaration alone (`BoundedContext.wire`), and everything that runs or
-operates contexts finds them with `contexts()`: the CLI (`run`, `up`, `migrate`, `rebuild`,
+events it publishes. The chassis wires a context from that declaration alone
+(`BoundedContext.wire`), and everything that runs or operates contexts finds them with
+`contexts()`: the CLI (`run`, `up`, `migrate`, `rebuild`,
 `replay`, `events`, `contexts`), the deploy manifests (through `concierge contexts`), the bench
 cluster. Adding a context adds a package and edits no chassis file (docs/new-context.md).
 """
@@ -77,7 +77,7 @@ class BoundedContext:
     - `policies`: its reactions to other contexts' events;
     - `event_schemas`: the contracts of the events it publishes (what leaves the context);
     - `started`: what runs once the chassis has wired it, given the wiring: seed data, a
-      background loop (`wiring.background`, `wiring.stoppers`);
+      background loop (`wiring.add_loop`);
     - `describe(settings)`: where its work shows, for the `ready:` line of `concierge run`;
     - `demo`: "module:function", run once by `concierge up` when every context serves, given
       the settings; the lines it returns go into the banner (demo logins).
