@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from marshmallow import fields
 
-__all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN", "UNSTORABLE",
-           "Email", "Integer", "Text", "documented", "ecma"]
+__all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN",
+           "UNSTORABLE", "Email", "Integer", "Text", "documented", "ecma"]
 
 NUL_MESSAGE = "Must not contain NUL characters."
 # The one email rule of the platform (an address one context takes, every other takes too): the
