@@ -8,6 +8,10 @@ from __future__ import annotations
 import functools
 from typing import Any, TypeVar
 
+from marshmallow import ValidationError
+
+from contracts.errors import Invalid
+
 S = TypeVar("S")
 
 
@@ -20,3 +24,13 @@ def schema(cls: type[S]) -> S:
 
 def load(cls: type[Any], data: Any) -> Any:
     return schema(cls).load(data)
+
+
+def checked(cls: type[Any], payload: Any) -> Any:
+    """A command's payload as its schema loads it, or `Invalid` naming each bad field: the one
+    check of its shape, whoever calls (RPC, the CLI, a benchmark, a test)."""
+    try:
+        return schema(cls).load(payload)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise Invalid.fields(messages) from None

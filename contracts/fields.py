@@ -15,13 +15,14 @@ text, and an unpaired surrogate cannot be encoded as UTF-8 by any store.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from marshmallow import fields
+from marshmallow import fields, missing
 
 __all__ = ["EMAIL_PATTERN", "NON_BLANK_PATTERN", "NUL_MESSAGE", "SURROGATE_MESSAGE", "TEXT_PATTERN",
-           "UNSTORABLE", "Email", "Integer", "Text", "documented", "ecma"]
+           "UNSTORABLE", "Boolean", "Email", "Integer", "List", "Text", "documented", "ecma",
+           "stripped", "stripped_or_none"]
 
 NUL_MESSAGE = "Must not contain NUL characters."
 # The one email rule of the platform (an address one context takes, every other takes too): the
@@ -58,7 +59,37 @@ def documented(**json_schema: Any) -> Callable[[V], V]:
     return mark
 
 
-class Text(fields.String):
+def stripped(text: str) -> str:
+    return text.strip()
+
+
+def stripped_or_none(text: str) -> str | None:
+    """Optional text: what is left after stripping, None when nothing is."""
+    return text.strip() or None
+
+
+class _Tidied(fields.Field):
+    """A field whose loaded value is tidied (`tidy`) once its validators have passed: they
+    judge what the caller sent, and what is stored is the one normal form of it."""
+
+    def __init__(self, *args: Any, tidy: Callable[[Any], Any] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tidy = tidy
+
+    def deserialize(self, value: Any, attr: str | None = None,
+                    data: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        loaded = super().deserialize(value, attr, data, **kwargs)
+        if self.tidy is None or loaded is None or loaded is missing:
+            return loaded
+        return self.tidy(loaded)
+
+
+class List(_Tidied, fields.List):
+    """marshmallow's List, with `tidy` (say, dropping empty items after counting them)."""
+
+
+class Text(_Tidied, fields.String):
     """A string that every store can keep: no NUL character, no unpaired surrogate.
 
     Checked while deserialising, before the field's validators, so the caller learns the real
@@ -78,6 +109,18 @@ class Text(fields.String):
 
 class Email(Text, fields.Email):
     """marshmallow's Email field with Text's storability check."""
+
+
+class Boolean(fields.Boolean):
+    """A boolean that must be sent as one: "on", "true", 1 and 0 are refused, never coerced."""
+
+    truthy: set[Any] = {True}
+    falsy: set[Any] = {False}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class Integer(fields.Integer):

@@ -1,12 +1,16 @@
 """Topology contracts: community, building and apartment (APT) commands, and every event's data.
 
+The one home of every rule about the shape of what arrives: types, lengths, patterns, choices,
+the manual's defaults, and the one normal form each value is stored in (text stripped, empty
+optional text as None, MAC addresses as 12 upper-case hex digits). Topology's aggregates take
+what these schemas loaded and check only the rules that need their state (services/topology/
+domain.py, whose docstring gives the manual's rules and our interpretations).
+
 Command schemas refuse unknown fields (a typo is an error, not a silent no-op); create schemas
 fill in the manual's defaults, edit schemas are partial and fill in nothing. Event schemas ignore
-unknown fields, as the envelope's version rule asks of subscribers. Command integers are strict and
-command text refuses NUL (`contracts/fields.py`); events reuse the edit schemas, which is harmless
-since a service only records what its commands loaded. Names, limits, choices and
-defaults mirror services/topology/domain.py, which stays the authority (a unit test keeps the two
-equal); see its docstring for the manual's rules and our interpretations.
+unknown fields, as the envelope's version rule asks of subscribers. Command integers and booleans
+are strict and command text refuses NUL (`contracts/fields.py`); events reuse the edit schemas,
+which is harmless since a service only records what its commands loaded.
 """
 
 from __future__ import annotations
@@ -17,20 +21,36 @@ from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from contracts.fields import (
     EMAIL_PATTERN,
     NON_BLANK_PATTERN,
+    Boolean,
     Integer,
+    List,
     Text,
     documented,
     ecma,
+    stripped,
+    stripped_or_none,
 )
 
 __all__ = [
+    "APARTMENT_FIELDS",
+    "BUILDING_FIELDS",
+    "COMMUNITY_FIELDS",
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
+    "RESIDENT_FIELDS",
     "Address",
     "AddressData",
     "ApartmentAddedSchema",
@@ -158,6 +178,12 @@ RESIDENT_DEFAULTS: dict[str, Any] = {
     "mobile": None,
     "landlines": [],
 }
+# Every field of each command, as the create schemas and the aggregates name them.
+COMMUNITY_FIELDS = ("name", "feature_plan", *COMMUNITY_DEFAULTS)
+BUILDING_FIELDS = ("name", *BUILDING_DEFAULTS)
+APARTMENT_FIELDS = ("number", *APARTMENT_DEFAULTS)
+RESIDENT_FIELDS = ("first_name", "last_name", *RESIDENT_DEFAULTS)
+
 # The keys the portal's lists sort by (prefix '-' to reverse); the Residents list sorts by APT,
 # APT Name, Resident and Created Time (manual, User Management).
 COMMUNITY_SORTS = ("name", "created_at")
@@ -211,11 +237,11 @@ def _resident_name(value: str) -> None:
 
 
 def _optional_pattern(regex: str, message: str) -> Callable[[str], None]:
-    """The pattern, or empty text (which the domain stores as None)."""
+    """The pattern (around white space), or empty text, which is stored as None."""
     pattern = re.compile(regex)
 
     def check(value: str) -> None:
-        if value.strip() and not pattern.match(value.strip()):
+        if value and not pattern.match(value.strip()):
             raise ValidationError(message)
 
     return check
@@ -238,6 +264,24 @@ def _unique(values: list[Any]) -> None:
 def _floors(values: list[int | str]) -> None:
     if ALL_FLOORS in values and len(values) > 1:
         raise ValidationError("All Floors cannot be combined with single floors.")
+
+
+def _each_once(values: list[Any]) -> list[Any]:
+    """The items in their order, each once (floor 3 and "3" are one floor)."""
+    return list(dict.fromkeys(values))
+
+
+def _without_empty(values: list[Any]) -> list[Any]:
+    return [value for value in values if value is not None]
+
+
+def _mac_normal(value: str) -> str | None:
+    """12 upper-case hex digits without separators; None for no MAC."""
+    return re.sub("[:-]", "", value.strip()).upper() or None
+
+
+def _country_normal(value: str) -> str | None:
+    return value.strip().upper() or None
 
 
 class Floor(fields.Field):
@@ -271,7 +315,8 @@ class Floor(fields.Field):
 
 
 def _text(max_chars: int, **kwargs: Any) -> Text:
-    return Text(validate=validate.Length(max=max_chars), **kwargs)
+    """Optional text, stripped; stored as None when nothing is left."""
+    return Text(validate=validate.Length(max=max_chars), tidy=stripped_or_none, **kwargs)
 
 
 def _choice(options: tuple[str, ...], **kwargs: Any) -> Text:
@@ -280,7 +325,8 @@ def _choice(options: tuple[str, ...], **kwargs: Any) -> Text:
 
 def _name(max_chars: int, **kwargs: Any) -> Text:
     return Text(
-        validate=[validate.Length(max=max_chars), _not_blank], allow_none=False, **kwargs
+        validate=[validate.Length(max=max_chars), _not_blank], allow_none=False, tidy=stripped,
+        **kwargs,
     )
 
 
@@ -297,6 +343,7 @@ def _email(**kwargs: Any) -> Text:
             validate.Length(max=EMAIL_MAX),
             _optional_pattern(EMAIL_REGEX, EMAIL_MESSAGE),
         ],
+        tidy=stripped_or_none,
         **kwargs,
     )
 
@@ -304,9 +351,8 @@ def _email(**kwargs: Any) -> Text:
 def _phone(**kwargs: Any) -> Text:
     return Text(
         allow_none=True,
-        validate=_optional_pattern(
-            PHONE_REGEX, PHONE_MESSAGE
-        ),
+        validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE),
+        tidy=stripped_or_none,
         **kwargs,
     )
 
@@ -314,16 +360,15 @@ def _phone(**kwargs: Any) -> Text:
 def _mac(**kwargs: Any) -> Text:
     return Text(
         allow_none=True,
-        validate=_optional_pattern(
-            MAC_REGEX, MAC_MESSAGE
-        ),
+        validate=_optional_pattern(MAC_REGEX, MAC_MESSAGE),
+        tidy=_mac_normal,
         **kwargs,
     )
 
 
-def _call_sequence(**kwargs: Any) -> fields.List:
+def _call_sequence(**kwargs: Any) -> List:
     """Up to three sequence call sets, each calling one kind of target."""
-    return fields.List(
+    return List(
         _choice(CALL_SEQUENCE_TARGETS),
         validate=[validate.Length(max=CALL_SEQUENCE_MAX), _unique],
         **kwargs,
@@ -338,19 +383,40 @@ def _call_type(**kwargs: Any) -> Integer:
     )
 
 
-def _accessible_floors(**kwargs: Any) -> fields.List:
-    return fields.List(Floor(allow_all=True), validate=_floors, **kwargs)
+def _accessible_floors(**kwargs: Any) -> List:
+    return List(Floor(allow_all=True), validate=_floors, tidy=_each_once, **kwargs)
 
 
 def _network_group(**kwargs: Any) -> Integer:
     return Integer(validate=validate.Range(1, NETWORK_GROUP_MAX), **kwargs)
 
 
-def _relays(**kwargs: Any) -> fields.List:
-    """Relay1/2 names of the indoor monitor."""
-    return fields.List(
-        Text(validate=validate.Length(max=DEVICE_NAME_MAX)),
+def _relays(**kwargs: Any) -> List:
+    """Relay1/2 names of the indoor monitor (empty names are dropped once counted)."""
+    return List(
+        Text(validate=validate.Length(max=DEVICE_NAME_MAX), tidy=stripped_or_none),
         validate=validate.Length(max=INDOOR_MONITOR_RELAYS_MAX),
+        tidy=_without_empty,
+        **kwargs,
+    )
+
+
+def _landlines(**kwargs: Any) -> List:
+    """Up to three landline numbers (empty ones are dropped once counted)."""
+    return List(
+        Text(validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE), tidy=stripped_or_none),
+        validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
+        tidy=_without_empty,
+        **kwargs,
+    )
+
+
+def _country(**kwargs: Any) -> Text:
+    """An ISO 3166 alpha-2 code in any case, stored upper-case."""
+    return Text(
+        allow_none=True,
+        validate=_optional_pattern(COUNTRY_REGEX, COUNTRY_MESSAGE),
+        tidy=_country_normal,
         **kwargs,
     )
 
@@ -384,9 +450,9 @@ class CommunityCreate(Schema):
     address = fields.Nested(Address, load_default=lambda: dict.fromkeys(ADDRESS_PARTS))
     date_format = _choice(DATE_FORMATS, load_default=COMMUNITY_DEFAULTS["date_format"])
     time_format = _choice(TIME_FORMATS, load_default=COMMUNITY_DEFAULTS["time_format"])
-    landline_service = fields.Boolean(load_default=False)
-    video_storage = fields.Boolean(load_default=False)
-    community_calls = fields.Boolean(load_default=False)
+    landline_service = Boolean(load_default=False)
+    video_storage = Boolean(load_default=False)
+    community_calls = Boolean(load_default=False)
     access_control_permission = _choice(
         ACCESS_CONTROL_PERMISSIONS, load_default=COMMUNITY_DEFAULTS["access_control_permission"]
     )
@@ -394,18 +460,24 @@ class CommunityCreate(Schema):
         CONTACT_DISPLAY_ORDERS, load_default=COMMUNITY_DEFAULTS["contact_display_order"]
     )
     pin_access_mode = _choice(PIN_ACCESS_MODES, load_default=COMMUNITY_DEFAULTS["pin_access_mode"])
-    pay_by_pm = fields.Boolean(load_default=False)
+    pay_by_pm = Boolean(load_default=False)
     send_expiration_email = _choice(
         EXPIRATION_EMAIL_OPTIONS, load_default=COMMUNITY_DEFAULTS["send_expiration_email"]
     )
-    send_renew_email = fields.Boolean(load_default=False)
-    akubela_smart_home = fields.Boolean(load_default=False)
-    scan_indoor_monitor_qr_code = fields.Boolean(load_default=True)
-    dormakaba_integration = fields.Boolean(load_default=False)
+    send_renew_email = Boolean(load_default=False)
+    akubela_smart_home = Boolean(load_default=False)
+    scan_indoor_monitor_qr_code = Boolean(load_default=True)
+    dormakaba_integration = Boolean(load_default=False)
 
     @validates_schema
     def _check_landline_service(self, data: dict[str, Any], **_: Any) -> None:
         _landline_needs_premium(data)
+
+    @post_load
+    def _whole_address(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        """Address parts not given are None; an edit's parts merge over the stored ones."""
+        data["address"] = dict.fromkeys(ADDRESS_PARTS) | data["address"]
+        return data
 
 
 class CommunityEdit(Schema):
@@ -417,18 +489,18 @@ class CommunityEdit(Schema):
     address = fields.Nested(Address)
     date_format = _choice(DATE_FORMATS)
     time_format = _choice(TIME_FORMATS)
-    landline_service = fields.Boolean()
-    video_storage = fields.Boolean()
-    community_calls = fields.Boolean()
+    landline_service = Boolean()
+    video_storage = Boolean()
+    community_calls = Boolean()
     access_control_permission = _choice(ACCESS_CONTROL_PERMISSIONS)
     contact_display_order = _choice(CONTACT_DISPLAY_ORDERS)
     pin_access_mode = _choice(PIN_ACCESS_MODES)
-    pay_by_pm = fields.Boolean()
+    pay_by_pm = Boolean()
     send_expiration_email = _choice(EXPIRATION_EMAIL_OPTIONS)
-    send_renew_email = fields.Boolean()
-    akubela_smart_home = fields.Boolean()
-    scan_indoor_monitor_qr_code = fields.Boolean()
-    dormakaba_integration = fields.Boolean()
+    send_renew_email = Boolean()
+    akubela_smart_home = Boolean()
+    scan_indoor_monitor_qr_code = Boolean()
+    dormakaba_integration = Boolean()
 
     @validates_schema
     def _check_landline_service(self, data: dict[str, Any], **_: Any) -> None:
@@ -463,44 +535,30 @@ class BuildingEdit(Schema):
 class ResidentFields(Schema):
     """The resident part of Add APT: first and last name required."""
 
-    first_name = Text(required=True, validate=_resident_name)
-    last_name = Text(required=True, validate=_resident_name)
+    first_name = Text(required=True, validate=_resident_name, tidy=stripped)
+    last_name = Text(required=True, validate=_resident_name, tidy=stripped)
     email = _email(load_default=None)
     language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'."),
         load_default=RESIDENT_DEFAULTS["language"],
     )
-    country = Text(
-        allow_none=True,
-        validate=_optional_pattern(COUNTRY_REGEX, COUNTRY_MESSAGE),
-        load_default=None,
-    )
+    country = _country(load_default=None)
     mobile = _phone(load_default=None)
-    landlines = fields.List(
-        Text(validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE)),
-        validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
-        load_default=list,
-    )
+    landlines = _landlines(load_default=list)
 
 
 class ResidentEditFields(Schema):
     """The resident part of Edit APT: any subset of ResidentFields."""
 
-    first_name = Text(validate=_resident_name)
-    last_name = Text(validate=_resident_name)
+    first_name = Text(validate=_resident_name, tidy=stripped)
+    last_name = Text(validate=_resident_name, tidy=stripped)
     email = _email()
     language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'.")
     )
-    country = Text(
-        allow_none=True,
-        validate=_optional_pattern(COUNTRY_REGEX, COUNTRY_MESSAGE),
-    )
+    country = _country()
     mobile = _phone()
-    landlines = fields.List(
-        Text(validate=_optional_pattern(PHONE_REGEX, PHONE_MESSAGE)),
-        validate=validate.Length(max=LANDLINES_MAX, error="At most {max} landline numbers."),
-    )
+    landlines = _landlines()
 
 
 def _call_sequence_fits(data: dict[str, Any]) -> None:
@@ -515,7 +573,7 @@ def _call_sequence_fits(data: dict[str, Any]) -> None:
 class ApartmentCreate(Schema):
     """Add APT: the apartment, its indoor monitor (required on the basic plan), the resident."""
 
-    number = Text(required=True, validate=_apartment_number)
+    number = Text(required=True, validate=_apartment_number, tidy=stripped)
     floor = Floor(allow_none=True, load_default=None)
     name = _text(APARTMENT_NAME_MAX, allow_none=True, load_default=None)
     web_relay_id = Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX), load_default=0)
@@ -527,7 +585,7 @@ class ApartmentCreate(Schema):
     remark = _text(REMARK_MAX, allow_none=True, load_default=None)
     indoor_monitor_mac = _mac(load_default=None)
     indoor_monitor_name = _text(DEVICE_NAME_MAX, allow_none=True, load_default=None)
-    indoor_monitor_arming_function = fields.Boolean(load_default=False)
+    indoor_monitor_arming_function = Boolean(load_default=False)
     indoor_monitor_network_group = _network_group(load_default=1)
     indoor_monitor_relays = _relays(load_default=list)
     resident = fields.Nested(ResidentFields, required=True)
@@ -540,7 +598,7 @@ class ApartmentCreate(Schema):
 class _ApartmentFields(Schema):
     """The apartment's own fields, all optional and without defaults."""
 
-    number = Text(validate=_apartment_number)
+    number = Text(validate=_apartment_number, tidy=stripped)
     floor = Floor(allow_none=True)
     name = _text(APARTMENT_NAME_MAX, allow_none=True)
     web_relay_id = Integer(validate=validate.Range(0, WEB_RELAY_ID_MAX))
@@ -552,7 +610,7 @@ class _ApartmentFields(Schema):
     remark = _text(REMARK_MAX, allow_none=True)
     indoor_monitor_mac = _mac()
     indoor_monitor_name = _text(DEVICE_NAME_MAX, allow_none=True)
-    indoor_monitor_arming_function = fields.Boolean()
+    indoor_monitor_arming_function = Boolean()
     indoor_monitor_network_group = _network_group()
     indoor_monitor_relays = _relays()
 

@@ -3,7 +3,8 @@
 Every call is scoped to the installer in the call context: another installer's community,
 building or apartment is "not found", never "forbidden", so ids cannot be probed. A parent and
 the child it reserves a name or number for are saved in one transaction, so a concurrent change
-to either loses with a conflict instead of both winning. Commands run through `execute`:
+to either loses with a conflict instead of both winning. A command's payload is checked against
+its contract schema first (its one shape check, whoever calls), then run through `execute`:
 concurrent ones commit together (group commit), each with its own outcome.
 """
 
@@ -19,8 +20,17 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
+from contracts import checked
 from contracts.errors import Forbidden, NotFound
-from contracts.topology import EVENT_SCHEMAS
+from contracts.topology import (
+    EVENT_SCHEMAS,
+    ApartmentCreate,
+    ApartmentEdit,
+    BuildingCreate,
+    BuildingEdit,
+    CommunityCreate,
+    CommunityEdit,
+)
 from services.topology.domain import Apartment, Building, Community
 from services.topology.projections import PER_PAGE_DEFAULT, TopologyViews
 
@@ -92,6 +102,8 @@ class TopologyApplication(ServiceApplication):
 
     # -- community --------------------------------------------------------------------------
     def create_community(self, payload: dict[str, Any]) -> str:
+        payload = checked(CommunityCreate, payload)
+
         def command() -> tuple[str, list[Any]]:
             community = Community.create(installer_id=_installer(), **payload)
             return str(community.id), [community]
@@ -100,6 +112,8 @@ class TopologyApplication(ServiceApplication):
 
     def edit_community(self, community_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
         """The community as the edit left it (the answer a retry gets again)."""
+        payload = checked(CommunityEdit, payload)
+
         def command() -> tuple[dict[str, Any], list[Any]]:
             community = self._load(Community, community_id)
             community.edit(**payload)
@@ -118,6 +132,8 @@ class TopologyApplication(ServiceApplication):
 
     # -- building ---------------------------------------------------------------------------
     def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
+        payload = checked(BuildingCreate, payload)
+
         def command() -> tuple[str, list[Any]]:
             community = self._load(Community, community_id)
             building = community.add_building(**payload)
@@ -126,6 +142,8 @@ class TopologyApplication(ServiceApplication):
         return self.execute(command)
 
     def edit_building(self, building_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        payload = checked(BuildingEdit, payload)
+
         def command() -> tuple[dict[str, Any], list[Any]]:
             building, community = self._building_and_community(building_id)
             building.edit(community, **payload)
@@ -143,6 +161,8 @@ class TopologyApplication(ServiceApplication):
 
     # -- apartment --------------------------------------------------------------------------
     def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
+        payload = checked(ApartmentCreate, payload)
+
         def command() -> tuple[str, list[Any]]:
             building, community = self._building_and_community(building_id)
             apartment = building.add_apartment(community, **payload)
@@ -151,6 +171,8 @@ class TopologyApplication(ServiceApplication):
         return self.execute(command)
 
     def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        payload = checked(ApartmentEdit, payload)
+
         # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
         def command() -> tuple[dict[str, Any], list[Any]]:
             apartment, building, community = self._apartment_tree(apartment_id)

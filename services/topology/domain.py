@@ -1,6 +1,11 @@
 """Topology: communities, their buildings, and the apartments (APTs) with their residents.
 
-Plain Python, no I/O. Rules from the installer guide (7.1.1) that are enforced here:
+Plain Python, no I/O. The installer guide's (7.1.1) rules for these forms, and where each is
+checked: the shape of a command (types, lengths, patterns, choices, defaults, normal forms) by
+its contract schema in contracts/topology.py, once, before it reaches an aggregate; the rules that
+need state here: a building name free in its community and an APT number free in its building,
+the basic plan's indoor monitor, landline service and the call sequence against the stored
+settings, the linked-sites lock, nothing done to what is deleted or in another parent.
 
 - Create Community, basic table: name required; address (country, state/province, city, post
   code, street) optional ("not mandatory" since 7.1.1); time zone; date format Y/M/D, M/D/Y or
@@ -51,337 +56,33 @@ instead of both winning. A parent and its new child are saved together by the ap
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from enum import IntEnum
-from functools import cache
 from typing import Any
 from uuid import UUID, uuid4
-from zoneinfo import available_timezones
 
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
 from contracts.errors import Conflict, Invalid, NotFound
-from contracts.fields import EMAIL_PATTERN
 from contracts.topology import (
-    ACCESS_CONTROL_PERMISSIONS,
-    ADDRESS_PART_MAX,
-    ADDRESS_PARTS,
-    ALL_FLOORS,
-    APARTMENT_DEFAULTS,
-    APARTMENT_NAME_MAX,
-    APARTMENT_NUMBER_HASH_MESSAGE,
-    APARTMENT_NUMBER_MESSAGE,
-    APARTMENT_NUMBER_REGEX,
-    BUILDING_DEFAULTS,
-    BUILDING_NAME_MAX,
-    CALL_SEQUENCE_MAX,
-    CALL_SEQUENCE_TARGETS,
-    COMMUNITY_DEFAULTS,
-    COMMUNITY_NAME_MAX,
-    CONTACT_DISPLAY_ORDERS,
-    CONTACT_PREFERENCES,
-    COUNTRY_MESSAGE,
-    COUNTRY_REGEX,
-    DATE_FORMATS,
-    DEVICE_NAME_MAX,
-    EMAIL_MAX,
-    EMAIL_MESSAGE,
-    EXPIRATION_EMAIL_OPTIONS,
-    FEATURE_PLANS,
-    FLOOR_MAX,
-    FLOOR_MESSAGE,
-    FLOOR_MIN,
-    GROUND_FLOORS,
-    INDOOR_MONITOR_RELAYS_MAX,
-    LANDLINES_MAX,
-    LANGUAGE_REGEX,
-    MAC_MESSAGE,
-    MAC_REGEX,
-    NETWORK_GROUP_MAX,
-    PHONE_MESSAGE,
-    PHONE_REGEX,
-    PIN_ACCESS_MODES,
-    POST_CODE_MAX,
-    REMARK_MAX,
+    APARTMENT_FIELDS,
+    BUILDING_FIELDS,
+    CALL_TYPES,
+    COMMUNITY_FIELDS,
     RESET_CLEARS,
-    RESIDENT_DEFAULTS,
-    RESIDENT_NAME_MAX_BYTES,
-    SIP_OR_IP_CALL,
-    TIME_FORMATS,
-    TIME_ZONE_MESSAGE,
-    WEB_RELAY_ID_MAX,
-)
-from contracts.topology import (
-    PHONE_MAX_DIGITS as PHONE_MAX_DIGITS,  # the domain's vocabulary, re-exported
+    RESIDENT_FIELDS,
 )
 
-# The vocabulary and limits above are the contract's (contracts/topology.py), defined there once;
-# the patterns below are the domain's checks of the same rules.
-APARTMENT_NUMBER_PATTERN = re.compile(APARTMENT_NUMBER_REGEX)
-PHONE_PATTERN = re.compile(PHONE_REGEX)
-COUNTRY_PATTERN = re.compile(COUNTRY_REGEX)  # checked upper-cased: [A-Z]{2}
-LANGUAGE_PATTERN = re.compile(LANGUAGE_REGEX)
-MAC_PATTERN = re.compile(MAC_REGEX)
-
-
-class CallType(IntEnum):
-    """Call type codes of the manual's import template; events carry the plain integer."""
-
-    SMARTPLUS_AND_INDOOR_MONITORS = 0
-    PHONE_AND_INDOOR_MONITORS = 1
-    SMARTPLUS_AND_INDOOR_MONITORS_WITH_PHONE_BACKUP = 2
-    INDOOR_MONITORS_WITH_SMARTPLUS_BACKUP = 3
-    INDOOR_MONITORS_WITH_PHONE_BACKUP = 4
-    INDOOR_MONITORS_WITH_SMARTPLUS_BACKUP_THEN_PHONE = 5
-
+# Call type codes of the manual's import template; events carry the plain integer.
+CallType = IntEnum("CallType", {name.upper(): code for code, name in CALL_TYPES.items()})
 
 # "You cannot edit the mobile phone number, email ... and area code of the user accounts that
 # have linked sites."
 LINKED_SITES_LOCK = ("email", "mobile", "country")
 
-REQUIRED = "Missing data for required field."
-
-# --- field rules -----------------------------------------------------------------------------
-
-
-class _Broken(Exception):
-    """One field broke a rule; collected so the caller sees every bad field at once."""
-
-
-Rule = Callable[[Any], Any]
-
-
-def _text(max_chars: int, *, required: bool = False) -> Rule:
-    """Trimmed text; empty optional text is stored as None."""
-
-    def check(value: Any) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise _Broken("Not a valid string.")
-        text = (value or "").strip()
-        if not text:
-            if required:
-                raise _Broken("This field may not be blank.")
-            return None
-        if len(text) > max_chars:
-            raise _Broken(f"Longer than {max_chars} characters.")
-        return text
-
-    return check
-
-
-def _resident_name(value: Any) -> str:
-    # The import template limits names to 64 *bytes*; accounts checks the same, so a name we
-    # accept always makes a master account there.
-    text = _text(RESIDENT_NAME_MAX_BYTES, required=True)(value)
-    assert text is not None
-    if len(text.encode("utf-8")) > RESIDENT_NAME_MAX_BYTES:
-        raise _Broken(f"Longer than {RESIDENT_NAME_MAX_BYTES} bytes.")
-    return text
-
-
-def _choice(options: Iterable[str]) -> Rule:
-    allowed = tuple(options)
-
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise _Broken(f"Must be one of: {', '.join(allowed)}.")
-        return str(value)
-
-    return check
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Broken("Not a valid boolean.")
-    return value
-
-
-def _integer(low: int, high: int, *, nullable: bool = False) -> Rule:
-    def check(value: Any) -> int | None:
-        if value is None and nullable:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Broken("Not a valid integer.")
-        if not low <= value <= high:
-            raise _Broken(f"Must be from {low} to {high}.")
-        return int(value)
-
-    return check
-
-
-@cache
-def _time_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
-def _time_zone(value: Any) -> str:
-    if not isinstance(value, str) or value not in _time_zones():
-        raise _Broken(TIME_ZONE_MESSAGE)
-    return value
-
-
-
-
-def _floor(value: Any) -> int | str:
-    """A floor number -10..128 (numeric strings accepted) or one of the ground floors G0-G2."""
-    if isinstance(value, bool):
-        raise _Broken("Not a valid floor.")
-    if isinstance(value, str):
-        text = value.strip().upper()
-        if text in GROUND_FLOORS:
-            return text
-        try:
-            value = int(text)
-        except ValueError:
-            raise _Broken(FLOOR_MESSAGE) from None
-    if not isinstance(value, int) or not FLOOR_MIN <= value <= FLOOR_MAX:
-        raise _Broken(FLOOR_MESSAGE)
-    return value
-
-
-def _optional_floor(value: Any) -> int | str | None:
-    if value is None or value == "":
-        return None
-    return _floor(value)
-
-
-def _accessible_floors(value: Any) -> list[int | str]:
-    if not isinstance(value, list):
-        raise _Broken("Not a valid list.")
-    floors: list[int | str] = []
-    for item in value:
-        is_all = isinstance(item, str) and item.strip().lower() == ALL_FLOORS
-        floor = ALL_FLOORS if is_all else _floor(item)
-        if floor not in floors:
-            floors.append(floor)
-    if ALL_FLOORS in floors and len(floors) > 1:
-        raise _Broken("All Floors cannot be combined with single floors.")
-    return floors
-
-
-def _apartment_number(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Broken("Not a valid string.")
-    number = value.strip()
-    if number.startswith("#"):
-        # Door phones in APT#+PIN mode cannot tell the number from the PIN (manual, Add APT).
-        raise _Broken(APARTMENT_NUMBER_HASH_MESSAGE)
-    if not APARTMENT_NUMBER_PATTERN.fullmatch(number):
-        raise _Broken(APARTMENT_NUMBER_MESSAGE)
-    return number
-
-
-def _mac(value: Any) -> str | None:
-    """12 hex digits, with or without ':'/'-' separators, as upper-case without separators."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not MAC_PATTERN.fullmatch(value.strip()):
-        raise _Broken(MAC_MESSAGE)
-    return re.sub("[:-]", "", value.strip()).upper()
-
-
-def _email(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    text = value.strip() if isinstance(value, str) else None
-    if not text or len(text) > EMAIL_MAX or not EMAIL_PATTERN.fullmatch(text):
-        raise _Broken(EMAIL_MESSAGE)
-    return text
-
-
-def _phone(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not PHONE_PATTERN.fullmatch(value.strip()):
-        raise _Broken(PHONE_MESSAGE)
-    return value.strip()
-
-
-def _landlines(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise _Broken("Not a valid list.")
-    numbers = [number for number in (_phone(item) for item in value) if number]
-    if len(numbers) > LANDLINES_MAX:
-        raise _Broken(f"At most {LANDLINES_MAX} landline numbers.")
-    return numbers
-
-
-def _country(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not COUNTRY_PATTERN.fullmatch(value.strip().upper()):
-        raise _Broken(COUNTRY_MESSAGE)
-    return value.strip().upper()
-
-
-def _language(value: Any) -> str:
-    if not isinstance(value, str) or not LANGUAGE_PATTERN.fullmatch(value):
-        raise _Broken("Not a language tag such as 'en' or 'zh-CN'.")
-    return value
-
-
-def _address(value: Any) -> dict[str, str | None]:
-    """The given address parts only; the caller merges them over the current address."""
-    if not isinstance(value, Mapping):
-        raise _Broken("Not a valid mapping.")
-    unknown = sorted(set(value) - set(ADDRESS_PARTS))
-    if unknown:
-        raise _Broken(f"Unknown address part: {', '.join(unknown)}.")
-    parts: dict[str, str | None] = {}
-    for part, given in value.items():
-        limit = POST_CODE_MAX if part == "post_code" else ADDRESS_PART_MAX
-        try:
-            parts[part] = _text(limit)(given)
-        except _Broken as broken:
-            raise _Broken(f"{part}: {broken}") from None
-    return parts
-
-
-def _call_sequence(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise _Broken("Not a valid list.")
-    if len(value) > CALL_SEQUENCE_MAX:
-        raise _Broken(f"At most {CALL_SEQUENCE_MAX} sequence call sets.")
-    targets = [_choice(CALL_SEQUENCE_TARGETS)(item) for item in value]
-    if len(set(targets)) != len(targets):
-        raise _Broken("Each target may appear once in the call sequence.")
-    return targets
-
-
-def _relay_names(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise _Broken("Not a valid list.")
-    if len(value) > INDOOR_MONITOR_RELAYS_MAX:
-        raise _Broken(f"At most {INDOOR_MONITOR_RELAYS_MAX} relays (Relay1/2).")
-    return [name for name in (_text(DEVICE_NAME_MAX)(item) for item in value) if name]
-
-
-def _collect(
-    values: Mapping[str, Any], rules: Mapping[str, Rule], required: Iterable[str] = ()
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Normalised values and the errors of every bad, unknown or missing field."""
-    clean: dict[str, Any] = {}
-    errors: dict[str, Any] = {}
-    for name in required:
-        if name not in values:
-            errors[name] = [REQUIRED]
-    for name, value in values.items():
-        rule = rules.get(name)
-        if rule is None:
-            errors[name] = ["Unknown field."]
-            continue
-        try:
-            clean[name] = rule(value)
-        except _Broken as broken:
-            errors[name] = [str(broken)]
-    return clean, errors
-
 
 def _as_uuid(value: Any, field: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
     try:
         return UUID(str(value))
     except ValueError:
@@ -403,41 +104,12 @@ def _changed(current: Mapping[str, Any], clean: Mapping[str, Any]) -> dict[str, 
 
 # --- community -------------------------------------------------------------------------------
 
-COMMUNITY_RULES: dict[str, Rule] = {
-    "name": _text(COMMUNITY_NAME_MAX, required=True),
-    "feature_plan": _choice(FEATURE_PLANS),
-    "time_zone": _time_zone,
-    "address": _address,
-    "date_format": _choice(DATE_FORMATS),
-    "time_format": _choice(TIME_FORMATS),
-    "landline_service": _flag,
-    "video_storage": _flag,
-    "community_calls": _flag,
-    "access_control_permission": _choice(ACCESS_CONTROL_PERMISSIONS),
-    "contact_display_order": _choice(CONTACT_DISPLAY_ORDERS),
-    "pin_access_mode": _choice(PIN_ACCESS_MODES),
-    "pay_by_pm": _flag,
-    "send_expiration_email": _choice(EXPIRATION_EMAIL_OPTIONS),
-    "send_renew_email": _flag,
-    "akubela_smart_home": _flag,
-    "scan_indoor_monitor_qr_code": _flag,
-    "dormakaba_integration": _flag,
-}
 
-EMPTY_ADDRESS: dict[str, str | None] = dict.fromkeys(ADDRESS_PARTS)
-
-
-
-def _community_rules_across(settings: Mapping[str, Any]) -> dict[str, Any]:
+def _landline_service_fits(settings: Mapping[str, Any]) -> None:
+    """The rule across an edit and the stored settings (the contract checks one payload)."""
     if settings["landline_service"] and settings["feature_plan"] != "premium":
-        return {"landline_service": ["Landline service is a premium feature: choose premium."]}
-    return {}
-
-
-def _ground_floor(value: Any) -> str | None:
-    if value is None:
-        return None
-    return _choice(GROUND_FLOORS)(value.strip().upper() if isinstance(value, str) else value)
+        raise Invalid.fields(
+            {"landline_service": ["Landline service is a premium feature: choose premium."]})
 
 
 def _building_key(name: str) -> str:
@@ -500,19 +172,12 @@ class Community(Aggregate):
 
     @classmethod
     def create(
-        cls, *, installer_id: UUID | str, community_id: UUID | None = None, **fields: Any
+        cls, *, installer_id: UUID | str, community_id: UUID | None = None, **settings: Any
     ) -> Community:
-        """A new community; `fields` are CommunityCreate's, the manual's defaults fill the rest."""
+        """A new community; `settings` as CommunityCreate loads them (defaults filled in)."""
         installer = _as_uuid(installer_id, "installer_id")
-        clean, errors = _collect(fields, COMMUNITY_RULES, required=("name", "feature_plan"))
-        if errors:
-            raise Invalid.fields(errors)
-        settings = _copy(COMMUNITY_DEFAULTS) | clean
-        settings["address"] = EMPTY_ADDRESS | clean.get("address", {})
-        errors = _community_rules_across(settings)
-        if errors:
-            raise Invalid.fields(errors)
-        return cls(community_id=community_id or uuid4(), installer_id=installer, **settings)
+        return cls(community_id=community_id or uuid4(), installer_id=installer,
+                   **_copy(settings))
 
     @property
     def requires_indoor_monitor(self) -> bool:
@@ -525,20 +190,16 @@ class Community(Aggregate):
 
     def settings(self) -> dict[str, Any]:
         """Every setting of the basic and advanced tables, as CommunityCreate names them."""
-        return {name: _copy(getattr(self, name)) for name in COMMUNITY_RULES}
+        return {name: _copy(getattr(self, name)) for name in COMMUNITY_FIELDS}
 
     def edit(self, **changes: Any) -> None:
-        """Change any settings (CommunityEdit); records nothing when nothing changes."""
+        """Change any settings (as CommunityEdit loads them); records nothing when nothing
+        changes. Address parts merge over the stored ones."""
         self._check_live()
-        clean, errors = _collect(changes, COMMUNITY_RULES)
-        if errors:
-            raise Invalid.fields(errors)
-        if "address" in clean:
-            clean["address"] = self.address | clean["address"]
-        errors = _community_rules_across(self.settings() | clean)
-        if errors:
-            raise Invalid.fields(errors)
-        changed = _changed(self.settings(), clean)
+        if "address" in changes:
+            changes["address"] = self.address | changes["address"]
+        _landline_service_fits(self.settings() | changes)
+        changed = _changed(self.settings(), changes)
         if changed:
             self._edit(community_id=self.id, installer_id=self.installer_id, changes=changed)
 
@@ -559,15 +220,14 @@ class Community(Aggregate):
         self.deleted = True
 
     def add_building(self, *, building_id: UUID | None = None, **fields: Any) -> Building:
-        """A new building (BuildingCreate fields); the community reserves its name."""
+        """A new building (as BuildingCreate loads it); the community reserves its name."""
         self._check_live()
-        clean = Building.validate_new(fields)
-        self._check_building_name_free(clean["name"], building_id=None)
+        self._check_building_name_free(fields["name"], building_id=None)
         building = Building(
             building_id=building_id or uuid4(),
             community_id=self.id,
             installer_id=self.installer_id,
-            **clean,
+            **fields,
         )
         self._reserve_building_name(
             community_id=self.id, building_id=building.id, name=building.name
@@ -602,13 +262,6 @@ class Community(Aggregate):
 
 # --- building --------------------------------------------------------------------------------
 
-BUILDING_RULES: dict[str, Rule] = {
-    "name": _text(BUILDING_NAME_MAX, required=True),
-    "ground_floor": _ground_floor,
-    "floor_start": _integer(FLOOR_MIN, FLOOR_MAX, nullable=True),
-}
-
-
 class Building(Aggregate):
     """A building of a community; it reserves the numbers of its apartments."""
 
@@ -635,30 +288,19 @@ class Building(Aggregate):
         """The id is chosen by `Community.add_building`."""
         return building_id
 
-    @staticmethod
-    def validate_new(fields: Mapping[str, Any]) -> dict[str, Any]:
-        """BuildingCreate fields, normalised and defaulted, or Invalid naming each bad field."""
-        clean, errors = _collect(fields, BUILDING_RULES, required=("name",))
-        if errors:
-            raise Invalid.fields(errors)
-        return BUILDING_DEFAULTS | clean
-
     @property
     def apartment_count(self) -> int:
         return len(self.apartments)
 
     def settings(self) -> dict[str, Any]:
         """The building's fields, as BuildingCreate names them."""
-        return {name: getattr(self, name) for name in BUILDING_RULES}
+        return {name: getattr(self, name) for name in BUILDING_FIELDS}
 
     def edit(self, community: Community, **changes: Any) -> None:
         """Rename the building or change its floors; a new name must be free in the community."""
         self._check_live()
         self._check_in(community)
-        clean, errors = _collect(changes, BUILDING_RULES)
-        if errors:
-            raise Invalid.fields(errors)
-        changed = _changed(self.settings(), clean)
+        changed = _changed(self.settings(), changes)
         if "name" in changed:
             community._check_building_name_free(changed["name"], building_id=self.id)
         if not changed:
@@ -711,7 +353,11 @@ class Building(Aggregate):
         """A new APT and its resident (ApartmentCreate fields); the building reserves the number."""
         self._check_live()
         self._check_in(community)
-        settings, resident = Apartment.validate_new(fields, community)
+        settings = _copy(fields)
+        resident = settings.pop("resident")
+        errors = _monitor_missing(settings, community)
+        if errors:
+            raise Invalid.fields(errors)
         self._check_number_free(settings["number"], apartment_id=None)
         apartment = Apartment(
             apartment_id=apartment_id or uuid4(),
@@ -776,55 +422,21 @@ class Building(Aggregate):
 
 # --- apartment and resident ------------------------------------------------------------------
 
-APARTMENT_RULES: dict[str, Rule] = {
-    "number": _apartment_number,
-    "floor": _optional_floor,
-    "name": _text(APARTMENT_NAME_MAX),
-    "web_relay_id": _integer(0, WEB_RELAY_ID_MAX),
-    "contact_preference": _choice(CONTACT_PREFERENCES),
-    "call_sequence": _call_sequence,
-    "call_type": _integer(min(CallType), max(CallType)),
-    "sip_or_ip_call": _choice(SIP_OR_IP_CALL),
-    "accessible_floors": _accessible_floors,
-    "remark": _text(REMARK_MAX),
-    "indoor_monitor_mac": _mac,
-    "indoor_monitor_name": _text(DEVICE_NAME_MAX),
-    "indoor_monitor_arming_function": _flag,
-    "indoor_monitor_network_group": _integer(1, NETWORK_GROUP_MAX),
-    "indoor_monitor_relays": _relay_names,
-}
-
-RESIDENT_RULES: dict[str, Rule] = {
-    "first_name": _resident_name,
-    "last_name": _resident_name,
-    "email": _email,
-    "language": _language,
-    "country": _country,
-    "mobile": _phone,
-    "landlines": _landlines,
-}
+def _monitor_missing(settings: Mapping[str, Any], community: Community) -> dict[str, Any]:
+    if community.requires_indoor_monitor and not settings["indoor_monitor_mac"]:
+        return {"indoor_monitor_mac": [
+            "The Basic feature plan requires an indoor monitor in every apartment."]}
+    return {}
 
 
-def _apartment_rules_across(
-    settings: Mapping[str, Any], community: Community, *, mac_given: bool
-) -> dict[str, Any]:
-    errors: dict[str, Any] = {}
+def _call_sequence_misfits(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule across an edit and the stored APT (the contract checks one payload)."""
     sequence = settings["contact_preference"] == "sequence_call"
     if sequence and not settings["call_sequence"]:
-        errors["call_sequence"] = ["Sequence Call needs at least one call set."]
+        return {"call_sequence": ["Sequence Call needs at least one call set."]}
     if not sequence and settings["call_sequence"]:
-        errors["call_sequence"] = ["A call sequence applies only to Sequence Call."]
-    if mac_given and community.requires_indoor_monitor and not settings["indoor_monitor_mac"]:
-        errors["indoor_monitor_mac"] = [
-            "The Basic feature plan requires an indoor monitor in every apartment."
-        ]
-    return errors
-
-
-def _collect_resident(value: Any, required: Iterable[str]) -> tuple[dict[str, Any], Any]:
-    if not isinstance(value, Mapping):
-        return {}, ["Not a valid mapping."]
-    return _collect(value, RESIDENT_RULES, required=required)
+        return {"call_sequence": ["A call sequence applies only to Sequence Call."]}
+    return {}
 
 
 class Apartment(Aggregate):
@@ -871,51 +483,20 @@ class Apartment(Aggregate):
         self.indoor_monitor_arming_function = indoor_monitor_arming_function
         self.indoor_monitor_network_group = indoor_monitor_network_group
         self.indoor_monitor_relays = list(indoor_monitor_relays)
-        self.first_name: str | None = None
-        self.last_name: str | None = None
-        self.email: str | None = None
-        self.language = RESIDENT_DEFAULTS["language"]
-        self.country: str | None = None
-        self.mobile: str | None = None
-        self.landlines: list[str] = []
-        self.deleted = False
+        self.deleted = False  # the resident's fields follow in ResidentAdded, in the same save
 
     @staticmethod
     def create_id(apartment_id: UUID) -> UUID:
         """The id is chosen by `Building.add_apartment`."""
         return apartment_id
 
-    @staticmethod
-    def validate_new(
-        fields: Mapping[str, Any], community: Community
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """ApartmentCreate fields as (apartment settings, resident), or Invalid naming the bad."""
-        fields = dict(fields)
-        resident_fields = fields.pop("resident", None)
-        clean, errors = _collect(fields, APARTMENT_RULES, required=("number",))
-        if resident_fields is None:
-            errors["resident"] = [REQUIRED]
-            resident: dict[str, Any] = {}
-        else:
-            resident, resident_errors = _collect_resident(
-                resident_fields, required=("first_name", "last_name")
-            )
-            if resident_errors:
-                errors["resident"] = resident_errors
-        settings = _copy(APARTMENT_DEFAULTS) | clean
-        if not errors:
-            errors = _apartment_rules_across(settings, community, mac_given=True)
-        if errors:
-            raise Invalid.fields(errors)
-        return settings, _copy(RESIDENT_DEFAULTS) | resident
-
     def settings(self) -> dict[str, Any]:
         """The apartment's own fields, as ApartmentCreate names them."""
-        return {name: _copy(getattr(self, name)) for name in APARTMENT_RULES}
+        return {name: _copy(getattr(self, name)) for name in APARTMENT_FIELDS}
 
     def resident(self) -> dict[str, Any]:
         """The resident's fields, as ApartmentCreate's `resident` names them."""
-        return {name: _copy(getattr(self, name)) for name in RESIDENT_RULES}
+        return {name: _copy(getattr(self, name)) for name in RESIDENT_FIELDS}
 
     def _ids(self) -> dict[str, UUID]:
         return {
@@ -963,23 +544,17 @@ class Apartment(Aggregate):
         """
         self._check_live()
         self._check_in(building, community)
-        resident_changes = changes.pop("resident", None)
-        clean, errors = _collect(changes, APARTMENT_RULES)
-        resident: dict[str, Any] = {}
-        if resident_changes is not None:
-            resident, resident_errors = _collect_resident(resident_changes, required=())
-            if resident_errors:
-                errors["resident"] = resident_errors
+        resident = changes.pop("resident", {})
+        if changes.get("contact_preference") == "group_call" and "call_sequence" not in changes:
+            changes["call_sequence"] = []
+        settings = self.settings() | changes
+        errors = _call_sequence_misfits(settings)
+        if "indoor_monitor_mac" in changes:
+            # An older APT of a community later switched to basic keeps its missing monitor.
+            errors |= _monitor_missing(settings, community)
         if errors:
             raise Invalid.fields(errors)
-        if clean.get("contact_preference") == "group_call" and "call_sequence" not in clean:
-            clean["call_sequence"] = []
-        errors = _apartment_rules_across(
-            self.settings() | clean, community, mac_given="indoor_monitor_mac" in clean
-        )
-        if errors:
-            raise Invalid.fields(errors)
-        apartment_changed = _changed(self.settings(), clean)
+        apartment_changed = _changed(self.settings(), changes)
         resident_changed = _changed(self.resident(), resident)
         locked = sorted(set(resident_changed) & set(LINKED_SITES_LOCK))
         if resident_has_linked_sites and locked:

@@ -1,7 +1,8 @@
 """The topology nameko service: communities, buildings and APTs over RPC. Thin by design.
 
-Each entrypoint takes the caller's context first, loads its payload through the contract schema
-(a marshmallow error becomes Invalid in `command`) and returns plain JSON-safe data.
+Each entrypoint takes the caller's context first and returns plain JSON-safe data. Commands pass
+their payload to the application, which checks it against its contract schema for every caller;
+queries load theirs here (a marshmallow error becomes Invalid in `command`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,6 @@ from typing import Any
 from concierge.rpc import command, rpc
 from concierge.runtime import Runtime, ServiceBase
 from contracts import load
-from contracts.topology import (
-    ApartmentCreate,
-    ApartmentEdit,
-    BuildingCreate,
-    BuildingEdit,
-    CommunityCreate,
-    CommunityEdit,
-)
 from services.topology.application import TopologyApplication
 from services.topology.declaration import CONTEXT
 from services.topology.projections import (
@@ -43,7 +36,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def create_community(self, ctx: Ctx, payload: Any) -> dict[str, str]:
-        return {"id": self.app.create_community(load(CommunityCreate, payload))}
+        return {"id": self.app.create_community(payload)}
 
     @rpc
     @command
@@ -58,7 +51,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_community(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, Any]:
-        return self.app.edit_community(community_id, load(CommunityEdit, payload))
+        return self.app.edit_community(community_id, payload)
 
     @rpc
     @command
@@ -69,7 +62,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def add_building(self, ctx: Ctx, community_id: Any, payload: Any) -> dict[str, str]:
-        return {"id": self.app.add_building(community_id, load(BuildingCreate, payload))}
+        return {"id": self.app.add_building(community_id, payload)}
 
     @rpc
     @command
@@ -84,7 +77,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_building(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, Any]:
-        return self.app.edit_building(building_id, load(BuildingEdit, payload))
+        return self.app.edit_building(building_id, payload)
 
     @rpc
     @command
@@ -95,7 +88,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def add_apartment(self, ctx: Ctx, building_id: Any, payload: Any) -> dict[str, str]:
-        return {"id": self.app.add_apartment(building_id, load(ApartmentCreate, payload))}
+        return {"id": self.app.add_apartment(building_id, payload)}
 
     @rpc
     @command
@@ -105,7 +98,7 @@ class TopologyService(ServiceBase):
     @rpc
     @command
     def edit_apartment(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
-        return self.app.edit_apartment(apartment_id, load(ApartmentEdit, payload))
+        return self.app.edit_apartment(apartment_id, payload)
 
     @rpc
     @command

@@ -24,6 +24,7 @@ from concierge.runtime import Runtime, ServiceBase
 from concierge.storage import store_env
 from concierge.store import ServiceApplication
 from concierge.subscription import Envelope, LogReader, ProcessHandler, Subscription
+from contracts import checked
 from contracts import topology as topology_contract
 from contracts.errors import Conflict, NotFound, Unauthorized
 from services.accounts.application import TOPOLOGY_EVENTS, AccountsApplication
@@ -48,10 +49,12 @@ class TopologyStandIn(ServiceApplication):
 
     def add_apartment(self, installer_id: str, number: str, resident: dict[str, Any]) -> str:
         with self.serialised():
-            community = Community.create(installer_id=installer_id, name="Seaside",
-                                         feature_plan="premium")
-            building = community.add_building(name="Building A")
-            apartment = building.add_apartment(community, number=number, resident=resident)
+            community = Community.create(installer_id=installer_id, **checked(
+                topology_contract.CommunityCreate, {"name": "Seaside", "feature_plan": "premium"}))
+            building = community.add_building(
+                **checked(topology_contract.BuildingCreate, {"name": "Building A"}))
+            apartment = building.add_apartment(community, **checked(
+                topology_contract.ApartmentCreate, {"number": number, "resident": resident}))
             self.record(community, building, apartment)
         return str(apartment.id)
 
@@ -60,7 +63,8 @@ class TopologyStandIn(ServiceApplication):
             apartment = self.repository.get(UUID(apartment_id))
             building = self.repository.get(apartment.building_id)
             community = self.repository.get(apartment.community_id)
-            apartment.edit(building, community, resident=changes)
+            apartment.edit(building, community,
+                           **checked(topology_contract.ApartmentEdit, {"resident": changes}))
             self.record(apartment, building)
 
     def reset(self, apartment_id: str) -> None:

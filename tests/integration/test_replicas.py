@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from bench.cluster import Platform
+from contracts import checked
+from contracts.topology import ApartmentCreate
 from tests.support.harness import eventually, free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -150,8 +152,8 @@ def test_a_replica_that_lost_a_race_runs_its_units_under_the_events_lock(
                 building, community_ = one.app._building_and_community(building_id)
                 loaded.set()
                 release.wait(10, 0)
-                apartment = building.add_apartment(community_, number="101",
-                                                   resident=_resident("101"))
+                apartment = building.add_apartment(community_, **checked(
+                    ApartmentCreate, {"number": "101", "resident": _resident("101")}))
                 return str(apartment.id), [building, apartment]
 
             return one.app.execute(part)
