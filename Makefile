@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration bench bench-ab clean install
+.PHONY: run test lint unit integration bench bench-ab mutation clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ bench: $(STAMP)
 # (OTHER defaults to this working tree)
 bench-ab: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/ab.py $(BASE) $(OTHER) --pairs $(or $(PAIRS),3)
+
+# Does a unit test fail when a rule changes? (tools/mutation.py; several minutes per module)
+TOPOLOGY_UNIT := tests/unit/test_topology_domain.py tests/unit/test_topology_contracts.py \
+	tests/unit/test_openapi_rules.py
+ACCOUNTS_UNIT := tests/unit/test_accounts_domain.py tests/unit/test_accounts_contracts.py \
+	tests/unit/test_accounts_application.py
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py services/topology/domain.py $(TOPOLOGY_UNIT)
+	$(BIN)/python tools/mutation.py contracts/topology.py $(TOPOLOGY_UNIT)
+	$(BIN)/python tools/mutation.py services/accounts/domain.py $(ACCOUNTS_UNIT)
+	$(BIN)/python tools/mutation.py contracts/accounts.py $(ACCOUNTS_UNIT)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

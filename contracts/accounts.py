@@ -1,20 +1,23 @@
 """Accounts contracts: login and installer payloads, the authenticated principal, and the data of
 every accounts event.
 
-Request schemas refuse unknown fields (a typo is an error, not a silent no-op). Event schemas
-ignore them, as the envelope's version rule asks of subscribers. Secrets (`PRIVATE_FIELDS`) live
-in the accounts store only: no event schema declares them and they must never leave the service.
+Request schemas refuse unknown fields (a typo is an error, not a silent no-op); they are the one
+check of a request's shape (services/accounts/domain.py keeps the rules that need state). Event
+schemas ignore them, as the envelope's version rule asks of subscribers. Secrets
+(`PRIVATE_FIELDS`) live in the accounts store only: no event schema declares them and they must
+never leave the service.
 """
 
 from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from contracts.fields import Email, Text
+from contracts.fields import EMAIL_PATTERN, Email, Text
 
 __all__ = [
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
+    "DistributorCreate",
     "FamilyMemberAddedSchema",
     "InstallerCreate",
     "LoginRequest",
@@ -34,8 +37,8 @@ __all__ = [
 
 EVENT_VERSION = 1
 
-# Same limits as services/accounts/domain.py (a unit test keeps them equal). The manual states no
-# rule for portal passwords; its "cannot contain @ : /" is about third-party camera passwords.
+# The manual states no rule for portal passwords; its "cannot contain @ : /" is about third-party
+# camera passwords. Names: the import template says they "should not be more than 64 bytes".
 USERNAME_MAX = 64
 USERNAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"  # \Z: "$" would let a trailing newline in
 EMAIL_MAX = 254
@@ -66,6 +69,18 @@ def _username(**kwargs: object) -> Text:
     )
 
 
+def _password(**kwargs: object) -> Text:
+    return Text(required=True, validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX),
+                **kwargs)
+
+
+def _email_address(value: str) -> None:
+    """The platform's one email rule (`contracts.fields.EMAIL_PATTERN`), on top of
+    marshmallow's: an address one context takes, every other takes too."""
+    if not EMAIL_PATTERN.fullmatch(value):
+        raise ValidationError("Not a valid email address.")
+
+
 # --- requests and responses ----------------------------------------------------------------
 
 
@@ -87,8 +102,15 @@ class InstallerCreate(Schema):
     """A distributor creates an installer; the portal sends the login password to the email."""
 
     username = _username()
-    password = Text(required=True, validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX))
-    email = Email(required=True, validate=validate.Length(max=EMAIL_MAX))
+    password = _password()
+    email = Email(required=True, validate=[validate.Length(max=EMAIL_MAX), _email_address])
+
+
+class DistributorCreate(Schema):
+    """The bootstrap distributor's login, from the settings (`CONCIERGE_DISTRIBUTOR_*`)."""
+
+    username = _username()
+    password = _password()
 
 
 class Principal(Schema):

@@ -19,13 +19,13 @@ from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
 from concierge.store import ServiceApplication
+from contracts import checked
+from contracts.accounts import DistributorCreate, InstallerCreate
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from services.accounts.domain import (
     DISTRIBUTOR,
     MasterAccount,
     PortalAccount,
-    validate_password,
-    validate_username,
 )
 from services.accounts.projections import AccountsViews
 from services.accounts.security import Credentials
@@ -85,7 +85,7 @@ class AccountsApplication(ServiceApplication):
 
         An existing account is left as it is (its password included).
         """
-        validate_username(username)
+        checked(DistributorCreate, {"username": username, "password": password})
         account_id = PortalAccount.id_for_username(username)
 
         def command() -> tuple[PortalAccount, list[Any]]:
@@ -93,7 +93,6 @@ class AccountsApplication(ServiceApplication):
             existing = self._portal_account(account_id)
             if existing is not None:
                 return existing, []
-            validate_password(password)
             distributor = PortalAccount.open_distributor(
                 username, self.credentials.hash_password(password))
             return distributor, [distributor]
@@ -108,14 +107,12 @@ class AccountsApplication(ServiceApplication):
 
         `distributor_id` is the calling account (the call context carries no account id).
         """
+        request = checked(InstallerCreate, payload)
         caller = context.current()
         distributor_uuid = _uuid(distributor_id) if distributor_id else None
         if caller.role != DISTRIBUTOR or distributor_uuid is None:
             raise Forbidden(ONLY_DISTRIBUTORS)
-        username = payload.get("username")
-        validate_username(username)
-        password = payload.get("password")
-        validate_password(password)
+        username, password = request["username"], request["password"]
         # Hashed before the command: it is slow, and commands run one unit at a time. The
         # username is checked inside the command, so a retry with its Idempotency-Key gets
         # the first answer rather than "taken".
@@ -127,8 +124,7 @@ class AccountsApplication(ServiceApplication):
                 raise Forbidden(ONLY_DISTRIBUTORS)
             if self._portal_account(PortalAccount.id_for_username(username)) is not None:
                 raise _taken(username)
-            installer = distributor.create_installer(username, payload.get("email"),
-                                                     password_hash)
+            installer = distributor.create_installer(username, request["email"], password_hash)
             return str(installer.id), [installer]
 
         return self.execute(command)

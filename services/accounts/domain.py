@@ -1,9 +1,11 @@
 """Accounts: portal accounts (distributors, installers) and residents' app master accounts.
 
 Plain Python. The application hashes passwords and tokens before calling in, so the domain only
-ever sees and stores digests. Aggregate ids are derived from natural keys (uuid5) so that a second
-account with the same username, or a duplicate ResidentAdded, collides with the first in the store
-instead of creating a twin.
+ever sees and stores digests. A portal request's shape (username, password, email) is checked
+once, by its contract schema (contracts/accounts.py), before it reaches an aggregate; a resident's
+names and email come from topology's events, and are checked here. Aggregate ids are derived
+from natural keys (uuid5) so that a second account with the same username, or a duplicate
+ResidentAdded, collides with the first in the store instead of creating a twin.
 """
 
 from __future__ import annotations
@@ -16,17 +18,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
-from contracts.accounts import (
-    APP_STATUSES,
-    EMAIL_MAX,
-    MAX_SESSIONS,
-    NAME_MAX,
-    PASSWORD_MAX,
-    PASSWORD_MIN,
-    PORTAL_ROLES,
-    USERNAME_MAX,
-    USERNAME_REGEX,
-)
+from contracts.accounts import APP_STATUSES, EMAIL_MAX, MAX_SESSIONS, NAME_MAX, PORTAL_ROLES
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
 from contracts.fields import EMAIL_PATTERN
 
@@ -35,12 +27,6 @@ ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
 
 DISTRIBUTOR, INSTALLER = PORTAL_ROLES
 
-# The limits are the contract's (contracts/accounts.py), defined there once. The manual states
-# no rule for portal passwords; those limits are ours. Names: the manual's import template says
-# they "should not be more than 64 bytes in length".
-NAME_MAX_BYTES = NAME_MAX
-# ASCII so that lower-casing is the whole of case folding and the uuid5 key is unambiguous.
-USERNAME_PATTERN = re.compile(USERNAME_REGEX)
 TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 # MAX_SESSIONS (contracts.accounts) bounds the state a busy account carries; the oldest session
 # is closed to make room.
@@ -54,38 +40,12 @@ UNREGISTERED, REGISTERED = APP_STATUSES
 # --- rules shared by the aggregates and the application ------------------------------------
 
 
-def validate_username(username: Any) -> None:
-    """Raise Invalid unless the username is 1..64 ASCII letters, digits, '.', '_' or '-'."""
-    if not isinstance(username, str) or not username:
-        raise Invalid.field("username", "Username is required.")
-    if len(username) > USERNAME_MAX:
-        raise Invalid.field("username", f"Username is longer than {USERNAME_MAX} characters.")
-    if not USERNAME_PATTERN.fullmatch(username):
-        raise Invalid.field(
-            "username",
-            "Username may hold only letters, digits, '.', '_' and '-', starting with a letter "
-            "or digit.",
-        )
-
-
-def validate_email(email: Any, *, required: bool, field: str = "email") -> None:
-    """Raise Invalid unless the email looks like an address (or is None where allowed)."""
+def _validate_email(email: Any) -> None:
+    """Raise Invalid unless the email looks like an address (or is None)."""
     if email is None or email == "":
-        if required:
-            raise Invalid.field(field, "Email is required.")
         return
     if not isinstance(email, str) or len(email) > EMAIL_MAX or not EMAIL_PATTERN.fullmatch(email):
-        raise Invalid.field(field, "Not a valid email address.")
-
-
-def validate_password(password: Any) -> None:
-    """Raise Invalid unless a plain password fits our limits; call it before hashing."""
-    if not isinstance(password, str) or not password:
-        raise Invalid.field("password", "Password is required.")
-    if len(password) < PASSWORD_MIN:
-        raise Invalid.field("password", f"Password is shorter than {PASSWORD_MIN} characters.")
-    if len(password) > PASSWORD_MAX:
-        raise Invalid.field("password", f"Password is longer than {PASSWORD_MAX} characters.")
+        raise Invalid.field("email", "Not a valid email address.")
 
 
 def _validate_hash(password_hash: Any) -> None:
@@ -112,13 +72,11 @@ def _parse_instant(value: Any, field: str) -> datetime:
 def _validate_name(value: Any, field: str, label: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise Invalid.field(field, f"{label} is required.")
-    if len(value.encode("utf-8")) > NAME_MAX_BYTES:
-        raise Invalid.field(field, f"{label} is longer than {NAME_MAX_BYTES} bytes.")
+    if len(value.encode("utf-8")) > NAME_MAX:
+        raise Invalid.field(field, f"{label} is longer than {NAME_MAX} bytes.")
 
 
 def _as_uuid(value: Any, field: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
     try:
         return UUID(str(value))
     except ValueError:
@@ -159,28 +117,22 @@ class PortalAccount(Aggregate):
         return PortalAccount.id_for_username(username)
 
     @classmethod
-    def open_distributor(
-        cls, username: str, password_hash: str, email: str | None = None
-    ) -> PortalAccount:
-        """The bootstrap distributor: the one account nobody created."""
-        validate_username(username)
-        validate_email(email, required=False)
+    def open_distributor(cls, username: str, password_hash: str) -> PortalAccount:
+        """The bootstrap distributor (DistributorCreate): the one account nobody created."""
         _validate_hash(password_hash)
         return cls(
             role=DISTRIBUTOR,
             username=username,
-            email=email or None,
+            email=None,
             password_hash=password_hash,
             created_by=None,
         )
 
     def create_installer(self, username: str, email: str, password_hash: str) -> PortalAccount:
-        """A new installer account; installers get their accounts from a distributor."""
+        """A new installer account (InstallerCreate); installers get their accounts from a
+        distributor. The portal sends the login password and password resets to `email`."""
         if self.role != DISTRIBUTOR:
             raise Forbidden("Only a distributor can create installer accounts.")
-        validate_username(username)
-        # The portal sends the login password and password resets to this address.
-        validate_email(email, required=True)
         _validate_hash(password_hash)
         return PortalAccount(
             role=INSTALLER,
@@ -415,7 +367,7 @@ def _validate_contact(first_name: Any, last_name: Any, email: Any) -> None:
     for check in (
         lambda: _validate_name(first_name, "first_name", "First name"),
         lambda: _validate_name(last_name, "last_name", "Last name"),
-        lambda: validate_email(email, required=False),
+        lambda: _validate_email(email),
     ):
         try:
             check()

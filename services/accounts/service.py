@@ -12,7 +12,7 @@ from concierge import context
 from concierge.rpc import command, rpc, translated
 from concierge.runtime import Runtime, ServiceBase
 from contracts import load
-from contracts.accounts import InstallerCreate, LoginRequest
+from contracts.accounts import LoginRequest
 from services.accounts.declaration import CONTEXT
 
 
@@ -45,9 +45,8 @@ class AccountsService(ServiceBase):
     @command
     def create_installer(self, ctx: dict[str, Any], payload: dict[str, Any]) -> str:
         """-> the new installer's account id; only a distributor (ctx account_id) may."""
-        request = load(InstallerCreate, payload)
         caller = (ctx or {}).get("account_id")
-        return self.runtime.app.create_installer(request, distributor_id=caller)
+        return self.runtime.app.create_installer(payload, distributor_id=caller)
 
     @rpc
     @command

@@ -212,13 +212,16 @@ def _apply(validator: Any, result: dict[str, Any]) -> None:
 def _stated(field: fields.Field, result: dict[str, Any]) -> None:
     """What the field itself states beyond its validators: its own rules (`Text`: no NUL, no
     unpaired surrogate; a pattern or an enum of a validator already says as much or more), and
-    a route's `metadata={"json_schema": {...}}` (the sort keys a list takes)."""
+    a route's `metadata={"json_schema": {...}}` (the sort keys a list takes), and its
+    `metadata={"description": ...}` (what each call type code means)."""
     own = getattr(field, "json_schema", None)
     if own and "pattern" not in result and "enum" not in result and "format" not in result:
         _merge(result, own)
     stated = field.metadata.get("json_schema")
     if stated:
         _merge(result, stated)
+    if field.metadata.get("description"):
+        _merge(result, {"description": field.metadata["description"]})
 
 
 def _merge(result: dict[str, Any], hint: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from concierge.config import Settings
 from concierge.rebuild import rebuild
 from concierge.runtime import Wiring
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
+from contracts.fields import NUL_MESSAGE
 from services.accounts.application import LOGIN_FAILED, AccountsApplication
 from services.accounts.declaration import CONTEXT as ACCOUNTS
 from services.accounts.declaration import credentials_from_env, parse_bootstrap_distributor
@@ -77,6 +78,17 @@ def create_installer(app: AccountsApplication, username: str = "luna") -> str:
 
 def published_types(wiring: Wiring) -> list[str]:
     return [envelope["type"] for envelope in wiring.read_log(0, 1000)]
+
+
+def test_a_request_no_store_can_keep_is_refused_before_the_store(wiring: Wiring) -> None:
+    before = published_types(wiring)
+    payload = {"username": "lu\x00na", "password": "correct-horse", "email": "l@example.com"}
+
+    with context.acting(DISTRIBUTOR_CTX), pytest.raises(Invalid) as caught:
+        wiring.app.create_installer(payload, distributor_id=root_id())
+
+    assert caught.value.errors == {"username": [NUL_MESSAGE]}
+    assert published_types(wiring) == before
 
 
 # --- login, tokens, logout -----------------------------------------------------------------

@@ -389,3 +389,281 @@ def test_an_event_schema_ignores_fields_it_does_not_know() -> None:
 
     assert loaded["cleared_fields"] == ["email", "mobile", "country", "landlines"]
     assert "added_in_a_later_version" not in loaded
+
+
+# --- every limit at its boundary ---------------------------------------------------------------
+
+
+def loads(schema: Any, payload: dict[str, Any]) -> bool:
+    return not schema.validate(payload)
+
+
+@pytest.mark.parametrize(
+    ("schema", "payload", "field", "longest"),
+    [
+        (contract.CommunityCreate(), COMMUNITY, "name", 128),
+        (contract.BuildingCreate(), {}, "name", 128),
+        (contract.ApartmentCreate(), APARTMENT, "name", 64),
+        (contract.ApartmentCreate(), APARTMENT, "remark", 255),
+        (contract.ApartmentCreate(), APARTMENT, "indoor_monitor_name", 64),
+    ],
+)
+def test_each_text_limit_holds_at_its_boundary(
+        schema: Any, payload: dict[str, Any], field: str, longest: int) -> None:
+    assert loads(schema, payload | {field: "x" * longest})
+    assert not loads(schema, payload | {field: "x" * (longest + 1)})
+
+
+@pytest.mark.parametrize(
+    ("part", "longest"),
+    [("country", 128), ("state_province", 128), ("city", 128), ("post_code", 32),
+     ("street", 128)],
+)
+def test_each_address_part_is_optional_text_up_to_its_limit(part: str, longest: int) -> None:
+    def address(value: Any) -> dict[str, Any]:
+        return COMMUNITY | {"address": {part: value}}
+
+    assert contract.CommunityCreate().load(address(" x "))["address"][part] == "x"
+    assert contract.CommunityCreate().load(address(None))["address"][part] is None
+    assert contract.CommunityCreate().load(address("  "))["address"][part] is None
+    assert loads(contract.CommunityCreate(), address("x" * longest))
+    assert list(errors_of(contract.CommunityCreate(), address("x" * (longest + 1)))) == [
+        "address"]
+    assert contract.CommunityEdit().load({"address": {part: " y "}}) == {"address": {part: "y"}}
+
+
+@pytest.mark.parametrize(
+    ("field", "lowest", "highest"),
+    [("web_relay_id", 0, 50), ("indoor_monitor_network_group", 1, 99), ("call_type", 0, 5)],
+)
+def test_each_number_holds_at_both_ends(field: str, lowest: int, highest: int) -> None:
+    for schema, payload in [(contract.ApartmentCreate(), APARTMENT),
+                            (contract.ApartmentEdit(), {})]:
+        assert loads(schema, payload | {field: lowest})
+        assert loads(schema, payload | {field: highest})
+        assert not loads(schema, payload | {field: lowest - 1})
+        assert not loads(schema, payload | {field: highest + 1})
+
+
+def test_a_building_floor_start_holds_at_both_ends() -> None:
+    for schema in (contract.BuildingCreate(), contract.BuildingEdit()):
+        for floor, accepted in [(-10, True), (128, True), (-11, False), (129, False),
+                                (None, True)]:
+            assert loads(schema, {"name": "A", "floor_start": floor}) is accepted, floor
+
+
+def test_an_email_is_at_most_254_characters() -> None:
+    longest = "x" * 244 + "@example.o"
+
+    def resident(email: str) -> dict[str, Any]:
+        return APARTMENT | {"resident": APARTMENT["resident"] | {"email": email}}
+
+    assert len(longest) == 254
+    assert loads(contract.ApartmentCreate(), resident(longest))
+    assert not loads(contract.ApartmentCreate(), resident("x" + longest))
+
+
+def test_a_phone_number_is_1_to_20_digits() -> None:
+    def resident(**fields: Any) -> dict[str, Any]:
+        return APARTMENT | {"resident": APARTMENT["resident"] | fields}
+
+    for schema in (contract.ApartmentCreate(), contract.ApartmentEdit()):
+        base = APARTMENT if isinstance(schema, contract.ApartmentCreate) else {}
+        for number, accepted in [("1" * 20, True), ("1" * 21, False), ("1", True)]:
+            assert loads(schema, base | resident(mobile=number)) is accepted, number
+            assert loads(schema, base | resident(landlines=[number])) is accepted, number
+
+
+def test_a_resident_has_at_most_three_landlines_counting_empty_ones() -> None:
+    def landlines(numbers: list[str]) -> dict[str, Any]:
+        return APARTMENT | {"resident": APARTMENT["resident"] | {"landlines": numbers}}
+
+    loaded = contract.ApartmentCreate().load(landlines([" 1 ", "", "2"]))
+    assert loaded["resident"]["landlines"] == ["1", "2"]
+    messages = errors_of(contract.ApartmentCreate(), landlines(["1", "2", "3", ""]))
+    assert messages == {"resident": {"landlines": ["At most 3 landline numbers."]}}
+    assert contract.ApartmentEdit().load({"resident": {"landlines": ["", " 3 "]}}) == {
+        "resident": {"landlines": ["3"]}}
+    assert errors_of(contract.ApartmentEdit(), {"resident": {"landlines": ["1"] * 4}}) == {
+        "resident": {"landlines": ["At most 3 landline numbers."]}}
+
+
+def test_an_indoor_monitor_has_at_most_two_named_relays() -> None:
+    for schema, payload in [(contract.ApartmentCreate(), APARTMENT),
+                            (contract.ApartmentEdit(), {})]:
+        loaded = schema.load(payload | {"indoor_monitor_relays": [" Gate ", ""]})
+        assert loaded["indoor_monitor_relays"] == ["Gate"]
+        assert loads(schema, payload | {"indoor_monitor_relays": ["x" * 64]})
+        assert not loads(schema, payload | {"indoor_monitor_relays": ["x" * 65]})
+        assert not loads(schema, payload | {"indoor_monitor_relays": ["a", "b", "c"]})
+
+
+def test_a_call_sequence_has_up_to_three_sets() -> None:
+    targets = list(contract.CALL_SEQUENCE_TARGETS)
+    payload = APARTMENT | {"contact_preference": "sequence_call"}
+
+    assert loads(contract.ApartmentCreate(), payload | {"call_sequence": targets})
+    assert not loads(contract.ApartmentCreate(), payload | {"call_sequence": [*targets, "x"]})
+
+
+# --- what may be null, and the one normal form of each value -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["floor", "name", "remark", "indoor_monitor_mac", "indoor_monitor_name"],
+)
+def test_an_optional_apartment_field_may_be_null(field: str) -> None:
+    assert contract.ApartmentCreate().load(APARTMENT | {field: None})[field] is None
+    assert contract.ApartmentEdit().load({field: None}) == {field: None}
+
+
+@pytest.mark.parametrize("field", ["email", "country", "mobile"])
+def test_an_optional_resident_field_may_be_null_or_empty(field: str) -> None:
+    for value in (None, ""):
+        payload = APARTMENT | {"resident": APARTMENT["resident"] | {field: value}}
+        assert contract.ApartmentCreate().load(payload)["resident"][field] is None
+        assert contract.ApartmentEdit().load({"resident": {field: value}}) == {
+            "resident": {field: None}}
+
+
+def test_a_building_may_leave_its_floors_to_the_device() -> None:
+    assert contract.BuildingEdit().load({"ground_floor": None, "floor_start": None}) == {
+        "ground_floor": None, "floor_start": None}
+
+
+def test_required_text_is_stored_stripped() -> None:
+    assert contract.CommunityEdit().load({"name": " Sea "}) == {"name": "Sea"}
+    assert contract.BuildingEdit().load({"name": " A "}) == {"name": "A"}
+    assert contract.ApartmentEdit().load({"number": " 7 ", "resident": {
+        "first_name": " Lily ", "last_name": " Green "}}) == {
+        "number": "7", "resident": {"first_name": "Lily", "last_name": "Green"}}
+    loaded = contract.ApartmentCreate().load(APARTMENT | {"number": " 7 ", "resident": {
+        "first_name": " Lily ", "last_name": " Green ", "country": " at "}})
+    assert (loaded["number"], loaded["resident"]["first_name"], loaded["resident"]["last_name"],
+            loaded["resident"]["country"]) == ("7", "Lily", "Green", "AT")
+
+
+def test_an_edit_checks_a_call_sequence_against_its_own_preference() -> None:
+    payload = {"contact_preference": "group_call", "call_sequence": ["landlines"]}
+
+    assert list(errors_of(contract.ApartmentEdit(), payload)) == ["call_sequence"]
+
+
+def test_the_sort_keys_of_each_list() -> None:
+    assert contract.COMMUNITY_SORTS == ("name", "created_at")
+    assert contract.BUILDING_SORTS == ("name", "created_at")
+    assert contract.RESIDENT_SORTS == ("number", "name", "resident", "created_at")
+
+
+# --- events: every field required, null where the domain leaves a value out --------------------
+
+
+def a_history_of_nulls() -> list[Any]:
+    """Events whose optional values are all None, and edits that set them back to None."""
+    community = Community.create(installer_id=INSTALLER, **contract.CommunityCreate().load(
+        {"name": "Bare", "feature_plan": "premium"}))
+    building = community.add_building(**contract.BuildingCreate().load(
+        {"name": "A", "ground_floor": "G0", "floor_start": 1}))
+    apartment = building.add_apartment(community, **contract.ApartmentCreate().load({
+        "number": "1", "floor": 1, "name": "n", "remark": "r", "indoor_monitor_mac": MAC_TEXT,
+        "indoor_monitor_name": "m", "resident": {"first_name": "A", "last_name": "B",
+                                                 "email": "a@b.co", "mobile": "1",
+                                                 "country": "AT"}}))
+    bare = building.add_apartment(community, **contract.ApartmentCreate().load({
+        "number": "2", "resident": {"first_name": "A", "last_name": "B"}}))
+    apartment.edit(building, community, **contract.ApartmentEdit().load({
+        "floor": None, "name": None, "remark": None, "indoor_monitor_mac": None,
+        "indoor_monitor_name": None,
+        "resident": {"email": None, "mobile": None, "country": None}}))
+    building.edit(community, **contract.BuildingEdit().load(
+        {"ground_floor": None, "floor_start": None}))
+    community.edit(**contract.CommunityEdit().load({"address": {"city": "X"}}))
+    return [*community.collect_events(), *building.collect_events(),
+            *apartment.collect_events(), *bare.collect_events()]
+
+
+MAC_TEXT = "0C:11:05:0B:98:14"
+
+
+def as_sent(event: Any) -> dict[str, Any]:
+    data = plain(dict(event.__dict__))
+    data["timestamp"] = event.timestamp.isoformat()
+    return data
+
+
+def test_events_with_null_values_load() -> None:
+    history = a_history_of_nulls()
+    for event in history:
+        contract.EVENT_SCHEMAS[type(event).__name__]().load(as_sent(event))
+    nulls = {(type(e).__name__, k) for e in history for k, v in as_sent(e).items() if v is None}
+    nested = {(type(e).__name__, k) for e in history
+              for k, v in as_sent(e).get("changes", {}).items() if v is None}
+    # The history holds a null for each optional value an event can carry.
+    assert {("ApartmentAdded", k) for k in ["floor", "name", "remark", "indoor_monitor_mac",
+                                            "indoor_monitor_name"]} <= nulls
+    assert {("ResidentAdded", k) for k in ["email", "mobile", "country"]} <= nulls
+    assert {("ApartmentEdited", k) for k in ["floor", "name", "remark", "indoor_monitor_mac",
+                                             "indoor_monitor_name"]} <= nested
+    assert {("ResidentEdited", k) for k in ["email", "mobile", "country"]} <= nested
+    assert {("BuildingEdited", "ground_floor"), ("BuildingEdited", "floor_start")} <= nested
+
+
+def test_every_field_of_an_event_is_required() -> None:
+    seen: set[str] = set()
+    for event in [*a_full_history(), *a_history_of_nulls()]:
+        name = type(event).__name__
+        schema = contract.EVENT_SCHEMAS[name]()
+        data = as_sent(event)
+        for field in schema.fields:
+            with pytest.raises(ValidationError) as caught:
+                schema.load({k: v for k, v in data.items() if k != field})
+            assert field in caught.value.messages, (name, field)
+        seen.add(name)
+    assert seen == set(contract.EVENT_SCHEMAS)
+
+
+def test_a_building_added_with_its_floors_left_to_the_device_loads() -> None:
+    community = Community.create(installer_id=INSTALLER, **contract.CommunityCreate().load(
+        {"name": "Bare", "feature_plan": "premium"}))
+    building = community.add_building(**contract.BuildingCreate().load({"name": "A"}))
+    [added] = building.collect_events()
+
+    loaded = contract.BuildingAddedSchema().load(as_sent(added))
+
+    assert (loaded["ground_floor"], loaded["floor_start"]) == (None, None)
+
+
+def test_a_language_tag_is_named_as_such() -> None:
+    message = ["Not a language tag such as 'en'."]
+
+    assert errors_of(contract.ApartmentEdit(), {"resident": {"language": "English"}}) == {
+        "resident": {"language": message}}
+    payload = APARTMENT | {"resident": APARTMENT["resident"] | {"language": "English"}}
+    assert errors_of(contract.ApartmentCreate(), payload) == {"resident": {"language": message}}
+
+
+def test_event_data_is_checked_where_it_names_a_choice() -> None:
+    created = next(e for e in a_full_history() if type(e).__name__ == "CommunityCreated")
+    reset = next(e for e in a_full_history() if type(e).__name__ == "ApartmentReset")
+
+    with pytest.raises(ValidationError):
+        contract.CommunityCreatedSchema().load(as_sent(created) | {"feature_plan": "gold"})
+    with pytest.raises(ValidationError):
+        contract.ApartmentResetSchema().load(as_sent(reset) | {"cleared_fields": ["names"]})
+
+
+def test_an_apartment_for_all_floors_and_an_address_part_added_later_load_from_events() -> None:
+    community = Community.create(installer_id=INSTALLER, **contract.CommunityCreate().load(
+        COMMUNITY))
+    building = community.add_building(**contract.BuildingCreate().load({"name": "A"}))
+    apartment = building.add_apartment(community, **contract.ApartmentCreate().load(
+        APARTMENT | {"accessible_floors": ["all"]}))
+    community.edit(**contract.CommunityEdit().load({"address": {"city": "X"}}))
+    [added] = [e for e in apartment.collect_events() if type(e).__name__ == "ApartmentAdded"]
+    [edited] = [e for e in community.collect_events() if type(e).__name__ == "CommunityEdited"]
+    later = as_sent(edited)
+    later["changes"]["address"]["district"] = "a later version's part"
+
+    assert contract.ApartmentAddedSchema().load(as_sent(added))["accessible_floors"] == ["all"]
+    assert "district" not in contract.CommunityEditedSchema().load(later)["changes"]["address"]
