@@ -113,6 +113,14 @@ class Commits:
         one transaction (`concierge.unit.GroupCommit`); each caller gets its own outcome."""
         return self.group_commit.execute(command)
 
+    def execute_all(self, commands: Sequence[tuple[Any, Callable[[], tuple[Any, Sequence[Any]]]]]
+                    ) -> list[Any]:
+        """Several commands, each with its call context, committed together (one transaction
+        unless more wait than one holds); each has its own outcome, as if executed alone, and
+        the first failure is raised once all are done (notify's mailer records a batch of
+        deliveries so)."""
+        return self.group_commit.execute_all(commands)
+
     def _commit_waiting(self, batch: list[Any]) -> None:
         failure: Exception | None = None
         for attempt in range(COMMIT_ATTEMPTS):

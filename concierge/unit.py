@@ -13,7 +13,7 @@ have had alone, and nothing of a failed part is ever recorded.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -166,6 +166,33 @@ class GroupCommit:
         if not waiting.done:
             self._lead()
         return waiting.outcome()
+
+    def execute_all(self, commands: Sequence[tuple[context.CallContext | Mapping[str, Any] | None,
+                                                   Callable[[], tuple[Any, Sequence[Any]]]]]
+                    ) -> list[Any]:
+        """Several commands queued at once, each with its own call context, so they commit in
+        one unit (with whatever else is waiting): their results, in order. Each has its own
+        outcome, as if executed alone; the first failure is raised once all are done."""
+        waiting: list[_Waiting[Any]] = []
+        for ctx, command in commands:
+            with context.acting(ctx if ctx is None or isinstance(ctx, context.CallContext)
+                                else dict(ctx)):
+                waiting.append(_Waiting(command))
+        if not waiting:
+            return []
+        with self._guard:
+            self._queue.extend(waiting)
+            lead = not self._leading
+            self._leading = True
+        for position, each in enumerate(waiting):
+            if position or not lead:
+                each.turn.wait()  # set when done, or when handed the lead
+            if not each.done:
+                self._lead()
+        failed = next((each.error for each in waiting if each.error is not None), None)
+        if failed is not None:
+            raise failed
+        return [each.result for each in waiting]
 
     def _lead(self) -> None:
         with self._guard:

@@ -7,7 +7,7 @@ mailer what is due and operators what was sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from marshmallow import Schema
 
@@ -197,38 +196,24 @@ class NotifyApplication(ServiceApplication):
         return self.repository.get(UUID(str(email_id)))
 
     def record_sent(self, email_id: UUID | str, sent_at: datetime, transport: str) -> None:
+        with context.acting(self._mailer_context(email_id)):
+            self.execute(self._sent(email_id, sent_at, transport))
+
+    def record_sent_many(self, delivered: Sequence[tuple[Email, datetime]],
+                         transport: str) -> None:
+        """Several deliveries, committed together; each on the email's current state, so one
+        that changed since the mailer loaded it (a cancel, another mailer) fails alone."""
+        self.execute_all([(self._mailer_context(email.id), self._sent(email.id, sent_at, transport))
+                          for email, sent_at in delivered])
+
+    def _sent(self, email_id: UUID | str, sent_at: datetime, transport: str
+              ) -> Callable[[], tuple[None, list[Any]]]:
         def command() -> tuple[None, list[Any]]:
             email = self.email(email_id)
             email.mark_sent(sent_at, transport)
             return None, [email]
 
-        with context.acting(self._mailer_context(email_id)):
-            self.execute(command)
-
-    def record_sent_many(self, delivered: list[tuple[Email, datetime]], transport: str) -> None:
-        """Several deliveries in one transaction, on the emails the mailer loaded to send.
-
-        One of them changed since it was loaded (a cancel, another mailer) makes the commit
-        conflict; then each is recorded alone on its current state, as `record_sent` does.
-        """
-
-        def part(email: Email, sent_at: datetime) -> Callable[[], tuple[None, list[Any]]]:
-            def mark() -> tuple[None, list[Any]]:
-                email.mark_sent(sent_at, transport)
-                return None, [email]
-
-            return mark
-
-        parts = [(context.CallContext.from_dict(self._mailer_context(email.id)),
-                  part(email, sent_at)) for email, sent_at in delivered]
-        try:
-            with self.serialised():
-                self.run_unit(parts)
-        except Exception as exc:
-            if len(delivered) == 1 and not isinstance(exc, IntegrityError):
-                raise
-            for email, sent_at in delivered:
-                self.record_sent(email.id, sent_at, transport)
+        return command
 
     def record_failure(self, email_id: UUID | str, reason: str, failed_at: datetime,
                        permanent: bool = False) -> None:

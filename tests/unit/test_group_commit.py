@@ -20,7 +20,9 @@ from concierge.commit import COMMIT_ATTEMPTS
 from concierge.config import Settings
 from concierge.records import META_KEY
 from concierge.storage import store_env
+from contracts import checked
 from contracts.errors import Conflict
+from contracts.topology import ApartmentCreate
 from services.topology.application import TopologyApplication
 
 LUNA = str(uuid.uuid4())
@@ -211,3 +213,47 @@ def test_one_command_at_a_time_is_one_commit_each(app: TopologyApplication,
         add(app, building, number)()
 
     assert len(sizes) == 3 and app.group_commit.units == app.group_commit.commands
+
+
+def add_command(app: TopologyApplication, building: str, number: str) -> Callable[[], Any]:
+    """A command as `execute` takes it: load, call the aggregates, return them to record."""
+    payload = checked(ApartmentCreate, {"number": number, "resident": {
+        "first_name": "Lily", "last_name": f"N{number}"}})
+
+    def command() -> tuple[str, list[Any]]:
+        target, community = app._building_and_community(building)
+        apartment = target.add_apartment(community, **payload)
+        return str(apartment.id), [target, apartment]
+
+    return command
+
+
+def test_commands_executed_all_at_once_commit_together_each_as_its_own_caller(
+        app: TopologyApplication, building: str) -> None:
+    sizes = hold_first_commit(app, seconds=0)
+    before = app.max_position()
+
+    ids = app.execute_all([(as_luna(f"req-{n}"), add_command(app, building, n))
+                           for n in ("501", "502", "503")])
+
+    per_command = len(app.read(before)) // 3
+    assert sizes == [3 * per_command]
+    stamps = {r.state[META_KEY]["correlation_id"] for r in app.read(before)}
+    assert stamps == {"req-501", "req-502", "req-503"}
+    with context.acting(as_luna("check")):
+        assert [app.get_apartment(i)["number"] for i in ids] == ["501", "502", "503"]
+
+
+def test_one_refused_command_of_a_batch_fails_alone_and_its_error_is_raised(
+        app: TopologyApplication, building: str) -> None:
+    sizes = hold_first_commit(app, seconds=0)
+
+    with pytest.raises(Conflict):
+        app.execute_all([(as_luna(f"req-{n}"), add_command(app, building, n))
+                         for n in ("601", "601", "602")])
+
+    # The batch failed as a whole with nothing recorded, then each ran alone: two commits.
+    assert (len(sizes) == 3 and sizes[0] == 0) or len(sizes) == 2
+    with context.acting(as_luna("check")):
+        assert app.get_building(building)["apartment_count"] == 2
+    assert app.execute_all([]) == []
