@@ -77,6 +77,7 @@ class Sampler:
         self.url = postgres_url
         self.processes = processes
         self.ports: dict[int, int] = {}
+        self.port_names: dict[int, str] = {}
         self.peak: Counter[int] = Counter()
         self.total_peak = 0
         self.names: dict[int, set[str]] = {pid: set() for pid in processes}
@@ -90,8 +91,12 @@ class Sampler:
                     "SELECT client_port, application_name FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                     "AND client_port IS NOT NULL").fetchall()
-                if any(port not in self.ports for port, _ in rows):
+                # A port new to the map, or one now held under another name (a process closed
+                # it and another took it since the map was read), sends us to read it again.
+                if any(port not in self.ports or self.port_names.get(port, name) != name
+                       for port, name in rows):
                     self.ports = local_ports(list(self.processes))
+                self.port_names = dict(rows)
                 held: Counter[int] = Counter()
                 for port, name in rows:
                     pid = self.ports.get(port)
