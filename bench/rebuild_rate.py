@@ -24,8 +24,7 @@ from pathlib import Path  # noqa: E402
 from concierge import context  # noqa: E402
 from concierge.config import Settings  # noqa: E402
 from concierge.rebuild import rebuild  # noqa: E402
-from concierge.runtime import assemble  # noqa: E402
-from services.topology.service import wiring as topology_wiring  # noqa: E402
+from services.topology.declaration import CONTEXT as TOPOLOGY  # noqa: E402
 
 
 def fill(app: object, events: int) -> int:
@@ -64,9 +63,9 @@ def main() -> None:
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-rebuild-")),
                         database_url=os.environ.get("BENCH_DATABASE_URL", ""),
                         schema_prefix=f"bench{uuid.uuid4().hex[:6]}_")
-    raw = topology_wiring(settings)  # no read models attached while filling: only events
-    total = fill(raw.app, events)
-    wired = assemble(raw, read_remote=lambda source, after, limit: [])
+    app = TOPOLOGY.open(settings)  # no read models attached while filling: only events
+    total = fill(app, events)
+    wired = TOPOLOGY.wire(settings, app=app, read_remote=lambda source, after, limit: [])
     start = time.perf_counter()
     rebuild(wired, only={"topology_residents"})
     residents_seconds = time.perf_counter() - start
