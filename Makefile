@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint unit integration bench bench-ab mutation clean install
+.PHONY: run test lint unit integration fuzz bench bench-ab mutation clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
+
+# Schemathesis, every check and phase, against the platform as `make run` starts it; `make test`
+# runs the same with 25 examples per operation. make fuzz [EXAMPLES=200] [SEED=<n>]
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(or $(EXAMPLES),200) FUZZ_SEED=$(or $(SEED),$$RANDOM) \
+		$(BIN)/python -m pytest -q tests/e2e/test_openapi_conformance.py
 
 bench: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/run_all.py

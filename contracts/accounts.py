@@ -38,7 +38,7 @@ __all__ = [
 EVENT_VERSION = 1
 
 # The manual states no rule for portal passwords; its "cannot contain @ : /" is about third-party
-# camera passwords. Names: the import template says they "should not be more than 64 bytes".
+# camera passwords. Names: the import template says they "should not be more than 64 characters".
 USERNAME_MAX = 64
 USERNAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z"  # \Z: "$" would let a trailing newline in
 EMAIL_MAX = 254

@@ -39,7 +39,8 @@ from contracts.fields import (
     List,
     Text,
     documented,
-    ecma,
+    optional,
+    padded,
     stripped,
     stripped_or_none,
 )
@@ -119,7 +120,9 @@ BUILDING_NAME_MAX = 128
 APARTMENT_NAME_MAX = 64
 ADDRESS_PART_MAX = 128
 POST_CODE_MAX = 32
-RESIDENT_NAME_MAX_BYTES = 64
+# The manual's later import template: "should not be more than 64 characters" (an earlier one
+# said bytes, which no JSON Schema can state; accounts counts the same way).
+RESIDENT_NAME_MAX = 64
 REMARK_MAX = 255
 EMAIL_MAX = 254
 PHONE_MAX_DIGITS = 20
@@ -226,20 +229,11 @@ def _time_zone(value: str) -> None:
         raise ValidationError(TIME_ZONE_MESSAGE)
 
 
-@documented(pattern=NON_BLANK_PATTERN, maxLength=RESIDENT_NAME_MAX_BYTES,
-            description=f"At most {RESIDENT_NAME_MAX_BYTES} bytes of UTF-8.")
-def _resident_name(value: str) -> None:
-    # The import template: "should not be more than 64 bytes in length" (accounts agrees).
-    if not value.strip():
-        raise ValidationError("This field may not be blank.")
-    if len(value.strip().encode("utf-8")) > RESIDENT_NAME_MAX_BYTES:
-        raise ValidationError(f"Longer than {RESIDENT_NAME_MAX_BYTES} bytes.")
-
-
 def _optional_pattern(regex: str, message: str) -> Callable[[str], None]:
     """The pattern (around white space), or empty text, which is stored as None."""
     pattern = re.compile(regex)
 
+    @documented(pattern=optional(regex))
     def check(value: str) -> None:
         if value and not pattern.match(value.strip()):
             raise ValidationError(message)
@@ -247,7 +241,7 @@ def _optional_pattern(regex: str, message: str) -> Callable[[str], None]:
     return check
 
 
-@documented(pattern=ecma(APARTMENT_NUMBER_REGEX))
+@documented(pattern=padded(APARTMENT_NUMBER_REGEX))
 def _apartment_number(value: str) -> None:
     if value.strip().startswith("#"):
         # Door phones in APT#+PIN mode cannot tell such a number from the PIN.
@@ -256,11 +250,13 @@ def _apartment_number(value: str) -> None:
         raise ValidationError(APARTMENT_NUMBER_MESSAGE)
 
 
+@documented(uniqueItems=True)
 def _unique(values: list[Any]) -> None:
     if len(set(values)) != len(values):
         raise ValidationError("Each item may appear once.")
 
 
+@documented(**{"if": {"contains": {"const": ALL_FLOORS}}, "then": {"maxItems": 1}})
 def _floors(values: list[int | str]) -> None:
     if ALL_FLOORS in values and len(values) > 1:
         raise ValidationError("All Floors cannot be combined with single floors.")
@@ -309,6 +305,8 @@ class Floor(fields.Field):
                 value = int(text)
             except ValueError:
                 raise self.make_error("invalid") from None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 7.0 is the integer 7, as JSON Schema counts it
         if not isinstance(value, int) or not FLOOR_MIN <= value <= FLOOR_MAX:
             raise self.make_error("invalid")
         return value
@@ -434,6 +432,14 @@ class Address(Schema):
     street = _text(ADDRESS_PART_MAX, allow_none=True)
 
 
+# The rule in JSON Schema: landline service on, with a plan in the same payload, is premium.
+LANDLINE_NEEDS_PREMIUM = {
+    "if": {"required": ["landline_service", "feature_plan"],
+           "properties": {"landline_service": {"const": True}}},
+    "then": {"properties": {"feature_plan": {"const": "premium"}}},
+}
+
+
 def _landline_needs_premium(data: dict[str, Any]) -> None:
     if data.get("landline_service") and data.get("feature_plan") == "basic":
         raise ValidationError(
@@ -470,6 +476,7 @@ class CommunityCreate(Schema):
     dormakaba_integration = Boolean(load_default=False)
 
     @validates_schema
+    @documented(**LANDLINE_NEEDS_PREMIUM)
     def _check_landline_service(self, data: dict[str, Any], **_: Any) -> None:
         _landline_needs_premium(data)
 
@@ -502,7 +509,11 @@ class CommunityEdit(Schema):
     scan_indoor_monitor_qr_code = Boolean()
     dormakaba_integration = Boolean()
 
+    state_rules = {"landline_service": "needs the premium plan, the stored one when the edit "
+                                       "chooses none."}
+
     @validates_schema
+    @documented(**LANDLINE_NEEDS_PREMIUM)
     def _check_landline_service(self, data: dict[str, Any], **_: Any) -> None:
         # Only when both are in the edit; the domain checks against the stored plan.
         _landline_needs_premium(data)
@@ -535,8 +546,8 @@ class BuildingEdit(Schema):
 class ResidentFields(Schema):
     """The resident part of Add APT: first and last name required."""
 
-    first_name = Text(required=True, validate=_resident_name, tidy=stripped)
-    last_name = Text(required=True, validate=_resident_name, tidy=stripped)
+    first_name = _name(RESIDENT_NAME_MAX, required=True)
+    last_name = _name(RESIDENT_NAME_MAX, required=True)
     email = _email(load_default=None)
     language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'."),
@@ -550,8 +561,8 @@ class ResidentFields(Schema):
 class ResidentEditFields(Schema):
     """The resident part of Edit APT: any subset of ResidentFields."""
 
-    first_name = Text(validate=_resident_name, tidy=stripped)
-    last_name = Text(validate=_resident_name, tidy=stripped)
+    first_name = _name(RESIDENT_NAME_MAX)
+    last_name = _name(RESIDENT_NAME_MAX)
     email = _email()
     language = Text(
         validate=validate.Regexp(LANGUAGE_REGEX, error="Not a language tag such as 'en'.")
@@ -559,6 +570,36 @@ class ResidentEditFields(Schema):
     country = _country()
     mobile = _phone()
     landlines = _landlines()
+
+
+def _when(field: str, value: Any, then: dict[str, Any], *, also: str | None = None
+          ) -> dict[str, Any]:
+    """JSON Schema: when `field` is `value` (and `also` is present), the payload is `then`."""
+    return {"if": {"required": [field, *([also] if also else [])],
+                   "properties": {field: {"const": value}}}, "then": then}
+
+
+def _has(field: str, rule: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [field], "properties": {field: rule}}
+
+
+# A call sequence, in one payload: only with Sequence Call, and Sequence Call needs one. A new
+# APT's preference is group_call unless it says otherwise; an edit's applies when both are sent.
+CALL_SEQUENCE_ON_CREATE = {"allOf": [
+    {"if": _has("call_sequence", {"minItems": 1}),
+     "then": _has("contact_preference", {"const": "sequence_call"})},
+    _when("contact_preference", "sequence_call", _has("call_sequence", {"minItems": 1})),
+]}
+CALL_SEQUENCE_ON_EDIT = {"allOf": [
+    _when("contact_preference", "group_call", _has("call_sequence", {"maxItems": 0}),
+          also="call_sequence"),
+    _when("contact_preference", "sequence_call", _has("call_sequence", {"minItems": 1}),
+          also="call_sequence"),
+]}
+
+
+MONITOR_RULE = ("required while the community is on the basic plan, unless akubela smart home "
+                "is on.")
 
 
 def _call_sequence_fits(data: dict[str, Any]) -> None:
@@ -590,7 +631,10 @@ class ApartmentCreate(Schema):
     indoor_monitor_relays = _relays(load_default=list)
     resident = fields.Nested(ResidentFields, required=True)
 
+    state_rules = {"indoor_monitor_mac": MONITOR_RULE}
+
     @validates_schema
+    @documented(**CALL_SEQUENCE_ON_CREATE)
     def _check_call_sequence(self, data: dict[str, Any], **_: Any) -> None:
         _call_sequence_fits(data)
 
@@ -623,7 +667,14 @@ class ApartmentEdit(_ApartmentFields):
 
     resident = fields.Nested(ResidentEditFields)
 
+    state_rules = {
+        "indoor_monitor_mac": MONITOR_RULE,
+        "call_sequence": "fits the contact preference, the stored one when the edit sends "
+                         "none, and the stored sequence when it sends Sequence Call alone.",
+    }
+
     @validates_schema
+    @documented(**CALL_SEQUENCE_ON_EDIT)
     def _check_call_sequence(self, data: dict[str, Any], **_: Any) -> None:
         _call_sequence_fits(data)
 

@@ -72,8 +72,8 @@ def _parse_instant(value: Any, field: str) -> datetime:
 def _validate_name(value: Any, field: str, label: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise Invalid.field(field, f"{label} is required.")
-    if len(value.encode("utf-8")) > NAME_MAX:
-        raise Invalid.field(field, f"{label} is longer than {NAME_MAX} bytes.")
+    if len(value) > NAME_MAX:
+        raise Invalid.field(field, f"{label} is longer than {NAME_MAX} characters.")
 
 
 def _as_uuid(value: Any, field: str) -> UUID:

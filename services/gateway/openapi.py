@@ -4,9 +4,10 @@ A small converter from marshmallow fields to JSON Schema (2020-12, the dialect o
 instead of apispec: the contracts use a handful of field types and validators, and owning the
 mapping keeps one pinned dependency fewer. A rule a validator checks in code states itself in
 JSON Schema (`contracts.fields.documented`: blank names, APT numbers, IANA time zones), `Text`
-states that it takes no NUL, and a list states its sort keys, so that a request made to the
-document is not refused for a rule it does not say. What JSON Schema cannot say (a name's
-64 *bytes*, an integer written 2.0) stays in the descriptions and on the server.
+states that it takes no NUL, a list states its sort keys, a rule across fields states itself on
+its `validates_schema` method (`if`/`then`), and an operation names the fields the domain also
+checks against what is stored (`x-state-rules`), so that a request made to the document is not
+refused for a rule it does not say.
 """
 
 from __future__ import annotations
@@ -145,10 +146,26 @@ def object_schema(schema: Schema, components: Components) -> dict[str, Any]:
         result["required"] = required
     if schema.unknown == RAISE:
         result["additionalProperties"] = False
+    for rule in schema_rules(type(schema)):  # rules across fields (`validates_schema`)
+        result.setdefault("allOf", []).extend(rule.get("allOf", [rule]))
     summary = _first_line(type(schema).__doc__)
     if summary:
         result["description"] = summary
     return result
+
+
+def schema_rules(schema: type[Schema]) -> list[dict[str, Any]]:
+    """The JSON Schema of each rule across fields that the schema states beside its check
+    (`contracts.fields.documented` on a `validates_schema` method)."""
+    hooks = (getattr(schema, name, None) for name in dir(schema) if not name.startswith("__"))
+    return [hook.json_schema for hook in hooks
+            if callable(hook) and isinstance(getattr(hook, "json_schema", None), dict)]
+
+
+def state_rules(schema: type[Schema] | None) -> dict[str, str]:
+    """Fields the domain also checks against what is stored (a schema's `state_rules`): a
+    request the document allows may still be refused with 422 naming one of them."""
+    return dict(getattr(schema, "state_rules", None) or {})
 
 
 def field_schema(field: fields.Field, components: Components) -> dict[str, Any]:
@@ -211,12 +228,15 @@ def _apply(validator: Any, result: dict[str, Any]) -> None:
 
 def _stated(field: fields.Field, result: dict[str, Any]) -> None:
     """What the field itself states beyond its validators: its own rules (`Text`: no NUL, no
-    unpaired surrogate; a pattern or an enum of a validator already says as much or more), and
+    unpaired surrogate; an enum of a validator already says as much or more), and
     a route's `metadata={"json_schema": {...}}` (the sort keys a list takes), and its
     `metadata={"description": ...}` (what each call type code means)."""
     own = getattr(field, "json_schema", None)
-    if own and "pattern" not in result and "enum" not in result and "format" not in result:
-        _merge(result, own)
+    if own and "enum" not in result and "format" not in result:
+        if "pattern" not in result:
+            _merge(result, own)
+        elif result["pattern"] != own["pattern"]:  # one `pattern` per schema: the rest in allOf
+            result.setdefault("allOf", []).append({"pattern": own["pattern"]})
     stated = field.metadata.get("json_schema")
     if stated:
         _merge(result, stated)
@@ -336,6 +356,12 @@ def operation(route: Route, components: Components) -> dict[str, Any]:
     }
     description = " ".join(filter(None, [
         route.description, f"Only for: {', '.join(route.roles)}." if route.roles else ""]))
+    rules = state_rules(route.body)
+    if rules:
+        stored = " ".join(f"`{name}` {why}" for name, why in rules.items())
+        description = " ".join(filter(None, [
+            description, f"Checked against what is stored too (422 naming the field): {stored}"]))
+        result["x-state-rules"] = sorted(rules)
     if description:
         result["description"] = description
     if route.body is not None:

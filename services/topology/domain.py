@@ -25,7 +25,7 @@ settings, the linked-sites lock, nothing done to what is deleted or in another p
   -10..128 or G0/G1/G2; accessible floors from the same range or "All Floors"; web relay ID;
   contact preference group|sequence call (up to three sequence sets); call type codes 0-5 as the
   import template names them; SIP call or IP call (IP preselected); remark up to 255; resident
-  first and last name required, at most 64 bytes each; email format; up to three landlines.
+  first and last name required, at most 64 characters each; email format; up to three landlines.
 - Edit APT: a resident whose account has linked sites keeps email, mobile and country/region.
 - Reset: removes email, mobile number, country/region and landlines (family members, logs,
   messages, PIN/face/NFC/BLE/QR belong to other services, which act on `ApartmentReset`); keeps

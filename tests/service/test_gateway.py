@@ -968,7 +968,8 @@ def test_the_document_states_the_rules_the_contracts_check_in_code(base_url: str
     remark = schemas["ApartmentCreate"]["properties"]["remark"]
     for rule, accepted, refused in [
             (name["pattern"], ["Sea View", " x "], ["", "   ", "\t\n", "Sea\x00View"]),
-            (number["pattern"], ["101", "1#2", "999999"], ["", "#1", "1234567", "A1", " 1"]),
+            # white space around a number is stripped, by the server and so by the document
+            (number["pattern"], ["101", "1#2", "999999", " 1"], ["", "#1", "1234567", "A1"]),
             (first_name["pattern"], ["Lily"], ["", "  ", "Li\x00ly"]),
             (remark["pattern"], ["", "gate code"], ["gate\x00code"])]:
         pattern = re.compile(rule)

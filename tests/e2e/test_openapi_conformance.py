@@ -1,0 +1,76 @@
+"""Schemathesis, with every check and every phase, against the platform as `make run` starts it.
+
+What the OpenAPI document allows, the gateway accepts; what it refuses, the gateway refuses;
+every answer has the status, headers and body the document says; nothing is a 500. The number of
+examples is bounded (`FUZZ_EXAMPLES`, 25 per operation by default) and the seed is fixed
+(`FUZZ_SEED`) so that CI runs the same cases; set either to look further.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import Platform
+from tests.support.harness import free_port
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
+SEED = os.environ.get("FUZZ_SEED", "20261207")
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    running = Platform("", "", tmp_path_factory.mktemp("fuzz") / "var", free_port(),
+                       embedded=True)
+    running.start()
+    yield running
+    running.stop()
+
+
+def installer_token(platform: Platform) -> str:
+    name = f"fuzz{uuid.uuid4().hex[:8]}"
+    status, _ = platform.call("POST", "/api/v1/installers",
+                              {"username": name, "password": "installer-pw-1",
+                               "email": f"{name}@example.org"}, platform.distributor_token())
+    assert status == 201
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": name, "password": "installer-pw-1"})
+    assert status == 200
+    return str(session["token"])
+
+
+# Who calls, and which operations: an installer everything but logging itself out (which would
+# end the session the run uses) and creating installers (a distributor's); a distributor that.
+RUNS = {
+    "installer": ["--exclude-path", "/api/v1/auth/logout", "--exclude-path", "/api/v1/installers"],
+    "distributor": ["--include-path", "/api/v1/installers"],
+}
+
+
+@pytest.mark.parametrize("who", list(RUNS))
+def test_requests_made_to_the_document_find_no_failure(platform: Platform, who: str) -> None:
+    token = platform.distributor_token() if who == "distributor" else installer_token(platform)
+    command = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file", str(HERE / "schemathesis.toml"), "run",
+        f"{platform.base}/openapi.json", "--checks", "all",
+        # in its place, the same check aware of the rules checked against what is stored
+        "--exclude-checks", "positive_data_acceptance",
+        "--max-examples", EXAMPLES, "--seed", SEED, "--workers", "1",
+        "--suppress-health-check", "all", *RUNS[who],
+    ]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.e2e.schemathesis_hooks", "FUZZ_TOKEN": token,
+           "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, check=False)
+
+    assert result.returncode == 0, result.stdout[-30000:] + result.stderr[-5000:]
+    assert " passed" in result.stdout  # it ran cases, not nothing
