@@ -367,9 +367,9 @@ class _Rebuild:
         live: dict[str, list[ProjectionHandler]] = {}
         assert shadow.engine is not None
         for model in self.models:
-            live_handlers = projection_handlers(model, self.wiring.engine)
-            for source, handler in projection_handlers(model, shadow.engine,
-                                                             exclusive=True).items():
+            live_handlers = projection_handlers(model, self.wiring.engine, own=self.service)
+            for source, handler in projection_handlers(model, shadow.engine, exclusive=True,
+                                                       own=self.service).items():
                 built.setdefault(source, []).append(handler)
                 live.setdefault(source, []).append(live_handlers[source])
         feeds = []

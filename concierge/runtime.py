@@ -312,7 +312,7 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     handlers: list[tuple[str, Handler]] = list(wiring.policies)
     for model in wiring.read_models:
         model.create(wiring.engine)
-        handlers.extend(projection_handlers(model, wiring.engine).items())
+        handlers.extend(projection_handlers(model, wiring.engine, own=service).items())
     for source, handler in handlers:
         if source == service:
             wiring.local.append(Subscription(source, handler, wiring.local_reader(handler)))

@@ -599,9 +599,50 @@ def _set_tracked(conn: Connection, projection: str, source: str, current: int,
                                                          position=position))
 
 
-def projection_handlers(model: ReadModel, engine: Engine, exclusive: bool = False
-                        ) -> dict[str, ProjectionHandler]:
+def projection_handlers(model: ReadModel, engine: Engine, exclusive: bool = False, *,
+                        own: str | None = None) -> dict[str, ProjectionHandler]:
     """A read model's handlers, {source: handler}, writing through `engine`; `exclusive` for
-    tables nothing else writes (a rebuild's)."""
-    return {source: ProjectionHandler(model.name, engine, fns, exclusive=exclusive)
+    tables nothing else writes (a rebuild's). `own`: the service's name; the events of every
+    other source reach the handlers with text a read model can store (`storable`)."""
+    return {source: ProjectionHandler(
+                model.name, engine,
+                fns if source == own else {kind: storable(fn) for kind, fn in fns.items()},
+                exclusive=exclusive)
             for source, fns in model.handlers().items()}
+
+
+def storable(project: ProjectFn) -> ProjectFn:
+    """A handler that sees another service's event without NUL characters, which PostgreSQL
+    text cannot hold: one such event must not stall a read model. The service's own events
+    need no scan: its contracts refuse NUL (`contracts.fields.Text`) before they are recorded.
+    """
+
+    def handler(rows: Rows, envelope: Envelope) -> None:
+        data = envelope.get("data")
+        if isinstance(data, dict) and _has_nul(data):
+            envelope = {**envelope, "data": _without_nul(data)}
+        project(rows, envelope)
+
+    return handler
+
+
+def _has_nul(value: Any) -> bool:
+    # Scanning is cheaper than copying, and events with NUL are rare.
+    for item in value.values() if isinstance(value, dict) else value:
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return True
+        elif (kind is dict or kind is list) and _has_nul(item):
+            return True
+    return False
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key: _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value

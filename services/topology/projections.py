@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 from sqlalchemy import (
     Column,
     Integer,
@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from concierge.projection import ProjectFn, ReadModel, Rows
+from contracts import fields as contract_fields
 from contracts.errors import Invalid
 from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
@@ -54,11 +55,6 @@ def _sort_field(keys: Sequence[str], default: str) -> fields.String:
     return fields.String(load_default=default, validate=validate.OneOf(options))
 
 
-def _printable(value: str) -> None:
-    if "\x00" in value:
-        raise ValidationError("Must not contain NUL characters.")
-
-
 class PageQuery(Schema):
     """A page of a list in a fixed order (an APT's history, oldest first): no sort, no search."""
 
@@ -69,9 +65,8 @@ class PageQuery(Schema):
 
 
 class _ListQuery(PageQuery):
-    q = fields.String(
-        load_default=None, allow_none=True, validate=[validate.Length(max=Q_MAX), _printable]
-    )
+    q = contract_fields.Text(load_default=None, allow_none=True,
+                             validate=validate.Length(max=Q_MAX))
 
 
 class CommunityListQuery(_ListQuery):
@@ -142,41 +137,8 @@ def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
     return key, sort.startswith("-")
 
 
-def _has_nul(value: Any) -> bool:
-    items = value.values() if isinstance(value, dict) else value
-    for item in items:
-        kind = type(item)
-        if kind is str:
-            if "\x00" in item:
-                return True
-        elif (kind is dict or kind is list) and _has_nul(item):
-            return True
-    return False
-
-
-def _without_nul(value: Any) -> Any:
-    """PostgreSQL text cannot hold NUL; one such character must not stall a read model."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {key: _without_nul(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    return value
-
-
-def _data(env: Envelope) -> dict[str, Any]:
-    data = env.get("data") or {}
-    if env.get("source") == "topology":
-        return data  # topology's command contracts refuse NUL (contracts.fields.Text)
-    # Scanning is cheaper than copying, and events with NUL are rare (the contracts refuse it).
-    if isinstance(data, dict) and _has_nul(data):
-        return _without_nul(data)
-    return data
-
-
 def _changes(env: Envelope, names: Sequence[str]) -> dict[str, Any]:
-    changes = _data(env).get("changes") or {}
+    changes = env["data"].get("changes") or {}
     return {name: changes[name] for name in names if name in changes}
 
 
@@ -251,7 +213,7 @@ class SitesView(ReadModel):
 
     @staticmethod
     def community_created(rows: Rows, env: Envelope) -> None:
-        data = _data(env)
+        data = env["data"]
         rows.put(communities, id=env["stream_id"], installer_id=str(data["installer_id"]),
                  name=data["name"], feature_plan=data["feature_plan"],
                  time_zone=data["time_zone"], created_at=_instant(env["occurred_at"]))
@@ -267,7 +229,7 @@ class SitesView(ReadModel):
 
     @staticmethod
     def building_added(rows: Rows, env: Envelope) -> None:
-        _add_unit(rows, BUILDING, env["stream_id"], str(_data(env)["community_id"]))
+        _add_unit(rows, BUILDING, env["stream_id"], str(env["data"]["community_id"]))
 
     @staticmethod
     def building_deleted(rows: Rows, env: Envelope) -> None:
@@ -275,12 +237,12 @@ class SitesView(ReadModel):
 
     @staticmethod
     def apartment_added(rows: Rows, env: Envelope) -> None:
-        community_id = str(_data(env)["community_id"])
+        community_id = str(env["data"]["community_id"])
         _add_unit(rows, APARTMENT, env["stream_id"], community_id, env["stream_id"])
 
     @staticmethod
     def resident_added(rows: Rows, env: Envelope) -> None:
-        community_id = str(_data(env)["community_id"])
+        community_id = str(env["data"]["community_id"])
         _add_unit(rows, RESIDENT, env["stream_id"], community_id, env["stream_id"])
 
     @staticmethod
@@ -290,7 +252,7 @@ class SitesView(ReadModel):
 
     @staticmethod
     def master_account_created(rows: Rows, env: Envelope) -> None:
-        data = _data(env)
+        data = env["data"]
         _add_unit(rows, MASTER_ACCOUNT, env["stream_id"], str(data["community_id"]),
                   str(data["apartment_id"]))
 
@@ -299,12 +261,12 @@ class SitesView(ReadModel):
         master = rows.get(community_units, MASTER_ACCOUNT, env["stream_id"])
         if master is None:
             return
-        _add_unit(rows, FAMILY_MEMBER, str(_data(env)["family_member_id"]),
+        _add_unit(rows, FAMILY_MEMBER, str(env["data"]["family_member_id"]),
                   master["community_id"], master["apartment_id"])
 
     @staticmethod
     def master_account_reset(rows: Rows, env: Envelope) -> None:
-        for member in _data(env).get("removed_family_member_ids") or []:
+        for member in env["data"].get("removed_family_member_ids") or []:
             rows.delete(community_units, FAMILY_MEMBER, str(member))
 
     @staticmethod
@@ -385,7 +347,7 @@ class BuildingsView(ReadModel):
 
     @staticmethod
     def added(rows: Rows, env: Envelope) -> None:
-        data = _data(env)
+        data = env["data"]
         rows.put(buildings, id=env["stream_id"], community_id=str(data["community_id"]),
                  installer_id=str(data["installer_id"]), name=data["name"],
                  ground_floor=data.get("ground_floor"), floor_start=data.get("floor_start"),
@@ -403,7 +365,7 @@ class BuildingsView(ReadModel):
     @staticmethod
     def apartment_added(rows: Rows, env: Envelope) -> None:
         rows.put(building_apartments, apartment_id=env["stream_id"],
-                 building_id=str(_data(env)["building_id"]))
+                 building_id=str(env["data"]["building_id"]))
 
     @staticmethod
     def apartment_deleted(rows: Rows, env: Envelope) -> None:
@@ -493,7 +455,7 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def building_added(rows: Rows, env: Envelope) -> None:
-        rows.put(apartment_buildings, id=env["stream_id"], name=_data(env)["name"])
+        rows.put(apartment_buildings, id=env["stream_id"], name=env["data"]["name"])
 
     @staticmethod
     def building_edited(rows: Rows, env: Envelope) -> None:
@@ -505,7 +467,7 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def apartment_added(rows: Rows, env: Envelope) -> None:
-        data = _data(env)
+        data = env["data"]
         rows.put(apartments, id=env["stream_id"], building_id=str(data["building_id"]),
                  community_id=str(data["community_id"]), installer_id=str(data["installer_id"]),
                  number=data["number"], name=data.get("name"),
@@ -513,7 +475,7 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def resident_added(rows: Rows, env: Envelope) -> None:
-        data = _data(env)
+        data = env["data"]
         rows.update(apartments, env["stream_id"], first_name=data.get("first_name"),
                     last_name=data.get("last_name"), email=data.get("email"),
                     mobile=data.get("mobile"))
@@ -532,7 +494,7 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def apartment_reset(rows: Rows, env: Envelope) -> None:
-        cleared = set(_data(env).get("cleared_fields") or [])
+        cleared = set(env["data"].get("cleared_fields") or [])
         rows.update(apartments, env["stream_id"],
                     **{k: None for k in ("email", "mobile") if k in cleared})
 
@@ -543,7 +505,7 @@ class ResidentsView(ReadModel):
     @staticmethod
     def master_account_created(rows: Rows, env: Envelope) -> None:
         rows.put(app_accounts, master_account_id=env["stream_id"],
-                 apartment_id=str(_data(env)["apartment_id"]), app_status=UNREGISTERED)
+                 apartment_id=str(env["data"]["apartment_id"]), app_status=UNREGISTERED)
 
     @staticmethod
     def master_account_registered(rows: Rows, env: Envelope) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from concierge.subscription import Subscription
+from concierge.projection import ReadModel
+from concierge.subscription import Subscription, projection_handlers
 from tests.support.harness import FakeLog
 
 
@@ -217,3 +218,31 @@ def test_a_batch_with_a_stale_message_applies_the_run_before_it_only() -> None:
     sub.deliver_many([stored(1, "now"), stored(2, "before", amount=50), stored(2, "now")])
     assert handler.applied == [1, 2]
     assert handler.total == 2
+
+
+class _Model(ReadModel):
+    name = "seen"
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def handlers(self) -> dict[str, dict[str, Any]]:
+        def record(rows: Any, envelope: dict[str, Any]) -> None:
+            self.seen.append(envelope["data"])
+
+        return {"own": {"Named": record}, "other": {"Named": record}}
+
+
+def test_another_services_text_reaches_a_read_model_without_nul() -> None:
+    # PostgreSQL text cannot hold NUL: one such foreign event must not stall the read model.
+    model = _Model()
+    handlers = projection_handlers(model, engine=None, own="own")  # type: ignore[arg-type]
+    data = {"name": "Li\x00ly", "family": [{"name": "A\x00"}], "n": 1}
+
+    handlers["other"].handlers["Named"](None, {"data": data})  # type: ignore[arg-type]
+    handlers["other"].handlers["Named"](None, {"data": {"name": "Lily"}})  # type: ignore[arg-type]
+    handlers["own"].handlers["Named"](None, {"data": data})  # type: ignore[arg-type]
+
+    assert model.seen == [{"name": "Lily", "family": [{"name": "A"}], "n": 1}, {"name": "Lily"},
+                          data]  # the service's own events: its contracts refused NUL already
+    assert data["name"] == "Li\x00ly"  # the event itself is left as it was
