@@ -1,13 +1,13 @@
 """The OpenAPI 3.1 document of the gateway, generated from its routes and the contract schemas.
 
-A small converter from marshmallow fields to JSON Schema (2020-12, the dialect of OpenAPI 3.1)
-instead of apispec: the contracts use a handful of field types and validators, and owning the
-mapping keeps one pinned dependency fewer. A rule a validator checks in code states itself in
-JSON Schema (`contracts.fields.documented`: blank names, APT numbers, IANA time zones), `Text`
-states that it takes no NUL, a list states its sort keys, a rule across fields states itself on
-its `validates_schema` method (`if`/`then`), and an operation names the fields the domain also
+Fields become JSON Schema through apispec's marshmallow plugin, with what the contracts check
+beyond marshmallow's validators (`_ContractConverter`): a rule a validator checks in code states
+itself (`contracts.fields.documented`: blank names, APT numbers, IANA time zones), `Text` states
+that it takes no NUL, a list states its sort keys, a rule across fields states itself on its
+`validates_schema` method (`if`/`then`), and an operation names the fields the domain also
 checks against what is stored (`x-state-rules`), so that a request made to the document is not
-refused for a rule it does not say.
+refused for a rule it does not say. The routes, their parameters and their error responses are
+the gateway's own (services/gateway/http.py) and are assembled here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, missing, validate
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.openapi import OpenAPIConverter
+from marshmallow import Schema, fields
 
 from concierge import idempotency
 from contracts.fields import ecma
@@ -27,21 +30,6 @@ from services.gateway.http import MAX_BODY_BYTES, WRITE_METHODS, Route
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"
 SECURITY_SCHEME = "bearer"
-
-# The most specific class first: Email is a String, AwareDateTime a DateTime.
-FIELD_TYPES: list[tuple[type[fields.Field], dict[str, Any]]] = [
-    (fields.Email, {"type": "string", "format": "email"}),
-    (fields.UUID, {"type": "string", "format": "uuid"}),
-    (fields.Url, {"type": "string", "format": "uri"}),
-    (fields.DateTime, {"type": "string", "format": "date-time"}),
-    (fields.Date, {"type": "string", "format": "date"}),
-    (fields.Time, {"type": "string", "format": "time"}),
-    (fields.String, {"type": "string"}),
-    (fields.Integer, {"type": "integer"}),
-    (fields.Number, {"type": "number"}),
-    (fields.Boolean, {"type": "boolean"}),
-    (fields.Mapping, {"type": "object"}),
-]
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -108,50 +96,70 @@ _CONVERTERS: dict[str, dict[str, Any]] = {
 }
 
 
-class Components:
-    """Schemas referenced so far, converted once each and named after their class."""
+class _ContractConverter(OpenAPIConverter):
+    """apispec's converter, stating what our contracts check beyond marshmallow's validators:
+    a validator's or a `validates_schema` method's own rule (`contracts.fields.documented`),
+    `Text`'s (no NUL), a route's `metadata={"json_schema": ...}` (the sort keys a list takes),
+    the floors of `Floor`, and patterns in ECMA-262's dialect (`contracts.fields.ecma`)."""
 
-    def __init__(self) -> None:
-        self.schemas: dict[str, dict[str, Any]] = {}
-        self._classes: dict[str, type[Schema]] = {}
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_attribute_function(_stated)
 
-    def ref(self, target: type[Schema] | str) -> dict[str, Any]:
-        if isinstance(target, str):
-            self.schemas.setdefault(target, BUILTIN_SCHEMAS[target])
-            return {"$ref": f"#/components/schemas/{target}"}
-        name = target.__name__
-        known = self._classes.get(name)
-        if known is not None and known is not target:
-            raise ValueError(f"two schemas are both named {name}: {known} and {target}")
-        if known is None:
-            self._classes[name] = target
-            self.schemas[name] = {}  # reserved first: a schema may nest itself
-            self.schemas[name] = object_schema(target(), self)
-        return {"$ref": f"#/components/schemas/{name}"}
+    def field2type_and_format(self, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+        if isinstance(field, Floor):
+            return floor_schema(allow_all=field.allow_all)
+        return dict(super().field2type_and_format(field, **kwargs))
+
+    def field2pattern(self, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
+        return {key: ecma(value) for key, value in super().field2pattern(field, **kwargs).items()}
+
+    def schema2jsonschema(self, schema: Any) -> dict[str, Any]:
+        result: dict[str, Any] = super().schema2jsonschema(schema)
+        cls = schema if isinstance(schema, type) else type(schema)
+        for rule in schema_rules(cls):  # rules across fields (`validates_schema`)
+            result.setdefault("allOf", []).extend(rule.get("allOf", [rule]))
+        summary = _first_line(cls.__doc__)
+        if summary:
+            result["description"] = summary
+        return result
 
 
-def object_schema(schema: Schema, components: Components) -> dict[str, Any]:
-    """A request schema as a JSON Schema object; unknown fields are refused if the schema does."""
-    properties: dict[str, Any] = {}
-    required: list[str] = []
-    for name, field in schema.fields.items():
-        if field.dump_only:
-            continue
-        key = field.data_key or name
-        properties[key] = field_schema(field, components)
-        if field.required:
-            required.append(key)
-    result: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        result["required"] = required
-    if schema.unknown == RAISE:
-        result["additionalProperties"] = False
-    for rule in schema_rules(type(schema)):  # rules across fields (`validates_schema`)
-        result.setdefault("allOf", []).extend(rule.get("allOf", [rule]))
-    summary = _first_line(type(schema).__doc__)
-    if summary:
-        result["description"] = summary
+class _ContractPlugin(MarshmallowPlugin):
+    Converter = _ContractConverter
+
+
+def _stated(self: OpenAPIConverter, field: fields.Field, ret: dict[str, Any]) -> dict[str, Any]:
+    """What a field states beyond apispec's reading of it (after it, nullability included)."""
+    result: dict[str, Any] = {}
+    for validator in field.validators:
+        hint = getattr(validator, "json_schema", None)
+        if hint:
+            _merge(result, hint, ret)
+    own = getattr(field, "json_schema", None)
+    if own and not {"enum", "format"} & {*ret, *result}:
+        pattern = result.get("pattern", ret.get("pattern"))
+        if pattern is None:
+            _merge(result, own, ret)
+        elif pattern != own["pattern"]:  # one `pattern` per schema: the rest in allOf
+            result["allOf"] = [*ret.get("allOf", []), {"pattern": own["pattern"]}]
+    _merge(result, field.metadata.get("json_schema") or {}, ret)
+    default = field.load_default
+    if callable(default) and "default" not in ret and _is_json(default()):
+        result["default"] = default()
+    if isinstance(field, Floor) and field.allow_none:
+        result["anyOf"] = [*ret["anyOf"], {"type": "null"}]
     return result
+
+
+def _merge(result: dict[str, Any], hint: dict[str, Any], ret: dict[str, Any]) -> None:
+    for key, value in hint.items():
+        if key == "maxLength" and key in {*ret, *result}:
+            result[key] = min(result.get(key, ret.get(key)), value)
+        elif key == "description" and key in {*ret, *result}:
+            result[key] = f"{result.get(key, ret.get(key))} {value}"
+        else:
+            result[key] = value
 
 
 def schema_rules(schema: type[Schema]) -> list[dict[str, Any]]:
@@ -168,29 +176,6 @@ def state_rules(schema: type[Schema] | None) -> dict[str, str]:
     return dict(getattr(schema, "state_rules", None) or {})
 
 
-def field_schema(field: fields.Field, components: Components) -> dict[str, Any]:
-    if isinstance(field, fields.Nested):
-        target = components.ref(type(field.schema))
-        result = {"type": "array", "items": target} if field.many else target
-    elif isinstance(field, fields.List):
-        result = {"type": "array", "items": field_schema(field.inner, components)}
-    elif isinstance(field, Floor):
-        result = floor_schema(allow_all=field.allow_all)
-    else:
-        result = next((dict(s) for cls, s in FIELD_TYPES if isinstance(field, cls)), {})
-    for validator in field.validators:
-        _apply(validator, result)
-    _stated(field, result)
-    if field.allow_none:
-        result = _nullable(result)
-    default = field.load_default
-    if default is not missing:
-        value = default() if callable(default) else default
-        if _is_json(value):
-            result = {**result, "default": value}
-    return result
-
-
 def floor_schema(*, allow_all: bool) -> dict[str, Any]:
     names = [*GROUND_FLOORS, "all"] if allow_all else list(GROUND_FLOORS)
     return {
@@ -200,69 +185,6 @@ def floor_schema(*, allow_all: bool) -> dict[str, Any]:
         ],
         "description": FLOOR_MESSAGE + (" Or 'all' (All Floors)." if allow_all else ""),
     }
-
-
-def _apply(validator: Any, result: dict[str, Any]) -> None:
-    kind = result.get("type")
-    if isinstance(validator, validate.Length):
-        low, high = ("minItems", "maxItems") if kind == "array" else ("minLength", "maxLength")
-        if validator.equal is not None:
-            result[low] = result[high] = validator.equal
-        if validator.min is not None:
-            result[low] = validator.min
-        if validator.max is not None:
-            result[high] = validator.max
-    elif isinstance(validator, validate.Range):
-        if validator.min is not None:
-            result["minimum" if validator.min_inclusive else "exclusiveMinimum"] = validator.min
-        if validator.max is not None:
-            result["maximum" if validator.max_inclusive else "exclusiveMaximum"] = validator.max
-    elif isinstance(validator, validate.OneOf):
-        result["enum"] = list(validator.choices)
-    elif isinstance(validator, validate.Regexp):
-        result["pattern"] = ecma(validator.regex.pattern)
-    hint = getattr(validator, "json_schema", None)  # a rule in code (`contracts.fields.documented`)
-    if hint:
-        _merge(result, hint)
-
-
-def _stated(field: fields.Field, result: dict[str, Any]) -> None:
-    """What the field itself states beyond its validators: its own rules (`Text`: no NUL, no
-    unpaired surrogate; an enum of a validator already says as much or more), and
-    a route's `metadata={"json_schema": {...}}` (the sort keys a list takes), and its
-    `metadata={"description": ...}` (what each call type code means)."""
-    own = getattr(field, "json_schema", None)
-    if own and "enum" not in result and "format" not in result:
-        if "pattern" not in result:
-            _merge(result, own)
-        elif result["pattern"] != own["pattern"]:  # one `pattern` per schema: the rest in allOf
-            result.setdefault("allOf", []).append({"pattern": own["pattern"]})
-    stated = field.metadata.get("json_schema")
-    if stated:
-        _merge(result, stated)
-    if field.metadata.get("description"):
-        _merge(result, {"description": field.metadata["description"]})
-
-
-def _merge(result: dict[str, Any], hint: dict[str, Any]) -> None:
-    for key, value in hint.items():
-        if key == "maxLength" and "maxLength" in result:
-            result[key] = min(result[key], value)
-        elif key == "description" and "description" in result:
-            result[key] = f"{result[key]} {value}"
-        else:
-            result[key] = value
-
-
-def _nullable(result: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(result.get("type"), str) and "$ref" not in result:
-        nullable = {**result, "type": [result["type"], "null"]}
-        if "enum" in nullable:
-            nullable["enum"] = [*nullable["enum"], None]
-        return nullable
-    if "anyOf" in result:
-        return {**result, "anyOf": [*result["anyOf"], {"type": "null"}]}
-    return {"anyOf": [result, {"type": "null"}]}
 
 
 def _is_json(value: Any) -> bool:
@@ -275,6 +197,31 @@ def _is_json(value: Any) -> bool:
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n\n")[0].replace("\n", " ").strip()
+
+
+class Components:
+    """The document's components: marshmallow schemas through apispec, named after their
+    class, and the gateway's own (`BUILTIN_SCHEMAS`) by name."""
+
+    def __init__(self, spec: APISpec, converter: OpenAPIConverter) -> None:
+        self.spec = spec
+        self.converter = converter
+        self._classes: dict[str, type[Schema]] = {}
+
+    def ref(self, target: type[Schema] | str) -> dict[str, Any]:
+        if isinstance(target, str):
+            if target not in self._classes:
+                self._classes[target] = Schema
+                self.spec.components.schema(target, BUILTIN_SCHEMAS[target])
+            return {"$ref": f"#/components/schemas/{target}"}
+        known = self._classes.setdefault(target.__name__, target)
+        if known is not target:
+            raise ValueError(f"two schemas are both named {target.__name__}: {known}, {target}")
+        return dict(self.converter.resolve_nested_schema(target))
+
+
+def _schema_name(schema: Any) -> str:
+    return (schema if isinstance(schema, type) else type(schema)).__name__
 
 
 # --- the document ---------------------------------------------------------------------------
@@ -293,11 +240,8 @@ def openapi_path(path: str) -> tuple[str, list[dict[str, Any]]]:
 def query_parameters(schema: type[Schema] | None, components: Components) -> list[dict[str, Any]]:
     if schema is None:
         return []
-    return [
-        {"name": field.data_key or name, "in": "query", "required": field.required,
-         "schema": field_schema(field, components)}
-        for name, field in schema().fields.items()
-    ]
+    return [{key: parameter[key] for key in ("name", "in", "required", "schema")}
+            for parameter in components.converter.schema2parameters(schema, location="query")]
 
 
 def idempotency_parameters(route: Route) -> list[dict[str, Any]]:
@@ -374,7 +318,11 @@ def operation(route: Route, components: Components) -> dict[str, Any]:
 
 def document(routes: Iterable[Route]) -> dict[str, Any]:
     """The whole OpenAPI document for these routes."""
-    components = Components()
+    plugin = _ContractPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(title="SmartPlus Cloud (Concierge) gateway", version=API_VERSION,
+                   openapi_version=OPENAPI_VERSION, plugins=[plugin])
+    assert plugin.converter is not None
+    components = Components(spec, plugin.converter)
     components.ref("Problem")
     paths: dict[str, dict[str, Any]] = {}
     tags: list[str] = []
@@ -394,7 +342,7 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
         "tags": [{"name": tag} for tag in tags],
         "paths": paths,
         "components": {
-            "schemas": components.schemas,
+            "schemas": spec.to_dict()["components"]["schemas"],
             "responses": {
                 name: {
                     "description": description,

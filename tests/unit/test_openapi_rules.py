@@ -136,3 +136,22 @@ def test_an_operation_names_the_fields_it_also_checks_against_what_is_stored() -
     }
     assert "basic plan" in operations["post /api/v1/buildings/{building_id}/apartments"][
         "description"]
+
+
+def test_two_schemas_of_one_name_are_refused_rather_than_renamed() -> None:
+    # apispec would call the second "Thing1"; a client generator would then name it so.
+    from apispec import APISpec
+    from marshmallow import Schema, fields
+
+    def thing() -> type[Schema]:
+        return type("Thing", (Schema,), {"x": fields.Integer()})
+
+    plugin = openapi._ContractPlugin(schema_name_resolver=openapi._schema_name)
+    spec = APISpec(title="t", version="1", openapi_version=openapi.OPENAPI_VERSION,
+                   plugins=[plugin])
+    components = openapi.Components(spec, plugin.converter)
+    first = thing()
+    assert components.ref(first) == components.ref(first) == {
+        "$ref": "#/components/schemas/Thing"}
+    with pytest.raises(ValueError, match="both named Thing"):
+        components.ref(thing())
