@@ -67,10 +67,15 @@ class LoadsTogether:
         with contextlib.ExitStack() as held:
             for aggregate_id in cached:  # the repository's own locks, in one order
                 held.enter_context(library.fastforward_locked(inner, aggregate_id))
+            # One index range per aggregate, whatever the statistics: as a plain join, the
+            # generic plan of this prepared statement scanned the whole events table on a
+            # table never analysed (40 ms at 150,000 events, against 0.09 ms).
             rows = self._postgres_rows(
                 "newer", "SELECT e.originator_id, e.originator_version, e.topic, e.state "
-                "FROM {events} e JOIN unnest(%s::uuid[], %s::int8[]) AS c(id, version) "
-                "ON e.originator_id = c.id AND e.originator_version > c.version "
+                "FROM unnest(%s::uuid[], %s::int8[]) AS c(id, version) CROSS JOIN LATERAL ("
+                "SELECT originator_id, originator_version, topic, state FROM {events} "
+                "WHERE originator_id = c.id AND originator_version > c.version "
+                "ORDER BY originator_version) AS e "
                 "ORDER BY e.originator_id, e.originator_version",
                 (list(cached), [a.version for a in cached.values()]))
             newer: dict[UUID, list[Any]] = {}

@@ -126,3 +126,47 @@ def test_another_installers_ids_stay_not_found(
             one.edit_apartment("not-an-id", {"name": "Mine"})
     with acting():
         assert one.get_apartment(apartment)["name"] == "Cached"
+
+
+# The store's own queries over many aggregates: (name, its parameters for EXPLAIN)
+MANY_STREAMS = {
+    "newer": "('{%s,%s}', '{1,1}')",  # load_together
+    "exists": "('{%s,%s}')",  # absent_streams
+    "many": "('{%s,%s}')",  # get_many
+}
+
+
+@pytest.mark.parametrize("name", list(MANY_STREAMS))
+def test_a_query_over_many_streams_uses_the_events_key_whatever_the_statistics(
+        replicas: tuple[TopologyApplication, TopologyApplication], postgres_url: str,
+        name: str) -> None:
+    """The prepared statement's generic plan (what PostgreSQL reuses after five executions)
+    reads index ranges, on a big events table that was never analysed: as a plain join,
+    `load_together`'s scanned the whole table (40 ms at 150,000 events, against 0.09 ms)."""
+    import psycopg
+
+    one, _ = replicas
+    with acting():
+        _, building, _ = a_site(one)
+        one.add_apartment(building, {"number": "102", "resident": resident("B")})
+    one.absent_streams([uuid.uuid4()])
+    one.get_many([uuid.uuid4()])
+    statement = one.__dict__["_pg_statements"][name]
+    datastore = one._postgres_datastore()
+    table = f'"{datastore.schema}"."{one.recorder.events_table_name}"'
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        query = statement.as_string(conn)
+        parameters = query.count("%s")
+        for number in range(1, parameters + 1):
+            query = query.replace("%s", f"${number}", 1)
+        types = ", ".join(["uuid[]", "int8[]"][:parameters])
+        # 150,000 events of 15,000 other aggregates, and no ANALYZE (autovacuum may be off)
+        conn.execute(f"INSERT INTO {table} (originator_id, originator_version, topic, state) "
+                     "SELECT md5((n / 10)::text)::uuid, n % 10 + 1, 'x', '\\x00'::bytea "
+                     "FROM generate_series(1, 150000) AS n")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE q ({types}) AS {query}")
+        values = MANY_STREAMS[name] % (uuid.uuid4(), uuid.uuid4())
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN EXECUTE q {values}"))
+
+    assert "Index" in plan and "Seq Scan" not in plan, plan
