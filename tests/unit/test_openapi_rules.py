@@ -112,6 +112,7 @@ SEQUENCE = {"contact_preference": "sequence_call"}
     ("ApartmentEdit", SEQUENCE | {"call_sequence": []}),
     ("ApartmentEdit", SEQUENCE | {"call_sequence": ["indoor_monitors"]}),
     ("ApartmentEdit", SEQUENCE),  # the stored sequence decides
+    ("ApartmentEdit", {"contact_preference": "group_call"}),  # clears the stored sequence
     ("ApartmentEdit", {"call_sequence": ["landlines"]}),  # the stored preference decides
 ])
 def test_the_document_and_the_contract_agree_across_fields(
