@@ -30,8 +30,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-# Schemathesis, every check and phase, against the platform as `make run` starts it; `make test`
-# runs the same with 25 examples per operation. make fuzz [EXAMPLES=200] [SEED=<n>]
+# Schemathesis, every check and phase, against the platform as `make run` starts it and in the
+# distributed mode; `make test` runs the same with 25 examples per operation.
+# make fuzz [EXAMPLES=200] [SEED=<n>]
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(or $(EXAMPLES),200) FUZZ_SEED=$(or $(SEED),$$RANDOM) \
 		$(BIN)/python -m pytest -q tests/e2e/test_openapi_conformance.py

@@ -1,4 +1,5 @@
-"""Schemathesis, with every check and every phase, against the platform as `make run` starts it.
+"""Schemathesis, with every check and every phase, against the platform as `make run` starts it,
+and as the distributed mode runs it (one process per service on RabbitMQ and PostgreSQL).
 
 What the OpenAPI document allows, the gateway accepts; what it refuses, the gateway refuses;
 every answer has the status, headers and body the document says; nothing is a 500. The number of
@@ -26,10 +27,16 @@ EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("FUZZ_SEED", "20261207")
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform("", "", tmp_path_factory.mktemp("fuzz") / "var", free_port(),
-                       embedded=True)
+@pytest.fixture(params=["embedded", "distributed"], scope="module")
+def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Platform]:
+    """As `make run` starts it, and one process per service on RabbitMQ and PostgreSQL."""
+    data_dir = tmp_path_factory.mktemp("fuzz") / "var"
+    if request.param == "embedded":
+        running = Platform("", "", data_dir, free_port(), embedded=True)
+    else:
+        running = Platform(request.getfixturevalue("rabbit_uri"),
+                           request.getfixturevalue("postgres_url"), data_dir, free_port())
     running.start()
     yield running
     running.stop()
