@@ -13,45 +13,16 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.cluster import Platform
-from tests.support.harness import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("FUZZ_SEED", "20261207")
-
-
-@pytest.fixture(params=["embedded", "distributed"], scope="module")
-def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Platform]:
-    """As `make run` starts it, and one process per service on RabbitMQ and PostgreSQL."""
-    data_dir = tmp_path_factory.mktemp("fuzz") / "var"
-    if request.param == "embedded":
-        running = Platform("", "", data_dir, free_port(), embedded=True)
-    else:
-        running = Platform(request.getfixturevalue("rabbit_uri"),
-                           request.getfixturevalue("postgres_url"), data_dir, free_port())
-    running.start()
-    yield running
-    running.stop()
-
-
-def installer_token(platform: Platform) -> str:
-    name = f"fuzz{uuid.uuid4().hex[:8]}"
-    status, _ = platform.call("POST", "/api/v1/installers",
-                              {"username": name, "password": "installer-pw-1",
-                               "email": f"{name}@example.org"}, platform.distributor_token())
-    assert status == 201
-    status, session = platform.call("POST", "/api/v1/auth/login",
-                                    {"username": name, "password": "installer-pw-1"})
-    assert status == 200
-    return str(session["token"])
 
 
 # Who calls, and which operations: an installer everything but logging itself out (which would
@@ -64,7 +35,8 @@ RUNS = {
 
 @pytest.mark.parametrize("who", list(RUNS))
 def test_requests_made_to_the_document_find_no_failure(platform: Platform, who: str) -> None:
-    token = platform.distributor_token() if who == "distributor" else installer_token(platform)
+    token = (platform.distributor_token() if who == "distributor"
+             else platform.installer_session(f"fuzz{uuid.uuid4().hex[:8]}"))
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
         "--config-file", str(HERE / "schemathesis.toml"), "run",

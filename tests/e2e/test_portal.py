@@ -5,29 +5,11 @@ PostgreSQL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bench.cluster import Platform
-from tests.support.harness import eventually, free_port
-
-
-@pytest.fixture(params=["embedded", "distributed"], scope="module")
-def platform(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Platform]:
-    data_dir = tmp_path_factory.mktemp("e2e") / "var"
-    if request.param == "embedded":
-        running = Platform("", "", data_dir, free_port(), embedded=True)
-    else:
-        amqp = request.getfixturevalue("rabbit_uri")
-        database = request.getfixturevalue("postgres_url")
-        running = Platform(amqp, database, data_dir, free_port())
-    running.start()
-    yield running
-    running.stop()
+from tests.support.harness import eventually
 
 
 def mails(platform: Platform) -> list[Path]:
