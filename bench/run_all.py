@@ -46,6 +46,40 @@ def verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
 
 
+SCALE_READS = (
+    ("apartment_get_baseline", None), ("residents_page_1", 50), ("residents_page_100", 50),
+    ("residents_last_page", 50), ("residents_sort_name", 50),
+    ("residents_sort_resident_desc", 50), ("residents_sort_created_last_page", 50),
+    ("search_full_email", 50), ("search_name_prefix", 50), ("search_substring_many", 50),
+    ("community_list", 30), ("dashboard", 30), ("add_apartment_1_client", None))
+
+
+def scale_rows(scale: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Each read at every size side by side (p50 / p99 ms); the targets hold at the largest
+    (reads through the application: the gateway adds its RPC hop, about 3 ms)."""
+    sizes = list(scale)
+    largest = scale[sizes[-1]]
+    rows: list[tuple[str, Any, str]] = []
+    for name, target in SCALE_READS:
+        figures = "  ".join(f"{scale[s][name]['p50']}/{scale[s][name]['p99']}" for s in sizes)
+        if name == "add_apartment_1_client":
+            note = verdict(largest[name]["p50"] <= 15) + " (p50 <= 15 ms)"
+        elif target is None:
+            note = "baseline: a key lookup"
+        else:
+            note = verdict(largest[name]["p99"] <= target) + f" (p99 <= {target} ms)"
+        rows.append((f"{name} at {', '.join(sizes)} APTs: p50/p99 ms", figures, note))
+    first, last = scale[sizes[0]], largest
+    share = last["add_apartment_8_clients_per_s"] / first["add_apartment_8_clients_per_s"]
+    rows.append(("add apartment, 8 callers, at the largest size vs the smallest (per s)",
+                 f"{last['add_apartment_8_clients_per_s']} vs "
+                 f"{first['add_apartment_8_clients_per_s']} ({share:.0%})",
+                 verdict(share >= 0.9) + " (>= 90%)"))
+    rows.append((f"rebuild of topology's read models at {sizes[-1]} APTs (s)",
+                 last["rebuild_s"], "no target; near 6.6 s is the issue's mark"))
+    return rows
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -54,6 +88,7 @@ def main() -> None:
     latency = run("event_latency.py", "300")
     gateway = run("gateway_latency.py", "300")
     rebuild = run("rebuild_rate.py", "30000")
+    scale = run("scale.py", "1000", "10000", "50000")["scale"]
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -88,12 +123,13 @@ def main() -> None:
         ("residents read model rebuild (events/s)", rebuild["rebuild_events_per_s"],
          verdict(rebuild["rebuild_events_per_s"] >= 30000)),
     ]
+    rows.extend(scale_rows(scale))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
-                      "rebuild": rebuild}))
+                      "rebuild": rebuild, "scale": scale}))
 
 
 if __name__ == "__main__":

@@ -253,7 +253,15 @@ class Commits:
 
     def _record(self, processing_event: ProcessingEvent[Any]) -> list[Recording[Any]]:
         if self._in_commit is None or not processing_event.events:
-            return super()._record(processing_event)
+            try:
+                return super()._record(processing_event)
+            except OperationalError as exc:
+                # The library's insert pipelines its statements; when another replica wrote
+                # the same aggregate version first, psycopg may report the pipeline aborted
+                # rather than the unique violation. Nothing was recorded: a lost race, retried.
+                if type(exc.__cause__).__name__ == "PipelineAborted":  # psycopg.errors
+                    raise IntegrityError(str(exc)) from exc
+                raise
         try:
             recordings = self._record_and_project(processing_event)
         except _ProjectionFailed:

@@ -8,7 +8,7 @@ events instead of several per event, and a command's own projection stays a shor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
@@ -55,6 +55,22 @@ class Rows:
             row.update(state[1] or {})
         self._state[slot] = (_ROW, row)
         return dict(row)
+
+    def prefetch(self, table: Table, keys: Iterable[Any]) -> None:
+        """Read the rows of these keys (a one-column primary key) in one query, so that the
+        handlers' `get`s of them cost no round trip: a batch of new APTs is one query, not
+        one per APT. Keys the batch already holds are left as they are."""
+        (column,) = table.primary_key.columns
+        wanted = [key for key in dict.fromkeys(keys)
+                  if key is not None and (table.fullname, (key,)) not in self._state]
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start:start + 1000]
+            found = {row._mapping[column.name]: dict(row._mapping) for row in self.conn.execute(
+                select(table).where(column.in_(chunk)))}
+            for key in chunk:
+                row = found.get(key)
+                self._state[(table.fullname, (key,))] = ((_ROW, row) if row is not None
+                                                         else (_ABSENT, None))
 
     def execute(self, statement: Any, *args: Any) -> Any:
         """Run any other statement (a query over many rows): pending writes go first."""
@@ -334,6 +350,10 @@ class ReadModel:
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         """{source service: {event type: fn(rows, envelope)}}."""
         raise NotImplementedError
+
+    #: Optional: fn(rows, envelopes) run before a batch's handlers, to `Rows.prefetch` the
+    #: rows they will `get`.
+    prefetch: Callable[[Rows, list[dict[str, Any]]], None] | None = None
 
     def create(self, engine: Engine) -> bool:
         """Create the tables; drop them first if they hold an older shape. True if dropped."""

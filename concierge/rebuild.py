@@ -33,6 +33,7 @@ from concierge import green, heap
 from concierge.database import projection_tracking, read_model_versions, service_engine
 from concierge.locks import leader_lock
 from concierge.projection import ReadModel, advisory_key, lock_namespace
+from concierge.statistics import analyse
 from concierge.subscription import (
     Envelope,
     LogReader,
@@ -281,6 +282,13 @@ class _Shadow:
     def schema(self) -> str:
         return self.settings.schema_for(self.service)
 
+    def analyse(self, models: list[ReadModel]) -> None:
+        """Statistics for the new tables before they serve (`concierge.statistics`): the
+        live ones' go with the tables they describe."""
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            analyse(conn, [t.name for m in models for t in m.metadata.sorted_tables])
+
     @property
     def where(self) -> str:
         if self.postgres:
@@ -336,6 +344,7 @@ class _Rebuild:
             try:
                 feeds = self._feeds(shadow)
                 self._build(feeds, shadow)
+                shadow.analyse(self.models)
                 self._swap(shadow, feeds)
             finally:
                 shadow.drop()

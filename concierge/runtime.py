@@ -31,6 +31,7 @@ from concierge.records import StoredRecord, event_type
 from concierge.relay import OutboxRelay
 from concierge.rpc import rpc
 from concierge.shutdown import FINISH_SECONDS
+from concierge.statistics import Statistics
 from concierge.storage import store_env
 from concierge.store import ServiceApplication
 from concierge.subscription import (
@@ -313,6 +314,9 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     for model in wiring.read_models:
         model.create(wiring.engine)
         handlers.extend(projection_handlers(model, wiring.engine, own=service).items())
+    if wiring.read_models and wiring.engine.dialect.name == "postgresql":
+        wiring.add_loop(Statistics(wiring.engine, [
+            table.name for model in wiring.read_models for table in model.metadata.sorted_tables]))
     for source, handler in handlers:
         if source == service:
             wiring.local.append(Subscription(source, handler, wiring.local_reader(handler)))

@@ -395,11 +395,13 @@ class ProjectionHandler:
     """
 
     def __init__(self, name: str, engine: Engine, handlers: dict[str, ProjectFn],
-                 exclusive: bool = False) -> None:
+                 exclusive: bool = False,
+                 prefetch: Callable[[Rows, list[Envelope]], None] | None = None) -> None:
         self.name = name
         self.engine = engine
         self.handlers = handlers
         self.exclusive = exclusive
+        self.prefetch = prefetch  # the model's `ReadModel.prefetch`
 
     def interested(self, event_type: str) -> bool:
         return event_type in self.handlers
@@ -433,6 +435,8 @@ class ProjectionHandler:
                     _sqlite_write_lock(conn)
                 current = _tracked(conn, self.name, source)
             rows = Rows(conn)
+            if self.prefetch is not None:
+                self.prefetch(rows, [e for e in envelopes if int(e["position"]) > current])
             applied, last = 0, current
             for envelope in envelopes:
                 position = int(envelope["position"])
@@ -476,6 +480,9 @@ def apply_together(handlers: list[ProjectionHandler], conn: Connection,
         if any(int(tracked.get(name, 0)) != first - 1 for name in names):
             return False
         rows = Rows(conn)
+        for handler in handlers:
+            if handler.prefetch is not None:
+                handler.prefetch(rows, envelopes)
         for envelope in envelopes:
             for handler in handlers:
                 project = handler.handlers.get(envelope["type"])
@@ -607,7 +614,7 @@ def projection_handlers(model: ReadModel, engine: Engine, exclusive: bool = Fals
     return {source: ProjectionHandler(
                 model.name, engine,
                 fns if source == own else {kind: storable(fn) for kind, fn in fns.items()},
-                exclusive=exclusive)
+                exclusive=exclusive, prefetch=model.prefetch)
             for source, fns in model.handlers().items()}
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 from sqlalchemy import (
+    Boolean,
     Column,
+    Index,
     Integer,
     MetaData,
     String,
@@ -22,12 +24,13 @@ from sqlalchemy import (
     Text,
     and_,
     func,
-    or_,
+    literal_column,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
+from concierge.lists import page_of, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
 from contracts.errors import Invalid
@@ -126,7 +129,7 @@ def _order(column: ColumnElement[Any], descending: bool) -> ColumnElement[Any]:
 
 
 def _contains(column: ColumnElement[Any], text: str) -> ColumnElement[bool]:
-    return func.lower(column).contains(text.lower(), autoescape=True)
+    return column.contains(text.lower(), autoescape=True)
 
 
 def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
@@ -142,11 +145,14 @@ def _changes(env: Envelope, names: Sequence[str]) -> dict[str, Any]:
     return {name: changes[name] for name in names if name in changes}
 
 
-# --- Sites: communities ----------------------------------------------------------------------
+# --- Sites: communities ---------------------------------------------------------------------
 #
-# Counts are not stored: they are counted from the member rows when a page is read (one grouped
-# query per page), so a write is one keyed row and the result is the same whichever order the
-# two sources' events arrive in.
+# Counts are kept, not counted when read: each APT has a row that both sources write (topology:
+# added, resident, deleted; accounts: its app account, family members, registration), and what
+# the APT adds to its community's counts is a function of that row alone (`_weight`). Every
+# handler that changes the row moves the counts by the weight after minus the weight before, so
+# the counts are always the sum over the community's rows, whichever source speaks first.
+# (Each event is applied once: its position is recorded in the same transaction.)
 
 sites_metadata = MetaData()
 
@@ -161,34 +167,87 @@ communities = Table(
     Column("created_at", String(40), nullable=False),
 )
 
-# What a community holds, one row each: its buildings, apartments and residents (topology's
-# events), and the app accounts and family members of its residents (accounts' events).
-community_units = Table(
-    "topology_community_units",
+community_counts = Table(
+    "topology_community_counts",
     sites_metadata,
-    Column("kind", String(20), primary_key=True),
-    Column("unit_id", String(64), primary_key=True),
-    Column("community_id", String(36), nullable=False, index=True),
-    Column("apartment_id", String(36), nullable=True),
+    Column("community_id", String(36), primary_key=True),
+    Column("buildings", Integer, nullable=False, default=0),
+    Column("apartments", Integer, nullable=False, default=0),
+    Column("residents", Integer, nullable=False, default=0),  # end users: residents, family
+    Column("registered", Integer, nullable=False, default=0),  # APTs whose app is registered
 )
 
-BUILDING, APARTMENT, RESIDENT = "building", "apartment", "resident"
-MASTER_ACCOUNT, FAMILY_MEMBER = "master_account", "family_member"
+# One row per APT that either source has spoken of.
+site_apartments = Table(
+    "topology_site_apartments",
+    sites_metadata,
+    Column("apartment_id", String(36), primary_key=True),
+    Column("community_id", String(36), nullable=False),
+    Column("alive", Boolean, nullable=False, default=False),  # added and not deleted
+    Column("has_resident", Boolean, nullable=False, default=False),
+    Column("master_account_id", String(36), nullable=True),
+    Column("family_members", Integer, nullable=False, default=0),
+    Column("registered", Boolean, nullable=False, default=False),
+)
+
+# Accounts' master accounts: which APT each belongs to.
+site_accounts = Table(
+    "topology_site_accounts",
+    sites_metadata,
+    Column("master_account_id", String(36), primary_key=True),
+    Column("apartment_id", String(36), nullable=False),
+)
+
 COUNT_NAMES = ("building_count", "apartment_count", "resident_count", "device_count",
                "property_manager_count")
+_COUNTED = ("apartments", "residents", "registered")
 
 
-def _add_unit(rows: Rows, kind: str, unit_id: str, community_id: str,
-              apartment_id: str | None = None) -> None:
-    rows.put(community_units, kind=kind, unit_id=unit_id, community_id=community_id,
-             apartment_id=apartment_id)
+def _weight(row: dict[str, Any] | None) -> tuple[int, int, int]:
+    """What an APT adds to its community's apartments, end users and registered apps."""
+    if row is None or not row["alive"]:
+        return (0, 0, 0)
+    return (1, int(row["has_resident"]) + row["family_members"], int(row["registered"]))
+
+
+def _count(rows: Rows, community_id: str, **deltas: int) -> None:
+    counts = rows.get(community_counts, community_id) or {
+        "community_id": community_id, "buildings": 0, **dict.fromkeys(_COUNTED, 0)}
+    for name, delta in deltas.items():
+        counts[name] += delta
+    rows.put(community_counts, **counts)
+
+
+def _change_apartment(rows: Rows, apartment_id: str, community_id: str | None,
+                      **changes: Any) -> None:
+    """Change an APT's row (made if missing) and move its community's counts to match."""
+    row = rows.get(site_apartments, apartment_id)
+    if row is None:
+        if community_id is None:
+            return
+        row = {"apartment_id": apartment_id, "community_id": community_id, "alive": False,
+               "has_resident": False, "master_account_id": None, "family_members": 0,
+               "registered": False}
+    before = _weight(row)
+    row.update(changes)
+    after = _weight(row)
+    if after != before:
+        _count(rows, row["community_id"], **{name: new - old for name, new, old
+                                             in zip(_COUNTED, after, before, strict=True)})
+    if not row["alive"] and row["master_account_id"] is None and not row["family_members"]:
+        rows.delete(site_apartments, apartment_id)  # nothing left to count: as if never seen
+    else:
+        rows.put(site_apartments, **row)
+
+
+_APARTMENT_EVENTS = ("ApartmentAdded", "ResidentAdded", "ApartmentDeleted")
 
 
 class SitesView(ReadModel):
     """Sites >> Community: name, plan, counts of buildings, APTs, end users and devices."""
 
     name = "topology_sites"
-    version = 2
+    version = 3  # 3: counts kept per community
     metadata = sites_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -205,11 +264,27 @@ class SitesView(ReadModel):
             },
             "accounts": {
                 "MasterAccountCreated": self.master_account_created,
+                "MasterAccountRegistered": self.master_account_registered,
                 "FamilyMemberAdded": self.family_member_added,
                 "MasterAccountReset": self.master_account_reset,
                 "MasterAccountClosed": self.master_account_closed,
             },
         }
+
+    @staticmethod
+    def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
+        """The APT rows and accounts a batch will read, in one query each."""
+        apartments_, accounts = [], []
+        for env in envelopes:
+            if env["source"] == "topology":
+                if env["type"] in _APARTMENT_EVENTS:
+                    apartments_.append(env["stream_id"])
+            else:
+                accounts.append(env["stream_id"])
+                if env["type"] == "MasterAccountCreated":
+                    apartments_.append(str(env["data"].get("apartment_id")))
+        rows.prefetch(site_apartments, apartments_)
+        rows.prefetch(site_accounts, accounts)
 
     @staticmethod
     def community_created(rows: Rows, env: Envelope) -> None:
@@ -226,82 +301,87 @@ class SitesView(ReadModel):
     @staticmethod
     def community_deleted(rows: Rows, env: Envelope) -> None:
         rows.delete(communities, env["stream_id"])
+        rows.delete(community_counts, env["stream_id"])
 
     @staticmethod
     def building_added(rows: Rows, env: Envelope) -> None:
-        _add_unit(rows, BUILDING, env["stream_id"], str(env["data"]["community_id"]))
+        _count(rows, str(env["data"]["community_id"]), buildings=1)
 
     @staticmethod
     def building_deleted(rows: Rows, env: Envelope) -> None:
-        rows.delete(community_units, BUILDING, env["stream_id"])
+        _count(rows, str(env["data"]["community_id"]), buildings=-1)
 
     @staticmethod
     def apartment_added(rows: Rows, env: Envelope) -> None:
-        community_id = str(env["data"]["community_id"])
-        _add_unit(rows, APARTMENT, env["stream_id"], community_id, env["stream_id"])
+        _change_apartment(rows, env["stream_id"], str(env["data"]["community_id"]), alive=True)
 
     @staticmethod
     def resident_added(rows: Rows, env: Envelope) -> None:
-        community_id = str(env["data"]["community_id"])
-        _add_unit(rows, RESIDENT, env["stream_id"], community_id, env["stream_id"])
+        _change_apartment(rows, env["stream_id"], str(env["data"]["community_id"]),
+                          has_resident=True)
 
     @staticmethod
     def apartment_deleted(rows: Rows, env: Envelope) -> None:
-        rows.delete(community_units, APARTMENT, env["stream_id"])
-        rows.delete(community_units, RESIDENT, env["stream_id"])
+        _change_apartment(rows, env["stream_id"], str(env["data"]["community_id"]),
+                          alive=False, has_resident=False)
 
     @staticmethod
     def master_account_created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
-        _add_unit(rows, MASTER_ACCOUNT, env["stream_id"], str(data["community_id"]),
-                  str(data["apartment_id"]))
+        apartment_id = str(data["apartment_id"])
+        rows.put(site_accounts, master_account_id=env["stream_id"], apartment_id=apartment_id)
+        _change_apartment(rows, apartment_id, str(data["community_id"]),
+                          master_account_id=env["stream_id"])
+
+    @staticmethod
+    def _account_apartment(rows: Rows, env: Envelope) -> str | None:
+        account = rows.get(site_accounts, env["stream_id"])
+        return None if account is None else str(account["apartment_id"])
+
+    @staticmethod
+    def master_account_registered(rows: Rows, env: Envelope) -> None:
+        apartment_id = SitesView._account_apartment(rows, env)
+        if apartment_id is not None:
+            _change_apartment(rows, apartment_id, None, registered=True)
 
     @staticmethod
     def family_member_added(rows: Rows, env: Envelope) -> None:
-        master = rows.get(community_units, MASTER_ACCOUNT, env["stream_id"])
-        if master is None:
-            return
-        _add_unit(rows, FAMILY_MEMBER, str(env["data"]["family_member_id"]),
-                  master["community_id"], master["apartment_id"])
+        apartment_id = SitesView._account_apartment(rows, env)
+        row = rows.get(site_apartments, apartment_id) if apartment_id else None
+        if row is not None:
+            _change_apartment(rows, apartment_id, None,  # type: ignore[arg-type]
+                              family_members=row["family_members"] + 1)
 
     @staticmethod
     def master_account_reset(rows: Rows, env: Envelope) -> None:
-        for member in env["data"].get("removed_family_member_ids") or []:
-            rows.delete(community_units, FAMILY_MEMBER, str(member))
+        apartment_id = SitesView._account_apartment(rows, env)
+        row = rows.get(site_apartments, apartment_id) if apartment_id else None
+        if row is not None:
+            removed = len(env["data"].get("removed_family_member_ids") or [])
+            _change_apartment(rows, apartment_id, None,  # type: ignore[arg-type]
+                              family_members=max(0, row["family_members"] - removed),
+                              registered=False)
 
     @staticmethod
     def master_account_closed(rows: Rows, env: Envelope) -> None:
-        # Family members are counted only while their APT exists, so the count is right
-        # whether this or topology's ApartmentDeleted arrives first.
-        SitesView.master_account_reset(rows, env)
-        rows.delete(community_units, MASTER_ACCOUNT, env["stream_id"])
+        apartment_id = SitesView._account_apartment(rows, env)
+        rows.delete(site_accounts, env["stream_id"])
+        row = rows.get(site_apartments, apartment_id) if apartment_id else None
+        if row is not None:
+            _change_apartment(rows, apartment_id, None,  # type: ignore[arg-type]
+                              master_account_id=None, family_members=0, registered=False)
 
 
 def _community_counts(conn: Connection, community_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """The counts of each community, from its member rows: residents are the APTs' residents
-    plus the family members of APTs that still exist (whichever source spoke last)."""
+    """The kept counts of each community, by key."""
     counts = {cid: dict.fromkeys(COUNT_NAMES, 0) for cid in community_ids}
     if not community_ids:
         return counts
-    u = community_units
-    grouped = conn.execute(
-        select(u.c.community_id, u.c.kind, func.count())
-        .where(and_(u.c.community_id.in_(community_ids),
-                    u.c.kind.in_((BUILDING, APARTMENT, RESIDENT))))
-        .group_by(u.c.community_id, u.c.kind))
-    names = {BUILDING: "building_count", APARTMENT: "apartment_count",
-             RESIDENT: "resident_count"}
-    for community_id, kind, count in grouped:
-        counts[community_id][names[kind]] += int(count)
-    apartments_alive = select(u.c.unit_id).where(and_(u.c.community_id.in_(community_ids),
-                                                      u.c.kind == APARTMENT))
-    family = conn.execute(
-        select(u.c.community_id, func.count())
-        .where(and_(u.c.community_id.in_(community_ids), u.c.kind == FAMILY_MEMBER,
-                    u.c.apartment_id.in_(apartments_alive)))
-        .group_by(u.c.community_id))
-    for community_id, count in family:
-        counts[community_id]["resident_count"] += int(count)
+    cc = community_counts
+    for row in conn.execute(select(cc).where(cc.c.community_id.in_(community_ids))):
+        counts[row.community_id].update(
+            building_count=row.buildings, apartment_count=row.apartments,
+            resident_count=row.residents)
     return counts
 
 
@@ -394,8 +474,9 @@ apartments = Table(
     residents_metadata,
     Column("id", String(36), primary_key=True),
     Column("building_id", String(36), nullable=False, index=True),
-    Column("community_id", String(36), nullable=False, index=True),
-    Column("installer_id", String(36), nullable=False, index=True),
+    # The list's indexes (below) start with the community: they serve its filter too.
+    Column("community_id", String(36), nullable=False),
+    Column("installer_id", String(36), nullable=False),
     Column("number", Text, nullable=False),
     Column("name", Text, nullable=True),
     Column("floor", Text, nullable=True),
@@ -404,6 +485,8 @@ apartments = Table(
     Column("email", Text, nullable=True),
     Column("mobile", Text, nullable=True),
     Column("created_at", String(40), nullable=False),
+    # What the list's search looks in, lower case, kept by the handlers (`_search_text`).
+    Column("search", Text, nullable=False, default=""),
 )
 
 # Building names as the Residents list shows them beside each APT.
@@ -424,12 +507,60 @@ app_accounts = Table(
     Column("app_status", String(20), nullable=False),
 )
 
+# How many APTs each community and building holds (the list's total when nothing filters it).
+apartment_totals = Table(
+    "topology_apartment_totals",
+    residents_metadata,
+    Column("scope_id", String(36), primary_key=True),  # a community's or a building's id
+    Column("apartments", Integer, nullable=False),
+)
+
+
+def _add_to_totals(rows: Rows, data: dict[str, Any], delta: int) -> None:
+    for scope in (str(data["community_id"]), str(data["building_id"])):
+        found = rows.get(apartment_totals, scope)
+        rows.put(apartment_totals, scope_id=scope,
+                 apartments=(found["apartments"] if found else 0) + delta)
+
+
+# What the Residents list sorts and searches by: expressions without bound parameters, so the
+# indexes below serve them (concierge.lists).
+_NONE = literal_column("''")
+RESIDENT_ORDERS: dict[str, list[ColumnElement[Any]]] = {
+    # Shorter first, so APT 99 comes before APT 101 (numbers are text: "2#123").
+    "number": [func.length(apartments.c.number), apartments.c.number],
+    "name": [func.lower(func.coalesce(apartments.c.name, _NONE)),
+             func.length(apartments.c.number), apartments.c.number],
+    "resident": [func.lower(func.coalesce(apartments.c.first_name, _NONE)),
+                 func.lower(func.coalesce(apartments.c.last_name, _NONE))],
+    "created_at": [apartments.c.created_at],
+}
+for _key, _expressions in RESIDENT_ORDERS.items():
+    Index(f"ix_topology_apartments_by_{_key}", apartments.c.community_id, *_expressions,
+          apartments.c.id)
+trigram_index(apartments, "ix_topology_apartments_search", apartments.c.search)
+_SEARCHED = ("first_name", "last_name", "email", "name", "number")
+
+
+def _search_text(row: dict[str, Any]) -> str:
+    """The resident's full name, email, APT name and number, one per line (a search box holds
+    one line, so no query matches across two of them)."""
+    full_name = f"{row.get('first_name') or ''} {row.get('last_name') or ''}"
+    return "\n".join((full_name, row.get("email") or "", row.get("name") or "",
+                      row.get("number") or "")).lower()
+
+
+def _searchable(rows: Rows, apartment_id: str) -> None:
+    row = rows.get(apartments, apartment_id)
+    if row is not None:
+        rows.update(apartments, apartment_id, search=_search_text(row))
+
 
 class ResidentsView(ReadModel):
     """Residents: each APT with its building, resident and SmartPlus app status."""
 
     name = "topology_residents"
-    version = 2
+    version = 3  # 3: the search column, the indexes of each sort and of search
     metadata = residents_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -471,7 +602,9 @@ class ResidentsView(ReadModel):
         rows.put(apartments, id=env["stream_id"], building_id=str(data["building_id"]),
                  community_id=str(data["community_id"]), installer_id=str(data["installer_id"]),
                  number=data["number"], name=data.get("name"),
-                 floor=_floor_text(data.get("floor")), created_at=_instant(env["occurred_at"]))
+                 floor=_floor_text(data.get("floor")), created_at=_instant(env["occurred_at"]),
+                 search=_search_text(data))
+        _add_to_totals(rows, data, 1)
 
     @staticmethod
     def resident_added(rows: Rows, env: Envelope) -> None:
@@ -479,6 +612,7 @@ class ResidentsView(ReadModel):
         rows.update(apartments, env["stream_id"], first_name=data.get("first_name"),
                     last_name=data.get("last_name"), email=data.get("email"),
                     mobile=data.get("mobile"))
+        _searchable(rows, env["stream_id"])
 
     @staticmethod
     def apartment_edited(rows: Rows, env: Envelope) -> None:
@@ -486,21 +620,28 @@ class ResidentsView(ReadModel):
         if "floor" in values:
             values["floor"] = _floor_text(values["floor"])
         rows.update(apartments, env["stream_id"], **values)
+        if values.keys() & set(_SEARCHED):
+            _searchable(rows, env["stream_id"])
 
     @staticmethod
     def resident_edited(rows: Rows, env: Envelope) -> None:
-        rows.update(apartments, env["stream_id"],
-                    **_changes(env, ("first_name", "last_name", "email", "mobile")))
+        values = _changes(env, ("first_name", "last_name", "email", "mobile"))
+        rows.update(apartments, env["stream_id"], **values)
+        if values.keys() & set(_SEARCHED):
+            _searchable(rows, env["stream_id"])
 
     @staticmethod
     def apartment_reset(rows: Rows, env: Envelope) -> None:
         cleared = set(env["data"].get("cleared_fields") or [])
         rows.update(apartments, env["stream_id"],
                     **{k: None for k in ("email", "mobile") if k in cleared})
+        if "email" in cleared:
+            _searchable(rows, env["stream_id"])
 
     @staticmethod
     def apartment_deleted(rows: Rows, env: Envelope) -> None:
         rows.delete(apartments, env["stream_id"])
+        _add_to_totals(rows, env["data"], -1)
 
     @staticmethod
     def master_account_created(rows: Rows, env: Envelope) -> None:
@@ -525,13 +666,6 @@ READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsV
 
 # No app account yet is, for the resident, an app not yet registered.
 _app_status = func.coalesce(app_accounts.c.app_status, UNREGISTERED).label("app_status")
-_residents_source = (
-    apartments
-    .outerjoin(apartment_buildings, apartment_buildings.c.id == apartments.c.building_id)
-    .outerjoin(app_accounts, app_accounts.c.apartment_id == apartments.c.id)
-)
-_residents_columns = [*apartments.c, apartment_buildings.c.name.label("building_name"),
-                      _app_status, app_accounts.c.master_account_id]
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -588,7 +722,7 @@ def _resident_item(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "building_id": row.building_id,
-        "building_name": row.building_name,
+        "building_name": None,
         "community_id": row.community_id,
         "number": row.number,
         "name": row.name,
@@ -597,10 +731,26 @@ def _resident_item(row: Any) -> dict[str, Any]:
         "last_name": row.last_name,
         "email": row.email,
         "mobile": row.mobile,
-        "app_status": row.app_status,
-        "master_account_id": row.master_account_id,
+        "app_status": UNREGISTERED,
+        "master_account_id": None,
         "created_at": row.created_at,
     }
+
+
+def _with_buildings_and_apps(conn: Connection, items: list[dict[str, Any]]) -> None:
+    """The page's building names and app statuses, by key (joined after the limit)."""
+    ab, aa = apartment_buildings, app_accounts
+    names = dict(conn.execute(select(ab.c.id, ab.c.name).where(
+        ab.c.id.in_({item["building_id"] for item in items}))).tuples().all())
+    apps = {row.apartment_id: row for row in conn.execute(
+        select(aa.c.apartment_id, aa.c.app_status, aa.c.master_account_id)
+        .where(aa.c.apartment_id.in_([item["id"] for item in items])))}
+    for item in items:
+        item["building_name"] = names.get(item["building_id"])
+        app = apps.get(item["id"])
+        if app is not None:
+            item["app_status"] = app.app_status
+            item["master_account_id"] = app.master_account_id
 
 
 class TopologyViews:
@@ -616,7 +766,7 @@ class TopologyViews:
         c = communities
         query = select(c).where(c.c.installer_id == installer_id)
         if q and q.strip():
-            query = query.where(_contains(c.c.name, q.strip()))
+            query = query.where(_contains(func.lower(c.c.name), q.strip()))
         column = func.lower(c.c.name) if key == "name" else c.c.created_at
         order = [_order(column, descending), _order(c.c.id, descending)]
         with self.engine.connect() as conn:
@@ -631,7 +781,7 @@ class TopologyViews:
         query = select(b).where(and_(b.c.installer_id == installer_id,
                                      b.c.community_id == community_id))
         if q and q.strip():
-            query = query.where(_contains(b.c.name, q.strip()))
+            query = query.where(_contains(func.lower(b.c.name), q.strip()))
         column = func.lower(b.c.name) if key == "name" else b.c.created_at
         order = [_order(column, descending), _order(b.c.id, descending)]
         with self.engine.connect() as conn:
@@ -644,31 +794,27 @@ class TopologyViews:
                        building_id: str | None = None) -> dict[str, Any]:
         key, descending = _sort_key(sort, RESIDENT_SORTS)
         a = apartments
-        query = select(*_residents_columns).select_from(_residents_source).where(
-            and_(a.c.installer_id == installer_id, a.c.community_id == community_id))
+        # The application has checked that the community is the installer's: its APTs are.
+        query = select(a).where(a.c.community_id == community_id)
         if app_status:
-            query = query.where(func.coalesce(app_accounts.c.app_status, UNREGISTERED)
-                                == app_status)
+            registered = select(app_accounts.c.apartment_id).where(and_(
+                app_accounts.c.apartment_id == a.c.id, app_accounts.c.app_status == REGISTERED))
+            query = query.where(registered.exists() if app_status == REGISTERED
+                                else ~registered.exists())
         if building_id:
             query = query.where(a.c.building_id == str(building_id))
-        if q and q.strip():
-            text = q.strip()
-            full_name = a.c.first_name + " " + a.c.last_name
-            query = query.where(or_(
-                _contains(full_name, text), _contains(a.c.email, text),
-                _contains(a.c.name, text), _contains(a.c.number, text),
-            ))
-        columns: dict[str, list[Any]] = {
-            # Shorter first, so APT 99 comes before APT 101 (numbers are text: "2#123").
-            "number": [func.length(a.c.number), a.c.number],
-            "name": [func.lower(func.coalesce(a.c.name, "")), func.length(a.c.number), a.c.number],
-            "resident": [func.lower(func.coalesce(a.c.first_name, "")),
-                         func.lower(func.coalesce(a.c.last_name, ""))],
-            "created_at": [a.c.created_at],
-        }
-        order = [_order(col, descending) for col in [*columns[key], a.c.id]]
+        text = " ".join((q or "").split())
+        if text:
+            query = query.where(_contains(a.c.search, text))
         with self.engine.connect() as conn:
-            return _page(conn, query, order, page, per_page, _resident_item)
+            total = None  # counted: a filter or a search narrows the list
+            if not (app_status or text):
+                scope = str(building_id) if building_id else community_id
+                total = conn.execute(select(apartment_totals.c.apartments).where(
+                    apartment_totals.c.scope_id == scope)).scalar() or 0
+            return page_of(conn, query, [*RESIDENT_ORDERS[key], a.c.id], descending, page,
+                           per_page, _resident_item, total=total,
+                           enrich=_with_buildings_and_apps)
 
     def community_counts(self, community_id: str) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -688,24 +834,19 @@ class TopologyViews:
 
     def dashboard(self, installer_id: str) -> dict[str, Any]:
         """The Dashboard's quick view: sites, residents (end users), devices, app accounts."""
-        c, a = communities, apartments
+        c, cc = communities, community_counts
         with self.engine.connect() as conn:
-            community_ids = list(conn.execute(
-                select(c.c.id).where(c.c.installer_id == installer_id)).scalars())
-            totals = dict.fromkeys(COUNT_NAMES, 0)
-            for counts in _community_counts(conn, community_ids).values():
-                for name, value in counts.items():
-                    totals[name] += value
-            statuses = dict(conn.execute(
-                select(_app_status, func.count())
-                .select_from(a.outerjoin(app_accounts, app_accounts.c.apartment_id == a.c.id))
-                .where(a.c.installer_id == installer_id)
-                .group_by(_app_status)).tuples().all())
+            found = conn.execute(
+                select(func.count(c.c.id), func.sum(cc.c.buildings), func.sum(cc.c.apartments),
+                       func.sum(cc.c.residents), func.sum(cc.c.registered))
+                .select_from(c.outerjoin(cc, cc.c.community_id == c.c.id))
+                .where(c.c.installer_id == installer_id)).one()
+        sites, buildings_, apartments_, residents, registered = (int(v or 0) for v in found)
         return {
-            "communities": len(community_ids),
-            "buildings": totals["building_count"],
-            "apartments": totals["apartment_count"],
-            "residents": totals["resident_count"],
-            "devices": totals["device_count"],
-            "app_accounts": {status: int(statuses.get(status, 0)) for status in APP_STATUSES},
+            "communities": sites,
+            "buildings": buildings_,
+            "apartments": apartments_,
+            "residents": residents,
+            "devices": 0,
+            "app_accounts": {REGISTERED: registered, UNREGISTERED: apartments_ - registered},
         }

@@ -110,8 +110,7 @@ def test_an_installer_sets_up_a_community_and_residents_follow_accounts(
     # of accounts' events repairs the gap from the log in its own turn: the sites model may
     # still be at it when the residents list already shows the registration.)
     wiring = services.runtime("topology")
-    eventually(lambda: any(unit[0] == "master_account" for unit in
-                           read_model_rows(wiring)["topology_community_units"]))
+    eventually(lambda: bool(read_model_rows(wiring)["topology_site_accounts"]))
     live = read_model_rows(wiring)
     assert rebuild(wiring) > 0
     assert read_model_rows(wiring) == live

@@ -451,6 +451,41 @@ def test_residents_are_searched_paged_and_filtered(svc: TopologyService,
 
 
 @both_stores
+def test_every_page_of_every_sort_is_the_full_list_cut_in_order(
+        svc: TopologyService, residents: dict[str, str]) -> None:
+    """Pages in the back half are read from the end (concierge.lists): cut together, the
+    pages are the whole list, in either direction, with or without a filter."""
+    for n in range(17):
+        svc.add_apartment(LUNA_CTX, residents["a" if n % 3 else "b"], {
+            "number": f"{5 + n % 5}#{n}", "name": f"Apt {n % 4}",
+            "resident": {"first_name": "Ann" if n % 2 else "Bob", "last_name": "Same"}})
+    community = residents["community"]
+    for query in ({}, {"q": "ann"}, {"building_id": residents["b"]}):
+        for sort in ("number", "-number", "name", "-name", "resident", "-resident",
+                     "created_at", "-created_at"):
+            whole = svc.list_residents(LUNA_CTX, community, {**query, "sort": sort,
+                                                              "per_page": 100})
+            assert whole["total"] == len(whole["items"]) > 3
+            for per_page in (1, 4, 7):
+                pages = [svc.list_residents(LUNA_CTX, community, {
+                    **query, "sort": sort, "per_page": per_page, "page": page})
+                    for page in range(1, whole["total"] // per_page + 3)]
+                assert {p["total"] for p in pages} == {whole["total"]}
+                cut = [item for p in pages for item in p["items"]]
+                assert cut == whole["items"], (query, sort, per_page)
+    reversed_ = svc.list_residents(LUNA_CTX, community, {"sort": "-number", "per_page": 100})
+    forward = svc.list_residents(LUNA_CTX, community, {"sort": "number", "per_page": 100})
+    assert reversed_["items"] == forward["items"][::-1]
+    before = forward["total"]
+    svc.delete_apartment(LUNA_CTX, residents["99"])
+    after = svc.list_residents(LUNA_CTX, community, {"per_page": 100})
+    assert after["total"] == before - 1 == len(after["items"])
+    in_a = svc.list_residents(LUNA_CTX, community, {"building_id": residents["a"],
+                                                    "per_page": 100})
+    assert in_a["total"] == len(in_a["items"]) == 1 + 11  # 101, and n % 3 != 0 of 17
+
+
+@both_stores
 def test_app_status_follows_the_accounts_events(svc: TopologyService, wiring: Wiring,
                                                 accounts: AccountsLog,
                                                 residents: dict[str, str]) -> None:
@@ -499,7 +534,8 @@ def test_family_members_count_as_end_users_while_their_apartment_exists(
 def rows_naming(wiring: Wiring, *ids: str) -> list[tuple[Any, ...]]:
     """The Sites and Residents rows that name any of these master account or member ids."""
     rows = read_model_rows(wiring)
-    return [row for table in ("topology_community_units", "topology_app_accounts")
+    return [row for table in ("topology_site_apartments", "topology_site_accounts",
+                              "topology_app_accounts")
             for row in rows[table] if set(ids) & set(row)]
 
 

@@ -26,6 +26,7 @@ from contracts.topology import ApartmentCreate
 from services.topology.application import TopologyApplication
 
 LUNA = str(uuid.uuid4())
+RESIDENT = {"first_name": "Lily", "last_name": "Green", "email": "lily@example.com"}
 
 
 def as_luna(request: str) -> dict[str, Any]:
@@ -257,3 +258,36 @@ def test_one_refused_command_of_a_batch_fails_alone_and_its_error_is_raised(
     with context.acting(as_luna("check")):
         assert app.get_building(building)["apartment_count"] == 2
     assert app.execute_all([]) == []
+
+
+def test_a_pipeline_aborted_by_another_replicas_write_is_retried_as_a_lost_race(
+        app: TopologyApplication, building: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's PostgreSQL insert may report a conflicting version as "pipeline
+    aborted" (an OperationalError): the command is run again, as after an IntegrityError."""
+    from eventsourcing.application import Application
+    from eventsourcing.persistence import OperationalError
+
+    class PipelineAborted(Exception):  # psycopg.errors.PipelineAborted, by name
+        pass
+
+    library_record = Application._record
+    failures: list[str] = []
+
+    def aborted_once(self: Any, processing_event: Any) -> Any:
+        if not failures:
+            failures.append("aborted")
+            raise OperationalError("pipeline aborted") from PipelineAborted()
+        return library_record(self, processing_event)
+
+    monkeypatch.setattr(Application, "_record", aborted_once)
+    with context.acting(as_luna("raced")):
+        apartment = app.add_apartment(building, {"number": "101", "resident": RESIDENT})
+        assert app.get_apartment(apartment)["number"] == "101"
+    assert failures == ["aborted"]
+
+    def broken(self: Any, processing_event: Any) -> Any:
+        raise OperationalError("server closed the connection")
+
+    monkeypatch.setattr(Application, "_record", broken)
+    with context.acting(as_luna("broken")), pytest.raises(OperationalError):
+        app.add_apartment(building, {"number": "102", "resident": RESIDENT})

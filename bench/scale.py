@@ -1,0 +1,151 @@
+"""How the lists, searches and commands grow with a site: reads at 1k, 10k and 50k apartments.
+
+One community of 50 buildings is filled through topology's application (the service's own
+commands, with its checks, without the HTTP and RPC hops: 50,000 requests through the gateway
+take longer than every other benchmark together); at each size the read models are rebuilt
+(`concierge rebuild topology`, timed: the figure for the largest size is the rebuild at that
+size), then each read runs REPEAT times through the application as the service's RPC entrypoints
+call it. The baseline of each size is a key lookup (one apartment), which does not grow.
+Prints one JSON line. Usage: python bench/scale.py [SIZES...] (default 1000 10000 50000)
+Environment: BENCH_DATABASE_URL (PostgreSQL; empty = SQLite); BENCH_KEEP=1 keeps the schemas.
+"""
+
+from __future__ import annotations
+
+from concierge import green
+
+green.patch()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import eventlet  # noqa: E402
+
+from bench.rebuild_rate import drop_schemas  # noqa: E402
+from bench.stats import summary  # noqa: E402
+from concierge import context  # noqa: E402
+from concierge.config import Settings  # noqa: E402
+from concierge.rebuild import rebuild  # noqa: E402
+from services.topology.declaration import CONTEXT as TOPOLOGY  # noqa: E402
+
+BUILDINGS = 50
+REPEAT = 40
+CLIENTS = 8
+FIRST = ("Ana", "Bo", "Chen", "Dana", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun")
+
+
+def apartment(i: int) -> dict[str, Any]:
+    return {"number": str(100 + i // BUILDINGS), "floor": 1 + (i // BUILDINGS) % 30,
+            "name": f"APT {i}",
+            "resident": {"first_name": FIRST[i % len(FIRST)], "last_name": f"Resident{i}",
+                         "email": f"resident{i}@example.org"}}
+
+
+def timed(call: Callable[[], Any], repeat: int = REPEAT) -> dict[str, float]:
+    call()  # warm: the first call compiles the statement
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return summary(samples)
+
+
+def add_rate(app: Any, buildings: list[str], start: int, count: int) -> float:
+    """Apartments added per second by CLIENTS concurrent callers (each fails loudly)."""
+    caller = context.current()
+
+    def add(i: int) -> None:
+        with context.acting(caller):  # a green thread starts with no call context
+            app.add_apartment(buildings[i % len(buildings)], apartment(i))
+
+    pool = eventlet.GreenPool(CLIENTS)
+    began = time.perf_counter()
+    for result in pool.imap(add, range(start, start + count)):
+        assert result is None
+    return count / (time.perf_counter() - began)
+
+
+def reads(app: Any, community: str, size: int, sample: str) -> dict[str, Any]:
+    last = -(-size // 10)
+    residents = app.list_residents
+    return {
+        "apartment_get_baseline": timed(lambda: app.get_apartment(sample)),
+        "residents_page_1": timed(lambda: residents(community)),
+        "residents_page_100": timed(lambda: residents(community, page=min(100, last))),
+        "residents_last_page": timed(lambda: residents(community, page=last)),
+        "residents_sort_name": timed(lambda: residents(community, sort="name")),
+        "residents_sort_resident_desc": timed(lambda: residents(community, sort="-resident")),
+        "residents_sort_created_last_page": timed(
+            lambda: residents(community, sort="created_at", page=last)),
+        "search_full_email": timed(lambda: residents(community, q=f"resident{size // 2}@"
+                                                                "example.org")),
+        "search_name_prefix": timed(lambda: residents(community, q="Farah")),
+        "search_substring_many": timed(lambda: residents(community, q="an")),
+        "community_list": timed(lambda: app.list_communities()),
+        "dashboard": timed(lambda: app.dashboard()),
+    }
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000, 50000]
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-scale-")),
+                        database_url=os.environ.get("BENCH_DATABASE_URL", ""),
+                        schema_prefix=f"bench{uuid.uuid4().hex[:6]}_")
+    filler = TOPOLOGY.open(settings)  # no read models: the fill records events only
+    wired = TOPOLOGY.wire(settings, read_remote=lambda source, after, limit: [])
+    app = wired.app
+    figures: dict[str, Any] = {}
+    with context.acting({"actor": "installer:bench", "installer_id": str(uuid.uuid4()),
+                         "role": "installer"}):
+        community = filler.create_community({"name": "Scale Towers", "feature_plan": "premium",
+                                             "time_zone": "UTC"})
+        buildings = [filler.add_building(community, {"name": f"Building {b:02d}"})
+                     for b in range(BUILDINGS)]
+        sample = filler.add_apartment(buildings[0], apartment(0))
+        filled = 1
+        for size in sizes:
+            began = time.perf_counter()
+            for i in range(filled, size):
+                filler.add_apartment(buildings[i % BUILDINGS], apartment(i))
+            fill_s = time.perf_counter() - began
+            filled = size
+            began = time.perf_counter()
+            events = rebuild(wired)
+            rebuild_s = time.perf_counter() - began
+            stage: dict[str, Any] = {
+                "fill_apartments_per_s": round((size - 1) / fill_s) if fill_s else None,
+                "rebuild_s": round(rebuild_s, 2), "rebuild_events": events}
+            stage.update(reads(app, community, size, sample))
+            # Commands at this size, through the wired application (projections included);
+            # the apartments they add are counted in the next size's fill.
+            i = filled
+            adds = []
+            for _ in range(REPEAT):
+                start = time.perf_counter()
+                app.add_apartment(buildings[i % BUILDINGS], apartment(i))
+                adds.append((time.perf_counter() - start) * 1000)
+                i += 1
+            stage["add_apartment_1_client"] = summary(adds)
+            stage["add_apartment_8_clients_per_s"] = round(add_rate(app, buildings, i, 400), 1)
+            filled = i + 400
+            figures[str(size)] = stage
+            print(f"size {size}: {json.dumps(stage)}", file=sys.stderr, flush=True)
+    wired.close()
+    filler.close()
+    if not os.environ.get("BENCH_KEEP"):  # kept: to EXPLAIN the reads at the last size
+        drop_schemas(settings)
+    store = "postgres" if settings.uses_postgres else "sqlite"
+    print(json.dumps({"schema_prefix": settings.schema_prefix, "scale": figures,
+                      "store": store}))
+
+
+if __name__ == "__main__":
+    main()
