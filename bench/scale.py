@@ -125,7 +125,11 @@ def main() -> None:
                 "rebuild_s": round(rebuild_s, 2), "rebuild_events": events}
             stage.update(reads(app, community, size, sample))
             # Commands at this size, through the wired application (projections included);
-            # the apartments they add are counted in the next size's fill.
+            # the apartments they add are counted in the next size's fill. Its cached
+            # buildings first catch up with what the filler recorded, as a serving replica's
+            # have (each command's own writes keep them current).
+            for building in buildings:
+                app.get_building(building)
             i = filled
             adds = []
             for _ in range(REPEAT):
