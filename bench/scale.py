@@ -6,7 +6,8 @@ take longer than every other benchmark together); at each size the read models a
 (`concierge rebuild topology`, timed: the figure for the largest size is the rebuild at that
 size), then each read runs REPEAT times through the application as the service's RPC entrypoints
 call it. The baseline of each size is a key lookup (one apartment), which does not grow.
-Prints one JSON line. Usage: python bench/scale.py [SIZES...] (default 1000 10000 50000)
+Prints one JSON line. Usage: python bench/scale.py [--communities N] [SIZES...] (default
+1000 10000 50000 APTs in one community; with N, spread over N communities of one installer).
 Environment: BENCH_DATABASE_URL (PostgreSQL; empty = SQLite); BENCH_KEEP=1 keeps the schemas.
 """
 
@@ -16,6 +17,7 @@ from concierge import green
 
 green.patch()
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -41,8 +43,9 @@ CLIENTS = 8
 FIRST = ("Ana", "Bo", "Chen", "Dana", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun")
 
 
-def apartment(i: int) -> dict[str, Any]:
-    return {"number": str(100 + i // BUILDINGS), "floor": 1 + (i // BUILDINGS) % 30,
+def apartment(i: int, buildings: int = BUILDINGS) -> dict[str, Any]:
+    """The i-th APT, added to building i % buildings (its number unique there)."""
+    return {"number": str(100 + i // buildings), "floor": 1 + (i // buildings) % 30,
             "name": f"APT {i}",
             "resident": {"first_name": FIRST[i % len(FIRST)], "last_name": f"Resident{i}",
                          "email": f"resident{i}@example.org"}}
@@ -64,7 +67,7 @@ def add_rate(app: Any, buildings: list[str], start: int, count: int) -> float:
 
     def add(i: int) -> None:
         with context.acting(caller):  # a green thread starts with no call context
-            app.add_apartment(buildings[i % len(buildings)], apartment(i))
+            app.add_apartment(buildings[i % len(buildings)], apartment(i, len(buildings)))
 
     pool = eventlet.GreenPool(CLIENTS)
     began = time.perf_counter()
@@ -74,6 +77,7 @@ def add_rate(app: Any, buildings: list[str], start: int, count: int) -> float:
 
 
 def reads(app: Any, community: str, size: int, sample: str) -> dict[str, Any]:
+    """`size`: the APTs of `community`."""
     last = -(-size // 10)
     residents = app.list_residents
     return {
@@ -95,7 +99,12 @@ def reads(app: Any, community: str, size: int, sample: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000, 50000]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[1000, 10000, 50000])
+    parser.add_argument("--communities", type=int, default=1,
+                        help="spread the APTs over this many communities of one installer "
+                             f"({BUILDINGS} buildings in all); the reads are the first one's")
+    args = parser.parse_args()
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-scale-")),
                         database_url=os.environ.get("BENCH_DATABASE_URL", ""),
                         schema_prefix=f"bench{uuid.uuid4().hex[:6]}_")
@@ -105,16 +114,20 @@ def main() -> None:
     figures: dict[str, Any] = {}
     with context.acting({"actor": "installer:bench", "installer_id": str(uuid.uuid4()),
                          "role": "installer"}):
-        community = filler.create_community({"name": "Scale Towers", "feature_plan": "premium",
-                                             "time_zone": "UTC"})
-        buildings = [filler.add_building(community, {"name": f"Building {b:02d}"})
-                     for b in range(BUILDINGS)]
-        sample = filler.add_apartment(buildings[0], apartment(0))
+        sites = [filler.create_community({"name": f"Scale Towers {c:02d}",
+                                          "feature_plan": "premium", "time_zone": "UTC"})
+                 for c in range(args.communities)]
+        per_site = max(1, BUILDINGS // args.communities)
+        buildings = [filler.add_building(site, {"name": f"Building {b:02d}"})
+                     for site in sites for b in range(per_site)]
+        count = len(buildings)
+        community = sites[0]
+        sample = filler.add_apartment(buildings[0], apartment(0, count))
         filled = 1
-        for size in sizes:
+        for size in args.sizes:
             began = time.perf_counter()
             for i in range(filled, size):
-                filler.add_apartment(buildings[i % BUILDINGS], apartment(i))
+                filler.add_apartment(buildings[i % count], apartment(i, count))
             fill_s = time.perf_counter() - began
             filled = size
             began = time.perf_counter()
@@ -123,7 +136,7 @@ def main() -> None:
             stage: dict[str, Any] = {
                 "fill_apartments_per_s": round((size - 1) / fill_s) if fill_s else None,
                 "rebuild_s": round(rebuild_s, 2), "rebuild_events": events}
-            stage.update(reads(app, community, size, sample))
+            stage.update(reads(app, community, size // args.communities, sample))
             # Commands at this size, through the wired application (projections included);
             # the apartments they add are counted in the next size's fill. Its cached
             # buildings first catch up with what the filler recorded, as a serving replica's
@@ -134,7 +147,7 @@ def main() -> None:
             adds = []
             for _ in range(REPEAT):
                 start = time.perf_counter()
-                app.add_apartment(buildings[i % BUILDINGS], apartment(i))
+                app.add_apartment(buildings[i % count], apartment(i, count))
                 adds.append((time.perf_counter() - start) * 1000)
                 i += 1
             stage["add_apartment_1_client"] = summary(adds)

@@ -269,6 +269,7 @@ class _Shadow:
         self.service = f"{wiring.service}{SHADOW_SUFFIX}"
         self.live_engine = wiring.engine
         self.postgres = self.settings.uses_postgres
+        self._deferred: list[str] = []  # index definitions built after the replay
         self.engine: Engine | None = None
         self.clear()
         self.engine = service_engine(self.service, self.settings)
@@ -281,6 +282,37 @@ class _Shadow:
     @property
     def schema(self) -> str:
         return self.settings.schema_for(self.service)
+
+    def defer_indexes(self, models: list[ReadModel]) -> None:
+        """PostgreSQL: drop the new tables' secondary indexes, keeping their definitions, so
+        the replay writes rows without maintaining them; `build_indexes` then builds each in
+        one pass over the full table (a trigram index, several times faster). The indexes of
+        keys and constraints stay: the replay's upserts and lookups use them."""
+        if not self.postgres:
+            return
+        assert self.engine is not None
+        tables = [t.name for m in models for t in m.metadata.sorted_tables]
+        with self.engine.begin() as conn:
+            found = conn.execute(text(
+                "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+                "JOIN pg_class x ON x.relname = i.indexname "
+                "JOIN pg_namespace n ON n.oid = x.relnamespace AND n.nspname = i.schemaname "
+                "WHERE i.schemaname = current_schema() AND i.tablename = ANY(:tables) "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.oid) "
+                "ORDER BY i.indexname"), {"tables": tables}).tuples().all()
+            for name, definition in found:
+                conn.exec_driver_sql(f"DROP INDEX {_quote(name)}")
+                self._deferred.append(definition)
+
+    def build_indexes(self) -> None:
+        if not self._deferred:
+            return
+        assert self.engine is not None
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '256MB'")
+            for definition in self._deferred:
+                conn.exec_driver_sql(definition)
+        self._deferred = []
 
     def analyse(self, models: list[ReadModel]) -> None:
         """Statistics for the new tables before they serve (`concierge.statistics`): the
@@ -343,7 +375,9 @@ class _Rebuild:
             shadow = _Shadow(self.wiring, self.models)
             try:
                 feeds = self._feeds(shadow)
+                shadow.defer_indexes(self.models)
                 self._build(feeds, shadow)
+                shadow.build_indexes()
                 shadow.analyse(self.models)
                 self._swap(shadow, feeds)
             finally:

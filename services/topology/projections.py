@@ -1,9 +1,10 @@
 """Topology read models: the Sites list, the buildings of a community, the Residents list.
 
 Each view is self-contained (its own tables, fed by its own handlers), so any one of them can be
-dropped and rebuilt alone. Counts are counted from member rows when read, never incremented, and
-rows that depend on two sources (topology and accounts) are joined when read, so the result is
-the same whichever source is replayed first and every write is one row by its key.
+dropped and rebuilt alone. Lists follow docs/chassis.md "Lists that stay flat as sites grow": an
+index per sort, kept totals, a search column. Counts are kept by the handlers as a sum of per-APT
+weights, so they are the same whichever source is replayed first; what a list shows from another
+source (an app status) is read for the page's rows by key.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def _change_apartment(rows: Rows, apartment_id: str, community_id: str | None,
 
 
 _APARTMENT_EVENTS = ("ApartmentAdded", "ResidentAdded", "ApartmentDeleted")
+_COUNTED_EVENTS = (*_APARTMENT_EVENTS, "BuildingAdded", "BuildingDeleted")
 
 
 class SitesView(ReadModel):
@@ -274,17 +276,21 @@ class SitesView(ReadModel):
     @staticmethod
     def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
         """The APT rows and accounts a batch will read, in one query each."""
-        apartments_, accounts = [], []
+        apartments_, accounts, sites = [], [], []
         for env in envelopes:
             if env["source"] == "topology":
                 if env["type"] in _APARTMENT_EVENTS:
                     apartments_.append(env["stream_id"])
+                if env["type"] in _COUNTED_EVENTS:
+                    sites.append(str(env["data"].get("community_id")))
             else:
                 accounts.append(env["stream_id"])
                 if env["type"] == "MasterAccountCreated":
                     apartments_.append(str(env["data"].get("apartment_id")))
+                    sites.append(str(env["data"].get("community_id")))
         rows.prefetch(site_apartments, apartments_)
         rows.prefetch(site_accounts, accounts)
+        rows.prefetch(community_counts, sites)
 
     @staticmethod
     def community_created(rows: Rows, env: Envelope) -> None:
@@ -583,6 +589,16 @@ class ResidentsView(ReadModel):
                 "MasterAccountClosed": self.master_account_closed,
             },
         }
+
+    @staticmethod
+    def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
+        """The totals a batch of new or deleted APTs moves, in one query."""
+        scopes = []
+        for env in envelopes:
+            if env["type"] in ("ApartmentAdded", "ApartmentDeleted"):
+                scopes += [str(env["data"].get("community_id")),
+                           str(env["data"].get("building_id"))]
+        rows.prefetch(apartment_totals, scopes)
 
     @staticmethod
     def building_added(rows: Rows, env: Envelope) -> None:

@@ -1,6 +1,6 @@
 """A service keeps its read models' planner statistics itself (concierge.statistics): this
 machine's PostgreSQL runs without autovacuum, and a list planned without statistics sorts the
-whole community for every page."""
+whole community for every page. A rebuild builds the indexes after its replay."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def analysed(engine: object, table: str) -> bool:
         return bool(conn.execute(text(
             "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema() "
             "AND tablename = :t"), {"t": table}).scalar())
+
+
+def indexes(engine: object) -> dict[str, str]:
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        return dict(conn.execute(text(
+            "SELECT indexname, replace(indexdef, current_schema() || '.', '') FROM pg_indexes "
+            "WHERE schemaname = current_schema() AND tablename LIKE 'topology_%'")).tuples().all())
 
 
 def test_read_models_are_analysed_when_they_have_changed_enough_and_after_a_rebuild(
@@ -59,8 +66,12 @@ def test_a_rebuild_analyses_its_new_tables_before_they_serve(
                 app.add_apartment(building, {"number": str(100 + n), "resident": {
                     "first_name": "Lily", "last_name": "Green", "email": f"l{n}@example.com"}})
         assert not analysed(wiring.engine, "topology_apartments")
+        indexes_before = indexes(wiring.engine)
+        assert "ix_topology_apartments_search" in indexes_before  # pg_trgm is on this server
         rebuild(wiring)
         assert analysed(wiring.engine, "topology_apartments")
+        # Built after the replay (concierge.rebuild defers them): the same indexes serve.
+        assert indexes(wiring.engine) == indexes_before
         assert analysed(wiring.engine, "topology_community_counts")
     finally:
         wiring.close()
