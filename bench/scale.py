@@ -20,6 +20,7 @@ green.patch()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -40,6 +41,7 @@ from services.topology.declaration import CONTEXT as TOPOLOGY  # noqa: E402
 BUILDINGS = 50
 REPEAT = 40
 CLIENTS = 8
+REGISTERED_EVERY = 10
 FIRST = ("Ana", "Bo", "Chen", "Dana", "Eli", "Farah", "Goran", "Hana", "Ivo", "Jun")
 
 
@@ -49,6 +51,44 @@ def apartment(i: int, buildings: int = BUILDINGS) -> dict[str, Any]:
             "name": f"APT {i}",
             "resident": {"first_name": FIRST[i % len(FIRST)], "last_name": f"Resident{i}",
                          "email": f"resident{i}@example.org"}}
+
+
+class AccountsLog:
+    """Accounts' log as the topology service reads it (`read_remote`): a master account for
+    each APT's resident, one in REGISTERED_EVERY registered, so the Residents list's app status
+    filter and the Dashboard's app counts have data to read. Accounts is not run: its own
+    figures are another benchmark's."""
+
+    def __init__(self, installer_id: str) -> None:
+        self.installer_id = installer_id
+        self.entries: list[dict[str, Any]] = []
+
+    def append(self, kind: str, stream_id: str, **data: Any) -> None:
+        position = len(self.entries) + 1
+        self.entries.append({
+            "event_id": str(uuid.uuid4()), "type": kind, "version": 1, "source": "accounts",
+            "stream_id": stream_id, "stream_version": 1, "position": position,
+            "occurred_at": "2026-12-07T00:00:00.000000+00:00", "actor": "accounts:bench",
+            "correlation_id": "", "data": data})
+
+    def apartment_added(self, i: int, apartment_id: str, community_id: str) -> None:
+        account = str(uuid.uuid4())
+        resident = apartment(i)["resident"]
+        self.append("MasterAccountCreated", account, apartment_id=apartment_id,
+                    community_id=community_id, installer_id=self.installer_id, **resident)
+        if i % REGISTERED_EVERY == 0:
+            self.append("MasterAccountRegistered", account)
+
+    def read(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return self.entries[after:after + limit]
+
+
+def rss_mib() -> float:
+    """This process's resident memory (the filler's and the serving application's caches)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def timed(call: Callable[[], Any], repeat: int = REPEAT) -> dict[str, float]:
@@ -76,10 +116,11 @@ def add_rate(app: Any, buildings: list[str], start: int, count: int) -> float:
     return count / (time.perf_counter() - began)
 
 
-def reads(app: Any, community: str, size: int, sample: str) -> dict[str, Any]:
-    """`size`: the APTs of `community`."""
-    last = -(-size // 10)
+def reads(app: Any, community: str, sample: str) -> dict[str, Any]:
     residents = app.list_residents
+    size = residents(community)["total"]
+    last = -(-size // 10)
+    last_registered = -(-residents(community, app_status="registered")["total"] // 10)
     return {
         "apartment_get_baseline": timed(lambda: app.get_apartment(sample)),
         "residents_page_1": timed(lambda: residents(community)),
@@ -93,6 +134,12 @@ def reads(app: Any, community: str, size: int, sample: str) -> dict[str, Any]:
                                                                 "example.org")),
         "search_name_prefix": timed(lambda: residents(community, q="Farah")),
         "search_substring_many": timed(lambda: residents(community, q="an")),
+        "residents_registered_page_1": timed(
+            lambda: residents(community, app_status="registered")),
+        "residents_registered_last_page": timed(
+            lambda: residents(community, app_status="registered", page=last_registered)),
+        "residents_unregistered_sort_name": timed(
+            lambda: residents(community, app_status="unregistered", sort="name")),
         "community_list": timed(lambda: app.list_communities()),
         "dashboard": timed(lambda: app.dashboard()),
     }
@@ -108,11 +155,13 @@ def main() -> None:
     settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="bench-scale-")),
                         database_url=os.environ.get("BENCH_DATABASE_URL", ""),
                         schema_prefix=f"bench{uuid.uuid4().hex[:6]}_")
+    installer_id = str(uuid.uuid4())
+    accounts = AccountsLog(installer_id)
     filler = TOPOLOGY.open(settings)  # no read models: the fill records events only
-    wired = TOPOLOGY.wire(settings, read_remote=lambda source, after, limit: [])
+    wired = TOPOLOGY.wire(settings, read_remote=accounts.read)
     app = wired.app
     figures: dict[str, Any] = {}
-    with context.acting({"actor": "installer:bench", "installer_id": str(uuid.uuid4()),
+    with context.acting({"actor": "installer:bench", "installer_id": installer_id,
                          "role": "installer"}):
         sites = [filler.create_community({"name": f"Scale Towers {c:02d}",
                                           "feature_plan": "premium", "time_zone": "UTC"})
@@ -122,12 +171,16 @@ def main() -> None:
                      for site in sites for b in range(per_site)]
         count = len(buildings)
         community = sites[0]
+        site_of = {b: sites[n // per_site] for n, b in enumerate(buildings)}
         sample = filler.add_apartment(buildings[0], apartment(0, count))
+        accounts.apartment_added(0, sample, community)
         filled = 1
         for size in args.sizes:
             began = time.perf_counter()
             for i in range(filled, size):
-                filler.add_apartment(buildings[i % count], apartment(i, count))
+                building = buildings[i % count]
+                added = filler.add_apartment(building, apartment(i, count))
+                accounts.apartment_added(i, added, site_of[building])
             fill_s = time.perf_counter() - began
             filled = size
             began = time.perf_counter()
@@ -136,7 +189,7 @@ def main() -> None:
             stage: dict[str, Any] = {
                 "fill_apartments_per_s": round((size - 1) / fill_s) if fill_s else None,
                 "rebuild_s": round(rebuild_s, 2), "rebuild_events": events}
-            stage.update(reads(app, community, size // args.communities, sample))
+            stage.update(reads(app, community, sample))
             # Commands at this size, through the wired application (projections included);
             # the apartments they add are counted in the next size's fill. Its cached
             # buildings first catch up with what the filler recorded, as a serving replica's
@@ -151,8 +204,11 @@ def main() -> None:
                 adds.append((time.perf_counter() - start) * 1000)
                 i += 1
             stage["add_apartment_1_client"] = summary(adds)
-            stage["add_apartment_8_clients_per_s"] = round(add_rate(app, buildings, i, 400), 1)
-            filled = i + 400
+            stage["process_rss_mib"] = rss_mib()
+            # Three rounds, the median: one round's rate drifts by 15% on a shared machine.
+            rounds = [add_rate(app, buildings, i + 200 * n, 200) for n in range(3)]
+            stage["add_apartment_8_clients_per_s"] = round(statistics.median(rounds), 1)
+            filled = i + 600
             figures[str(size)] = stage
             print(f"size {size}: {json.dumps(stage)}", file=sys.stderr, flush=True)
     wired.close()

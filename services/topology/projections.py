@@ -493,6 +493,7 @@ apartments = Table(
     Column("created_at", String(40), nullable=False),
     # What the list's search looks in, lower case, kept by the handlers (`_search_text`).
     Column("search", Text, nullable=False, default=""),
+    Column("registered", Boolean, nullable=False, default=False),  # its app (app_accounts)
 )
 
 # Building names as the Residents list shows them beside each APT.
@@ -503,30 +504,74 @@ apartment_buildings = Table(
     Column("name", Text, nullable=False),
 )
 
-# Accounts' master accounts (one per APT), kept apart so an account seen before its apartment
-# is not lost.
+# Each APT's app account (accounts' events), by APT: kept apart from the APT's row so that an
+# account seen before its APT is not lost; the APT's row copies whether it is registered, which
+# the list filters on.
 app_accounts = Table(
     "topology_app_accounts",
     residents_metadata,
-    Column("master_account_id", String(36), primary_key=True),
-    Column("apartment_id", String(36), nullable=False, index=True),
+    Column("apartment_id", String(36), primary_key=True),
+    Column("master_account_id", String(36), nullable=False),
     Column("app_status", String(20), nullable=False),
 )
 
-# How many APTs each community and building holds (the list's total when nothing filters it).
+# Which APT each master account belongs to (accounts' later events name only the account).
+master_apartments = Table(
+    "topology_master_apartments",
+    residents_metadata,
+    Column("master_account_id", String(36), primary_key=True),
+    Column("apartment_id", String(36), nullable=False),
+)
+
+# How many APTs each scope holds, the list's total when no search narrows it: a community, a
+# building, and "<community>/registered" (its APTs whose app is registered).
 apartment_totals = Table(
     "topology_apartment_totals",
     residents_metadata,
-    Column("scope_id", String(36), primary_key=True),  # a community's or a building's id
+    Column("scope_id", String(64), primary_key=True),
     Column("apartments", Integer, nullable=False),
 )
 
 
-def _add_to_totals(rows: Rows, data: dict[str, Any], delta: int) -> None:
-    for scope in (str(data["community_id"]), str(data["building_id"])):
-        found = rows.get(apartment_totals, scope)
-        rows.put(apartment_totals, scope_id=scope,
-                 apartments=(found["apartments"] if found else 0) + delta)
+def _registered_scope(community_id: str) -> str:
+    return f"{community_id}/{REGISTERED}"
+
+
+def _move_total(rows: Rows, scope: str, delta: int) -> None:
+    found = rows.get(apartment_totals, scope)
+    total = (found["apartments"] if found else 0) + delta
+    if total:
+        rows.put(apartment_totals, scope_id=scope, apartments=total)
+    else:  # no row for none: the same rows whatever order the sources are read in
+        rows.delete(apartment_totals, scope)
+
+
+def _add_to_totals(rows: Rows, data: dict[str, Any], delta: int, registered: bool) -> None:
+    community_id = str(data["community_id"])
+    for scope in (community_id, str(data["building_id"])):
+        _move_total(rows, scope, delta)
+    if registered:
+        _move_total(rows, _registered_scope(community_id), delta)
+
+
+def _registered_now(rows: Rows, apartment_id: str, registered: bool) -> None:
+    """The APT's row follows its app account (if the APT is there), and so does the total."""
+    row = rows.get(apartments, apartment_id)
+    if row is None or row["registered"] == registered:
+        return
+    rows.update(apartments, apartment_id, registered=registered)
+    _move_total(rows, _registered_scope(row["community_id"]), 1 if registered else -1)
+
+
+def _account_apartment(rows: Rows, master_account_id: str) -> str | None:
+    """The APT of this master account, if it is still that APT's account."""
+    found = rows.get(master_apartments, master_account_id)
+    if found is None:
+        return None
+    app = rows.get(app_accounts, found["apartment_id"])
+    if app is None or app["master_account_id"] != master_account_id:
+        return None
+    return str(found["apartment_id"])
 
 
 # What the Residents list sorts and searches by: expressions without bound parameters, so the
@@ -566,7 +611,7 @@ class ResidentsView(ReadModel):
     """Residents: each APT with its building, resident and SmartPlus app status."""
 
     name = "topology_residents"
-    version = 3  # 3: the search column, the indexes of each sort and of search
+    version = 3  # 3: search column, registered flag, totals, the indexes of sorts and search
     metadata = residents_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -592,12 +637,29 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
-        """The totals a batch of new or deleted APTs moves, in one query."""
-        scopes = []
-        for env in envelopes:
-            if env["type"] in ("ApartmentAdded", "ApartmentDeleted"):
-                scopes += [str(env["data"].get("community_id")),
-                           str(env["data"].get("building_id"))]
+        """The rows a batch reads (APTs, their accounts, the totals they move), a query each."""
+        apartment_ids, masters, scopes = [], [], []
+        for env in envelopes:  # (an event no handler takes may come undecoded: no "data")
+            if env["source"] != "topology":
+                masters.append(env["stream_id"])
+                if env["type"] == "MasterAccountCreated":
+                    apartment_ids.append(str(env["data"].get("apartment_id")))
+            elif env["type"] in ("ApartmentAdded", "ApartmentDeleted"):
+                data = env["data"]
+                apartment_ids.append(env["stream_id"])
+                scopes += [str(data.get("community_id")), str(data.get("building_id")),
+                           _registered_scope(str(data.get("community_id")))]
+        rows.prefetch(master_apartments, masters)
+        for master in masters:  # held now: no query
+            found = rows.get(master_apartments, master)
+            if found is not None:
+                apartment_ids.append(str(found["apartment_id"]))
+        rows.prefetch(app_accounts, apartment_ids)
+        rows.prefetch(apartments, apartment_ids)
+        for apartment_id in apartment_ids:
+            row = rows.get(apartments, apartment_id)
+            if row is not None:
+                scopes.append(_registered_scope(row["community_id"]))
         rows.prefetch(apartment_totals, scopes)
 
     @staticmethod
@@ -615,12 +677,14 @@ class ResidentsView(ReadModel):
     @staticmethod
     def apartment_added(rows: Rows, env: Envelope) -> None:
         data = env["data"]
+        app = rows.get(app_accounts, env["stream_id"])
+        registered = app is not None and app["app_status"] == REGISTERED
         rows.put(apartments, id=env["stream_id"], building_id=str(data["building_id"]),
                  community_id=str(data["community_id"]), installer_id=str(data["installer_id"]),
                  number=data["number"], name=data.get("name"),
                  floor=_floor_text(data.get("floor")), created_at=_instant(env["occurred_at"]),
-                 search=_search_text(data))
-        _add_to_totals(rows, data, 1)
+                 search=_search_text(data), registered=registered)
+        _add_to_totals(rows, data, 1, registered)
 
     @staticmethod
     def resident_added(rows: Rows, env: Envelope) -> None:
@@ -656,32 +720,46 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def apartment_deleted(rows: Rows, env: Envelope) -> None:
+        row = rows.get(apartments, env["stream_id"])
+        if row is None:
+            return
         rows.delete(apartments, env["stream_id"])
-        _add_to_totals(rows, env["data"], -1)
+        _add_to_totals(rows, env["data"], -1, row["registered"])
 
     @staticmethod
     def master_account_created(rows: Rows, env: Envelope) -> None:
-        rows.put(app_accounts, master_account_id=env["stream_id"],
-                 apartment_id=str(env["data"]["apartment_id"]), app_status=UNREGISTERED)
+        apartment_id = str(env["data"]["apartment_id"])
+        rows.put(master_apartments, master_account_id=env["stream_id"], apartment_id=apartment_id)
+        rows.put(app_accounts, apartment_id=apartment_id, master_account_id=env["stream_id"],
+                 app_status=UNREGISTERED)
+        _registered_now(rows, apartment_id, False)
+
+    @staticmethod
+    def _status(rows: Rows, env: Envelope, status: str) -> None:
+        apartment_id = _account_apartment(rows, env["stream_id"])
+        if apartment_id is not None:
+            rows.update(app_accounts, apartment_id, app_status=status)
+            _registered_now(rows, apartment_id, status == REGISTERED)
 
     @staticmethod
     def master_account_registered(rows: Rows, env: Envelope) -> None:
-        rows.update(app_accounts, env["stream_id"], app_status=REGISTERED)
+        ResidentsView._status(rows, env, REGISTERED)
 
     @staticmethod
     def master_account_reset(rows: Rows, env: Envelope) -> None:
-        rows.update(app_accounts, env["stream_id"], app_status=UNREGISTERED)
+        ResidentsView._status(rows, env, UNREGISTERED)
 
     @staticmethod
     def master_account_closed(rows: Rows, env: Envelope) -> None:
-        # A closed account records nothing more, so no later event can bring this row back.
-        rows.delete(app_accounts, env["stream_id"])
+        # A closed account records nothing more, so no later event can bring these rows back.
+        apartment_id = _account_apartment(rows, env["stream_id"])
+        rows.delete(master_apartments, env["stream_id"])
+        if apartment_id is not None:
+            rows.delete(app_accounts, apartment_id)
+            _registered_now(rows, apartment_id, False)
 
 
 READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView)
-
-# No app account yet is, for the resident, an app not yet registered.
-_app_status = func.coalesce(app_accounts.c.app_status, UNREGISTERED).label("app_status")
 
 
 # --- queries ---------------------------------------------------------------------------------
@@ -769,6 +847,11 @@ def _with_buildings_and_apps(conn: Connection, items: list[dict[str, Any]]) -> N
             item["master_account_id"] = app.master_account_id
 
 
+def _kept_total(conn: Connection, scope: str) -> int:
+    return int(conn.execute(select(apartment_totals.c.apartments).where(
+        apartment_totals.c.scope_id == scope)).scalar() or 0)
+
+
 class TopologyViews:
     """Queries over the read models, always scoped to one installer."""
 
@@ -813,21 +896,19 @@ class TopologyViews:
         # The application has checked that the community is the installer's: its APTs are.
         query = select(a).where(a.c.community_id == community_id)
         if app_status:
-            registered = select(app_accounts.c.apartment_id).where(and_(
-                app_accounts.c.apartment_id == a.c.id, app_accounts.c.app_status == REGISTERED))
-            query = query.where(registered.exists() if app_status == REGISTERED
-                                else ~registered.exists())
+            query = query.where(a.c.registered.is_(app_status == REGISTERED))
         if building_id:
             query = query.where(a.c.building_id == str(building_id))
         text = " ".join((q or "").split())
         if text:
             query = query.where(_contains(a.c.search, text))
         with self.engine.connect() as conn:
-            total = None  # counted: a filter or a search narrows the list
-            if not (app_status or text):
-                scope = str(building_id) if building_id else community_id
-                total = conn.execute(select(apartment_totals.c.apartments).where(
-                    apartment_totals.c.scope_id == scope)).scalar() or 0
+            total = None  # counted: a search, or a status within a building
+            if not text and not (app_status and building_id):
+                total = _kept_total(conn, str(building_id) if building_id else community_id)
+                if app_status:
+                    registered = _kept_total(conn, _registered_scope(community_id))
+                    total = registered if app_status == REGISTERED else total - registered
             return page_of(conn, query, [*RESIDENT_ORDERS[key], a.c.id], descending, page,
                            per_page, _resident_item, total=total,
                            enrich=_with_buildings_and_apps)

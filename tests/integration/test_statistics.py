@@ -41,7 +41,8 @@ def test_read_models_are_analysed_when_they_have_changed_enough_and_after_a_rebu
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO topology_apartments (id, building_id, community_id, installer_id, "
-                "number, created_at, search) SELECT 'a' || n, 'b', 'c', 'i', n::text, '', '' "
+                "number, created_at, search, registered) SELECT 'a' || n, 'b', 'c', 'i', n::text, "
+                "'', '', false "
                 "FROM generate_series(1, 300) n"))
         assert not analysed(engine, "topology_apartments")
         # The server's counters of changed rows reach the statistics views within a second.

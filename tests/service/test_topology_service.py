@@ -535,7 +535,7 @@ def rows_naming(wiring: Wiring, *ids: str) -> list[tuple[Any, ...]]:
     """The Sites and Residents rows that name any of these master account or member ids."""
     rows = read_model_rows(wiring)
     return [row for table in ("topology_site_apartments", "topology_site_accounts",
-                              "topology_app_accounts")
+                              "topology_app_accounts", "topology_master_apartments")
             for row in rows[table] if set(ids) & set(row)]
 
 

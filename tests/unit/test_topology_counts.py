@@ -13,7 +13,16 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Connection
 
 from concierge.projection import Rows
-from services.topology.projections import SitesView, community_counts, sites_metadata
+from services.topology.projections import (
+    ResidentsView,
+    SitesView,
+    apartment_totals,
+    apartments,
+    app_accounts,
+    community_counts,
+    residents_metadata,
+    sites_metadata,
+)
 
 COMMUNITY = "c-1"
 Event = tuple[str, str, str, dict[str, Any]]  # source, type, stream id, data
@@ -157,3 +166,54 @@ def test_a_deleted_apartment_whose_account_is_closed_leaves_no_row() -> None:
     left = play(topology_events("a0", True) + accounts_events("a0", plan))
     assert left["topology_site_apartments"] == []
     assert left["topology_site_accounts"] == []
+
+
+def play_residents(events: list[Event], batch: int) -> dict[str, list[tuple[Any, ...]]]:
+    """The Residents model fed the same way; after each unit, its kept totals are recounts
+    of its rows (APTs, and APTs whose app is registered)."""
+    engine = create_engine("sqlite://")
+    residents_metadata.create_all(engine)
+    view = ResidentsView()
+    handlers = view.handlers()
+    with engine.begin() as conn:
+        for start in range(0, len(events), batch):
+            rows = Rows(conn)
+            chunk = [envelope(e) for e in events[start:start + batch]]
+            view.prefetch(rows, chunk)
+            for env in chunk:
+                handler = handlers[env["source"]].get(env["type"])
+                if handler is not None:
+                    handler(rows, env)
+            rows.flush()
+            kept_totals = dict(conn.execute(select(apartment_totals)).tuples().all())
+            listed = conn.execute(select(apartments.c.registered)).scalars().all()
+            assert kept_totals.get(COMMUNITY, 0) == len(listed)
+            assert kept_totals.get(f"{COMMUNITY}/registered", 0) == sum(listed)
+        # The flag is the app account's status, whichever came first.
+        statuses = dict(conn.execute(select(app_accounts.c.apartment_id,
+                                            app_accounts.c.app_status)).tuples().all())
+        for apartment_id, registered in conn.execute(select(apartments.c.id,
+                                                            apartments.c.registered)):
+            assert registered == (statuses.get(apartment_id) == "registered")
+        return {table.name: sorted(tuple(r) for r in conn.execute(select(table)))
+                for table in residents_metadata.sorted_tables}
+
+
+def with_apartment_fields(events: list[Event]) -> list[Event]:
+    return [(source, kind, stream, {**data, "number": stream[1:] or "1"}
+             if kind == "ApartmentAdded" else data)
+            for source, kind, stream, data in events]
+
+
+@settings(max_examples=100, deadline=None)
+@given(plans=st.lists(PLANS, min_size=1, max_size=3), picks=st.lists(st.booleans(),
+                                                                        max_size=40),
+       batch=st.integers(1, 7))
+def test_the_residents_registered_flag_and_totals_hold_in_any_interleaving(
+        plans: list[dict[str, Any]], picks: list[bool], batch: int) -> None:
+    topology = with_apartment_fields(
+        [e for n, p in enumerate(plans) for e in topology_events(f"a{n}", p["deleted"])])
+    accounts = [e for n, p in enumerate(plans) for e in accounts_events(f"a{n}", p)]
+    left = play_residents(list(interleave(topology, accounts, picks)), batch)
+    assert play_residents(topology + accounts, 4) == left
+    assert play_residents(accounts + topology, 2) == left
