@@ -51,23 +51,27 @@ SCALE_READS = (
     ("residents_last_page", 50), ("residents_sort_name", 50),
     ("residents_sort_resident_desc", 50), ("residents_sort_created_last_page", 50),
     ("search_full_email", 50), ("search_name_prefix", 50), ("search_substring_many", 50),
+    ("residents_registered_page_1", 50), ("residents_registered_last_page", 50),
+    ("residents_unregistered_sort_name", 50),
     ("community_list", 30), ("dashboard", 30), ("add_apartment_1_client", None))
 
 
-def scale_rows(scale: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    """Each read at every size side by side (p50 / p99 ms); the targets hold at the largest
-    (reads through the application: the gateway adds its RPC hop, about 3 ms)."""
+def scale_rows(scale: dict[str, Any], hop: dict[str, float]) -> list[tuple[str, Any, str]]:
+    """Each read at every size side by side (p50 / p99 ms), through the application; the
+    verdict is on the route at the largest size: the read's p99 plus the gateway hop's."""
     sizes = list(scale)
     largest = scale[sizes[-1]]
     rows: list[tuple[str, Any, str]] = []
     for name, target in SCALE_READS:
         figures = "  ".join(f"{scale[s][name]['p50']}/{scale[s][name]['p99']}" for s in sizes)
         if name == "add_apartment_1_client":
-            note = verdict(largest[name]["p50"] <= 15) + " (p50 <= 15 ms)"
+            route = largest[name]["p50"] + hop["p50"]
+            note = verdict(route <= 15) + f" (route p50 {route:.1f} <= 15 ms)"
         elif target is None:
             note = "baseline: a key lookup"
         else:
-            note = verdict(largest[name]["p99"] <= target) + f" (p99 <= {target} ms)"
+            route = largest[name]["p99"] + hop["p99"]
+            note = verdict(route <= target) + f" (route p99 {route:.1f} <= {target} ms)"
         rows.append((f"{name} at {', '.join(sizes)} APTs: p50/p99 ms", figures, note))
     first, last = scale[sizes[0]], largest
     share = last["add_apartment_8_clients_per_s"] / first["add_apartment_8_clients_per_s"]
@@ -80,7 +84,7 @@ def scale_rows(scale: dict[str, Any]) -> list[tuple[str, Any, str]]:
     return rows
 
 
-def spread_rows(spread: dict[str, Any]) -> list[tuple[str, Any, str]]:
+def spread_rows(spread: dict[str, Any], hop: dict[str, float]) -> list[tuple[str, Any, str]]:
     """The same APTs over 50 communities of one installer: the lists of one of them, the
     community list and the dashboard over all."""
     size, figures = next(iter(spread.items()))
@@ -89,9 +93,10 @@ def spread_rows(spread: dict[str, Any]) -> list[tuple[str, Any, str]]:
         if target is None:
             continue
         value = figures[name]
+        route = value["p99"] + hop["p99"]
         rows.append((f"{name}, {size} APTs in 50 communities: p50/p99 ms",
                      f"{value['p50']}/{value['p99']}",
-                     verdict(value["p99"] <= target) + f" (p99 <= {target} ms)"))
+                     verdict(route <= target) + f" (route p99 {route:.1f} <= {target} ms)"))
     return rows
 
 
@@ -103,7 +108,8 @@ def main() -> None:
     latency = run("event_latency.py", "300")
     gateway = run("gateway_latency.py", "300")
     rebuild = run("rebuild_rate.py", "30000")
-    scale = run("scale.py", "1000", "10000", "50000")["scale"]
+    scaled = run("scale.py", "--hop", "1000", "10000", "50000")
+    scale, hop = scaled["scale"], scaled["gateway_apartment_get"]
     spread = run("scale.py", "--communities", "50", "50000")["scale"]
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
@@ -139,14 +145,17 @@ def main() -> None:
         ("residents read model rebuild (events/s)", rebuild["rebuild_events_per_s"],
          verdict(rebuild["rebuild_events_per_s"] >= 30000)),
     ]
-    rows.extend(scale_rows(scale))
-    rows.extend(spread_rows(spread))
+    rows.extend(scale_rows(scale, hop))
+    rows.append(("  ... a route's hop: GET one APT through the gateway, p50/p99 ms",
+                 f"{hop['p50']}/{hop['p99']}",
+                 "add it to each read above for the route (the baseline is the read part)"))
+    rows.extend(spread_rows(spread, hop))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
-                      "rebuild": rebuild, "scale": scale, "scale_50_communities": spread}))
+                      "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread}))
 
 
 if __name__ == "__main__":

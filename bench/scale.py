@@ -145,9 +145,40 @@ def reads(app: Any, community: str, sample: str) -> dict[str, Any]:
     }
 
 
+def gateway_hop() -> dict[str, float]:
+    """What a route adds to the application's answer: GET of one APT through the gateway (HTTP,
+    session check, RPC to topology) on a platform of its own. Key lookups do not grow with
+    the site (the baseline above), so a route at any size is its read here plus this."""
+    from bench.cluster import Platform
+
+    platform = Platform(os.environ.get("BENCH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/"),
+                        os.environ.get("BENCH_DATABASE_URL", ""),
+                        Path(tempfile.mkdtemp(prefix="bench-scale-gw-")),
+                        int(os.environ.get("BENCH_PORT", "8812")),
+                        services=("accounts", "topology", "gateway")).start()
+    try:
+        token = platform.installer_session()
+        _, building = platform.community_with_building(token, "Hop Towers")
+        status, added = platform.call("POST", f"/api/v1/buildings/{building}/apartments",
+                                      {"number": "101", "resident": apartment(1)["resident"]},
+                                      token)
+        assert status == 201, added
+        path = f"/api/v1/apartments/{added['id']}"
+
+        def get() -> None:
+            status, body = platform.call("GET", path, token=token)
+            assert status == 200, body
+
+        return timed(get)
+    finally:
+        platform.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[1000, 10000, 50000])
+    parser.add_argument("--hop", action="store_true",
+                        help="also measure a route's hop through the gateway (RabbitMQ)")
     parser.add_argument("--communities", type=int, default=1,
                         help="spread the APTs over this many communities of one installer "
                              f"({BUILDINGS} buildings in all); the reads are the first one's")
@@ -216,8 +247,9 @@ def main() -> None:
     if not os.environ.get("BENCH_KEEP"):  # kept: to EXPLAIN the reads at the last size
         drop_schemas(settings)
     store = "postgres" if settings.uses_postgres else "sqlite"
+    hop = gateway_hop() if args.hop else None
     print(json.dumps({"schema_prefix": settings.schema_prefix, "scale": figures,
-                      "store": store}))
+                      "gateway_apartment_get": hop, "store": store}))
 
 
 if __name__ == "__main__":

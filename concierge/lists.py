@@ -12,8 +12,8 @@ The pattern every list follows (docs/chassis.md, "Lists"):
   listed table alone, without the joins.
 - Sort and search expressions hold no bound parameters (`literal_column`): an index is used for
   an expression only when the query's is the same tree, and a parameter never is. LIMIT and
-  OFFSET are written into the statement too: a prepared statement's generic plan guesses a
-  parameter's limit as a tenth of the rows and may choose to sort them all.
+  OFFSET are written into the statement too (the plan is made for the page asked), and so is a
+  search's pattern (`containing`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import DDL, Table, event, func, literal_column, select, text
+from sqlalchemy import (
+    DDL,
+    String,
+    Table,
+    bindparam,
+    event,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -64,6 +74,15 @@ def page_of(conn: Connection, query: Any, order: Sequence[ColumnElement[Any]],
 
 def _number(value: int) -> Any:
     return literal_column(str(int(value)))
+
+
+def containing(column: ColumnElement[Any], text: str) -> ColumnElement[bool]:
+    """`column LIKE '%text%'`, the pattern written into the statement (escaped). As a parameter,
+    a prepared statement's generic plan would not know it and would walk the sort's index for
+    a text that one row holds, instead of the trigram index."""
+    escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    pattern = bindparam(None, f"%{escaped}%", type_=String(), literal_execute=True)
+    return column.like(pattern, escape="/")
 
 
 # --- search ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from concierge.lists import page_of, trigram_index
+from concierge.lists import containing, page_of, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
 from contracts.errors import Invalid
@@ -901,7 +901,7 @@ class TopologyViews:
             query = query.where(a.c.building_id == str(building_id))
         text = " ".join((q or "").split())
         if text:
-            query = query.where(_contains(a.c.search, text))
+            query = query.where(containing(a.c.search, text.lower()))
         with self.engine.connect() as conn:
             total = None  # counted: a search, or a status within a building
             if not text and not (app_status and building_id):

@@ -451,6 +451,22 @@ def test_residents_are_searched_paged_and_filtered(svc: TopologyService,
 
 
 @both_stores
+def test_a_search_for_like_wildcards_and_quotes_finds_them_as_text(
+        svc: TopologyService, residents: dict[str, str]) -> None:
+    svc.add_apartment(LUNA_CTX, residents["a"], {
+        "number": "7", "name": "50%_off/x 'q'", "resident": resident(first_name="Al")})
+
+    def found(q: str) -> list[str]:
+        page = svc.list_residents(LUNA_CTX, residents["community"], {"q": q})
+        return names_of(page, "number")
+
+    for q in ("%_off/", "50%", "_off", "/x", "'q'", "OFF/X 'Q"):
+        assert found(q) == ["7"], q
+    for q in ("%%", "5_%", "x/", "''"):
+        assert found(q) == [], q
+
+
+@both_stores
 def test_every_page_of_every_sort_is_the_full_list_cut_in_order(
         svc: TopologyService, residents: dict[str, str]) -> None:
     """Pages in the back half are read from the end (concierge.lists): cut together, the
