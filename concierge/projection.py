@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import MetaData, Table, and_, bindparam, delete, select, text
+from sqlalchemy import ARRAY, MetaData, Table, and_, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -63,10 +63,15 @@ class Rows:
         (column,) = table.primary_key.columns
         wanted = [key for key in dict.fromkeys(keys)
                   if key is not None and (table.fullname, (key,)) not in self._state]
+        postgres = self.conn.dialect.name == "postgresql"
         for start in range(0, len(wanted), 1000):
             chunk = wanted[start:start + 1000]
-            found = {row._mapping[column.name]: dict(row._mapping) for row in self.conn.execute(
-                select(table).where(column.in_(chunk)))}
+            # PostgreSQL: one array parameter (= ANY): an IN list of a thousand parameters
+            # cost 14 ms a query to parse and plan, more than the rows it found.
+            match = (column == func.any(bindparam("keys", chunk, type_=ARRAY(column.type)))
+                     if postgres else column.in_(chunk))
+            found = {row._mapping[column.name]: dict(row._mapping)
+                     for row in self.conn.execute(select(table).where(match))}
             for key in chunk:
                 row = found.get(key)
                 self._state[(table.fullname, (key,))] = ((_ROW, row) if row is not None

@@ -638,25 +638,31 @@ class ResidentsView(ReadModel):
     @staticmethod
     def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
         """The rows a batch reads (APTs, their accounts, the totals they move), a query each."""
-        apartment_ids, masters, scopes = [], [], []
+        added, changed, masters, scopes = [], [], [], []
+        created: dict[str, str] = {}  # master accounts created in this batch: their APTs
         for env in envelopes:  # (an event no handler takes may come undecoded: no "data")
+            kind = env["type"]
             if env["source"] != "topology":
-                masters.append(env["stream_id"])
-                if env["type"] == "MasterAccountCreated":
-                    apartment_ids.append(str(env["data"].get("apartment_id")))
-            elif env["type"] in ("ApartmentAdded", "ApartmentDeleted"):
+                if kind == "MasterAccountCreated":
+                    created[env["stream_id"]] = str(env["data"].get("apartment_id"))
+                elif kind in _ACCOUNT_CHANGES:
+                    if env["stream_id"] in created:
+                        changed.append(created[env["stream_id"]])
+                    else:
+                        masters.append(env["stream_id"])
+            elif kind in ("ApartmentAdded", "ApartmentDeleted"):
                 data = env["data"]
-                apartment_ids.append(env["stream_id"])
+                (added if kind == "ApartmentAdded" else changed).append(env["stream_id"])
                 scopes += [str(data.get("community_id")), str(data.get("building_id")),
                            _registered_scope(str(data.get("community_id")))]
         rows.prefetch(master_apartments, masters)
         for master in masters:  # held now: no query
             found = rows.get(master_apartments, master)
             if found is not None:
-                apartment_ids.append(str(found["apartment_id"]))
-        rows.prefetch(app_accounts, apartment_ids)
-        rows.prefetch(apartments, apartment_ids)
-        for apartment_id in apartment_ids:
+                changed.append(str(found["apartment_id"]))
+        rows.prefetch(app_accounts, added + changed)
+        rows.prefetch(apartments, changed)  # a new APT's row is written whole, not read
+        for apartment_id in changed:
             row = rows.get(apartments, apartment_id)
             if row is not None:
                 scopes.append(_registered_scope(row["community_id"]))
@@ -732,7 +738,8 @@ class ResidentsView(ReadModel):
         rows.put(master_apartments, master_account_id=env["stream_id"], apartment_id=apartment_id)
         rows.put(app_accounts, apartment_id=apartment_id, master_account_id=env["stream_id"],
                  app_status=UNREGISTERED)
-        _registered_now(rows, apartment_id, False)
+        # The APT's row needs no change: a registered account before this one was closed
+        # first (accounts' log is in order), and closing cleared the flag.
 
     @staticmethod
     def _status(rows: Rows, env: Envelope, status: str) -> None:
@@ -758,6 +765,8 @@ class ResidentsView(ReadModel):
             rows.delete(app_accounts, apartment_id)
             _registered_now(rows, apartment_id, False)
 
+
+_ACCOUNT_CHANGES = ("MasterAccountRegistered", "MasterAccountReset", "MasterAccountClosed")
 
 READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView)
 
