@@ -213,7 +213,7 @@ def main() -> None:
                 added = filler.add_apartment(building, apartment(i, count))
                 accounts.apartment_added(i, added, site_of[building])
             fill_s = time.perf_counter() - began
-            filled = size
+            filled = max(filled, size)  # the previous size's commands may have gone past it
             # A service settles its collector at start (`concierge.heap`), and `concierge
             # rebuild` runs in a process of its own; this one also holds the filler's
             # aggregates and accounts' log: keep the collector off them, or each size's

@@ -1,0 +1,28 @@
+"""The scale benchmark runs end to end at a tiny size on the embedded store: `make bench` runs it
+where no other test does, and a tiny size once failed where the real ones passed (a size
+smaller than what the previous size's commands had added)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_scale_benchmark_prints_every_read_at_each_size() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_DATABASE_URL": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "60", "120"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["store"] == "sqlite" and list(figures["scale"]) == ["60", "120"]
+    for stage in figures["scale"].values():
+        timed = {name: value for name, value in stage.items() if isinstance(value, dict)}
+        assert {"residents_last_page", "search_substring_many", "dashboard",
+                "residents_registered_last_page", "add_apartment_1_client"} <= set(timed)
+        assert all(value["n"] == 40 and value["p50"] > 0 for value in timed.values())
+        assert stage["add_apartment_8_clients_per_s"] > 0
