@@ -10,7 +10,7 @@ source (an app status) is read for the page's rows by key.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -123,14 +123,6 @@ def _floor_value(text: str | None) -> int | str | None:
         return int(text)
     except ValueError:
         return text
-
-
-def _order(column: ColumnElement[Any], descending: bool) -> ColumnElement[Any]:
-    return column.desc() if descending else column.asc()
-
-
-def _contains(column: ColumnElement[Any], text: str) -> ColumnElement[bool]:
-    return column.contains(text.lower(), autoescape=True)
 
 
 def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
@@ -774,18 +766,6 @@ READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsV
 # --- queries ---------------------------------------------------------------------------------
 
 
-def _page(conn: Connection, query: Any, order: list[Any], page: int, per_page: int,
-          shape: Callable[[Any], dict[str, Any]],
-          enrich: Callable[[Connection, list[dict[str, Any]]], None] | None = None,
-          ) -> dict[str, Any]:
-    total = conn.execute(select(func.count()).select_from(query.subquery())).scalar() or 0
-    rows = conn.execute(query.order_by(*order).limit(per_page).offset((page - 1) * per_page))
-    items = [shape(row) for row in rows]
-    if enrich is not None:
-        enrich(conn, items)
-    return {"items": items, "total": int(total), "page": page, "per_page": per_page}
-
-
 def _community_item(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -874,12 +854,11 @@ class TopologyViews:
         c = communities
         query = select(c).where(c.c.installer_id == installer_id)
         if q and q.strip():
-            query = query.where(_contains(func.lower(c.c.name), q.strip()))
+            query = query.where(containing(func.lower(c.c.name), q.strip().lower()))
         column = func.lower(c.c.name) if key == "name" else c.c.created_at
-        order = [_order(column, descending), _order(c.c.id, descending)]
         with self.engine.connect() as conn:
-            return _page(conn, query, order, page, per_page, _community_item,
-                         _with_community_counts)
+            return page_of(conn, query, [column, c.c.id], descending, page, per_page,
+                           _community_item, enrich=_with_community_counts)
 
     def list_buildings(self, installer_id: str, community_id: str, page: int = 1,
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "name",
@@ -889,12 +868,11 @@ class TopologyViews:
         query = select(b).where(and_(b.c.installer_id == installer_id,
                                      b.c.community_id == community_id))
         if q and q.strip():
-            query = query.where(_contains(func.lower(b.c.name), q.strip()))
+            query = query.where(containing(func.lower(b.c.name), q.strip().lower()))
         column = func.lower(b.c.name) if key == "name" else b.c.created_at
-        order = [_order(column, descending), _order(b.c.id, descending)]
         with self.engine.connect() as conn:
-            return _page(conn, query, order, page, per_page, _building_item,
-                         _with_apartment_counts)
+            return page_of(conn, query, [column, b.c.id], descending, page, per_page,
+                           _building_item, enrich=_with_apartment_counts)
 
     def list_residents(self, installer_id: str, community_id: str, page: int = 1,
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "number",
