@@ -1,0 +1,450 @@
+"""Devices contracts: the MAC library, intercom devices and their relays, and every event's data.
+
+The one home of every rule about the shape of what arrives (types, lengths, patterns, choices,
+the manual's defaults, and the normal form each value is stored in: a MAC as 12 upper-case hex
+digits, text stripped). Devices' aggregates take what these schemas loaded and check only what
+needs their state: the MAC's owner and use, the area's owner (services/devices/domain.py).
+
+Command schemas refuse unknown fields; create schemas fill in the manual's defaults, edit
+schemas are partial. Event schemas ignore unknown fields, as the envelope's version rule asks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from contracts.fields import Boolean, Integer, List, Text, documented, stripped
+from contracts.topology import DEVICE_NAME_MAX, MAC_MESSAGE, MAC_REGEX, NETWORK_GROUP_MAX
+
+__all__ = [
+    "AREAS",
+    "DEVICE_SORTS",
+    "DEVICE_TYPES",
+    "EVENT_SCHEMAS",
+    "EVENT_VERSION",
+    "MAC_SORTS",
+    "DeviceCreate",
+    "DeviceEdit",
+    "MacImport",
+    "MacRegister",
+    "normal_mac",
+]
+
+EVENT_VERSION = 1
+
+# The manual's device types with the codes of its import template ("Device Setting Format").
+DEVICE_TYPES: dict[int, str] = {
+    0: "multi_tenant_door_phone",
+    1: "single_tenant_door_phone",
+    2: "indoor_monitor",
+    3: "guard_phone",
+    50: "access_control",
+}
+DOOR_PHONES = (0, 1)
+INDOOR_MONITOR = 2
+# Where a device is installed: a community's public area, a building's public area, an APT.
+AREAS = ("community", "building", "apartment")
+# Which types each area takes: an APT holds its own door phone, monitor or access control; the
+# public areas hold the shared ones (a guard phone sits in the guard room of the community).
+AREA_TYPES: dict[str, tuple[int, ...]] = {
+    "community": (0, 2, 3, 50),
+    "building": (0, 2, 3, 50),
+    "apartment": (1, 2, 50),
+}
+# The manual's "Access Method" check boxes (all ticked on its edit screenshot).
+ACCESS_METHODS = ("smartplus_homepage", "talking_page", "pin", "face", "rf_card", "bluetooth",
+                  "nfc")
+# "Add Relay" has no stated limit; a door phone drives relays A-D, so four (ours).
+RELAYS_MAX = 4
+DTMF_REGEX = r"^[0-9*#]{1,4}\Z"
+DTMF_MESSAGE = "A DTMF code is 1 to 4 characters of digits, '*' and '#'."
+DTMF_DEFAULT = "#"  # the form's preselected code
+RELAY_NAME_DEFAULT = "Relay1"
+BUILTIN_RELAYS_MAX = 2  # the Add APT table's "Relay1/2" of the indoor monitor
+# External relay types with the most relays each drives, and the modes each offers (manual:
+# "Akuvox-MK485-G2R-8J8C V3.0 supports up to 8 relays and HF-8000 up to 4").
+EXTERNAL_RELAY_MODELS = {"MK485": 8, "HF-8000": 4}
+EXTERNAL_RELAY_MODES: dict[str, tuple[str, ...]] = {
+    "MK485": ("rs485", "rs485_input_non_latching", "rs485_input_latching"),
+    "HF-8000": ("rs485", "ethernet"),
+}
+EXTERNAL_RELAY_FUNCTIONS = ("door", "light", "curtain", "alarm", "other")
+# "Contact Display Settings" of a door phone: "Only APT numbers" / "APT numbers, indoor
+# monitors and apps".
+CONTACT_DISPLAYS = ("apt_numbers", "apt_numbers_monitors_and_apps")
+ALL_BUILDINGS = "all"
+PORT_MIN, PORT_MAX = 1, 65535
+MAC_CSV_MAX_BYTES = 2_000_000  # about 100,000 rows of a MAC each
+MAC_CSV_MAX_ROWS = 100_000
+
+DEVICE_SORTS = ("name", "mac", "sip", "created_at")
+MAC_SORTS = ("mac", "created_at")
+
+_MAC = re.compile(MAC_REGEX)
+IP_MESSAGE = "Not a valid IPv4 address."
+STATIC_IP_RULE = "required when the device has no internet access"
+
+
+def normal_mac(value: str) -> str | None:
+    """12 upper-case hex digits, or None when `value` is no MAC in any of the accepted forms."""
+    text = value.strip()
+    if not _MAC.match(text):
+        return None
+    return re.sub("[:-]", "", text).upper()
+
+
+@documented(pattern=MAC_REGEX.replace("\\Z", "$"))
+def _mac_valid(value: str) -> None:
+    if normal_mac(value) is None:
+        raise ValidationError(MAC_MESSAGE)
+
+
+def _mac(**kwargs: Any) -> Text:
+    return Text(validate=_mac_valid, tidy=lambda text: normal_mac(text), **kwargs)
+
+
+IPV4_REGEX = (r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+              r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\Z")
+
+
+@documented(pattern=IPV4_REGEX.replace("\\Z", "$"))
+def _ipv4(value: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValidationError(IP_MESSAGE) from None
+    if not re.match(IPV4_REGEX, value):  # "01.2.3.4": the library takes no leading zeros
+        raise ValidationError(IP_MESSAGE)
+
+
+def _ip(**kwargs: Any) -> Text:
+    return Text(validate=_ipv4, **kwargs)
+
+
+@documented(pattern="[^\\u0000]*[^\\t-\\r \\u0000][^\\u0000]*")
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("This field may not be blank.")
+
+
+def _name(**kwargs: Any) -> Text:
+    return Text(validate=[validate.Length(max=DEVICE_NAME_MAX), _not_blank], tidy=stripped,
+                **kwargs)
+
+
+# --- MAC library -----------------------------------------------------------------------------
+
+
+class MacRegister(Schema):
+    """MAC Library >> Add: one MAC for one of the distributor's installers."""
+
+    mac = _mac(required=True)
+
+
+class MacImport(Schema):
+    """MAC Library >> Import: many MACs at once, one per line of a CSV (the first column; a
+    header line and blank lines are skipped). Each row's outcome is reported."""
+
+    csv = Text(required=True, validate=validate.Length(min=1, max=MAC_CSV_MAX_BYTES))
+
+
+def mac_rows(csv_text: str) -> list[tuple[int, str]]:
+    """(line number, first cell) of each non-blank line; a first line that holds no MAC is a
+    header (the manual's template starts with one) and is skipped."""
+    rows = []
+    for number, line in enumerate(csv_text.splitlines(), start=1):
+        cell = line.split(",", 1)[0].split(";", 1)[0].strip().strip('"').strip()
+        if not cell:
+            continue
+        if number == 1 and normal_mac(cell) is None and not any(c.isdigit() for c in cell):
+            continue  # a header such as "MAC"
+        rows.append((number, cell))
+    return rows
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+class Relay(Schema):
+    """One relay of a door phone or access control: name, DTMF code, how residents open it
+    (a PIN typed at the door triggers only the relays that list "pin")."""
+
+    name = _name(load_default=RELAY_NAME_DEFAULT)
+    dtmf = Text(load_default=DTMF_DEFAULT,
+                validate=validate.Regexp(DTMF_REGEX, error=DTMF_MESSAGE))
+    access_methods = List(Text(validate=validate.OneOf(ACCESS_METHODS)),
+                          load_default=lambda: list(ACCESS_METHODS),
+                          validate=validate.Length(max=len(ACCESS_METHODS)),
+                          tidy=lambda methods: list(dict.fromkeys(methods)))
+    enabled = Boolean(load_default=True)
+
+
+class ExternalRelayOutput(Schema):
+    name = _name(required=True)
+    function = Text(validate=validate.OneOf(EXTERNAL_RELAY_FUNCTIONS), load_default="door")
+
+
+class ExternalRelay(Schema):
+    """An indoor monitor's external relay: MK485 (up to 8 relays) or HF-8000 (up to 4), over
+    RS485 or Ethernet (then with the relay box's IP and port)."""
+
+    model = Text(required=True, validate=validate.OneOf(tuple(EXTERNAL_RELAY_MODELS)))
+    mode = Text(validate=validate.OneOf(sorted({m for modes in EXTERNAL_RELAY_MODES.values()
+                                                for m in modes})), load_default="rs485")
+    ip = _ip(load_default=None, allow_none=True)
+    port = Integer(validate=validate.Range(PORT_MIN, PORT_MAX), load_default=None,
+                   allow_none=True)
+    relays = List(fields.Nested(ExternalRelayOutput), required=True,
+                  validate=validate.Length(min=1, max=max(EXTERNAL_RELAY_MODELS.values())))
+
+    @validates_schema
+    @documented(**{"allOf": [
+        {"if": {"properties": {"model": {"const": model}}, "required": ["model"]},
+         "then": {"properties": {"relays": {"maxItems": most}}}}
+        for model, most in EXTERNAL_RELAY_MODELS.items()] + [
+        {"if": {"properties": {"model": {"const": model}}, "required": ["model"]},
+         "then": {"properties": {"mode": {"enum": list(modes)}}}}
+        for model, modes in EXTERNAL_RELAY_MODES.items()] + [
+        {"if": {"properties": {"mode": {"const": "ethernet"}}, "required": ["mode"]},
+         "then": {"required": ["ip", "port"],
+                  "properties": {"ip": {"type": "string"}, "port": {"type": "integer"}}}}]})
+    def _fits(self, data: dict[str, Any], **_: Any) -> None:
+        model = data.get("model", "")
+        most = EXTERNAL_RELAY_MODELS.get(model, 0)
+        if len(data.get("relays") or []) > most:
+            raise ValidationError(f"A {model} drives at most {most} relays.", "relays")
+        if data.get("mode") not in EXTERNAL_RELAY_MODES.get(model, ()):
+            modes = ", ".join(EXTERNAL_RELAY_MODES.get(model, ()))
+            raise ValidationError(f"A {model} works in these modes: {modes}.", "mode")
+        if data.get("mode") == "ethernet":
+            errors = {name: ["Required over Ethernet."] for name in ("ip", "port")
+                      if data.get(name) is None}
+            if errors:
+                raise ValidationError(errors)
+
+
+def _builtin_relays(**kwargs: Any) -> List:
+    """The indoor monitor's built-in relays (Relay1/2), by name; empty names are dropped."""
+    return List(Text(validate=validate.Length(max=DEVICE_NAME_MAX), tidy=lambda t: t.strip()
+                     or None),
+                validate=validate.Length(max=BUILTIN_RELAYS_MAX),
+                tidy=lambda names: [n for n in names if n is not None], **kwargs)
+
+
+def _buildings(**kwargs: Any) -> fields.Field:
+    """Community public devices: the buildings whose residents may use it, "all" or ids."""
+    return fields.Raw(**kwargs)
+
+
+def _check_buildings(value: Any) -> list[str] | str:
+    if value == ALL_BUILDINGS:
+        return ALL_BUILDINGS
+    if not isinstance(value, list):
+        raise ValidationError('Must be "all" or a list of building ids.', "buildings")
+    out = []
+    for item in value:
+        try:
+            out.append(str(uuid.UUID(str(item))))
+        except ValueError:
+            raise ValidationError(f"Not a building id: {str(item)[:40]!r}.", "buildings") from None
+    if not out:
+        raise ValidationError('Choose at least one building, or "all".', "buildings")
+    return list(dict.fromkeys(out))
+
+
+class _DeviceFields(Schema):
+    name = _name()
+    network_group = Integer(validate=validate.Range(1, NETWORK_GROUP_MAX))
+    allow_monitor = Boolean()
+    internet_access = Boolean()
+    static_ip = _ip(allow_none=True)
+    buildings = _buildings()
+    relays = List(fields.Nested(Relay), validate=validate.Length(max=RELAYS_MAX))
+    security_relay = Boolean()
+    door_hold_open = Boolean()
+    arming = Boolean()
+    builtin_relays = _builtin_relays()
+    external_relay = fields.Nested(ExternalRelay, allow_none=True)
+    directory = Boolean()
+    contact_display = Text(validate=validate.OneOf(CONTACT_DISPLAYS))
+
+
+class DeviceCreate(_DeviceFields):
+    """Add Device (community public area, building public area or APT)."""
+
+    type = Integer(required=True, validate=validate.OneOf(tuple(DEVICE_TYPES)),
+                   metadata={"description": "; ".join(f"{k}={v}"
+                                                      for k, v in DEVICE_TYPES.items())})
+    mac = _mac(required=True)
+    name = _name(required=True)
+    network_group = Integer(validate=validate.Range(1, NETWORK_GROUP_MAX), load_default=1)
+    allow_monitor = Boolean(load_default=True)
+    internet_access = Boolean(load_default=True)
+    static_ip = _ip(allow_none=True, load_default=None)
+    buildings = _buildings(load_default=ALL_BUILDINGS)
+    relays = List(fields.Nested(Relay), validate=validate.Length(max=RELAYS_MAX),
+                  load_default=None, metadata={
+                      "description": "default: one relay (Relay1, DTMF #, every access "
+                                     "method) on a door phone or access control, none on an "
+                                     "indoor monitor"})
+    security_relay = Boolean(load_default=False)
+    door_hold_open = Boolean(load_default=False)
+    arming = Boolean(load_default=False)
+    builtin_relays = _builtin_relays(load_default=list)
+    external_relay = fields.Nested(ExternalRelay, allow_none=True, load_default=None)
+    directory = Boolean(load_default=True)
+    contact_display = Text(validate=validate.OneOf(CONTACT_DISPLAYS),
+                           load_default="apt_numbers_monitors_and_apps")
+
+    state_rules = {"mac": "in the installer's MAC library and used by no other device",
+                   "buildings": "buildings of the device's community (community area only)"}
+
+    @validates_schema
+    @documented(**{"allOf": [
+        {"if": {"properties": {"internet_access": {"const": False}},
+                "required": ["internet_access"]},
+         "then": {"required": ["static_ip"], "properties": {"static_ip": {"type": "string"}}}},
+        {"if": {"properties": {"type": {"not": {"const": INDOOR_MONITOR}}}},
+         "then": {"properties": {"arming": {"const": False},
+                                 "builtin_relays": {"maxItems": 0},
+                                 "external_relay": {"type": "null"}}}},
+        {"if": {"properties": {"type": {"const": INDOOR_MONITOR}}, "required": ["type"]},
+         "then": {"properties": {"relays": {"maxItems": 0}, "security_relay": {"const": False},
+                                 "door_hold_open": {"const": False}}}},
+    ]})
+    def _fits(self, data: dict[str, Any], **_: Any) -> None:
+        errors = _device_rules(data)
+        if errors:
+            raise ValidationError(errors)
+
+
+class DeviceEdit(_DeviceFields):
+    """Edit Device: any subset of the settings (type and MAC stay: a new device is another)."""
+
+    state_rules = {"static_ip": STATIC_IP_RULE,
+                   "buildings": "buildings of the device's community (community area only)"}
+
+    @validates_schema
+    def _fits(self, data: dict[str, Any], **_: Any) -> None:
+        if "buildings" in data:
+            data["buildings"] = _check_buildings(data["buildings"])
+
+
+def schema_default_relay() -> dict[str, Any]:
+    return {"name": RELAY_NAME_DEFAULT, "dtmf": DTMF_DEFAULT,
+            "access_methods": list(ACCESS_METHODS), "enabled": True}
+
+
+def type_rules(kind: Any, data: dict[str, Any]) -> dict[str, list[str]]:
+    """Settings that only some types have: an indoor monitor arms and has built-in and
+    external relays; door phones and access controls have relays, SR01 and door hold open."""
+    errors: dict[str, list[str]] = {}
+    if kind == INDOOR_MONITOR:
+        for name in ("relays", "security_relay", "door_hold_open"):
+            if data.get(name):
+                errors[name] = ["An indoor monitor has built-in and external relays instead."]
+    else:
+        for name in ("arming", "builtin_relays"):
+            if data.get(name):
+                errors[name] = ["Only an indoor monitor has this setting."]
+        if data.get("external_relay") is not None:
+            errors["external_relay"] = ["Only an indoor monitor drives an external relay."]
+    return errors
+
+
+def _device_rules(data: dict[str, Any]) -> dict[str, list[str]]:
+    errors: dict[str, list[str]] = {}
+    if not data.get("internet_access", True) and not data.get("static_ip"):
+        errors["static_ip"] = ["A device without internet access needs a static IP."]
+    if data.get("relays") is None:
+        data["relays"] = ([] if data.get("type") == INDOOR_MONITOR
+                          else [schema_default_relay()])
+    errors.update(type_rules(data.get("type"), data))
+    try:
+        data["buildings"] = _check_buildings(data.get("buildings", ALL_BUILDINGS))
+    except ValidationError as exc:
+        errors["buildings"] = [str(exc.messages[0]) if isinstance(exc.messages, list)
+                               else str(exc.messages)]
+    return errors
+
+
+# --- event data ------------------------------------------------------------------------------
+
+
+class _EventData(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class MacRegisteredSchema(_EventData):
+    mac = fields.String(required=True)
+    installer_id = fields.String(required=True)
+    distributor_id = fields.String(allow_none=True)
+
+
+class MacReleasedSchema(_EventData):
+    mac = fields.String(required=True)
+    installer_id = fields.String(required=True)
+
+
+class _DeviceIds(_EventData):
+    installer_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    building_id = fields.String(allow_none=True)
+    apartment_id = fields.String(allow_none=True)
+    area = fields.String(required=True)
+    mac = fields.String(required=True)
+
+
+class DeviceAddedSchema(_DeviceIds):
+    type = fields.Integer(required=True)
+    name = fields.String(required=True)
+    sip = fields.String(required=True)
+    network_group = fields.Integer()
+    allow_monitor = fields.Boolean()
+    internet_access = fields.Boolean()
+    static_ip = fields.String(allow_none=True)
+    buildings = fields.Raw()
+    relays = fields.List(fields.Dict())
+    security_relay = fields.Boolean()
+    arming = fields.Boolean()
+    door_hold_open = fields.Boolean()
+    builtin_relays = fields.List(fields.String())
+    external_relay = fields.Dict(allow_none=True)
+    directory = fields.Boolean()
+    contact_display = fields.String()
+
+
+class DeviceEditedSchema(_DeviceIds):
+    changes = fields.Dict(required=True)
+
+
+class DeviceRemovedSchema(_DeviceIds):
+    pass
+
+
+class MacAssignedSchema(_EventData):
+    mac = fields.String(required=True)
+    device_id = fields.String(required=True)
+
+
+class MacFreedSchema(MacAssignedSchema):
+    pass
+
+
+EVENT_SCHEMAS: dict[str, type[Schema]] = {
+    "MacRegistered": MacRegisteredSchema,
+    "MacRegisteredAgain": MacRegisteredSchema,
+    "MacReleased": MacReleasedSchema,
+    "MacAssigned": MacAssignedSchema,
+    "MacFreed": MacFreedSchema,
+    "DeviceAdded": DeviceAddedSchema,
+    "DeviceEdited": DeviceEditedSchema,
+    "DeviceRemoved": DeviceRemovedSchema,
+}
+

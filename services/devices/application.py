@@ -1,0 +1,399 @@
+"""Devices' application: the MAC library and intercom devices, scoped to the caller.
+
+A distributor registers MACs to its own installers (one, or a CSV of many, each row with its
+outcome); an installer lists and removes its MACs and installs devices in its own sites.
+Another installer's MAC, device or site is "not found", never "forbidden", so ids cannot be
+probed. What devices knows of sites and installers comes from topology's and accounts' events
+(the `on_topology_event` and `on_accounts_event` policies); when a command names one not known
+yet (a building created a moment ago), devices first catches up with those logs and asks again,
+so a client that creates a building and then a device in it is never told the building is
+missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from concierge import context
+from concierge.store import ServiceApplication
+from contracts import checked
+from contracts.devices import (
+    DEVICE_TYPES,
+    DeviceCreate,
+    DeviceEdit,
+    MacImport,
+    MacRegister,
+    mac_rows,
+    normal_mac,
+)
+from contracts.errors import Conflict, Forbidden, Invalid, NotFound
+from services.devices.domain import Device, KnownApartment, KnownCommunity, KnownInstaller, Mac
+from services.devices.projections import DevicesViews
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+INSTALLER = "installer"
+DISTRIBUTOR = "distributor"
+TOPOLOGY_EVENTS = frozenset({"CommunityCreated", "CommunityDeleted", "BuildingAdded",
+                             "BuildingEdited", "BuildingDeleted", "ApartmentAdded",
+                             "ApartmentDeleted"})
+ACCOUNTS_EVENTS = frozenset({"PortalAccountCreated"})
+SIP_PREFIX = "59"  # the manual's SIP numbers are 10 digits, all starting 59
+SIP_DIGITS = 10
+_SYSTEM_RANDOM = random.SystemRandom()
+
+
+def _installer() -> str:
+    ctx = context.current()
+    if ctx.role != INSTALLER or not ctx.installer_id:
+        raise Forbidden("Only an installer manages its devices and MAC library.")
+    return str(ctx.installer_id)
+
+
+def _distributor() -> str:
+    ctx = context.current()
+    account = getattr(ctx, "account_id", None)
+    if ctx.role != DISTRIBUTOR or not account:
+        raise Forbidden("Only a distributor registers MACs to its installers.")
+    return str(account)
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return value if isinstance(value, UUID) else UUID(str(value))
+    except ValueError:
+        return None
+
+
+def new_sip() -> str:
+    """A SIP number nobody chose: a clash with an existing one makes the device's id (derived
+    from the number) collide, the store refuses the commit, and the command draws again."""
+    return SIP_PREFIX + "".join(_SYSTEM_RANDOM.choice("0123456789")
+                                for _ in range(SIP_DIGITS - len(SIP_PREFIX)))
+
+
+class DevicesApplication(ServiceApplication):
+    service_name = "devices"
+
+    def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
+        super().__init__(env=env, engine=engine)
+        self.views = DevicesViews(engine) if engine is not None else None
+        # Brings the topology and accounts policies up to those logs now (set when wired).
+        self.catch_up_sources: Callable[[], None] = lambda: None
+
+    # -- loading ----------------------------------------------------------------------------
+    def _get(self, cls: type[T], aggregate_id: UUID | None) -> T | None:
+        if aggregate_id is None:
+            return None
+        try:
+            found = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, cls) else None
+
+    def _known(self, cls: type[T], aggregate_id: UUID | None,
+               usable: Callable[[T], bool]) -> T | None:
+        """A site or installer as devices knows it; when it is unknown or gone, once more after
+        catching up with the logs that announce them."""
+        found = self._get(cls, aggregate_id)
+        if found is None or not usable(found):
+            self.catch_up_sources()
+            found = self._get(cls, aggregate_id)
+        return found if found is not None and usable(found) else None
+
+    def _area(self, area: str, area_id: Any, installer: str
+              ) -> tuple[KnownCommunity, str | None, str | None]:
+        """The community, building and APT of an area of the caller's sites, or NotFound."""
+        uid = _uuid(area_id)
+        labels = {"community": "Community", "building": "Building", "apartment": "APT"}
+        missing = NotFound(f"{labels[area]} not found.")
+        if uid is None:
+            raise missing
+        building_id = apartment_id = None
+        if area == "apartment":
+            apartment = self._known(KnownApartment, KnownApartment.id_for(str(uid)),
+                                    lambda a: not a.deleted and a.installer_id == installer)
+            if apartment is None:
+                raise missing
+            community_id, building_id = apartment.community_id, apartment.building_id
+            apartment_id = str(uid)
+        elif area == "building":
+            building_id = str(uid)
+            community_id = self._community_of_building(building_id, installer)
+            if community_id is None:
+                raise missing
+        else:
+            community_id = str(uid)
+        community = self._known(KnownCommunity, KnownCommunity.id_for(community_id),
+                                lambda c: c.belongs_to(installer)
+                                and (building_id is None or building_id in c.buildings))
+        if community is None:
+            raise missing
+        return community, building_id, apartment_id
+
+    def _community_of_building(self, building_id: str, installer: str) -> str | None:
+        views = self._views()
+        found = views.community_of_building(building_id)
+        if found is None:
+            self.catch_up_sources()
+            found = views.community_of_building(building_id)
+        return found
+
+    def _device(self, device_id: Any) -> Device:
+        installer = _installer()
+        device = self._get(Device, _uuid(device_id))
+        if device is None or device.removed or device.installer_id != installer:
+            raise NotFound("Device not found.")
+        return device
+
+    def _views(self) -> DevicesViews:
+        if self.views is None:
+            raise RuntimeError("devices has no read side in this process")
+        return self.views
+
+    # -- MAC library --------------------------------------------------------------------------
+    def _check_installer(self, installer_id: Any, distributor: str) -> str:
+        """The installer's id, when it is one of this distributor's; NotFound otherwise."""
+        uid = _uuid(installer_id)
+        known = uid and self._known(KnownInstaller, KnownInstaller.id_for(str(uid)),
+                                    lambda k: k.distributor_id == distributor)
+        if not known:
+            raise NotFound("Installer not found.")
+        return str(uid)
+
+    def register_mac(self, installer_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """One MAC into an installer's library (MAC Library >> Add); 409 if already there."""
+        distributor = _distributor()
+        installer = self._check_installer(installer_id, distributor)
+        data = checked(MacRegister, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            mac = self._get(Mac, Mac.id_for(data["mac"]))
+            if mac is None:
+                mac = Mac(mac=data["mac"], installer_id=installer, distributor_id=distributor)
+            else:
+                mac.register_again(installer, distributor)
+            return _mac_item(mac), [mac]
+
+        return self.execute(command)
+
+    def import_macs(self, installer_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Many MACs from a CSV (MAC Library >> Import): every row's outcome, one transaction.
+
+        Outcomes: added; duplicate (already in this installer's library, or twice in the file);
+        taken (another installer's); malformed (not a MAC). Nothing is half-applied: the rows
+        that can be added are, together, and the others say why not.
+        """
+        distributor = _distributor()
+        installer = self._check_installer(installer_id, distributor)
+        data = checked(MacImport, payload)
+        rows = mac_rows(data["csv"])
+        if len(rows) > 100_000:
+            raise Invalid.field("csv", "At most 100,000 MACs in one file.")
+        outcomes: list[dict[str, Any]] = []
+        wanted: dict[str, int] = {}  # MAC -> index of its outcome
+        for line, cell in rows:
+            mac = normal_mac(cell)
+            if mac is None:
+                outcomes.append({"line": line, "mac": cell[:64], "outcome": "malformed",
+                                 "detail": "Not a valid MAC address."})
+            elif mac in wanted:
+                outcomes.append({"line": line, "mac": mac, "outcome": "duplicate",
+                                 "detail": f"Also on line {outcomes[wanted[mac]]['line']}."})
+            else:
+                wanted[mac] = len(outcomes)
+                outcomes.append({"line": line, "mac": mac, "outcome": "added"})
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            ids = {Mac.id_for(mac): mac for mac in wanted}
+            existing = self.get_many(list(ids))
+            changed = []
+            for aggregate_id, mac in ids.items():
+                outcome = outcomes[wanted[mac]]
+                found = existing.get(aggregate_id)
+                if found is None:
+                    changed.append(Mac(mac=mac, installer_id=installer,
+                                       distributor_id=distributor))
+                    outcome.update(outcome="added")
+                elif found.released:
+                    found.register_again(installer, distributor)
+                    changed.append(found)
+                    outcome.update(outcome="added")
+                else:
+                    kind = found.outcome_for(installer)
+                    outcome.update(outcome=kind, detail=(
+                        "Already in the installer's MAC library." if kind == "duplicate"
+                        else "Registered to another installer."))
+            summary: dict[str, int] = {"added": 0, "duplicate": 0, "taken": 0, "malformed": 0}
+            for outcome in outcomes:
+                summary[outcome["outcome"]] += 1
+            return {"rows": len(outcomes), **summary, "outcomes": outcomes}, changed
+
+        return self.execute(command)
+
+    def list_macs(self, **query: Any) -> dict[str, Any]:
+        return self._views().list_macs(_installer(), **query)
+
+    def remove_mac(self, mac: Any) -> None:
+        installer = _installer()
+        normal = normal_mac(str(mac))
+        if normal is None:
+            raise NotFound("MAC not found.")
+
+        def command() -> tuple[None, list[Any]]:
+            found = self._get(Mac, Mac.id_for(normal))
+            if found is None:
+                raise NotFound("MAC not found.")
+            found.release(installer)
+            return None, [found]
+
+        self.execute(command)
+
+    # -- devices ------------------------------------------------------------------------------
+    def add_device(self, area: str, area_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Install a device in a community's public area, a building's or an APT."""
+        if area not in ("community", "building", "apartment"):
+            raise NotFound("No such area.")
+        installer = _installer()
+        community, building_id, apartment_id = self._area(area, area_id, installer)
+        settings = checked(DeviceCreate, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            mac = self._get(Mac, Mac.id_for(settings["mac"]))
+            if mac is None or not mac.owned_by(installer):
+                raise Invalid.field("mac", "This MAC is not in your MAC library.")
+            device = Device.install(sip=new_sip(), installer_id=installer, community=community,
+                                    area=area, building_id=building_id,
+                                    apartment_id=apartment_id, settings=settings)
+            mac.assign(str(device.id), installer)
+            return {"id": str(device.id), "sip": device.sip}, [device, mac]
+
+        return self.execute(command)
+
+    def get_device(self, device_id: Any) -> dict[str, Any]:
+        device = self._device(device_id)
+        return self._device_view(device)
+
+    def _device_view(self, device: Device) -> dict[str, Any]:
+        seen = self.views.device_seen(str(device.id)) if self.views else {}
+        return {
+            "id": str(device.id), "sip": device.sip, "area": device.area,
+            "community_id": device.community_id, "building_id": device.building_id,
+            "apartment_id": device.apartment_id, "type_name": DEVICE_TYPES[device.type],
+            **device.settings(),
+            "created_at": device.created_on.isoformat(),
+            "owner": seen.get("owner"),
+            "last_connection": seen.get("last_connection"),
+            "status": seen.get("status", "offline"),
+        }
+
+    def edit_device(self, device_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        changes = checked(DeviceEdit, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            device = self._device(device_id)
+            community = self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
+            if community is None:
+                raise NotFound("Device not found.")
+            device.edit(community, changes)
+            return self._device_view(device), [device]
+
+        return self.execute(command)
+
+    def remove_device(self, device_id: Any) -> None:
+        def command() -> tuple[None, list[Any]]:
+            device = self._device(device_id)
+            device.remove()
+            mac = self._get(Mac, Mac.id_for(device.mac))
+            changed: list[Any] = [device]
+            if mac is not None:
+                mac.free(str(device.id))
+                changed.append(mac)
+            return None, changed
+
+        self.execute(command)
+
+    def list_devices(self, area: str, area_id: Any, **query: Any) -> dict[str, Any]:
+        if area not in ("community", "building", "apartment"):
+            raise NotFound("No such area.")
+        installer = _installer()
+        community, building_id, apartment_id = self._area(area, area_id, installer)
+        return self._views().list_devices(community.community_id, building_id=building_id,
+                                          apartment_id=apartment_id, **query)
+
+    # -- what devices knows of sites and installers ----------------------------------------
+    def on_topology_event(self, envelope: Mapping[str, Any]) -> list[Any]:
+        """Sites as topology announces them: the areas devices are installed in."""
+        kind, data = envelope["type"], envelope["data"]
+        try:
+            if kind == "CommunityCreated":
+                if self._get(KnownCommunity, KnownCommunity.id_for(envelope["stream_id"])):
+                    return []
+                return [KnownCommunity(community_id=envelope["stream_id"],
+                                       installer_id=str(data["installer_id"]),
+                                       name=data["name"])]
+            if kind == "ApartmentAdded":
+                if self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"])):
+                    return []
+                return [KnownApartment(apartment_id=envelope["stream_id"],
+                                       building_id=str(data["building_id"]),
+                                       community_id=str(data["community_id"]),
+                                       installer_id=str(data["installer_id"]))]
+            if kind == "ApartmentDeleted":
+                apartment = self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"]))
+                if apartment is None or apartment.deleted:
+                    return []
+                apartment.forget()
+                return [apartment]
+            community = self._get(KnownCommunity, KnownCommunity.id_for(
+                str(data.get("community_id") or envelope["stream_id"])))
+            if community is None:
+                log.warning("devices: %s for a community it never saw (%s)", kind,
+                            data.get("community_id"))
+                return []
+            if kind == "CommunityDeleted":
+                if community.deleted:
+                    return []
+                community.forget()
+            elif kind in ("BuildingAdded", "BuildingEdited"):
+                name = data.get("name") or (data.get("changes") or {}).get("name")
+                building = envelope["stream_id"]
+                if kind == "BuildingEdited" and (name is None or building
+                                                 not in community.buildings):
+                    return []
+                if community.buildings.get(building) == name:
+                    return []
+                community.know_building(building_id=building, name=name or "")
+            elif kind == "BuildingDeleted":
+                if envelope["stream_id"] not in community.buildings:
+                    return []
+                community.forget_building(building_id=envelope["stream_id"])
+            return [community]
+        except (KeyError, Invalid, Conflict) as exc:
+            log.error("devices refused topology %s of %s (position %s): %r", kind,
+                      envelope.get("stream_id"), envelope.get("position"), exc)
+            return []
+
+    def on_accounts_event(self, envelope: Mapping[str, Any]) -> list[Any]:
+        """Installer accounts as accounts announces them: which distributor each belongs to."""
+        data = envelope["data"]
+        if data.get("role") != INSTALLER:
+            return []
+        installer_id = envelope["stream_id"]
+        if self._get(KnownInstaller, KnownInstaller.id_for(installer_id)):
+            return []
+        created_by = data.get("created_by")
+        return [KnownInstaller(installer_id=installer_id,
+                               distributor_id=str(created_by) if created_by else None)]
+
+
+def _mac_item(mac: Mac) -> dict[str, Any]:
+    return {"mac": mac.mac, "installer_id": mac.installer_id, "device_id": mac.device_id,
+            "registered_at": mac.registered_at.isoformat()}

@@ -1,0 +1,318 @@
+"""Devices' domain: the MAC library, intercom devices, and what devices knows of the sites.
+
+Rules (manual: "MAC Library", "Device Management", "Add Intercom Devices"):
+- A distributor registers MACs to one of its installers. A MAC is one aggregate whose id is
+  derived from the MAC itself, so the store refuses a second registration of it by anyone; a
+  MAC another installer holds is "taken", the same installer's is a "duplicate".
+- A device is added only with a MAC in its installer's library and used by no other device: the
+  device and its MAC are saved in one transaction (the MAC records which device uses it), so two
+  devices racing for one MAC cannot both win. The MAC is freed when the device is removed, and
+  a MAC in use cannot be removed from the library (409) until then.
+- Each device gets a SIP number from the platform, unique: the device's id is derived from the
+  number, so the store refuses a second device with it (a clash is drawn again).
+- Devices are installed in a community's public area, a building's public area or an APT, of
+  the caller's own sites. Devices learns the sites from topology's events (`KnownCommunity`,
+  `KnownApartment`); a community public device serves all buildings or a chosen set of them.
+- Which types an area takes (`contracts.devices.AREA_TYPES`): an APT holds its single-tenant
+  door phone, indoor monitor or access control; public areas the shared door phones, monitors,
+  guard phones and access controls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.devices import ALL_BUILDINGS, AREA_TYPES, DEVICE_TYPES, type_rules
+from contracts.errors import Conflict, Invalid, NotFound
+
+NAMESPACE = UUID("6d1c8a2e-5b7f-4c1d-9e0a-3f2b7c4d5e60")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return str(a) == str(b)
+
+
+class Mac(Aggregate):
+    """A device MAC in an installer's library."""
+
+    @staticmethod
+    def id_for(mac: str) -> UUID:
+        return uuid5(NAMESPACE, f"mac:{mac}")
+
+    @staticmethod
+    def create_id(mac: str, installer_id: str, distributor_id: str | None) -> UUID:
+        return Mac.id_for(mac)
+
+    @event("MacRegistered")
+    def __init__(self, mac: str, installer_id: str, distributor_id: str | None) -> None:
+        self.mac = mac
+        self.installer_id = installer_id
+        self.distributor_id = distributor_id
+        self.device_id: str | None = None
+        self.released = False
+        self.registered_at = self.created_on
+
+    def outcome_for(self, installer_id: str) -> str:
+        """What registering this MAC again to `installer_id` is: a duplicate of the same
+        installer's entry, or taken by another installer."""
+        return "duplicate" if _same(self.installer_id, installer_id) else "taken"
+
+    def register_again(self, installer_id: str, distributor_id: str | None) -> None:
+        """A released MAC can be registered once more, to any installer."""
+        if not self.released:
+            raise Conflict("This MAC is already registered.", {"mac": [self._taken_message(
+                installer_id)]})
+        self._registered_again(mac=self.mac, installer_id=installer_id,
+                               distributor_id=distributor_id)
+
+    @event("MacRegisteredAgain")
+    def _registered_again(self, mac: str, installer_id: str,
+                          distributor_id: str | None) -> None:
+        self.installer_id = installer_id
+        self.distributor_id = distributor_id
+        self.released = False
+        self.device_id = None
+        self.registered_at = self.modified_on
+
+    def _taken_message(self, installer_id: str) -> str:
+        if self.outcome_for(installer_id) == "duplicate":
+            return "This MAC is already in the installer's MAC library."
+        return "This MAC is registered to another installer."
+
+    def owned_by(self, installer_id: str) -> bool:
+        return not self.released and _same(self.installer_id, installer_id)
+
+    def assign(self, device_id: str, installer_id: str) -> None:
+        """Used by a new device: only the owner's, only when no other device uses it."""
+        if not self.owned_by(installer_id):
+            raise Invalid.field("mac", "This MAC is not in your MAC library.")
+        if self.device_id is not None:
+            raise Conflict("Another device uses this MAC.",
+                           {"mac": ["Another device uses this MAC."]})
+        self._assigned(mac=self.mac, device_id=device_id)
+
+    @event("MacAssigned")
+    def _assigned(self, mac: str, device_id: str) -> None:
+        self.device_id = device_id
+
+    def free(self, device_id: str) -> None:
+        if self.device_id == device_id:
+            self._freed(mac=self.mac, device_id=device_id)
+
+    @event("MacFreed")
+    def _freed(self, mac: str, device_id: str) -> None:
+        self.device_id = None
+
+    def release(self, installer_id: str) -> None:
+        """Removed from the library; refused while a device uses it."""
+        if not self.owned_by(installer_id):
+            raise NotFound("MAC not found.")
+        if self.device_id is not None:
+            raise Conflict("A device uses this MAC: delete the device first.",
+                           {"mac": ["A device uses this MAC: delete the device first."]})
+        self._released(mac=self.mac, installer_id=self.installer_id)
+
+    @event("MacReleased")
+    def _released(self, mac: str, installer_id: str) -> None:
+        self.released = True
+
+
+class KnownInstaller(Aggregate):
+    """An installer account as accounts announced it: which distributor created it."""
+
+    @staticmethod
+    def id_for(installer_id: str) -> UUID:
+        return uuid5(NAMESPACE, f"installer:{installer_id}")
+
+    @staticmethod
+    def create_id(installer_id: str, distributor_id: str | None) -> UUID:
+        return KnownInstaller.id_for(installer_id)
+
+    @event("InstallerKnown")
+    def __init__(self, installer_id: str, distributor_id: str | None) -> None:
+        self.installer_id = installer_id
+        self.distributor_id = distributor_id
+
+
+class KnownCommunity(Aggregate):
+    """A community as topology announced it, with its buildings: what a device's area is
+    checked against."""
+
+    @staticmethod
+    def id_for(community_id: str) -> UUID:
+        return uuid5(NAMESPACE, f"community:{community_id}")
+
+    @staticmethod
+    def create_id(community_id: str, installer_id: str, name: str) -> UUID:
+        return KnownCommunity.id_for(community_id)
+
+    @event("CommunityKnown")
+    def __init__(self, community_id: str, installer_id: str, name: str) -> None:
+        self.community_id = community_id
+        self.installer_id = installer_id
+        self.name = name
+        self.buildings: dict[str, str] = {}  # building id -> name
+        self.deleted = False
+
+    @event("BuildingKnown")
+    def know_building(self, building_id: str, name: str) -> None:
+        self.buildings[building_id] = name
+
+    @event("BuildingForgotten")
+    def forget_building(self, building_id: str) -> None:
+        self.buildings.pop(building_id, None)
+
+    @event("CommunityForgotten")
+    def forget(self) -> None:
+        self.deleted = True
+
+    def belongs_to(self, installer_id: str) -> bool:
+        return not self.deleted and _same(self.installer_id, installer_id)
+
+
+class KnownApartment(Aggregate):
+    """An APT as topology announced it."""
+
+    @staticmethod
+    def id_for(apartment_id: str) -> UUID:
+        return uuid5(NAMESPACE, f"apartment:{apartment_id}")
+
+    @staticmethod
+    def create_id(apartment_id: str, building_id: str, community_id: str,
+                  installer_id: str) -> UUID:
+        return KnownApartment.id_for(apartment_id)
+
+    @event("ApartmentKnown")
+    def __init__(self, apartment_id: str, building_id: str, community_id: str,
+                 installer_id: str) -> None:
+        self.apartment_id = apartment_id
+        self.building_id = building_id
+        self.community_id = community_id
+        self.installer_id = installer_id
+        self.deleted = False
+
+    @event("ApartmentForgotten")
+    def forget(self) -> None:
+        self.deleted = True
+
+
+class Device(Aggregate):
+    """An intercom device installed in an area, with its settings and relays."""
+
+    @staticmethod
+    def id_for_sip(sip: str) -> UUID:
+        return uuid5(NAMESPACE, f"sip:{sip}")
+
+    @staticmethod
+    def create_id(sip: str, **_: Any) -> UUID:
+        return Device.id_for_sip(sip)
+
+    @classmethod
+    def install(cls, *, sip: str, installer_id: str, community: KnownCommunity, area: str,
+                building_id: str | None, apartment_id: str | None,
+                settings: dict[str, Any]) -> Device:
+        """A new device in `area` (the community's public area, one of its buildings' or one of
+        its APTs), its settings as the contract loaded them."""
+        kind = settings["type"]
+        if kind not in AREA_TYPES[area]:
+            allowed = ", ".join(DEVICE_TYPES[k] for k in AREA_TYPES[area])
+            raise Invalid.field("type", f"A {DEVICE_TYPES[kind]} cannot be installed in "
+                                        f"this area; it takes: {allowed}.")
+        errors = _area_rules(area, settings)
+        if errors:
+            raise Invalid.fields(errors)
+        settings = dict(settings)
+        _check_buildings(area, community, settings.get("buildings", ALL_BUILDINGS))
+        if area != "community":
+            settings["buildings"] = ALL_BUILDINGS
+        return cls(sip=sip, installer_id=installer_id, community_id=community.community_id,
+                   area=area, building_id=building_id, apartment_id=apartment_id, **settings)
+
+    @event("DeviceAdded")
+    def __init__(self, sip: str, installer_id: str, community_id: str, area: str,
+                 building_id: str | None, apartment_id: str | None, type: int, mac: str,
+                 name: str, network_group: int, allow_monitor: bool, internet_access: bool,
+                 static_ip: str | None, buildings: Any, relays: list[dict[str, Any]],
+                 security_relay: bool, door_hold_open: bool, arming: bool,
+                 builtin_relays: list[str],
+                 external_relay: dict[str, Any] | None, directory: bool,
+                 contact_display: str) -> None:
+        self.sip = sip
+        self.installer_id = installer_id
+        self.community_id = community_id
+        self.area = area
+        self.building_id = building_id
+        self.apartment_id = apartment_id
+        self.type = type
+        self.mac = mac
+        self.name = name
+        self.network_group = network_group
+        self.allow_monitor = allow_monitor
+        self.internet_access = internet_access
+        self.static_ip = static_ip
+        self.buildings = buildings
+        self.relays = relays
+        self.security_relay = security_relay
+        self.arming = arming
+        self.door_hold_open = door_hold_open
+        self.builtin_relays = builtin_relays
+        self.external_relay = external_relay
+        self.directory = directory
+        self.contact_display = contact_display
+        self.removed = False
+
+    SETTINGS = ("name", "network_group", "allow_monitor", "internet_access", "static_ip",
+                "buildings", "relays", "security_relay", "door_hold_open", "arming",
+                "builtin_relays", "external_relay", "directory", "contact_display")
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("type", "mac", *self.SETTINGS)}
+
+    def edit(self, community: KnownCommunity, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply the changes that change something; the ones applied."""
+        after = {**self.settings(), **changes}
+        errors: dict[str, list[str]] = {}
+        if not after["internet_access"] and not after["static_ip"]:
+            errors["static_ip"] = ["A device without internet access needs a static IP."]
+        errors.update({name: messages for name, messages in type_rules(self.type, after).items()
+                       if name in changes})
+        errors.update(_area_rules(self.area, changes))
+        if errors:
+            raise Invalid.fields(errors)
+        if "buildings" in changes:
+            _check_buildings(self.area, community, changes["buildings"])
+        applied = {name: value for name, value in changes.items()
+                   if getattr(self, name) != value}
+        if applied:
+            self._edited(changes=applied)
+        return applied
+
+    @event("DeviceEdited")
+    def _edited(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    @event("DeviceRemoved")
+    def remove(self) -> None:
+        self.removed = True
+
+
+def _area_rules(area: str, settings: dict[str, Any]) -> dict[str, list[str]]:
+    """Door Hold Open is for a resident's own door phone (manual: private door phones)."""
+    if settings.get("door_hold_open") and area != "apartment":
+        return {"door_hold_open": ["Only a door phone in an APT lets users hold the door open."]}
+    return {}
+
+
+def _check_buildings(area: str, community: KnownCommunity, buildings: Any) -> None:
+    if buildings == ALL_BUILDINGS:
+        return
+    if area != "community":
+        raise Invalid.field("buildings", "Only a community public device serves chosen "
+                                         "buildings.")
+    unknown = [b for b in buildings if b not in community.buildings]
+    if unknown:
+        raise Invalid.field("buildings", f"Not a building of this community: {unknown[0]}.")
