@@ -80,6 +80,8 @@ class AccountsLog:
             self.append("MasterAccountRegistered", account)
 
     def read(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        if source != "accounts":  # devices is not run either: its log stays empty
+            return []
         return self.entries[after:after + limit]
 
 

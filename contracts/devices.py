@@ -18,7 +18,16 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from contracts.fields import Boolean, Integer, List, Text, documented, stripped
+from contracts.fields import (
+    NON_BLANK_PATTERN,
+    Boolean,
+    Integer,
+    List,
+    Text,
+    documented,
+    padded,
+    stripped,
+)
 from contracts.topology import DEVICE_NAME_MAX, MAC_MESSAGE, MAC_REGEX, NETWORK_GROUP_MAX
 
 __all__ = [
@@ -98,7 +107,7 @@ def normal_mac(value: str) -> str | None:
     return re.sub("[:-]", "", text).upper()
 
 
-@documented(pattern=MAC_REGEX.replace("\\Z", "$"))
+@documented(pattern=padded(MAC_REGEX))
 def _mac_valid(value: str) -> None:
     if normal_mac(value) is None:
         raise ValidationError(MAC_MESSAGE)
@@ -126,7 +135,7 @@ def _ip(**kwargs: Any) -> Text:
     return Text(validate=_ipv4, **kwargs)
 
 
-@documented(pattern="[^\\u0000]*[^\\t-\\r \\u0000][^\\u0000]*")
+@documented(pattern=NON_BLANK_PATTERN)
 def _not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("This field may not be blank.")
@@ -238,7 +247,15 @@ def _builtin_relays(**kwargs: Any) -> List:
 
 def _buildings(**kwargs: Any) -> fields.Field:
     """Community public devices: the buildings whose residents may use it, "all" or ids."""
-    return fields.Raw(**kwargs)
+    return fields.Raw(metadata={"json_schema": {
+        "description": 'The buildings whose residents may use a community public device: '
+                       '"all", or the chosen buildings\' ids.',
+        "oneOf": [{"const": ALL_BUILDINGS},
+                  {"type": "array", "minItems": 1,
+                   "items": {"type": "string", "pattern": UUID_PATTERN}}]}}, **kwargs)
+
+
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
 def _check_buildings(value: Any) -> list[str] | str:
@@ -248,10 +265,9 @@ def _check_buildings(value: Any) -> list[str] | str:
         raise ValidationError('Must be "all" or a list of building ids.', "buildings")
     out = []
     for item in value:
-        try:
-            out.append(str(uuid.UUID(str(item))))
-        except ValueError:
-            raise ValidationError(f"Not a building id: {str(item)[:40]!r}.", "buildings") from None
+        if not isinstance(item, str) or not re.match(UUID_PATTERN, item):
+            raise ValidationError(f"Not a building id: {str(item)[:40]!r}.", "buildings")
+        out.append(str(uuid.UUID(item)))
     if not out:
         raise ValidationError('Choose at least one building, or "all".', "buildings")
     return list(dict.fromkeys(out))

@@ -44,6 +44,7 @@ from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
 from contracts.accounts import APP_STATUSES
+from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS
 from contracts.errors import (
     Busy,
     ConciergeError,
@@ -787,6 +788,20 @@ class ResidentsQuery(ListQuery):
 
     app_status = fields.String(validate=validate.OneOf(APP_STATUSES))
     building_id = fields.UUID()
+
+
+class MacLibraryQuery(ListQuery):
+    """The installer's MAC library: search by MAC, filter by whether a device uses it."""
+
+    sort = _sort(MAC_SORTS)
+    in_use = fields.Boolean()
+
+
+class DevicesQuery(ListQuery):
+    """The intercom devices of an area: search by MAC, name or SIP; filter by type."""
+
+    sort = _sort(DEVICE_SORTS)
+    type = fields.Integer(validate=validate.OneOf(tuple(DEVICE_TYPES)))
 
 
 def page(call: Call, result: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
 from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, LoginResponse
+from contracts.devices import DeviceCreate, DeviceEdit, MacImport, MacRegister
 from contracts.errors import Unauthorized
 from contracts.topology import (
     ApartmentCreate,
@@ -30,6 +31,8 @@ from services.gateway.http import (
     BuildingsQuery,
     Call,
     CommunitiesQuery,
+    DevicesQuery,
+    MacLibraryQuery,
     PageQuery,
     ResidentsQuery,
     Sessions,
@@ -43,6 +46,16 @@ V1 = "/api/v1"
 COMMUNITY = f"{V1}/communities/<uuid:community_id>"
 BUILDING = f"{V1}/buildings/<uuid:building_id>"
 APARTMENT = f"{V1}/apartments/<uuid:apartment_id>"
+DEVICE = f"{V1}/devices/<uuid:device_id>"
+INSTALLER_MACS = f"{V1}/installers/<uuid:installer_id>/mac-library"
+DISTRIBUTOR = ("distributor",)
+AREAS = {"community": COMMUNITY, "building": BUILDING, "apartment": APARTMENT}
+MAC_IMPORT_DESCRIPTION = (
+    "Registers many MACs to one of the distributor's installers: one MAC per line of `csv` "
+    "(its first column; a header line and blank lines are skipped; ':' and '-' separators "
+    "are taken). Answers each row's outcome: added, duplicate (in this installer's library "
+    "already, or twice in the file), taken (another installer's), malformed. The rows that "
+    "can be added are, together; the others are reported, never silently dropped.")
 # Sites (communities, buildings, APTs, residents) are an installer's (manual: Sites); topology
 # refuses anyone else, and the gateway does so first, before it looks at a body or a query.
 INSTALLER = ("installer",)
@@ -58,6 +71,7 @@ class GatewayService:
 
     topology = RpcProxy("topology")
     accounts = RpcProxy("accounts")
+    devices = RpcProxy("devices")
     sessions = Sessions()
     config = Config()
 
@@ -201,6 +215,82 @@ class GatewayService:
          tag="apartments", query=PageQuery, returns="Page", roles=INSTALLER)
     def apartment_history(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.topology.apartment_history(call.ctx, apartment_id, call.query))
+
+    # --- MAC library ------------------------------------------------------------------------
+
+    @api("POST", INSTALLER_MACS, summary="Register a MAC to an installer", tag="mac-library",
+         body=MacRegister, roles=DISTRIBUTOR, status=201, errors=(409,))
+    def register_mac(self, call: Call, installer_id: str) -> Any:
+        return self.devices.register_mac(call.ctx, installer_id, call.body)
+
+    @api("POST", f"{INSTALLER_MACS}/import", summary="Register MACs from a CSV",
+         tag="mac-library", body=MacImport, roles=DISTRIBUTOR,
+         description=MAC_IMPORT_DESCRIPTION)
+    def import_macs(self, call: Call, installer_id: str) -> Any:
+        return self.devices.import_macs(call.ctx, installer_id, call.body)
+
+    @api("GET", f"{V1}/mac-library", summary="The installer's MAC library", tag="mac-library",
+         query=MacLibraryQuery, returns="Page", roles=INSTALLER)
+    def list_macs(self, call: Call) -> Any:
+        return page(call, self.devices.list_macs(call.ctx, call.query))
+
+    @api("DELETE", f"{V1}/mac-library/<string:mac>", summary="Remove a MAC from the library",
+         tag="mac-library", status=204, returns=None, roles=INSTALLER, errors=(409,),
+         description="A MAC that a device uses is kept (409) until the device is deleted.")
+    def remove_mac(self, call: Call, mac: str) -> Any:
+        self.devices.remove_mac(call.ctx, mac)
+
+    # --- intercom devices -------------------------------------------------------------------
+
+    @api("POST", f"{COMMUNITY}/devices", summary="Add a device to a community's public area",
+         tag="devices", body=DeviceCreate, status=201, returns="Created",
+         location=f"{V1}/devices/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_community_device(self, call: Call, community_id: str) -> Any:
+        return self.devices.add_device(call.ctx, "community", community_id, call.body)
+
+    @api("POST", f"{BUILDING}/devices", summary="Add a device to a building's public area",
+         tag="devices", body=DeviceCreate, status=201, returns="Created",
+         location=f"{V1}/devices/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_building_device(self, call: Call, building_id: str) -> Any:
+        return self.devices.add_device(call.ctx, "building", building_id, call.body)
+
+    @api("POST", f"{APARTMENT}/devices", summary="Add a device to an apartment",
+         tag="devices", body=DeviceCreate, status=201, returns="Created",
+         location=f"{V1}/devices/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_apartment_device(self, call: Call, apartment_id: str) -> Any:
+        return self.devices.add_device(call.ctx, "apartment", apartment_id, call.body)
+
+    @api("GET", f"{COMMUNITY}/devices", summary="List a community's devices (every area)",
+         tag="devices", query=DevicesQuery, returns="Page", roles=INSTALLER)
+    def list_community_devices(self, call: Call, community_id: str) -> Any:
+        return page(call, self.devices.list_devices(call.ctx, "community", community_id,
+                                                    call.query))
+
+    @api("GET", f"{BUILDING}/devices", summary="List a building's devices (its APTs' too)",
+         tag="devices", query=DevicesQuery, returns="Page", roles=INSTALLER)
+    def list_building_devices(self, call: Call, building_id: str) -> Any:
+        return page(call, self.devices.list_devices(call.ctx, "building", building_id,
+                                                    call.query))
+
+    @api("GET", f"{APARTMENT}/devices", summary="List an apartment's devices", tag="devices",
+         query=DevicesQuery, returns="Page", roles=INSTALLER)
+    def list_apartment_devices(self, call: Call, apartment_id: str) -> Any:
+        return page(call, self.devices.list_devices(call.ctx, "apartment", apartment_id,
+                                                    call.query))
+
+    @api("GET", DEVICE, summary="Get a device (Device Info)", tag="devices", roles=INSTALLER)
+    def get_device(self, call: Call, device_id: str) -> Any:
+        return self.devices.get_device(call.ctx, device_id)
+
+    @api("PATCH", DEVICE, summary="Edit a device", tag="devices", body=DeviceEdit,
+         roles=INSTALLER)
+    def edit_device(self, call: Call, device_id: str) -> Any:
+        return self.devices.edit_device(call.ctx, device_id, call.body)
+
+    @api("DELETE", DEVICE, summary="Delete a device (its MAC is free again)", tag="devices",
+         status=204, returns=None, roles=INSTALLER)
+    def remove_device(self, call: Call, device_id: str) -> Any:
+        self.devices.remove_device(call.ctx, device_id)
 
 
 @cache

@@ -168,6 +168,16 @@ community_counts = Table(
     Column("apartments", Integer, nullable=False, default=0),
     Column("residents", Integer, nullable=False, default=0),  # end users: residents, family
     Column("registered", Integer, nullable=False, default=0),  # APTs whose app is registered
+    Column("devices", Integer, nullable=False, default=0),  # devices in any of its areas
+)
+
+# Devices' devices: which community each is installed in (a second DeviceAdded, or a
+# DeviceRemoved of a device never seen, then moves nothing).
+site_devices = Table(
+    "topology_site_devices",
+    sites_metadata,
+    Column("device_id", String(36), primary_key=True),
+    Column("community_id", String(36), nullable=False),
 )
 
 # One row per APT that either source has spoken of.
@@ -205,7 +215,8 @@ def _weight(row: dict[str, Any] | None) -> tuple[int, int, int]:
 
 def _count(rows: Rows, community_id: str, **deltas: int) -> None:
     counts = rows.get(community_counts, community_id) or {
-        "community_id": community_id, "buildings": 0, **dict.fromkeys(_COUNTED, 0)}
+        "community_id": community_id, "buildings": 0, "devices": 0,
+        **dict.fromkeys(_COUNTED, 0)}
     for name, delta in deltas.items():
         counts[name] += delta
     rows.put(community_counts, **counts)
@@ -241,7 +252,7 @@ class SitesView(ReadModel):
     """Sites >> Community: name, plan, counts of buildings, APTs, end users and devices."""
 
     name = "topology_sites"
-    version = 3  # 3: counts kept per community
+    version = 4  # 3: counts kept per community; 4: devices counted from devices' events
     metadata = sites_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -263,13 +274,36 @@ class SitesView(ReadModel):
                 "MasterAccountReset": self.master_account_reset,
                 "MasterAccountClosed": self.master_account_closed,
             },
+            "devices": {
+                "DeviceAdded": self.device_added,
+                "DeviceRemoved": self.device_removed,
+            },
         }
+
+    @staticmethod
+    def device_added(rows: Rows, env: Envelope) -> None:
+        if rows.get(site_devices, env["stream_id"]) is not None:
+            return
+        community_id = str(env["data"]["community_id"])
+        rows.put(site_devices, device_id=env["stream_id"], community_id=community_id)
+        _count(rows, community_id, devices=1)
+
+    @staticmethod
+    def device_removed(rows: Rows, env: Envelope) -> None:
+        found = rows.get(site_devices, env["stream_id"])
+        if found is None:
+            return
+        rows.delete(site_devices, env["stream_id"])
+        if rows.get(community_counts, found["community_id"]) is not None:  # not deleted since
+            _count(rows, found["community_id"], devices=-1)
 
     @staticmethod
     def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
         """The APT rows and accounts a batch will read, in one query each."""
         apartments_, accounts, sites = [], [], []
         for env in envelopes:
+            if env["source"] == "devices":
+                continue  # a few rows a batch: read as the handlers ask
             if env["source"] == "topology":
                 if env["type"] in _APARTMENT_EVENTS:
                     apartments_.append(env["stream_id"])
@@ -379,7 +413,7 @@ def _community_counts(conn: Connection, community_ids: Sequence[str]) -> dict[st
     for row in conn.execute(select(cc).where(cc.c.community_id.in_(community_ids))):
         counts[row.community_id].update(
             building_count=row.buildings, apartment_count=row.apartments,
-            resident_count=row.residents)
+            resident_count=row.residents, device_count=row.devices)
     return counts
 
 
@@ -922,15 +956,17 @@ class TopologyViews:
         with self.engine.connect() as conn:
             found = conn.execute(
                 select(func.count(c.c.id), func.sum(cc.c.buildings), func.sum(cc.c.apartments),
-                       func.sum(cc.c.residents), func.sum(cc.c.registered))
+                       func.sum(cc.c.residents), func.sum(cc.c.registered),
+                       func.sum(cc.c.devices))
                 .select_from(c.outerjoin(cc, cc.c.community_id == c.c.id))
                 .where(c.c.installer_id == installer_id)).one()
-        sites, buildings_, apartments_, residents, registered = (int(v or 0) for v in found)
+        sites, buildings_, apartments_, residents, registered, devices = (int(v or 0)
+                                                                          for v in found)
         return {
             "communities": sites,
             "buildings": buildings_,
             "apartments": apartments_,
             "residents": residents,
-            "devices": 0,
+            "devices": devices,
             "app_accounts": {REGISTERED: registered, UNREGISTERED: apartments_ - registered},
         }

@@ -26,10 +26,14 @@ SEED = os.environ.get("FUZZ_SEED", "20261207")
 
 
 # Who calls, and which operations: an installer everything but logging itself out (which would
-# end the session the run uses) and creating installers (a distributor's); a distributor that.
+# end the session the run uses) and the distributor's routes; a distributor those (creating
+# installers, registering MACs to them).
+DISTRIBUTOR_PATHS = ("/api/v1/installers", "/api/v1/installers/{installer_id}/mac-library",
+                     "/api/v1/installers/{installer_id}/mac-library/import")
 RUNS = {
-    "installer": ["--exclude-path", "/api/v1/auth/logout", "--exclude-path", "/api/v1/installers"],
-    "distributor": ["--include-path", "/api/v1/installers"],
+    "installer": ["--exclude-path", "/api/v1/auth/logout",
+                  *(arg for path in DISTRIBUTOR_PATHS for arg in ("--exclude-path", path))],
+    "distributor": [arg for path in DISTRIBUTOR_PATHS for arg in ("--include-path", path)],
 }
 
 

@@ -86,11 +86,15 @@ def wirings(request: pytest.FixtureRequest, tmp_path: Path, store: str, schema_p
     database = request.getfixturevalue("postgres_url") if store == "postgres" else ""
     settings = Settings(data_dir=tmp_path / "var", database_url=database,
                         schema_prefix=schema_prefix)
-    topology = TOPOLOGY.wire(settings, read_remote=lambda source, after, limit: [])
-    logs: dict[str, Callable[[int, int], list[dict[str, Any]]]] = {
-        "accounts": accounts.read, "topology": topology.read_log}
-    devices = DEVICES.wire(settings, read_remote=lambda source, after, limit:
-                           logs[source](after, limit))
+    logs: dict[str, Callable[[int, int], list[dict[str, Any]]]] = {"accounts": accounts.read}
+
+    def read(source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        return logs[source](after, limit) if source in logs else []
+
+    topology = TOPOLOGY.wire(settings, read_remote=read)
+    logs["topology"] = topology.read_log
+    devices = DEVICES.wire(settings, read_remote=read)
+    logs["devices"] = devices.read_log
     yield devices, topology
     devices.close()
     topology.close()
@@ -392,6 +396,33 @@ def deliver(wiring: Wiring) -> None:
     for source in ("accounts", "topology"):
         for sub in wiring.subscriptions[source]:
             sub.catch_up()
+
+
+def test_topology_counts_the_devices_of_each_community(
+        svc: DevicesService, sites: TopologyService, wirings: tuple[Wiring, Wiring]) -> None:
+    topology = wirings[1]
+    community, building, apartment = a_site(sites)
+    other, _, _ = a_site(sites, name="Hillside")
+    register(svc, *(f"0C11050B000{n}" for n in range(4)))
+    ids = [svc.add_device(LUNA_CTX, area, area_id,
+                          {"type": kind, "mac": f"0C11050B000{n}", "name": f"D{n}"})["id"]
+           for n, (area, area_id, kind) in enumerate((
+               ("community", community, 0), ("building", building, 0),
+               ("apartment", apartment, 2), ("community", other, 3)))]
+
+    def counted() -> tuple[int, int, int]:
+        for _ in range(2):  # a second delivery of the same events moves nothing
+            for sub in topology.subscriptions["devices"]:
+                sub.catch_up()
+        return (sites.get_community(LUNA_CTX, community)["device_count"],
+                sites.get_community(LUNA_CTX, other)["device_count"],
+                sites.dashboard(LUNA_CTX)["devices"])
+
+    assert counted() == (3, 1, 4)
+    svc.remove_device(LUNA_CTX, ids[1])
+    assert counted() == (2, 1, 3)
+    listed = sites.list_communities(LUNA_CTX, {"sort": "name"})["items"]
+    assert [c["device_count"] for c in listed] == [1, 2]
 
 
 def test_a_deleted_site_takes_no_new_device(svc: DevicesService, sites: TopologyService,

@@ -55,7 +55,8 @@ class AccountsLog:
         return envelope
 
     def read(self, source: str, after: int, limit: int) -> list[dict[str, Any]]:
-        assert source == "accounts"
+        if source != "accounts":
+            return []  # devices: no device is installed in these tests
         return [e for e in self.events if e["position"] > after][:limit]
 
     def master_account_created(self, apartment: dict[str, Any]) -> str:

@@ -1,0 +1,214 @@
+"""Devices' rules without I/O: the MAC library's ownership and use, where devices go, which
+settings each type has, and the shapes the contract takes (MACs, CSV rows, relays)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from contracts import checked
+from contracts.devices import (
+    ACCESS_METHODS,
+    DeviceCreate,
+    DeviceEdit,
+    MacImport,
+    mac_rows,
+    normal_mac,
+)
+from contracts.errors import Conflict, Invalid, NotFound
+from services.devices.application import new_sip
+from services.devices.domain import Device, KnownCommunity, Mac
+
+LUNA, MARK = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def community(*buildings: str) -> KnownCommunity:
+    site = KnownCommunity(community_id=str(uuid.uuid4()), installer_id=LUNA, name="Seaside")
+    for building in buildings:
+        site.know_building(building_id=building, name=f"B {building[:4]}")
+    return site
+
+
+def install(area: str = "community", site: KnownCommunity | None = None,
+            **payload: Any) -> Device:
+    settings = checked(DeviceCreate, {"type": 0, "mac": "0C11050B9814", "name": "Gate",
+                                      **payload})
+    return Device.install(sip=new_sip(), installer_id=LUNA, community=site or community(),
+                          area=area, building_id=None, apartment_id=None, settings=settings)
+
+
+# --- MACs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["0c:11:05:0b:98:14", "0C-11-05-0B-98-14", "0c11050b9814",
+                                  " 0C11050B9814 "])
+def test_every_written_form_of_a_mac_is_one_mac(text: str) -> None:
+    assert normal_mac(text) == "0C11050B9814"
+
+
+@pytest.mark.parametrize("text", ["", "0C11050B981", "0C11050B98145", "0C:11-05:0B:98:14",
+                                  "0C11050B98G4", "0C:11:05:0B:98", "0C 11 05 0B 98 14"])
+def test_anything_else_is_no_mac(text: str) -> None:
+    assert normal_mac(text) is None
+
+
+def test_a_mac_has_one_id_whatever_its_owner() -> None:
+    assert Mac.id_for("0C11050B9814") == Mac(mac="0C11050B9814", installer_id=LUNA,
+                                             distributor_id=None).id
+    assert Mac.id_for("0C11050B9814") != Mac.id_for("0C11050B9815")
+
+
+def test_a_mac_is_used_by_one_device_of_its_owner() -> None:
+    mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id=None)
+    with pytest.raises(Invalid) as foreign:
+        mac.assign("d1", MARK)
+    assert list(foreign.value.errors) == ["mac"]
+    mac.assign("d1", LUNA)
+    with pytest.raises(Conflict) as used:
+        mac.assign("d2", LUNA)
+    assert list(used.value.errors) == ["mac"]
+    mac.free("d2")  # another device's freeing changes nothing
+    assert mac.device_id == "d1"
+    mac.free("d1")
+    mac.assign("d2", LUNA)
+    assert mac.device_id == "d2"
+
+
+def test_a_mac_in_use_stays_in_the_library() -> None:
+    mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id=None)
+    mac.assign("d1", LUNA)
+    with pytest.raises(Conflict):
+        mac.release(LUNA)
+    with pytest.raises(NotFound):
+        mac.release(MARK)
+    mac.free("d1")
+    mac.release(LUNA)
+    assert mac.released and not mac.owned_by(LUNA)
+    with pytest.raises(Invalid):
+        mac.assign("d3", LUNA)  # released: in nobody's library
+
+
+def test_a_registered_mac_is_a_duplicate_or_taken_and_a_released_one_is_free() -> None:
+    mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id="dora")
+    assert (mac.outcome_for(LUNA), mac.outcome_for(MARK)) == ("duplicate", "taken")
+    with pytest.raises(Conflict) as taken:
+        mac.register_again(MARK, "dora")
+    assert taken.value.errors == {"mac": ["This MAC is registered to another installer."]}
+    mac.release(LUNA)
+    mac.register_again(MARK, "dora")
+    assert mac.owned_by(MARK) and not mac.owned_by(LUNA)
+
+
+def test_csv_rows_skip_a_header_and_blank_lines_and_keep_line_numbers() -> None:
+    text = 'MAC,Note\n\n"0C11050B9814",door\n  \n0c-11-05-0b-98-15;x\nbad\n'
+    assert mac_rows(text) == [(3, "0C11050B9814"), (5, "0c-11-05-0b-98-15"), (6, "bad")]
+    assert mac_rows("0C11050B9814\nMAC") == [(1, "0C11050B9814"), (2, "MAC")]
+    with pytest.raises(Invalid):
+        checked(MacImport, {"csv": ""})
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def test_sip_numbers_are_ten_digits_and_name_the_device() -> None:
+    numbers = {new_sip() for _ in range(200)}
+    assert len(numbers) == 200
+    assert all(len(n) == 10 and n.isdigit() and n.startswith("59") for n in numbers)
+    assert Device.id_for_sip("5900000001") != Device.id_for_sip("5900000002")
+
+
+def test_a_device_s_id_is_its_sip_number_s() -> None:
+    device = install()
+    assert device.id == Device.id_for_sip(device.sip)
+
+
+@pytest.mark.parametrize(("area", "kind", "allowed"), [
+    ("community", 0, True), ("community", 1, False), ("community", 2, True),
+    ("community", 3, True), ("community", 50, True), ("building", 1, False),
+    ("building", 3, True), ("apartment", 0, False), ("apartment", 1, True),
+    ("apartment", 2, True), ("apartment", 3, False), ("apartment", 50, True)])
+def test_each_area_takes_its_types(area: str, kind: int, allowed: bool) -> None:
+    if allowed:
+        assert install(area, type=kind).type == kind
+    else:
+        with pytest.raises(Invalid) as refused:
+            install(area, type=kind)
+        assert list(refused.value.errors) == ["type"]
+
+
+def test_a_community_device_serves_its_community_s_buildings_only() -> None:
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    site = community(a, b)
+    assert install(site=site, buildings=[a]).buildings == [a]
+    with pytest.raises(Invalid) as stranger:
+        install(site=site, buildings=[a, str(uuid.uuid4())])
+    assert list(stranger.value.errors) == ["buildings"]
+    with pytest.raises(Invalid):
+        install("building", site=site, buildings=[a])
+    assert install("building", site=site).buildings == "all"
+
+
+def test_door_hold_open_is_for_an_apartment_s_door_phone() -> None:
+    assert install("apartment", type=1, door_hold_open=True).door_hold_open
+    for area in ("community", "building"):
+        with pytest.raises(Invalid) as refused:
+            install(area, door_hold_open=True)
+        assert list(refused.value.errors) == ["door_hold_open"]
+
+
+def test_a_door_phone_gets_one_relay_a_monitor_none() -> None:
+    phone = install()
+    assert phone.relays == [{"name": "Relay1", "dtmf": "#", "enabled": True,
+                             "access_methods": list(ACCESS_METHODS)}]
+    assert install(type=2).relays == []
+
+
+def test_an_edit_keeps_each_type_s_settings_and_says_what_changed() -> None:
+    monitor = install(type=2)
+    with pytest.raises(Invalid) as refused:
+        monitor.edit(community(), checked(DeviceEdit, {"relays": [{"name": "A"}]}))
+    assert list(refused.value.errors) == ["relays"]
+    phone = install()
+    with pytest.raises(Invalid) as arming:
+        phone.edit(community(), checked(DeviceEdit, {"arming": True}))
+    assert list(arming.value.errors) == ["arming"]
+    with pytest.raises(Invalid) as ip:
+        phone.edit(community(), checked(DeviceEdit, {"internet_access": False}))
+    assert list(ip.value.errors) == ["static_ip"]
+    assert phone.edit(community(), checked(DeviceEdit, {
+        "internet_access": False, "static_ip": "10.0.0.9", "name": "Gate"})) == {
+        "internet_access": False, "static_ip": "10.0.0.9"}
+    assert phone.edit(community(), {"name": "Gate"}) == {}
+    assert phone.version == 2  # one DeviceEdited, none for the edit that changed nothing
+
+
+def test_the_contract_refuses_each_bad_setting_by_name() -> None:
+    def refused(**payload: Any) -> list[str]:
+        with pytest.raises(Invalid) as raised:
+            checked(DeviceCreate, {"type": 0, "mac": "0C11050B9814", "name": "Gate",
+                                   **payload})
+        return sorted(raised.value.errors)
+
+    assert refused(type=4) == ["type"]
+    assert refused(relays=[{}] * 5) == ["relays"]
+    assert refused(relays=[{"dtmf": "12345"}]) == ["relays"]
+    assert refused(relays=[{"access_methods": ["telepathy"]}]) == ["relays"]
+    assert refused(static_ip="10.0.0.256") == ["static_ip"]
+    assert refused(static_ip="010.0.0.1") == ["static_ip"]
+    assert refused(buildings="some") == ["buildings"]
+    assert refused(buildings=["B1"]) == ["buildings"]
+    assert refused(type=2, external_relay={"model": "MK485", "relays": [{"name": "a"}] * 9}
+                   ) == ["external_relay"]
+    assert refused(type=2, external_relay={"model": "MK485", "mode": "ethernet",
+                                           "relays": [{"name": "a"}]}) == ["external_relay"]
+    assert refused(type=2, external_relay={"model": "HF-8000", "mode": "ethernet",
+                                           "relays": [{"name": "a"}]}) == ["external_relay"]
+    assert refused(type=2, builtin_relays=["a", "b", "c"]) == ["builtin_relays"]
+    assert refused(network_group=0) == ["network_group"]
+    assert refused(contact_display="everyone") == ["contact_display"]
+    ok = checked(DeviceCreate, {"type": 2, "mac": "0C11050B9814", "name": "Hall",
+                                "external_relay": {"model": "MK485", "relays": [
+                                    {"name": f"R{n}"} for n in range(8)]}})
+    assert len(ok["external_relay"]["relays"]) == 8 and ok["external_relay"]["mode"] == "rs485"
