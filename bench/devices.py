@@ -133,8 +133,12 @@ def main() -> None:
                                       {"type": 0, "mac": mac_of(macs - 1), "name": "Warm"},
                                       token)
         assert status == 201, first
+        cpu_before = platform.cpu_seconds()
         add_s, add_ms = clients(port, token, add)
         added = CLIENTS * per_client
+        cpu_after = platform.cpu_seconds()
+        cpu_ms = {name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / added, 2)
+                  for name in cpu_after}
 
         def get(conn: http.client.HTTPConnection, headers: dict[str, str], client: int,
                 latencies: list[float]) -> None:
@@ -150,6 +154,7 @@ def main() -> None:
             "devices_added": added,
             "add_devices_per_s": round(added / add_s, 1),
             "add_device_ms": summary(add_ms),
+            "add_device_cpu_ms_per_request": cpu_ms,
             "get_device_per_s": round(added / get_s, 1),
             "get_device_ms": summary(get_ms),
             "clients": CLIENTS,

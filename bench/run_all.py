@@ -100,6 +100,25 @@ def spread_rows(spread: dict[str, Any], hop: dict[str, float]) -> list[tuple[str
     return rows
 
 
+def device_rows(devices: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Devices (issue #17): 10,000 MACs by CSV, devices added at 20 clients, with baselines."""
+    add, get = devices["add_device_ms"], devices["get_device_ms"]
+    return [
+        (f"register {devices['macs']:,} MACs by CSV through the gateway (s)",
+         devices["mac_import_s"], verdict(devices["mac_import_s"] < 10)),
+        ("  ... the same rows in one raw INSERT (s)", devices["mac_raw_insert_s"], "baseline"),
+        ("add device, 20 clients: req/s (p50 / p99 ms)",
+         f"{devices['add_devices_per_s']} ({add['p50']} / {add['p99']})",
+         verdict(devices["add_devices_per_s"] >= 250)),
+        ("  ... CPU per request by process (ms)",
+         ", ".join(f"{k} {v}" for k, v in devices["add_device_cpu_ms_per_request"].items()),
+         "no target; where the time goes"),
+        ("  ... GET one device, 20 clients: req/s (p50 / p99 ms)",
+         f"{devices['get_device_per_s']} ({get['p50']} / {get['p99']})",
+         "baseline: the hops alone"),
+    ]
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -111,6 +130,7 @@ def main() -> None:
     scaled = run("scale.py", "--hop", "1000", "10000", "50000")
     scale, hop = scaled["scale"], scaled["gateway_apartment_get"]
     spread = run("scale.py", "--communities", "50", "50000")["scale"]
+    devices = run("devices.py", "10000", "50")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -150,12 +170,14 @@ def main() -> None:
                  f"{hop['p50']}/{hop['p99']}",
                  "add it to each read above for the route (the baseline is the read part)"))
     rows.extend(spread_rows(spread, hop))
+    rows.extend(device_rows(devices))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
-                      "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread}))
+                      "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
+                      "devices": devices}))
 
 
 if __name__ == "__main__":
