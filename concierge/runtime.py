@@ -77,6 +77,9 @@ class Wiring:
     relay: OutboxRelay | None = None
     subscriptions: dict[str, list[Subscription]] = field(default_factory=dict)
     local: list[Subscription] = field(default_factory=list)
+    # Calls to other contexts' RPC a command makes (topology asks devices to keep a MAC); None
+    # when the wiring reads other contexts' logs from something else than RPC (a test's logs).
+    remote: RpcLogReader | None = None
     consumers: list[ConsumerLoop] = field(default_factory=list)
     _publishable: Publishable | None = None
 
@@ -310,6 +313,9 @@ def assemble(wiring: Wiring, read_remote: LogReader | None = None) -> Wiring:
     if read_remote is None:
         read_remote = rpc_log_reader(settings)
         wiring.closers.append(read_remote.close)
+        # A client of its own: the catch-up reader's calls take turns on one connection.
+        wiring.remote = rpc_log_reader(settings, timeout=5.0)
+        wiring.closers.append(wiring.remote.close)
     handlers: list[tuple[str, Handler]] = list(wiring.policies)
     for model in wiring.read_models:
         model.create(wiring.engine)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -43,7 +44,8 @@ INSTALLER = "installer"
 DISTRIBUTOR = "distributor"
 TOPOLOGY_EVENTS = frozenset({"CommunityCreated", "CommunityDeleted", "BuildingAdded",
                              "BuildingEdited", "BuildingDeleted", "ApartmentAdded",
-                             "ApartmentDeleted"})
+                             "ApartmentEdited", "ApartmentDeleted"})
+MONITOR_NAME = "Indoor Monitor"  # an APT's monitor when the installer named none
 ACCOUNTS_EVENTS = frozenset({"PortalAccountCreated"})
 SIP_PREFIX = "59"  # the manual's SIP numbers are 10 digits, all starting 59
 SIP_DIGITS = 10
@@ -272,8 +274,38 @@ class DevicesApplication(ServiceApplication):
             device = Device.install(sip=new_sip(), installer_id=installer, community=community,
                                     area=area, building_id=building_id,
                                     apartment_id=apartment_id, settings=settings)
-            mac.assign(str(device.id), installer)
-            return {"id": str(device.id), "sip": device.sip}, [device, mac]
+            mac.assign(str(device.id), installer, datetime.now(UTC), apartment_id)
+            changed: list[Any] = [device, mac]
+            if apartment_id is not None:
+                home = self._get(KnownApartment, KnownApartment.id_for(apartment_id))
+                if home is None or home.deleted:
+                    raise NotFound("APT not found.")
+                home.device_installed(device_id=str(device.id), monitor=False)
+                changed.append(home)
+            return {"id": str(device.id), "sip": device.sip}, changed
+
+        return self.execute(command)
+
+    def reserve_mac(self, mac: Any, apartment_id: Any) -> dict[str, Any]:
+        """Keep a MAC of the caller's library for the indoor monitor of an APT that topology is
+        about to record (Add APT on the Basic plan): 422 naming `mac` when it is not in the
+        library, 409 when a device uses it. The monitor is installed when the APT is recorded
+        (`on_topology_event`); a reservation whose APT never comes lapses."""
+        installer = _installer()
+        normal = normal_mac(str(mac)) if isinstance(mac, str) else None
+        uid = _uuid(apartment_id)
+        if normal is None:
+            raise Invalid.field("mac", "Not a valid MAC address.")
+        if uid is None:
+            raise Invalid.field("apartment_id", "Not an APT id.")
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            found = self._get(Mac, Mac.id_for(normal))
+            if found is None:
+                raise Invalid.field("mac", "This MAC is not in your MAC library.")
+            found.reserve(str(uid), installer, datetime.now(UTC))
+            return {"mac": normal, "apartment_id": str(uid),
+                    "until": found.reserved_until}, [found]
 
         return self.execute(command)
 
@@ -309,16 +341,26 @@ class DevicesApplication(ServiceApplication):
 
     def remove_device(self, device_id: Any) -> None:
         def command() -> tuple[None, list[Any]]:
-            device = self._device(device_id)
-            device.remove()
-            mac = self._get(Mac, Mac.id_for(device.mac))
-            changed: list[Any] = [device]
-            if mac is not None:
-                mac.free(str(device.id))
-                changed.append(mac)
-            return None, changed
+            return None, self._uninstall(self._device(device_id))
 
         self.execute(command)
+
+    def _uninstall(self, device: Device, home: KnownApartment | None = None) -> list[Any]:
+        """Remove a device and free its MAC; the aggregates changed."""
+        device.remove()
+        changed: list[Any] = [device]
+        mac = self._get(Mac, Mac.id_for(device.mac))
+        if mac is not None:
+            mac.free(str(device.id))
+            changed.append(mac)
+        if device.apartment_id is not None:
+            if home is None:
+                home = self._get(KnownApartment, KnownApartment.id_for(device.apartment_id))
+                if home is not None:
+                    changed.append(home)
+            if home is not None:
+                home.device_removed(device_id=str(device.id))
+        return changed
 
     def list_devices(self, area: str, area_id: Any, **query: Any) -> dict[str, Any]:
         if area not in ("community", "building", "apartment"):
@@ -342,16 +384,24 @@ class DevicesApplication(ServiceApplication):
             if kind == "ApartmentAdded":
                 if self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"])):
                     return []
-                return [KnownApartment(apartment_id=envelope["stream_id"],
-                                       building_id=str(data["building_id"]),
-                                       community_id=str(data["community_id"]),
-                                       installer_id=str(data["installer_id"]))]
-            if kind == "ApartmentDeleted":
-                apartment = self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"]))
-                if apartment is None or apartment.deleted:
+                home = KnownApartment(apartment_id=envelope["stream_id"],
+                                      building_id=str(data["building_id"]),
+                                      community_id=str(data["community_id"]),
+                                      installer_id=str(data["installer_id"]))
+                return [home, *self._install_monitor(home, data, envelope)]
+            if kind in ("ApartmentEdited", "ApartmentDeleted"):
+                home = self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"]))
+                if home is None or home.deleted:
                     return []
-                apartment.forget()
-                return [apartment]
+                if kind == "ApartmentEdited":
+                    return self._monitor_changed(home, data.get("changes") or {}, envelope)
+                changed: list[Any] = [home]
+                for device_id in list(home.devices):  # its devices go with it
+                    device = self._get(Device, _uuid(device_id))
+                    if device is not None and not device.removed:
+                        changed += [a for a in self._uninstall(device, home) if a is not home]
+                home.forget()
+                return changed
             community = self._get(KnownCommunity, KnownCommunity.id_for(
                 str(data.get("community_id") or envelope["stream_id"])))
             if community is None:
@@ -381,6 +431,51 @@ class DevicesApplication(ServiceApplication):
                       envelope.get("stream_id"), envelope.get("position"), exc)
             return []
 
+    def _install_monitor(self, home: KnownApartment, data: Mapping[str, Any],
+                         envelope: Mapping[str, Any]) -> list[Any]:
+        """The indoor monitor an APT was added (or edited) with, as a device of the APT: its
+        MAC was kept for this APT when topology asked (`reserve_mac`)."""
+        mac_text = data.get("indoor_monitor_mac")
+        if not mac_text:
+            return []
+        community = self._get(KnownCommunity, KnownCommunity.id_for(home.community_id))
+        mac = self._get(Mac, Mac.id_for(str(mac_text)))
+        if community is None or mac is None:
+            log.error("devices cannot install the indoor monitor %s of APT %s: %s unknown",
+                      mac_text, home.apartment_id, "its MAC" if community else "its community")
+            return []
+        settings = checked(DeviceCreate, {
+            "type": 2, "mac": mac_text,
+            "name": data.get("indoor_monitor_name") or MONITOR_NAME,
+            "network_group": data.get("indoor_monitor_network_group") or 1,
+            "arming": bool(data.get("indoor_monitor_arming_function")),
+            "builtin_relays": list(data.get("indoor_monitor_relays") or [])})
+        device = Device.install(sip=new_sip(), installer_id=home.installer_id,
+                                community=community, area="apartment",
+                                building_id=home.building_id, apartment_id=home.apartment_id,
+                                settings=settings)
+        mac.assign(str(device.id), home.installer_id, _moment(envelope), home.apartment_id)
+        home.device_installed(device_id=str(device.id), monitor=True)
+        return [device, mac]
+
+    def _monitor_changed(self, home: KnownApartment, changes: Mapping[str, Any],
+                         envelope: Mapping[str, Any]) -> list[Any]:
+        """Edit APT changed the indoor monitor's MAC: the old monitor goes, the new comes."""
+        if "indoor_monitor_mac" not in changes:
+            return []
+        changed: list[Any] = [home]
+        old = self._get(Device, _uuid(home.monitor_id)) if home.monitor_id else None
+        if old is not None and not old.removed:
+            if old.mac == changes["indoor_monitor_mac"]:
+                return []
+            changed += [a for a in self._uninstall(old, home) if a is not home]
+        monitor = {"indoor_monitor_name": old.name if old is not None else None,
+                   "indoor_monitor_network_group": old.network_group if old else 1,
+                   "indoor_monitor_arming_function": old.arming if old else False,
+                   "indoor_monitor_relays": old.builtin_relays if old else [],
+                   **changes}
+        return changed + self._install_monitor(home, monitor, envelope)
+
     def on_accounts_event(self, envelope: Mapping[str, Any]) -> list[Any]:
         """Installer accounts as accounts announces them: which distributor each belongs to."""
         data = envelope["data"]
@@ -392,6 +487,16 @@ class DevicesApplication(ServiceApplication):
         created_by = data.get("created_by")
         return [KnownInstaller(installer_id=installer_id,
                                distributor_id=str(created_by) if created_by else None)]
+
+
+def _moment(envelope: Mapping[str, Any]) -> datetime:
+    """When the event happened (a reservation is judged at the time of the APT's event)."""
+    value = envelope.get("occurred_at")
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        return datetime.now(UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _mac_item(mac: Mac) -> dict[str, Any]:

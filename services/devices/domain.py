@@ -20,6 +20,7 @@ Rules (manual: "MAC Library", "Device Management", "Add Intercom Devices"):
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -29,6 +30,9 @@ from contracts.devices import ALL_BUILDINGS, AREA_TYPES, DEVICE_TYPES, type_rule
 from contracts.errors import Conflict, Invalid, NotFound
 
 NAMESPACE = UUID("6d1c8a2e-5b7f-4c1d-9e0a-3f2b7c4d5e60")
+# How long an APT's reservation of its indoor monitor's MAC holds before topology records the
+# APT: a reservation whose APT never came (its creation failed after) frees the MAC after it.
+RESERVATION = timedelta(minutes=10)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -54,6 +58,8 @@ class Mac(Aggregate):
         self.device_id: str | None = None
         self.released = False
         self.registered_at = self.created_on
+        self.reserved_for: str | None = None  # an APT about to be added with this monitor
+        self.reserved_until: str | None = None
 
     def outcome_for(self, installer_id: str) -> str:
         """What registering this MAC again to `installer_id` is: a duplicate of the same
@@ -85,18 +91,41 @@ class Mac(Aggregate):
     def owned_by(self, installer_id: str) -> bool:
         return not self.released and _same(self.installer_id, installer_id)
 
-    def assign(self, device_id: str, installer_id: str) -> None:
-        """Used by a new device: only the owner's, only when no other device uses it."""
+    def _check_free(self, installer_id: str, apartment_id: str | None, now: datetime) -> None:
         if not self.owned_by(installer_id):
             raise Invalid.field("mac", "This MAC is not in your MAC library.")
         if self.device_id is not None:
             raise Conflict("Another device uses this MAC.",
                            {"mac": ["Another device uses this MAC."]})
+        if (self.reserved_for is not None and self.reserved_for != apartment_id
+                and self.reserved_until is not None
+                and datetime.fromisoformat(self.reserved_until) > now):
+            raise Conflict("This MAC is kept for an APT being added.",
+                           {"mac": ["This MAC is kept for an APT being added."]})
+
+    def reserve(self, apartment_id: str, installer_id: str, now: datetime) -> None:
+        """Kept for the indoor monitor of an APT that topology is about to record (its MAC is
+        checked before the APT is, so an APT is never recorded with a MAC it cannot have)."""
+        self._check_free(installer_id, apartment_id, now)
+        self._reserved(mac=self.mac, apartment_id=apartment_id,
+                       until=(now + RESERVATION).isoformat())
+
+    @event("MacReserved")
+    def _reserved(self, mac: str, apartment_id: str, until: str) -> None:
+        self.reserved_for = apartment_id
+        self.reserved_until = until
+
+    def assign(self, device_id: str, installer_id: str, now: datetime,
+               apartment_id: str | None = None) -> None:
+        """Used by a new device: only the owner's, only when no other device uses it, nor an
+        APT other than the device's keeps it."""
+        self._check_free(installer_id, apartment_id, now)
         self._assigned(mac=self.mac, device_id=device_id)
 
     @event("MacAssigned")
     def _assigned(self, mac: str, device_id: str) -> None:
         self.device_id = device_id
+        self.reserved_for = self.reserved_until = None
 
     def free(self, device_id: str) -> None:
         if self.device_id == device_id:
@@ -193,10 +222,25 @@ class KnownApartment(Aggregate):
         self.community_id = community_id
         self.installer_id = installer_id
         self.deleted = False
+        self.devices: list[str] = []  # the devices installed in the APT
+        self.monitor_id: str | None = None  # the one its indoor monitor MAC made
 
     @event("ApartmentForgotten")
     def forget(self) -> None:
         self.deleted = True
+
+    @event("ApartmentDeviceInstalled")
+    def device_installed(self, device_id: str, monitor: bool) -> None:
+        self.devices.append(device_id)
+        if monitor:
+            self.monitor_id = device_id
+
+    @event("ApartmentDeviceRemoved")
+    def device_removed(self, device_id: str) -> None:
+        if device_id in self.devices:
+            self.devices.remove(device_id)
+        if self.monitor_id == device_id:
+            self.monitor_id = None
 
 
 class Device(Aggregate):

@@ -36,6 +36,11 @@ class DevicesService(ServiceBase):
 
     @rpc
     @command
+    def reserve_mac(self, ctx: Ctx, mac: Any, apartment_id: Any) -> dict[str, Any]:
+        return self.app.reserve_mac(mac, apartment_id)
+
+    @rpc
+    @command
     def list_macs(self, ctx: Ctx, query: Any = None) -> dict[str, Any]:
         return self.app.list_macs(**load(MacListQuery, query or {}))
 

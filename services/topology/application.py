@@ -10,8 +10,9 @@ concurrent ones commit together (group commit), each with its own outcome.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
 
@@ -21,7 +22,7 @@ from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
 from contracts import checked
-from contracts.errors import Forbidden, NotFound
+from contracts.errors import Busy, ConciergeError, Forbidden, NotFound
 from contracts.topology import (
     EVENT_SCHEMAS,
     ApartmentCreate,
@@ -71,6 +72,10 @@ class TopologyApplication(ServiceApplication):
         super().__init__(env=env, engine=engine)
         # The read models' queries (lists, counts, app status); none without a read side.
         self.views = TopologyViews(engine) if engine is not None else None
+        # Keeps an indoor monitor's MAC of the installer's library for an APT (devices'
+        # `reserve_mac`), set when wired with devices to ask; None: nothing to ask (a test of
+        # topology alone), and the MAC is taken as the contract loaded it.
+        self.monitor_macs: Callable[[str, str], Any] | None = None
 
     # -- loading, scoped to the caller ------------------------------------------------------
     def _load(self, cls: type[A], item_id: Any) -> A:
@@ -162,16 +167,40 @@ class TopologyApplication(ServiceApplication):
     # -- apartment --------------------------------------------------------------------------
     def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
         payload = checked(ApartmentCreate, payload)
+        apartment_id = uuid4()
+        if payload.get("indoor_monitor_mac") and self.monitor_macs is not None:
+            # Everything topology itself would refuse first, then the MAC: an APT is never
+            # recorded with a monitor whose MAC is not the installer's or is in use.
+            building, community = self._building_and_community(building_id)
+            building.check_new_apartment(community, **payload)
+            self._keep_monitor_mac(payload["indoor_monitor_mac"], apartment_id)
 
         def command() -> tuple[str, list[Any]]:
             building, community = self._building_and_community(building_id)
-            apartment = building.add_apartment(community, **payload)
+            apartment = building.add_apartment(community, apartment_id=apartment_id, **payload)
             return str(apartment.id), [building, apartment]
 
         return self.execute(command)
 
+    def _keep_monitor_mac(self, mac: str, apartment_id: UUID) -> None:
+        """Devices keeps the MAC for this APT, or says why not, named as this API names it."""
+        assert self.monitor_macs is not None
+        try:
+            self.monitor_macs(mac, str(apartment_id))
+        except ConciergeError as exc:
+            errors = dict(exc.errors or {})
+            if "mac" in errors:
+                errors["indoor_monitor_mac"] = errors.pop("mac")
+            raise type(exc)(exc.detail, errors or None) from None
+        except Exception as exc:
+            raise Busy("The devices service did not answer; try again in a moment.") from exc
+
     def edit_apartment(self, apartment_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
         payload = checked(ApartmentEdit, payload)
+        if payload.get("indoor_monitor_mac") and self.monitor_macs is not None:
+            apartment = self._load(Apartment, apartment_id)
+            if payload["indoor_monitor_mac"] != apartment.indoor_monitor_mac:
+                self._keep_monitor_mac(payload["indoor_monitor_mac"], apartment.id)
 
         # Linked sites are accounts' knowledge; until it is asked, no resident counts as linked.
         def command() -> tuple[dict[str, Any], list[Any]]:

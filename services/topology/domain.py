@@ -351,14 +351,9 @@ class Building(Aggregate):
         self, community: Community, *, apartment_id: UUID | None = None, **fields: Any
     ) -> Apartment:
         """A new APT and its resident (ApartmentCreate fields); the building reserves the number."""
-        self._check_live()
-        self._check_in(community)
+        self.check_new_apartment(community, **fields)
         settings = _copy(fields)
         resident = settings.pop("resident")
-        errors = _monitor_missing(settings, community)
-        if errors:
-            raise Invalid.fields(errors)
-        self._check_number_free(settings["number"], apartment_id=None)
         apartment = Apartment(
             apartment_id=apartment_id or uuid4(),
             building_id=self.id,
@@ -404,6 +399,16 @@ class Building(Aggregate):
         self, building_id: UUID, community_id: UUID, apartment_id: UUID, number: str
     ) -> None:
         self.apartments.pop(number, None)
+
+    def check_new_apartment(self, community: Community, **fields: Any) -> None:
+        """What `add_apartment` checks before it records anything: asked first too when
+        another context must keep something for the APT (its indoor monitor's MAC)."""
+        self._check_live()
+        self._check_in(community)
+        errors = _monitor_missing(fields, community)
+        if errors:
+            raise Invalid.fields(errors)
+        self._check_number_free(fields["number"], apartment_id=None)
 
     def _check_number_free(self, number: str, apartment_id: UUID | None) -> None:
         holder = self.apartments.get(number)

@@ -17,7 +17,7 @@ def mails(platform: Platform) -> list[Path]:
     return sorted(folder.glob("*.eml")) if folder.exists() else []
 
 
-def new_installer(platform: Platform) -> tuple[str, str]:
+def new_installer(platform: Platform) -> tuple[str, str, str]:
     name = f"inst{uuid.uuid4().hex[:8]}"
     status, created = platform.call("POST", "/api/v1/installers",
                                     {"username": name, "password": "installer-pw-1",
@@ -27,12 +27,12 @@ def new_installer(platform: Platform) -> tuple[str, str]:
     status, session = platform.call("POST", "/api/v1/auth/login",
                                     {"username": name, "password": "installer-pw-1"})
     assert status == 200, session
-    return name, session["token"]
+    return name, session["token"], created["id"]
 
 
 def test_an_installer_sets_up_a_community_and_a_resident_gets_an_account(
         platform: Platform) -> None:
-    name, token = new_installer(platform)
+    name, token, installer = new_installer(platform)
     status, bad = platform.call("POST", "/api/v1/communities",
                                 {"name": "", "feature_plan": "gold", "time_zone": "Mars/Base"},
                                 token)
@@ -54,12 +54,27 @@ def test_an_installer_sets_up_a_community_and_a_resident_gets_an_account(
     assert status == 422  # the Basic plan needs an indoor monitor in every apartment
     assert "indoor_monitor_mac" in problem["errors"]
     apartment_body["indoor_monitor_mac"] = "0c:11:05:aa:bb:cc"
+    status, problem = platform.call("POST", f"/api/v1/buildings/{building['id']}/apartments",
+                                    apartment_body, token)
+    assert status == 422  # a MAC not in the installer's MAC library
+    assert list(problem["errors"]) == ["indoor_monitor_mac"]
+    status, _ = platform.call("POST", f"/api/v1/installers/{installer}/mac-library",
+                              {"mac": "0C1105AABBCC"}, platform.distributor_token())
+    assert status == 201
     status, apartment = platform.call(
         "POST", f"/api/v1/buildings/{building['id']}/apartments", apartment_body, token)
     assert status == 201
     status, _ = platform.call("POST", f"/api/v1/buildings/{building['id']}/apartments",
                               apartment_body, token)
     assert status == 409  # the APT number is taken in this building
+
+    def monitor() -> list[dict[str, Any]]:  # the Basic plan's indoor monitor, a real device
+        _, page = platform.call("GET", f"/api/v1/apartments/{apartment['id']}/devices", None,
+                                token)
+        return page["items"]
+
+    [installed] = eventually(monitor)
+    assert (installed["mac"], installed["type_name"]) == ("0C1105AABBCC", "indoor_monitor")
 
     def resident_has_account() -> list[dict[str, Any]]:
         _, page = platform.call("GET", f"/api/v1/communities/{community['id']}/residents",
@@ -97,8 +112,8 @@ def test_an_installer_sets_up_a_community_and_a_resident_gets_an_account(
 
 
 def test_installers_never_see_each_others_data(platform: Platform) -> None:
-    _, owner = new_installer(platform)
-    _, other = new_installer(platform)
+    _, owner, _ = new_installer(platform)
+    _, other, _ = new_installer(platform)
     status, community = platform.call("POST", "/api/v1/communities",
                                       {"name": "Private", "feature_plan": "premium",
                                        "time_zone": "UTC"}, owner)
@@ -116,7 +131,7 @@ def test_installers_never_see_each_others_data(platform: Platform) -> None:
 def test_bad_requests_get_problem_details_never_a_500(platform: Platform) -> None:
     status, problem = platform.call("GET", "/api/v1/communities")
     assert status == 401 and problem["status"] == 401
-    _, token = new_installer(platform)
+    _, token, _ = new_installer(platform)
     status, problem = platform.call("GET", "/api/v1/communities?page=0&per_page=1000", None,
                                     token)
     assert status == 422 and {"page", "per_page"} <= set(problem["errors"])

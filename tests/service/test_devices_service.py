@@ -21,6 +21,7 @@ from concierge.config import Settings
 from concierge.rebuild import rebuild
 from concierge.runtime import Wiring
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound
+from services.devices.application import DevicesApplication
 from services.devices.declaration import CONTEXT as DEVICES
 from services.devices.service import DevicesService
 from services.topology.declaration import CONTEXT as TOPOLOGY
@@ -95,6 +96,9 @@ def wirings(request: pytest.FixtureRequest, tmp_path: Path, store: str, schema_p
     logs["topology"] = topology.read_log
     devices = DEVICES.wire(settings, read_remote=read)
     logs["devices"] = devices.read_log
+    devices_app = devices.app
+    assert isinstance(devices_app, DevicesApplication)
+    topology.app.monitor_macs = devices_app.reserve_mac  # what the RPC call runs
     yield devices, topology
     devices.close()
     topology.close()
@@ -464,3 +468,77 @@ def _rows(wiring: Wiring) -> dict[str, list[tuple[Any, ...]]]:
             for table in model.metadata.sorted_tables:
                 out[table.name] = sorted(tuple(map(str, r)) for r in conn.execute(select(table)))
     return out
+
+
+# --- the indoor monitor an APT is added with ---------------------------------------------------
+
+
+def basic_site(sites: TopologyService) -> tuple[str, str]:
+    community = sites.create_community(LUNA_CTX, {"name": "Basic", "feature_plan": "basic"})["id"]
+    building = sites.add_building(LUNA_CTX, community, {"name": "A"})["id"]
+    return community, building
+
+
+def apt(number: str, mac: str | None, **fields: Any) -> dict[str, Any]:
+    return {"number": number, "indoor_monitor_mac": mac, **fields,
+            "resident": {"first_name": "Lily", "last_name": "Green"}}
+
+
+def test_an_apartment_s_indoor_monitor_becomes_a_device(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring) -> None:
+    _, building = basic_site(sites)
+    with pytest.raises(Invalid) as foreign:
+        sites.add_apartment(LUNA_CTX, building, apt("101", "0C11050B0001"))
+    assert list(foreign.value.errors) == ["indoor_monitor_mac"]
+    register(svc, "0C11050B0001", "0C11050B0002")
+    added = sites.add_apartment(LUNA_CTX, building, apt(
+        "101", "0c:11:05:0b:00:01", indoor_monitor_name="Hall", indoor_monitor_relays=["Light"],
+        indoor_monitor_arming_function=True))["id"]
+    deliver(wiring)
+    (monitor,) = svc.list_devices(LUNA_CTX, "apartment", added)["items"]
+    assert (monitor["mac"], monitor["name"], monitor["type"]) == ("0C11050B0001", "Hall", 2)
+    detail = svc.get_device(LUNA_CTX, monitor["id"])
+    assert (detail["arming"], detail["builtin_relays"]) == (True, ["Light"])
+    assert svc.list_macs(LUNA_CTX, {"in_use": True})["total"] == 1
+
+    with pytest.raises(Conflict) as used:  # the MAC of another APT's monitor
+        sites.add_apartment(LUNA_CTX, building, apt("102", "0C11050B0001"))
+    assert list(used.value.errors) == ["indoor_monitor_mac"]
+    with pytest.raises(Conflict) as number:  # topology's own refusal keeps no MAC
+        sites.add_apartment(LUNA_CTX, building, apt("101", "0C11050B0002"))
+    assert list(number.value.errors) == ["number"]
+    sites.add_apartment(LUNA_CTX, building, apt("102", "0C11050B0002"))
+
+
+def test_a_new_monitor_mac_replaces_the_monitor_and_frees_the_old_one(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring) -> None:
+    _, building = basic_site(sites)
+    register(svc, "0C11050B0001", "0C11050B0002", "0C11050B0003")
+    added = sites.add_apartment(LUNA_CTX, building, apt("101", "0C11050B0001"))["id"]
+    deliver(wiring)
+    sites.edit_apartment(LUNA_CTX, added, {"indoor_monitor_mac": "0C11050B0002"})
+    deliver(wiring)
+    assert [d["mac"] for d in svc.list_devices(LUNA_CTX, "apartment", added)["items"]] == [
+        "0C11050B0002"]
+    assert [m["mac"] for m in svc.list_macs(LUNA_CTX, {"in_use": False})["items"]] == [
+        "0C11050B0003", "0C11050B0001"]
+    with pytest.raises(Invalid) as foreign:
+        sites.edit_apartment(LUNA_CTX, added, {"indoor_monitor_mac": "0C11050B0099"})
+    assert list(foreign.value.errors) == ["indoor_monitor_mac"]
+
+
+def test_a_deleted_apartment_takes_its_devices_and_frees_their_macs(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring) -> None:
+    community, building = basic_site(sites)
+    register(svc, "0C11050B0001", "0C11050B0002", "0C11050B0003")
+    added = sites.add_apartment(LUNA_CTX, building, apt("101", "0C11050B0001"))["id"]
+    deliver(wiring)
+    svc.add_device(LUNA_CTX, "apartment", added,
+                   {"type": 1, "mac": "0C11050B0002", "name": "Door"})
+    svc.add_device(LUNA_CTX, "building", building,
+                   {"type": 0, "mac": "0C11050B0003", "name": "Lobby"})
+    sites.delete_apartment(LUNA_CTX, added)
+    deliver(wiring)
+    assert [d["name"] for d in svc.list_devices(LUNA_CTX, "community", community)["items"]] == [
+        "Lobby"]
+    assert svc.list_macs(LUNA_CTX, {"in_use": False})["total"] == 2

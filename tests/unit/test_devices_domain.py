@@ -4,6 +4,7 @@ settings each type has, and the shapes the contract takes (MACs, CSV rows, relay
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from services.devices.application import new_sip
 from services.devices.domain import Device, KnownCommunity, Mac
 
 LUNA, MARK = str(uuid.uuid4()), str(uuid.uuid4())
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
 def community(*buildings: str) -> KnownCommunity:
@@ -63,22 +65,41 @@ def test_a_mac_has_one_id_whatever_its_owner() -> None:
 def test_a_mac_is_used_by_one_device_of_its_owner() -> None:
     mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id=None)
     with pytest.raises(Invalid) as foreign:
-        mac.assign("d1", MARK)
+        mac.assign("d1", MARK, NOW)
     assert list(foreign.value.errors) == ["mac"]
-    mac.assign("d1", LUNA)
+    mac.assign("d1", LUNA, NOW)
     with pytest.raises(Conflict) as used:
-        mac.assign("d2", LUNA)
+        mac.assign("d2", LUNA, NOW)
     assert list(used.value.errors) == ["mac"]
     mac.free("d2")  # another device's freeing changes nothing
     assert mac.device_id == "d1"
     mac.free("d1")
-    mac.assign("d2", LUNA)
+    mac.assign("d2", LUNA, NOW)
     assert mac.device_id == "d2"
+
+
+def test_a_mac_kept_for_an_apartment_goes_to_that_apartment_until_it_lapses() -> None:
+    mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id=None)
+    with pytest.raises(Invalid):
+        mac.reserve("apt-1", MARK, NOW)
+    mac.reserve("apt-1", LUNA, NOW)
+    mac.reserve("apt-1", LUNA, NOW)  # asked again (a retried request): still its
+    with pytest.raises(Conflict) as kept:
+        mac.reserve("apt-2", LUNA, NOW + timedelta(minutes=9))
+    assert list(kept.value.errors) == ["mac"]
+    with pytest.raises(Conflict):
+        mac.assign("d1", LUNA, NOW, apartment_id=None)
+    mac.assign("d1", LUNA, NOW + timedelta(minutes=1), apartment_id="apt-1")
+    assert (mac.device_id, mac.reserved_for) == ("d1", None)
+    lapsed = Mac(mac="0C11050B9815", installer_id=LUNA, distributor_id=None)
+    lapsed.reserve("apt-1", LUNA, NOW)
+    lapsed.assign("d2", LUNA, NOW + timedelta(minutes=11))  # its APT never came
+    assert lapsed.device_id == "d2"
 
 
 def test_a_mac_in_use_stays_in_the_library() -> None:
     mac = Mac(mac="0C11050B9814", installer_id=LUNA, distributor_id=None)
-    mac.assign("d1", LUNA)
+    mac.assign("d1", LUNA, NOW)
     with pytest.raises(Conflict):
         mac.release(LUNA)
     with pytest.raises(NotFound):
@@ -87,7 +108,7 @@ def test_a_mac_in_use_stays_in_the_library() -> None:
     mac.release(LUNA)
     assert mac.released and not mac.owned_by(LUNA)
     with pytest.raises(Invalid):
-        mac.assign("d3", LUNA)  # released: in nobody's library
+        mac.assign("d3", LUNA, NOW)  # released: in nobody's library
 
 
 def test_a_registered_mac_is_a_duplicate_or_taken_and_a_released_one_is_free() -> None:
