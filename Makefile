@@ -50,11 +50,14 @@ TOPOLOGY_UNIT := tests/unit/test_topology_domain.py tests/unit/test_topology_con
 	tests/unit/test_openapi_rules.py
 ACCOUNTS_UNIT := tests/unit/test_accounts_domain.py tests/unit/test_accounts_contracts.py \
 	tests/unit/test_accounts_application.py
+DEVICES_UNIT := tests/unit/test_devices_domain.py
 mutation: $(STAMP)
 	$(BIN)/python tools/mutation.py services/topology/domain.py $(TOPOLOGY_UNIT)
 	$(BIN)/python tools/mutation.py contracts/topology.py $(TOPOLOGY_UNIT)
 	$(BIN)/python tools/mutation.py services/accounts/domain.py $(ACCOUNTS_UNIT)
 	$(BIN)/python tools/mutation.py contracts/accounts.py $(ACCOUNTS_UNIT)
+	$(BIN)/python tools/mutation.py services/devices/domain.py $(DEVICES_UNIT)
+	$(BIN)/python tools/mutation.py contracts/devices.py $(DEVICES_UNIT)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

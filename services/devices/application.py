@@ -282,6 +282,12 @@ class DevicesApplication(ServiceApplication):
                     raise NotFound("APT not found.")
                 home.device_installed(device_id=str(device.id), monitor=False)
                 changed.append(home)
+            else:
+                site = self._get(KnownCommunity, KnownCommunity.id_for(community.community_id))
+                if site is None or site.deleted:
+                    raise NotFound("Community not found.")
+                site.public_device_installed(device_id=str(device.id), building_id=building_id)
+                changed.append(site)
             return {"id": str(device.id), "sip": device.sip}, changed
 
         return self.execute(command)
@@ -345,8 +351,10 @@ class DevicesApplication(ServiceApplication):
 
         self.execute(command)
 
-    def _uninstall(self, device: Device, home: KnownApartment | None = None) -> list[Any]:
-        """Remove a device and free its MAC; the aggregates changed."""
+    def _uninstall(self, device: Device, home: KnownApartment | None = None,
+                   site: KnownCommunity | None = None) -> list[Any]:
+        """Remove a device and free its MAC; the aggregates changed (but `home` and `site`,
+        which the caller holds and records)."""
         device.remove()
         changed: list[Any] = [device]
         mac = self._get(Mac, Mac.id_for(device.mac))
@@ -360,6 +368,13 @@ class DevicesApplication(ServiceApplication):
                     changed.append(home)
             if home is not None:
                 home.device_removed(device_id=str(device.id))
+        else:
+            if site is None:
+                site = self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
+                if site is not None:
+                    changed.append(site)
+            if site is not None:
+                site.public_device_removed(device_id=str(device.id))
         return changed
 
     def list_devices(self, area: str, area_id: Any, **query: Any) -> dict[str, Any]:
@@ -411,7 +426,9 @@ class DevicesApplication(ServiceApplication):
             if kind == "CommunityDeleted":
                 if community.deleted:
                     return []
+                changed = [community, *self._uninstall_public(community, None)]
                 community.forget()
+                return changed
             elif kind in ("BuildingAdded", "BuildingEdited"):
                 name = data.get("name") or (data.get("changes") or {}).get("name")
                 building = envelope["stream_id"]
@@ -424,12 +441,26 @@ class DevicesApplication(ServiceApplication):
             elif kind == "BuildingDeleted":
                 if envelope["stream_id"] not in community.buildings:
                     return []
+                changed = [community, *self._uninstall_public(community, envelope["stream_id"])]
                 community.forget_building(building_id=envelope["stream_id"])
+                return changed
             return [community]
         except (KeyError, Invalid, Conflict) as exc:
             log.error("devices refused topology %s of %s (position %s): %r", kind,
                       envelope.get("stream_id"), envelope.get("position"), exc)
             return []
+
+    def _uninstall_public(self, site: KnownCommunity, building_id: str | None) -> list[Any]:
+        """A deleted building's public devices (or, None, every public device of a deleted
+        community) go with it, and their MACs are free again."""
+        changed: list[Any] = []
+        for device_id in site.devices_of(building_id):
+            device = self._get(Device, _uuid(device_id))
+            if device is not None and not device.removed:
+                changed += [a for a in self._uninstall(device, site=site) if a is not site]
+            else:
+                site.public_device_removed(device_id=device_id)
+        return changed
 
     def _install_monitor(self, home: KnownApartment, data: Mapping[str, Any],
                          envelope: Mapping[str, Any]) -> list[Any]:

@@ -8,6 +8,7 @@ or installer it has not heard of yet.
 
 from __future__ import annotations
 
+from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
 from concierge.runtime import Wiring
 from contracts.accounts import EVENT_SCHEMAS as ACCOUNTS_SCHEMAS
@@ -30,6 +31,32 @@ def catch_up_on_miss(wiring: Wiring) -> None:
     app.catch_up_sources = catch_up
 
 
+# MACs in the demo installer's library, so that a newcomer can add a device straight away.
+DEMO_MACS = ("0C1105000001", "0C1105000002", "0C1105000003", "0C1105000004", "0C1105000005")
+
+
+def demo_macs(settings: Settings) -> list[str]:
+    """`concierge up`: the bootstrap distributor registers a few MACs to the demo installer
+    (accounts' demo made both; registering again changes nothing)."""
+    from concierge.rpc import ClusterRpcProxy
+
+    # The demo's logins are accounts' (its declaration); the calls are over RPC as any
+    # client's. Demo tooling only: no service imports another's code at run time.
+    from services.accounts.declaration import DEMO_INSTALLER, parse_bootstrap_distributor
+
+    distributor, password = parse_bootstrap_distributor(settings.bootstrap_distributor)
+    username, installer_password, _ = DEMO_INSTALLER
+    with ClusterRpcProxy(settings.nameko_config(), timeout=30) as rpc:
+        session = rpc.accounts.login({"username": distributor, "password": password})
+        dist = rpc.accounts.authenticate(session["token"])
+        mine = rpc.accounts.login({"username": username, "password": installer_password})
+        installer = rpc.accounts.authenticate(mine["token"])["installer_id"]
+        ctx = {"actor": f"distributor:{distributor}", "role": "distributor",
+               "installer_id": None, "account_id": dist["account_id"]}
+        rpc.devices.import_macs(ctx, installer, {"csv": "\n".join(DEMO_MACS)})
+    return [f"MAC library:  {', '.join(DEMO_MACS)} (the demo installer's, for devices)"]
+
+
 CONTEXT = BoundedContext(
     name="devices",
     service="services.devices.service:DevicesService",
@@ -43,4 +70,5 @@ CONTEXT = BoundedContext(
     ],
     event_schemas=EVENT_SCHEMAS,
     started=[catch_up_on_miss],
+    demo="services.devices.declaration:demo_macs",
 )

@@ -185,6 +185,21 @@ class KnownCommunity(Aggregate):
         self.name = name
         self.buildings: dict[str, str] = {}  # building id -> name
         self.deleted = False
+        # Devices in its public areas: device id -> its building (None: the community's own).
+        self.public_devices: dict[str, str | None] = {}
+
+    @event("PublicDeviceInstalled")
+    def public_device_installed(self, device_id: str, building_id: str | None) -> None:
+        self.public_devices[device_id] = building_id
+
+    @event("PublicDeviceRemoved")
+    def public_device_removed(self, device_id: str) -> None:
+        self.public_devices.pop(device_id, None)
+
+    def devices_of(self, building_id: str | None = None) -> list[str]:
+        """The public devices of a building's area, or of every area (None)."""
+        return [d for d, b in self.public_devices.items()
+                if building_id is None or b == building_id]
 
     @event("BuildingKnown")
     def know_building(self, building_id: str, name: str) -> None:

@@ -790,11 +790,27 @@ class ResidentsQuery(ListQuery):
     building_id = fields.UUID()
 
 
+class QueryBoolean(fields.Boolean):
+    """A query-string boolean, spelled as JSON spells one: "true" or "false" (marshmallow's
+    own takes "1", "on", "yes"..., which the OpenAPI document's boolean does not)."""
+
+    truthy = {"true"}
+    falsy = {"false"}
+
+
+class CascadeQuery(Schema):
+    """Deleting what still holds something: only with the explicit confirmation."""
+
+    cascade = QueryBoolean(load_default=False, metadata={"description": (
+        "true: delete what it holds too (buildings, APTs, their residents' accounts and "
+        "devices, each through its own context's events; the MACs go back to the library).")})
+
+
 class MacLibraryQuery(ListQuery):
     """The installer's MAC library: search by MAC, filter by whether a device uses it."""
 
     sort = _sort(MAC_SORTS)
-    in_use = fields.Boolean()
+    in_use = QueryBoolean()
 
 
 class DevicesQuery(ListQuery):

@@ -30,6 +30,7 @@ from services.gateway.declaration import CONTEXT
 from services.gateway.http import (
     BuildingsQuery,
     Call,
+    CascadeQuery,
     CommunitiesQuery,
     DevicesQuery,
     MacLibraryQuery,
@@ -148,9 +149,11 @@ class GatewayService:
         return self.topology.edit_community(call.ctx, community_id, call.body)
 
     @api("DELETE", COMMUNITY, summary="Delete a community", tag="communities", status=204,
-         returns=None, roles=INSTALLER)
+         returns=None, roles=INSTALLER, query=CascadeQuery, errors=(409,),
+         description="One that still holds buildings is kept (409, saying what it holds) "
+                     "unless `cascade=true`.")
     def delete_community(self, call: Call, community_id: str) -> Any:
-        self.topology.delete_community(call.ctx, community_id)
+        self.topology.delete_community(call.ctx, community_id, call.query["cascade"])
 
     @api("GET", f"{COMMUNITY}/residents", summary="List a community's residents",
          tag="residents", query=ResidentsQuery, returns="Page", roles=INSTALLER)
@@ -180,9 +183,11 @@ class GatewayService:
         return self.topology.edit_building(call.ctx, building_id, call.body)
 
     @api("DELETE", BUILDING, summary="Delete a building", tag="buildings", status=204,
-         returns=None, roles=INSTALLER)
+         returns=None, roles=INSTALLER, query=CascadeQuery, errors=(409,),
+         description="One that still holds APTs is kept (409, saying what it holds) unless "
+                     "`cascade=true`.")
     def delete_building(self, call: Call, building_id: str) -> Any:
-        self.topology.delete_building(call.ctx, building_id)
+        self.topology.delete_building(call.ctx, building_id, call.query["cascade"])
 
     # --- apartments -------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
 from contracts import checked
-from contracts.errors import Busy, ConciergeError, Forbidden, NotFound
+from contracts.errors import Busy, ConciergeError, Conflict, Forbidden, NotFound
 from contracts.topology import (
     EVENT_SCHEMAS,
     ApartmentCreate,
@@ -126,14 +126,32 @@ class TopologyApplication(ServiceApplication):
 
         return self.execute(command)
 
-    def delete_community(self, community_id: Any) -> None:
-        """Refused (Conflict) while the community holds buildings: nothing is orphaned."""
+    def delete_community(self, community_id: Any, cascade: bool = False) -> None:
+        """Refused (Conflict, saying what it holds) while the community holds buildings, unless
+        `cascade`: then each building goes first with its APTs (a command each, so a large
+        community is never one huge transaction; a retry after a failure goes on where it
+        stopped), and every other context reacts to those events (accounts closes the
+        residents' accounts, devices removes the devices and frees their MACs)."""
+        if cascade:
+            community = self._load(Community, community_id)
+            for building_id in list(community.buildings):
+                self.delete_building(building_id, cascade=True)
+
         def command() -> tuple[None, list[Any]]:
             community = self._load(Community, community_id)
+            if community.buildings:
+                raise self._holds(community)
             community.delete()
             return None, [community]
 
         self.execute(command)
+
+    def _holds(self, community: Community) -> Conflict:
+        buildings = len(community.buildings)
+        apartments = sum(len(self._load(Building, b).apartments) for b in community.buildings)
+        message = (f"The community still holds {buildings} building(s) and {apartments} APT(s):"
+                   " delete them first, or confirm with cascade=true to delete them with it.")
+        return Conflict(message, {"cascade": [message]})
 
     # -- building ---------------------------------------------------------------------------
     def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
@@ -156,11 +174,26 @@ class TopologyApplication(ServiceApplication):
 
         return self.execute(command)
 
-    def delete_building(self, building_id: Any) -> None:
+    def delete_building(self, building_id: Any, cascade: bool = False) -> None:
+        """Refused (Conflict) while it holds APTs, unless `cascade`: then its APTs are deleted
+        with it, in the same transaction."""
         def command() -> tuple[None, list[Any]]:
             building, community = self._building_and_community(building_id)
+            changed: list[Any] = [building, community]
+            if building.apartments and not cascade:
+                message = (f"The building still holds {len(building.apartments)} APT(s): "
+                           "delete them first, or confirm with cascade=true to delete them "
+                           "with it.")
+                raise Conflict(message, {"cascade": [message]})
+            held = self.get_many(list(building.apartments.values()))
+            for apartment_id in list(building.apartments.values()):
+                apartment = held.get(apartment_id)
+                if apartment is None:
+                    apartment = self._load(Apartment, apartment_id)
+                apartment.delete(building)
+                changed.append(apartment)
             building.delete(community)
-            return None, [building, community]
+            return None, changed
 
         self.execute(command)
 

@@ -55,8 +55,8 @@ class TopologyService(ServiceBase):
 
     @rpc
     @command
-    def delete_community(self, ctx: Ctx, community_id: Any) -> None:
-        self.app.delete_community(community_id)
+    def delete_community(self, ctx: Ctx, community_id: Any, cascade: Any = False) -> None:
+        self.app.delete_community(community_id, cascade=cascade is True)
 
     # -- building ---------------------------------------------------------------------------
     @rpc
@@ -81,8 +81,8 @@ class TopologyService(ServiceBase):
 
     @rpc
     @command
-    def delete_building(self, ctx: Ctx, building_id: Any) -> None:
-        self.app.delete_building(building_id)
+    def delete_building(self, ctx: Ctx, building_id: Any, cascade: Any = False) -> None:
+        self.app.delete_building(building_id, cascade=cascade is True)
 
     # -- apartment and resident -------------------------------------------------------------
     @rpc

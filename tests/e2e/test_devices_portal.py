@@ -122,3 +122,36 @@ def test_another_installers_devices_and_macs_are_not_found(platform: Platform) -
         assert status == 404, (method, path, problem)
     status, macs = platform.call("GET", "/api/v1/mac-library", token=stranger)
     assert status == 200 and macs["total"] == 0
+
+
+def test_a_community_with_contents_is_deleted_only_when_confirmed(platform: Platform) -> None:
+    installer, token = an_installer(platform)
+    platform.call("POST", f"/api/v1/installers/{installer}/mac-library/import",
+                  {"csv": "0C11050D0001\n0C11050D0002"}, platform.distributor_token())
+    community, building = platform.community_with_building(token, "Old Mill")
+    status, apartment = platform.call("POST", f"/api/v1/buildings/{building}/apartments", {
+        "number": "101", "resident": {"first_name": "Ann", "last_name": "Lee"}}, token)
+    assert status == 201, apartment
+    for area, area_id, kind, mac in (("apartments", apartment["id"], 2, "0C11050D0001"),
+                                     ("communities", community, 0, "0C11050D0002")):
+        status, added = platform.call("POST", f"/api/v1/{area}/{area_id}/devices",
+                                      {"type": kind, "mac": mac, "name": "D"}, token)
+        assert status == 201, added
+
+    status, kept = platform.call("DELETE", f"/api/v1/communities/{community}", token=token)
+    assert status == 409 and list(kept["errors"]) == ["cascade"]
+    assert "1 building(s) and 1 APT(s)" in kept["detail"]
+    status, bad = platform.call("DELETE", f"/api/v1/communities/{community}?cascade=yes",
+                                token=token)
+    assert status == 422 and list(bad["errors"]) == ["cascade"]
+    status, _ = platform.call("DELETE", f"/api/v1/communities/{community}?cascade=true",
+                              token=token)
+    assert status == 204
+    status, _ = platform.call("GET", f"/api/v1/apartments/{apartment['id']}", token=token)
+    assert status == 404
+
+    def free() -> bool:
+        _, macs = platform.call("GET", "/api/v1/mac-library?in_use=false", token=token)
+        return macs["total"] == 2
+
+    eventually(free)  # devices removed both devices and freed their MACs

@@ -542,3 +542,37 @@ def test_a_deleted_apartment_takes_its_devices_and_frees_their_macs(
     assert [d["name"] for d in svc.list_devices(LUNA_CTX, "community", community)["items"]] == [
         "Lobby"]
     assert svc.list_macs(LUNA_CTX, {"in_use": False})["total"] == 2
+
+
+def test_a_building_or_community_with_contents_goes_only_when_confirmed(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring) -> None:
+    community, building, apartment = a_site(sites)
+    other = sites.add_building(LUNA_CTX, community, {"name": "Building B"})["id"]
+    register(svc, *(f"0C11050B000{n}" for n in range(4)))
+    for n, (area, area_id, kind) in enumerate((
+            ("apartment", apartment, 2), ("building", building, 0), ("building", other, 0),
+            ("community", community, 0))):
+        svc.add_device(LUNA_CTX, area, area_id,
+                       {"type": kind, "mac": f"0C11050B000{n}", "name": f"D{n}"})
+    with pytest.raises(Conflict) as kept:
+        sites.delete_building(LUNA_CTX, building)
+    assert list(kept.value.errors) == ["cascade"] and "1 APT" in kept.value.detail
+    with pytest.raises(Conflict) as whole:
+        sites.delete_community(LUNA_CTX, community)
+    assert "2 building(s) and 1 APT(s)" in whole.value.detail
+
+    sites.delete_building(LUNA_CTX, building, True)
+    deliver(wiring)
+    assert sorted(d["name"] for d in svc.list_devices(LUNA_CTX, "community", community)[
+        "items"]) == ["D2", "D3"]
+    assert svc.list_macs(LUNA_CTX, {"in_use": True})["total"] == 2
+    with pytest.raises(NotFound):
+        sites.get_apartment(LUNA_CTX, apartment)
+
+    sites.delete_community(LUNA_CTX, community, True)
+    deliver(wiring)
+    assert svc.list_macs(LUNA_CTX, {"in_use": False})["total"] == 4
+    with pytest.raises(NotFound):
+        svc.list_devices(LUNA_CTX, "community", community)
+    with pytest.raises(NotFound):
+        sites.get_community(LUNA_CTX, community)
