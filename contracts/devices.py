@@ -318,7 +318,10 @@ class DeviceCreate(_DeviceFields):
                            load_default="apt_numbers_monitors_and_apps")
 
     state_rules = {"mac": "in the installer's MAC library and used by no other device",
-                   "buildings": "buildings of the device's community (community area only)"}
+                   "buildings": "buildings of the device's community (community area only)",
+                   "type": "one the area takes: an APT its door phone, indoor monitor or "
+                           "access control; a public area the others",
+                   "door_hold_open": "only for a device in an APT"}
 
     @validates_schema
     @documented(**{"allOf": [
@@ -343,7 +346,12 @@ class DeviceEdit(_DeviceFields):
     """Edit Device: any subset of the settings (type and MAC stay: a new device is another)."""
 
     state_rules = {"static_ip": STATIC_IP_RULE,
-                   "buildings": "buildings of the device's community (community area only)"}
+                   "buildings": "buildings of the device's community (community area only)",
+                   "door_hold_open": "only for a device in an APT",
+                   "arming": "only an indoor monitor's", "builtin_relays":
+                   "only an indoor monitor's", "external_relay": "only an indoor monitor's",
+                   "relays": "not an indoor monitor's", "security_relay":
+                   "not an indoor monitor's"}
 
     @validates_schema
     def _fits(self, data: dict[str, Any], **_: Any) -> None:
@@ -387,6 +395,64 @@ def _device_rules(data: dict[str, Any]) -> dict[str, list[str]]:
         errors["buildings"] = [str(exc.messages[0]) if isinstance(exc.messages, list)
                                else str(exc.messages)]
     return errors
+
+
+# --- resident credentials ----------------------------------------------------------------------
+
+# What a resident opens doors with (manual: the relays' access methods). The manual gives no
+# formats; these are the usual ones: a PIN of 4 to 8 digits, card and tag numbers in hex (an RF
+# card's as printed, an NFC tag's UID), a phone's Bluetooth address (a MAC), and a face as the
+# id of the template a device or the app enrolled.
+CREDENTIAL_KINDS = ("pin", "rf_card", "face", "nfc", "bluetooth")
+# Unique within a community (a PIN typed at a shared door, a card held to it, opens one APT's
+# doors); the others are unique within the APT.
+COMMUNITY_UNIQUE = ("pin", "rf_card", "nfc")
+# The manual's Reset removes "PIN, face data, NFC, Bluetooth, and QR Codes"; RF cards are in
+# neither of its lists, and are kept (a card is a thing handed over with the keys).
+RESET_WIPES = ("pin", "face", "nfc", "bluetooth")
+CREDENTIALS_PER_APARTMENT = 50
+CREDENTIAL_PATTERNS = {
+    "pin": (r"^[0-9]{4,8}\Z", "A PIN is 4 to 8 digits."),
+    "rf_card": (r"^[0-9A-Fa-f]{4,20}\Z", "An RF card number is 4 to 20 hex digits."),
+    "face": (r"^[A-Za-z0-9._-]{1,128}\Z",
+             "A face template id is 1 to 128 letters, digits, '.', '_' or '-'."),
+    "nfc": (r"^[0-9A-Fa-f]{8,20}\Z", "An NFC tag UID is 8 to 20 hex digits."),
+    "bluetooth": (MAC_REGEX, MAC_MESSAGE),
+}
+HOLDER_MAX = 64
+
+
+def normal_credential(kind: str, value: str) -> str:
+    """The one stored form: hex upper-case, a Bluetooth address as 12 hex digits."""
+    if kind == "bluetooth":
+        return normal_mac(value) or value
+    return value.upper() if kind in ("rf_card", "nfc") else value
+
+
+class CredentialCreate(Schema):
+    """Add a credential to an APT: its kind, its value, and whose it is."""
+
+    kind = Text(required=True, validate=validate.OneOf(CREDENTIAL_KINDS))
+    value = Text(required=True, validate=validate.Length(min=1, max=128))
+    holder = Text(load_default=None, allow_none=True, validate=validate.Length(max=HOLDER_MAX),
+                  tidy=lambda text: text.strip() or None,
+                  metadata={"description": "whose it is (a resident's or family member's name)"})
+
+    state_rules = {"value": "unique within the community (PIN, RF card, NFC) or the APT"}
+
+    @validates_schema
+    @documented(allOf=[
+        {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+         "then": {"properties": {"value": {"pattern": pattern.replace("\\Z", "$")}}}}
+        for kind, (pattern, _) in CREDENTIAL_PATTERNS.items()])
+    def _fits(self, data: dict[str, Any], **_: Any) -> None:
+        kind, value = data.get("kind"), data.get("value")
+        if kind not in CREDENTIAL_PATTERNS or not isinstance(value, str):
+            return
+        pattern, message = CREDENTIAL_PATTERNS[kind]
+        if not re.match(pattern, value):
+            raise ValidationError(message, "value")
+        data["value"] = normal_credential(kind, value)
 
 
 # --- event data ------------------------------------------------------------------------------
@@ -453,6 +519,29 @@ class MacFreedSchema(MacAssignedSchema):
     pass
 
 
+class CredentialAddedSchema(_EventData):
+    apartment_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    credential_id = fields.String(required=True)
+    kind = fields.String(required=True)
+    holder = fields.String(allow_none=True)
+    # The value itself (a PIN) is not published: devices read it from devices' own API.
+
+
+class CredentialRemovedSchema(_EventData):
+    apartment_id = fields.String(required=True)
+    credential_id = fields.String(required=True)
+
+
+class CredentialsWipedSchema(_EventData):
+    """An APT's reset wiped these credentials (manual: Reset)."""
+
+    apartment_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    kinds = fields.List(fields.String(), required=True)
+    removed = fields.Integer(required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MacRegistered": MacRegisteredSchema,
     "MacRegisteredAgain": MacRegisteredSchema,
@@ -462,5 +551,8 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "DeviceAdded": DeviceAddedSchema,
     "DeviceEdited": DeviceEditedSchema,
     "DeviceRemoved": DeviceRemovedSchema,
+    "CredentialAdded": CredentialAddedSchema,
+    "CredentialRemoved": CredentialRemovedSchema,
+    "CredentialsWiped": CredentialsWipedSchema,
 }
 

@@ -57,6 +57,7 @@ __all__ = [
     "ApartmentAddedSchema",
     "ApartmentChanges",
     "ApartmentCreate",
+    "ApartmentCredentialsWipedSchema",
     "ApartmentDeletedSchema",
     "ApartmentEdit",
     "ApartmentEditedSchema",
@@ -599,7 +600,8 @@ CALL_SEQUENCE_ON_EDIT = {"allOf": [
 
 
 MONITOR_RULE = ("required while the community is on the basic plan, unless akubela smart home "
-                "is on.")
+                "is on; a MAC in the installer's MAC library that no other device uses (the "
+                "monitor becomes a device of the APT).")
 
 
 def _call_sequence_fits(data: dict[str, Any]) -> None:
@@ -847,6 +849,13 @@ class ApartmentResetSchema(_ApartmentIds):
     )
 
 
+class ApartmentCredentialsWipedSchema(_ApartmentIds):
+    """Devices wiped the APT's credentials for its reset (PIN, face, NFC, Bluetooth)."""
+
+    kinds = fields.List(fields.String(), required=True)
+    removed = fields.Integer(required=True)
+
+
 class ApartmentDeletedSchema(_ApartmentIds):
     number = fields.String(required=True)
 
@@ -869,5 +878,6 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "ApartmentEdited": ApartmentEditedSchema,
     "ResidentEdited": ResidentEditedSchema,
     "ApartmentReset": ApartmentResetSchema,
+    "ApartmentCredentialsWiped": ApartmentCredentialsWipedSchema,
     "ApartmentDeleted": ApartmentDeletedSchema,
 }

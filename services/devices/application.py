@@ -17,15 +17,20 @@ import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
+from concierge.envelope import Publishable
+from concierge.envelope import build as build_envelope
 from concierge.store import ServiceApplication
 from contracts import checked
 from contracts.devices import (
     DEVICE_TYPES,
+    EVENT_SCHEMAS,
+    RESET_WIPES,
+    CredentialCreate,
     DeviceCreate,
     DeviceEdit,
     MacImport,
@@ -34,7 +39,14 @@ from contracts.devices import (
     normal_mac,
 )
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound
-from services.devices.domain import Device, KnownApartment, KnownCommunity, KnownInstaller, Mac
+from services.devices.domain import (
+    CredentialClaim,
+    Device,
+    KnownApartment,
+    KnownCommunity,
+    KnownInstaller,
+    Mac,
+)
 from services.devices.projections import DevicesViews
 
 log = logging.getLogger(__name__)
@@ -44,7 +56,7 @@ INSTALLER = "installer"
 DISTRIBUTOR = "distributor"
 TOPOLOGY_EVENTS = frozenset({"CommunityCreated", "CommunityDeleted", "BuildingAdded",
                              "BuildingEdited", "BuildingDeleted", "ApartmentAdded",
-                             "ApartmentEdited", "ApartmentDeleted"})
+                             "ApartmentEdited", "ApartmentReset", "ApartmentDeleted"})
 MONITOR_NAME = "Indoor Monitor"  # an APT's monitor when the installer named none
 ACCOUNTS_EVENTS = frozenset({"PortalAccountCreated"})
 SIP_PREFIX = "59"  # the manual's SIP numbers are 10 digits, all starting 59
@@ -377,6 +389,79 @@ class DevicesApplication(ServiceApplication):
                 site.public_device_removed(device_id=str(device.id))
         return changed
 
+    def device_history(self, device_id: Any, page: int = 1, per_page: int = 10
+                       ) -> dict[str, Any]:
+        """A page of the device's events, oldest first: added, edited, credentials wiped by
+        its APT's reset, removed; who did it and when."""
+        device = self._device(device_id)
+        publishable = Publishable(EVENT_SCHEMAS)
+        items = []
+        for record in self.stream(device.id, after=(page - 1) * per_page, limit=per_page):
+            envelope = build_envelope(self.service_name, record, publishable=publishable)
+            items.append({"type": envelope["type"], "version": envelope["stream_version"],
+                          "occurred_at": envelope["occurred_at"], "actor": envelope["actor"],
+                          "data": envelope["data"]})
+        return {"items": items, "total": device.version, "page": page, "per_page": per_page}
+
+    # -- resident credentials ---------------------------------------------------------------
+    def _home(self, apartment_id: Any) -> KnownApartment:
+        installer = _installer()
+        self._area("apartment", apartment_id, installer)  # the caller's, or NotFound
+        home = self._get(KnownApartment, KnownApartment.id_for(str(_uuid(apartment_id))))
+        if home is None or home.deleted:
+            raise NotFound("APT not found.")
+        return home
+
+    def add_credential(self, apartment_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A resident's PIN, RF card, face, NFC tag or Bluetooth phone for an APT: 409 naming
+        `value` when the APT has it, or another APT of the community has the PIN, card or
+        tag."""
+        self._home(apartment_id)
+        data = checked(CredentialCreate, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            home = self._home(apartment_id)
+            credential_id = str(uuid4())
+            changed: list[Any] = [home]
+            if CredentialClaim.needed(data["kind"]):
+                claim_id = CredentialClaim.id_for(home.community_id, data["kind"], data["value"])
+                claim = self._get(CredentialClaim, claim_id)
+                if claim is None:
+                    claim = CredentialClaim(community_id=home.community_id, kind=data["kind"],
+                                            value=data["value"], apartment_id=home.apartment_id)
+                else:
+                    claim.claim_again(home.apartment_id)
+                changed.append(claim)
+            home.add_credential(credential_id, data["kind"], data["value"], data["holder"])
+            return {"id": credential_id}, changed
+
+        return self.execute(command)
+
+    def list_credentials(self, apartment_id: Any) -> dict[str, Any]:
+        home = self._home(apartment_id)
+        items = [{"id": i, **c} for i, c in sorted(home.credentials.items(),
+                                                    key=lambda item: item[1]["added_at"])]
+        return {"items": items, "total": len(items), "page": 1, "per_page": max(len(items), 1)}
+
+    def remove_credential(self, apartment_id: Any, credential_id: Any) -> None:
+        def command() -> tuple[None, list[Any]]:
+            home = self._home(apartment_id)
+            removed = home.remove_credential(str(credential_id))
+            return None, [home, *self._free_claims(home, [removed])]
+
+        self.execute(command)
+
+    def _free_claims(self, home: KnownApartment, removed: list[dict[str, Any]]) -> list[Any]:
+        freed = []
+        for credential in removed:
+            if CredentialClaim.needed(credential["kind"]):
+                claim = self._get(CredentialClaim, CredentialClaim.id_for(
+                    home.community_id, credential["kind"], credential["value"]))
+                if claim is not None and claim.apartment_id == home.apartment_id:
+                    claim.free()
+                    freed.append(claim)
+        return freed
+
     def list_devices(self, area: str, area_id: Any, **query: Any) -> dict[str, Any]:
         if area not in ("community", "building", "apartment"):
             raise NotFound("No such area.")
@@ -404,12 +489,14 @@ class DevicesApplication(ServiceApplication):
                                       community_id=str(data["community_id"]),
                                       installer_id=str(data["installer_id"]))
                 return [home, *self._install_monitor(home, data, envelope)]
-            if kind in ("ApartmentEdited", "ApartmentDeleted"):
+            if kind in ("ApartmentEdited", "ApartmentReset", "ApartmentDeleted"):
                 home = self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"]))
                 if home is None or home.deleted:
                     return []
                 if kind == "ApartmentEdited":
                     return self._monitor_changed(home, data.get("changes") or {}, envelope)
+                if kind == "ApartmentReset":
+                    return self._reset(home)
                 changed: list[Any] = [home]
                 for device_id in list(home.devices):  # its devices go with it
                     device = self._get(Device, _uuid(device_id))
@@ -449,6 +536,19 @@ class DevicesApplication(ServiceApplication):
             log.error("devices refused topology %s of %s (position %s): %r", kind,
                       envelope.get("stream_id"), envelope.get("position"), exc)
             return []
+
+    def _reset(self, home: KnownApartment) -> list[Any]:
+        """The manual's Reset wipes the APT's PINs, faces, NFC tags and Bluetooth phones: in
+        the APT's credential history and in each of its devices' histories."""
+        removed = home.wipe(RESET_WIPES)
+        changed: list[Any] = [home, *self._free_claims(home, removed)]
+        for device_id in home.devices:
+            device = self._get(Device, _uuid(device_id))
+            if device is not None and not device.removed:
+                device.credentials_wiped(apartment_id=home.apartment_id,
+                                         kinds=list(RESET_WIPES), removed=len(removed))
+                changed.append(device)
+        return changed
 
     def _uninstall_public(self, site: KnownCommunity, building_id: str | None) -> list[Any]:
         """A deleted building's public devices (or, None, every public device of a deleted

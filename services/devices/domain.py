@@ -26,7 +26,14 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
-from contracts.devices import ALL_BUILDINGS, AREA_TYPES, DEVICE_TYPES, type_rules
+from contracts.devices import (
+    ALL_BUILDINGS,
+    AREA_TYPES,
+    COMMUNITY_UNIQUE,
+    CREDENTIALS_PER_APARTMENT,
+    DEVICE_TYPES,
+    type_rules,
+)
 from contracts.errors import Conflict, Invalid, NotFound
 
 NAMESPACE = UUID("6d1c8a2e-5b7f-4c1d-9e0a-3f2b7c4d5e60")
@@ -239,6 +246,8 @@ class KnownApartment(Aggregate):
         self.deleted = False
         self.devices: list[str] = []  # the devices installed in the APT
         self.monitor_id: str | None = None  # the one its indoor monitor MAC made
+        # Its residents' credentials: id -> {kind, value, holder, added_at}.
+        self.credentials: dict[str, dict[str, Any]] = {}
 
     @event("ApartmentForgotten")
     def forget(self) -> None:
@@ -256,6 +265,87 @@ class KnownApartment(Aggregate):
             self.devices.remove(device_id)
         if self.monitor_id == device_id:
             self.monitor_id = None
+
+    def add_credential(self, credential_id: str, kind: str, value: str,
+                       holder: str | None) -> None:
+        """A resident's PIN, card, face, tag or phone; unique in the APT (and, for PINs, cards
+        and tags, in the community: `CredentialClaim`)."""
+        if self.deleted:
+            raise NotFound("APT not found.")
+        if any(c["kind"] == kind and c["value"] == value for c in self.credentials.values()):
+            raise Conflict("This APT already has this credential.",
+                           {"value": ["This APT already has this credential."]})
+        if len(self.credentials) >= CREDENTIALS_PER_APARTMENT:
+            raise Invalid.field("kind", f"An APT holds at most {CREDENTIALS_PER_APARTMENT} "
+                                        "credentials.")
+        self._credential_added(apartment_id=self.apartment_id, community_id=self.community_id,
+                               credential_id=credential_id, kind=kind, value=value,
+                               holder=holder)
+
+    @event("CredentialAdded")
+    def _credential_added(self, apartment_id: str, community_id: str, credential_id: str,
+                          kind: str, value: str, holder: str | None) -> None:
+        self.credentials[credential_id] = {"kind": kind, "value": value, "holder": holder,
+                                           "added_at": self.modified_on.isoformat()}
+
+    def remove_credential(self, credential_id: str) -> dict[str, Any]:
+        found = self.credentials.get(credential_id)
+        if found is None:
+            raise NotFound("Credential not found.")
+        self._credential_removed(apartment_id=self.apartment_id, credential_id=credential_id)
+        return found
+
+    @event("CredentialRemoved")
+    def _credential_removed(self, apartment_id: str, credential_id: str) -> None:
+        self.credentials.pop(credential_id, None)
+
+    def wipe(self, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+        """An APT's reset: its credentials of these kinds go (recorded even when none were
+        there, so the history says the reset wiped them); the ones removed."""
+        removed = [c for c in self.credentials.values() if c["kind"] in kinds]
+        self._wiped(apartment_id=self.apartment_id, community_id=self.community_id,
+                    kinds=list(kinds), removed=len(removed))
+        return removed
+
+    @event("CredentialsWiped")
+    def _wiped(self, apartment_id: str, community_id: str, kinds: list[str],
+               removed: int) -> None:
+        self.credentials = {i: c for i, c in self.credentials.items() if c["kind"] not in kinds}
+
+
+class CredentialClaim(Aggregate):
+    """A PIN, RF card or NFC tag taken in a community: the store refuses a second claim of the
+    same one, so two APTs of a community never open doors with the same PIN."""
+
+    @staticmethod
+    def id_for(community_id: str, kind: str, value: str) -> UUID:
+        return uuid5(NAMESPACE, f"credential:{community_id}:{kind}:{value}")
+
+    @staticmethod
+    def create_id(community_id: str, kind: str, value: str, apartment_id: str) -> UUID:
+        return CredentialClaim.id_for(community_id, kind, value)
+
+    @staticmethod
+    def needed(kind: str) -> bool:
+        return kind in COMMUNITY_UNIQUE
+
+    @event("CredentialClaimed")
+    def __init__(self, community_id: str, kind: str, value: str, apartment_id: str) -> None:
+        self.apartment_id: str | None = apartment_id
+
+    def claim_again(self, apartment_id: str) -> None:
+        if self.apartment_id is not None:
+            message = "Another APT of this community has this credential."
+            raise Conflict(message, {"value": [message]})
+        self._claimed_again(apartment_id=apartment_id)
+
+    @event("CredentialClaimedAgain")
+    def _claimed_again(self, apartment_id: str) -> None:
+        self.apartment_id = apartment_id
+
+    @event("CredentialFreed")
+    def free(self) -> None:
+        self.apartment_id = None
 
 
 class Device(Aggregate):
@@ -357,6 +447,10 @@ class Device(Aggregate):
     @event("DeviceRemoved")
     def remove(self) -> None:
         self.removed = True
+
+    @event("DeviceCredentialsWiped")
+    def credentials_wiped(self, apartment_id: str, kinds: list[str], removed: int) -> None:
+        """The reset of its APT wiped the credentials it opens doors for (its history)."""
 
 
 def _area_rules(area: str, settings: dict[str, Any]) -> dict[str, list[str]]:

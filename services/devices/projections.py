@@ -36,10 +36,15 @@ def _sort_field(keys: Sequence[str], default: str) -> fields.String:
                          validate=validate.OneOf([*keys, *(f"-{key}" for key in keys)]))
 
 
-class _ListQuery(Schema):
+class HistoryQuery(Schema):
+    """A page of a device's history, oldest first."""
+
     page = fields.Integer(load_default=1, validate=validate.Range(1, PAGE_MAX))
     per_page = fields.Integer(load_default=PER_PAGE_DEFAULT,
                               validate=validate.Range(1, PER_PAGE_MAX))
+
+
+class _ListQuery(HistoryQuery):
     q = contract_fields.Text(load_default=None, allow_none=True,
                              validate=validate.Length(max=Q_MAX))
 

@@ -10,7 +10,7 @@ from concierge.runtime import Runtime, ServiceBase
 from contracts import load
 from services.devices.application import DevicesApplication
 from services.devices.declaration import CONTEXT
-from services.devices.projections import DeviceListQuery, MacListQuery
+from services.devices.projections import DeviceListQuery, HistoryQuery, MacListQuery
 
 Ctx = dict[str, Any] | None
 
@@ -75,3 +75,24 @@ class DevicesService(ServiceBase):
     def list_devices(self, ctx: Ctx, area: Any, area_id: Any, query: Any = None
                      ) -> dict[str, Any]:
         return self.app.list_devices(str(area), area_id, **load(DeviceListQuery, query or {}))
+
+    @rpc
+    @command
+    def device_history(self, ctx: Ctx, device_id: Any, query: Any = None) -> dict[str, Any]:
+        return self.app.device_history(device_id, **load(HistoryQuery, query or {}))
+
+    # -- resident credentials ---------------------------------------------------------------
+    @rpc
+    @command
+    def add_credential(self, ctx: Ctx, apartment_id: Any, payload: Any) -> dict[str, Any]:
+        return self.app.add_credential(apartment_id, payload)
+
+    @rpc
+    @command
+    def list_credentials(self, ctx: Ctx, apartment_id: Any) -> dict[str, Any]:
+        return self.app.list_credentials(apartment_id)
+
+    @rpc
+    @command
+    def remove_credential(self, ctx: Ctx, apartment_id: Any, credential_id: Any) -> None:
+        self.app.remove_credential(apartment_id, credential_id)

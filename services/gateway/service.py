@@ -15,7 +15,7 @@ from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
 from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, LoginResponse
-from contracts.devices import DeviceCreate, DeviceEdit, MacImport, MacRegister
+from contracts.devices import CredentialCreate, DeviceCreate, DeviceEdit, MacImport, MacRegister
 from contracts.errors import Unauthorized
 from contracts.topology import (
     ApartmentCreate,
@@ -296,6 +296,33 @@ class GatewayService:
          status=204, returns=None, roles=INSTALLER)
     def remove_device(self, call: Call, device_id: str) -> Any:
         self.devices.remove_device(call.ctx, device_id)
+
+    @api("GET", f"{DEVICE}/history", summary="A device's event history, oldest first",
+         tag="devices", query=PageQuery, returns="Page", roles=INSTALLER)
+    def device_history(self, call: Call, device_id: str) -> Any:
+        return page(call, self.devices.device_history(call.ctx, device_id, call.query))
+
+    # --- resident credentials ---------------------------------------------------------------
+
+    @api("GET", f"{APARTMENT}/credentials", summary="An apartment's access credentials",
+         tag="credentials", roles=INSTALLER)
+    def list_credentials(self, call: Call, apartment_id: str) -> Any:
+        return self.devices.list_credentials(call.ctx, apartment_id)
+
+    @api("POST", f"{APARTMENT}/credentials", summary="Add an access credential (PIN, RF card, "
+         "face, NFC, Bluetooth)", tag="credentials", body=CredentialCreate, status=201,
+         returns="Created", roles=INSTALLER, errors=(409,),
+         description="A PIN, RF card or NFC tag is unique within the community; any "
+                     "credential is unique within its APT. An APT's reset wipes its PINs, "
+                     "faces, NFC tags and Bluetooth phones (RF cards stay).")
+    def add_credential(self, call: Call, apartment_id: str) -> Any:
+        return created(self.devices.add_credential(call.ctx, apartment_id, call.body))
+
+    @api("DELETE", f"{APARTMENT}/credentials/<uuid:credential_id>",
+         summary="Remove an access credential", tag="credentials", status=204, returns=None,
+         roles=INSTALLER)
+    def remove_credential(self, call: Call, apartment_id: str, credential_id: str) -> Any:
+        self.devices.remove_credential(call.ctx, apartment_id, credential_id)
 
 
 @cache

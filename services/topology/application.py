@@ -259,6 +259,20 @@ class TopologyApplication(ServiceApplication):
 
         self.execute(command)
 
+    # -- reactions to other contexts' events ------------------------------------------------
+    def on_devices_event(self, envelope: dict[str, Any]) -> list[Any]:
+        """Devices wiped an APT's credentials for its reset: the APT's history records it."""
+        data = envelope["data"]
+        try:
+            apartment = self.repository.get(UUID(str(data["apartment_id"])))
+        except (AggregateNotFoundError, ValueError, KeyError):
+            return []
+        if not isinstance(apartment, Apartment) or apartment.deleted:
+            return []
+        apartment.note_credentials_wiped(list(data.get("kinds") or []),
+                                         int(data.get("removed") or 0))
+        return [apartment]
+
     # -- queries ----------------------------------------------------------------------------
     def get_community(self, community_id: Any) -> dict[str, Any]:
         return self._community_view(self._load(Community, community_id))

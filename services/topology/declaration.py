@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from concierge import context
-from concierge.contexts import BoundedContext
+from concierge.contexts import BoundedContext, Policy
 from concierge.runtime import Wiring
+from contracts.devices import EVENT_SCHEMAS as DEVICES_SCHEMAS
 from contracts.topology import EVENT_SCHEMAS
 from services.topology.application import TopologyApplication
 from services.topology.projections import READ_MODELS
@@ -34,5 +35,7 @@ CONTEXT = BoundedContext(
     application=TopologyApplication,
     read_models=lambda app: [model() for model in READ_MODELS],
     event_schemas=EVENT_SCHEMAS,
+    policies=[Policy("devices", {"CredentialsWiped"}, "on_devices_event",
+                     schemas={"CredentialsWiped": DEVICES_SCHEMAS["CredentialsWiped"]})],
     started=[ask_devices_for_monitor_macs],
 )

@@ -627,6 +627,18 @@ class Apartment(Aggregate):
         for name in cleared_fields:
             setattr(self, name, [] if name == "landlines" else None)
 
+    def note_credentials_wiped(self, kinds: list[str], removed: int) -> None:
+        """Devices wiped the APT's access credentials for its reset: the APT's history says
+        so beside the reset itself."""
+        if self.deleted:
+            return
+        self._credentials_wiped(**self._ids(), kinds=list(kinds), removed=removed)
+
+    @event("ApartmentCredentialsWiped")
+    def _credentials_wiped(self, apartment_id: UUID, building_id: UUID, community_id: UUID,
+                           installer_id: UUID, kinds: list[str], removed: int) -> None:
+        pass
+
     def delete(self, building: Building) -> None:
         """Delete APT; its number becomes free in the building."""
         self._check_live()

@@ -576,3 +576,61 @@ def test_a_building_or_community_with_contents_goes_only_when_confirmed(
         svc.list_devices(LUNA_CTX, "community", community)
     with pytest.raises(NotFound):
         sites.get_community(LUNA_CTX, community)
+
+
+# --- resident credentials ----------------------------------------------------------------------
+
+
+def test_credentials_are_unique_where_doors_are_shared_and_a_reset_wipes_them(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring,
+        wirings: tuple[Wiring, Wiring]) -> None:
+    _, building, apartment = a_site(sites)
+    neighbour = sites.add_apartment(LUNA_CTX, building, {
+        "number": "102", "resident": {"first_name": "Ned", "last_name": "Fox"}})["id"]
+    register(svc, "0C11050B0001")
+    door = svc.add_device(LUNA_CTX, "apartment", apartment,
+                          {"type": 1, "mac": "0C11050B0001", "name": "Door"})["id"]
+    added = {kind: svc.add_credential(LUNA_CTX, apartment, {"kind": kind, "value": value,
+                                                            "holder": "Lily"})["id"]
+             for kind, value in (("pin", "123456"), ("rf_card", "00ab12ff"),
+                                 ("face", "face-7"), ("nfc", "04a224b2c35e80"),
+                                 ("bluetooth", "aa:bb:cc:dd:ee:ff"))}
+    listed = svc.list_credentials(LUNA_CTX, apartment)
+    assert {(c["kind"], c["value"]) for c in listed["items"]} == {
+        ("pin", "123456"), ("rf_card", "00AB12FF"), ("face", "face-7"),
+        ("nfc", "04A224B2C35E80"), ("bluetooth", "AABBCCDDEEFF")}
+
+    for kind, value in (("pin", "123456"), ("rf_card", "00AB12ff"), ("nfc", "04a224b2c35e80")):
+        with pytest.raises(Conflict) as shared:  # another APT of the community
+            svc.add_credential(LUNA_CTX, neighbour, {"kind": kind, "value": value})
+        assert list(shared.value.errors) == ["value"]
+    svc.add_credential(LUNA_CTX, neighbour, {"kind": "face", "value": "face-7"})
+    with pytest.raises(Conflict):  # the same APT
+        svc.add_credential(LUNA_CTX, apartment, {"kind": "face", "value": "face-7"})
+    assert fields_of(lambda: svc.add_credential(LUNA_CTX, apartment, {
+        "kind": "pin", "value": "12"})) == ["value"]
+    assert fields_of(lambda: svc.add_credential(LUNA_CTX, apartment, {
+        "kind": "iris", "value": "x"})) == ["kind"]
+    with pytest.raises(NotFound):
+        svc.add_credential(MARK_CTX, apartment, {"kind": "pin", "value": "9999"})
+
+    svc.remove_credential(LUNA_CTX, apartment, added["pin"])
+    svc.add_credential(LUNA_CTX, neighbour, {"kind": "pin", "value": "123456"})  # free again
+
+    deliver(wiring)
+    sites.reset_apartment(LUNA_CTX, apartment)
+    deliver(wiring)
+    assert [c["kind"] for c in svc.list_credentials(LUNA_CTX, apartment)["items"]] == [
+        "rf_card"]  # the manual's reset keeps no PIN, face, NFC or Bluetooth
+    svc.add_credential(LUNA_CTX, neighbour, {"kind": "nfc", "value": "04A224B2C35E80"})
+    history = svc.device_history(LUNA_CTX, door)
+    assert [h["type"] for h in history["items"]] == ["DeviceAdded", "DeviceCredentialsWiped"]
+    topology = wirings[1]
+    for sub in topology.subscriptions["devices"]:
+        sub.catch_up()
+    types = [h["type"] for h in sites.apartment_history(LUNA_CTX, apartment,
+                                                        {"per_page": 100})["items"]]
+    assert types[-2:] == ["ApartmentReset", "ApartmentCredentialsWiped"]
+    wiped = sites.apartment_history(LUNA_CTX, apartment, {"per_page": 100})["items"][-1]
+    assert (wiped["data"]["kinds"], wiped["data"]["removed"]) == (
+        ["pin", "face", "nfc", "bluetooth"], 3)

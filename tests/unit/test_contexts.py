@@ -15,8 +15,8 @@ from concierge.contexts import BoundedContext, contexts, stored_contexts
 
 
 def test_the_platform_s_contexts_are_found_stored_ones_first() -> None:
-    assert list(contexts()) == ["accounts", "notify", "topology", "gateway"]
-    assert stored_contexts() == ["accounts", "notify", "topology"]
+    assert list(contexts()) == ["accounts", "devices", "notify", "topology", "gateway"]
+    assert stored_contexts() == ["accounts", "devices", "notify", "topology"]
     assert all(isinstance(c, BoundedContext) for c in contexts().values())
     assert contexts()["topology"].service_class().name == "topology"
 
@@ -71,9 +71,10 @@ def test_a_declaration_named_unlike_its_package_is_refused(package: Path) -> Non
 
 def test_the_cli_lists_the_contexts(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["contexts"]) == 0
-    assert capsys.readouterr().out.split() == ["accounts", "notify", "topology", "gateway"]
+    assert capsys.readouterr().out.split() == [
+        "accounts", "devices", "notify", "topology", "gateway"]
     assert cli.main(["contexts", "--stored"]) == 0
-    assert capsys.readouterr().out.split() == ["accounts", "notify", "topology"]
+    assert capsys.readouterr().out.split() == ["accounts", "devices", "notify", "topology"]
 
 
 def test_operator_commands_accept_only_contexts_with_a_store() -> None:

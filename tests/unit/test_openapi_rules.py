@@ -129,6 +129,14 @@ def test_an_operation_names_the_fields_it_also_checks_against_what_is_stored() -
         "patch /api/v1/communities/{community_id}": ["landline_service"],
         "post /api/v1/buildings/{building_id}/apartments": ["indoor_monitor_mac"],
         "patch /api/v1/apartments/{apartment_id}": ["call_sequence", "indoor_monitor_mac"],
+        **{f"post /api/v1/{area}/{{{key}}}/devices": [
+            "buildings", "door_hold_open", "mac", "type"]
+           for area, key in (("communities", "community_id"), ("buildings", "building_id"),
+                             ("apartments", "apartment_id"))},
+        "patch /api/v1/devices/{device_id}": [
+            "arming", "buildings", "builtin_relays", "door_hold_open", "external_relay",
+            "relays", "security_relay", "static_ip"],
+        "post /api/v1/apartments/{apartment_id}/credentials": ["value"],
     }
     assert "basic plan" in operations["post /api/v1/buildings/{building_id}/apartments"][
         "description"]

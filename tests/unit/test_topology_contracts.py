@@ -347,6 +347,7 @@ def a_full_history() -> list[Any]:
     apartment.edit(building, community, **contract.ApartmentEdit().load(
         {"number": "102", "remark": "x", "resident": {"mobile": "1"}}))
     apartment.reset()
+    apartment.note_credentials_wiped(["pin", "face", "nfc", "bluetooth"], 2)
     building.edit(community, **contract.BuildingEdit().load({"name": "Tower A", "floor_start": 1}))
     community.edit(**contract.CommunityEdit().load(
         {"address": {"city": "Götzis"}, "video_storage": True}))
