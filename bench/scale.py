@@ -157,7 +157,7 @@ def gateway_hop() -> dict[str, float]:
                         os.environ.get("BENCH_DATABASE_URL", ""),
                         Path(tempfile.mkdtemp(prefix="bench-scale-gw-")),
                         int(os.environ.get("BENCH_PORT", "8812")),
-                        services=("accounts", "topology", "gateway")).start()
+                        services=("accounts", "topology", "devices", "gateway")).start()
     try:
         token = platform.installer_session()
         _, building = platform.community_with_building(token, "Hop Towers")

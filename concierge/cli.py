@@ -81,11 +81,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         note = declared[name].describe(settings) if declared[name].describe else ""
         if note:
             lines.append(f"  {name}: {note}")
-    for name in names:  # demo logins, once every service serves
-        if declared[name].demo:
-            lines.extend(f"  {line}" for line in load(declared[name].demo)(settings))
-    lines.append("Press Ctrl+C to stop.")
-    print("\n".join(lines), flush=True)
+
+    def banner() -> None:
+        for name in names:  # demo logins and data, once every service serves
+            if declared[name].demo:
+                try:
+                    lines.extend(f"  {line}" for line in load(declared[name].demo)(settings))
+                except Exception:  # the platform serves on; say what is missing
+                    logging.getLogger("concierge.up").exception("%s: no demo data", name)
+        lines.append("Press Ctrl+C to stop.")
+        print("\n".join(lines), flush=True)
+
+    # Beside the services, not before waiting on them: a signal while the demo data is still
+    # being made (its calls wait on services that are stopping) stops the platform at once.
+    green.spawn(banner)
     runner.wait()  # until SIGTERM or Ctrl+C has stopped every service (concierge.shutdown)
     return 0
 

@@ -255,8 +255,12 @@ def stacks() -> str:
 
     parts = []
     for obj in gc.get_objects():
-        if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
-            parts.append(f"green thread {obj!r}:\n" + "".join(traceback.format_stack(obj.gr_frame)))
+        try:  # a weak proxy among the objects raises when what it pointed to is gone
+            if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
+                parts.append(f"green thread {obj!r}:\n"
+                             + "".join(traceback.format_stack(obj.gr_frame)))
+        except ReferenceError:
+            continue
     return "\n".join(parts)
 
 

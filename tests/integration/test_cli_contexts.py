@@ -22,4 +22,4 @@ def test_migrate_without_a_name_migrates_every_context_with_a_store(
     assert capsys.readouterr().out.splitlines() == [
         f"{name}: store and read models are in place" for name in stored_contexts()]
     assert sorted(p.name for p in tmp_path.iterdir() if (p / "events.sqlite3").exists()) == [
-        "accounts", "notify", "topology"]
+        "accounts", "devices", "notify", "topology"]

@@ -43,7 +43,7 @@ def platform_factory(tmp_path: Path, rabbit_uri: str) -> Iterator[Any]:
 
     def start(database_url: str) -> Platform:
         platform = Platform(rabbit_uri, database_url, tmp_path / "var", free_port(),
-                            services=("accounts", "topology", "gateway"),
+                            services=("accounts", "topology", "devices", "gateway"),
                             log_dir=tmp_path / "logs")
         started.append(platform)
         return platform.start()

@@ -32,7 +32,8 @@ def replicated(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.Temp
                ) -> Iterator[Platform]:
     data_dir: Path = tmp_path_factory.mktemp("replicas") / "var"
     platform = Platform(rabbit_uri, postgres_url, data_dir, free_port(),
-                        services=("accounts", "topology", "topology", "notify", "gateway"))
+                        services=("accounts", "topology", "topology", "devices", "notify",
+                                  "gateway"))
     platform.start()
     yield platform
     platform.stop()

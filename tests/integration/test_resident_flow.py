@@ -22,13 +22,14 @@ from concierge.rebuild import SourceUnavailable, rebuild
 from services.accounts.declaration import CONTEXT as ACCOUNTS
 from services.accounts.domain import MasterAccount
 from services.accounts.service import AccountsService
+from services.devices.service import DevicesService
 from services.notify.service import NotifyService
 from services.topology.declaration import CONTEXT as TOPOLOGY
 from services.topology.service import TopologyService
 from tests.integration.conftest import BROKER_STACKS, STACKS
 from tests.support.harness import ROOT, ServiceProcess, eventually, settings_env
 
-SERVICES = ["topology", "accounts", "notify"]
+SERVICES = ["topology", "accounts", "notify", "devices"]
 
 
 def installer_ctx() -> dict[str, Any]:
@@ -42,7 +43,8 @@ def mails(settings: Any) -> list[Path]:
 
 
 def start_flow(kind: str, stack_factory: Any, services_factory: Any,
-               classes: tuple[type, ...] = (TopologyService, AccountsService, NotifyService),
+               classes: tuple[type, ...] = (TopologyService, AccountsService, NotifyService,
+                                            DevicesService),
                ) -> tuple[Any, Any]:
     """The settings of a fresh stack and its services, started in this process."""
     settings = stack_factory(kind)
@@ -169,9 +171,15 @@ def test_apartment_reset_reaches_accounts_and_sends_no_email(
             return account["email"] is None and account["app_status"] == "unregistered"
 
         eventually(account_reset)
-        history = rpc.topology.apartment_history(ctx, apartment, {"per_page": 100})["items"]
-        assert [h["type"] for h in history][-1] == "ApartmentReset"
-        assert history[-1]["actor"] == "installer:luna"
+
+        def history() -> list[dict[str, Any]]:
+            return rpc.topology.apartment_history(ctx, apartment, {"per_page": 100})["items"]
+
+        # Devices wiped the APT's credentials for the reset, and the APT's history says so.
+        eventually(lambda: history()[-1]["type"] == "ApartmentCredentialsWiped")
+        reset_entry = history()[-2]
+        assert (reset_entry["type"], reset_entry["actor"]) == ("ApartmentReset",
+                                                               "installer:luna")
     store = opened(ACCOUNTS.wire(settings))
     assert [r.type for r in store.app.iter_log()].count("MasterAccountReset") == 1
     assert len(mails(settings)) == 1  # nobody is emailed about a reset
@@ -270,7 +278,7 @@ def test_an_email_added_later_gets_one_activation_email(
 def test_topology_read_models_rebuild_to_the_same_rows(
         kind: str, stack_factory: Any, services_factory: Any, opened: Any) -> None:
     settings, services = start_flow(kind, stack_factory, services_factory,
-                                    (TopologyService, AccountsService))
+                                    (TopologyService, AccountsService, DevicesService))
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)
@@ -294,7 +302,7 @@ def test_a_rebuild_without_accounts_says_so_and_a_second_one_finishes(
     operator gets a clear error naming it (no traceback), and a rebuild once it is back ends
     with the same rows as before."""
     settings, services = start_flow(kind, stack_factory, services_factory,
-                                    (TopologyService, AccountsService))
+                                    (TopologyService, AccountsService, DevicesService))
     ctx = installer_ctx()
     with services.rpc() as rpc:
         building = setup_building(rpc, ctx)

@@ -33,6 +33,20 @@ class FakeAccountsService:
         return ACCOUNTS.read("accounts", int(after), int(limit))
 
 
+class FakeDevicesService:
+    """Stands in for devices: a log with no device in it (topology counts devices from it)."""
+
+    name = "devices"
+
+    @rpc
+    def read_log(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        return []
+
+    @rpc
+    def last_position(self) -> int:
+        return 0
+
+
 @pytest.fixture
 def accounts() -> Iterator[AccountsLog]:
     ACCOUNTS.events.clear()
@@ -49,8 +63,9 @@ def ctx_of(installer_id: str | None, role: str = "installer") -> dict[str, Any]:
 def test_an_installer_sets_up_a_community_and_residents_follow_accounts(
         kind: str, stack_factory: Any, services_factory: Any, accounts: AccountsLog) -> None:
     settings = stack_factory(kind)
-    services = services_factory(settings, ["topology", "accounts"])
+    services = services_factory(settings, ["topology", "accounts", "devices"])
     services.start(FakeAccountsService)
+    services.start(FakeDevicesService)
     services.start(TopologyService)
     luna, mark = ctx_of(str(uuid.uuid4())), ctx_of(str(uuid.uuid4()))
 
