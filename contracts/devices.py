@@ -92,6 +92,7 @@ MAC_CSV_MAX_BYTES = 2_000_000  # about 100,000 rows of a MAC each
 MAC_CSV_MAX_ROWS = 100_000
 
 DEVICE_SORTS = ("name", "mac", "sip", "created_at")
+THIRD_PARTY_SORTS = ("name", "created_at")
 MAC_SORTS = ("mac", "created_at")
 
 _MAC = re.compile(MAC_REGEX)
@@ -455,6 +456,76 @@ class CredentialCreate(Schema):
         data["value"] = normal_credential(kind, value)
 
 
+# --- third-party devices ----------------------------------------------------------------------
+
+# Manual, Third Party Devices: "rtsp://ip:port or rtsp://domain:port" (a manufacturer's path may
+# follow); the password "cannot contain @ :/".
+RTSP_REGEX = (r"^rtsp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)"
+              r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|"
+              r"6553[0-5]))?(/[^\s]*)?\Z")
+RTSP_MESSAGE = "An RTSP address is rtsp://ip:port or rtsp://domain:port (a path may follow)."
+CAMERA_PASSWORD_REGEX = r"^[^@:/]{1,64}\Z"
+CAMERA_PASSWORD_MESSAGE = "The password cannot contain @ : /."
+MONITORING_TERMINALS = ("smartplus_and_indoor_monitors", "smartplus_only",
+                        "indoor_monitors_only")
+LOCK_BRANDS = ("dormakaba", "salto", "itec")
+LOCK_ID_MAX = 64
+THIRD_PARTY_KINDS = ("camera", "lock")
+
+
+class CameraCreate(Schema):
+    """Add Camera (a public area or an APT): name, RTSP address, login, who may watch it."""
+
+    name = _name(required=True)
+    rtsp_url = Text(required=True, validate=[validate.Length(max=512),
+                                             validate.Regexp(RTSP_REGEX, error=RTSP_MESSAGE)])
+    username = Text(required=True, validate=[validate.Length(min=1, max=64), _not_blank])
+    password = Text(required=True, load_only=True, validate=validate.Regexp(
+        CAMERA_PASSWORD_REGEX, error=CAMERA_PASSWORD_MESSAGE))
+    allow_monitor = Boolean(load_default=True)
+    monitoring_terminal = Text(validate=validate.OneOf(MONITORING_TERMINALS),
+                               load_default="smartplus_and_indoor_monitors")
+    linked_device_id = fields.UUID(load_default=None, allow_none=True)
+
+    state_rules = {"linked_device_id": "an intercom device of the same community"}
+
+
+class CameraEdit(Schema):
+    """Edit Camera: any subset."""
+
+    name = _name()
+    rtsp_url = Text(validate=[validate.Length(max=512),
+                              validate.Regexp(RTSP_REGEX, error=RTSP_MESSAGE)])
+    username = Text(validate=[validate.Length(min=1, max=64), _not_blank])
+    password = Text(load_only=True, validate=validate.Regexp(
+        CAMERA_PASSWORD_REGEX, error=CAMERA_PASSWORD_MESSAGE))
+    allow_monitor = Boolean()
+    monitoring_terminal = Text(validate=validate.OneOf(MONITORING_TERMINALS))
+    linked_device_id = fields.UUID(allow_none=True)
+
+    state_rules = {"linked_device_id": "an intercom device of the same community"}
+
+
+class LockCreate(Schema):
+    """Assign a third-party lock (Dormakaba, Salto, iTec) to an area or an APT."""
+
+    brand = Text(required=True, validate=validate.OneOf(LOCK_BRANDS))
+    lock_id = Text(required=True, validate=[validate.Length(max=LOCK_ID_MAX), _not_blank],
+                   tidy=stripped, metadata={"description": "the lock's device ID"})
+    name = _name(required=True)
+    linked_device_id = fields.UUID(load_default=None, allow_none=True)
+
+    state_rules = {"lock_id": "assigned to no other area (per brand)",
+                   "linked_device_id": "an intercom device of the same community"}
+
+
+class LockEdit(Schema):
+    name = _name()
+    linked_device_id = fields.UUID(allow_none=True)
+
+    state_rules = {"linked_device_id": "an intercom device of the same community"}
+
+
 # --- event data ------------------------------------------------------------------------------
 
 
@@ -542,6 +613,31 @@ class CredentialsWipedSchema(_EventData):
     removed = fields.Integer(required=True)
 
 
+class _ThirdPartyIds(_EventData):
+    installer_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    building_id = fields.String(allow_none=True)
+    apartment_id = fields.String(allow_none=True)
+    area = fields.String(required=True)
+    kind = fields.String(required=True)
+
+
+class ThirdPartyDeviceAddedSchema(_ThirdPartyIds):
+    name = fields.String(required=True)
+    brand = fields.String(allow_none=True)
+    lock_id = fields.String(allow_none=True)
+    linked_device_id = fields.String(allow_none=True)
+    # A camera's address and login are devices' own: apps get them from devices' API.
+
+
+class ThirdPartyDeviceEditedSchema(_ThirdPartyIds):
+    changes = fields.Dict(required=True)
+
+
+class ThirdPartyDeviceRemovedSchema(_ThirdPartyIds):
+    pass
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MacRegistered": MacRegisteredSchema,
     "MacRegisteredAgain": MacRegisteredSchema,
@@ -554,5 +650,8 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "CredentialAdded": CredentialAddedSchema,
     "CredentialRemoved": CredentialRemovedSchema,
     "CredentialsWiped": CredentialsWipedSchema,
+    "ThirdPartyDeviceAdded": ThirdPartyDeviceAddedSchema,
+    "ThirdPartyDeviceEdited": ThirdPartyDeviceEditedSchema,
+    "ThirdPartyDeviceRemoved": ThirdPartyDeviceRemovedSchema,
 }
 

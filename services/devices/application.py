@@ -30,9 +30,13 @@ from contracts.devices import (
     DEVICE_TYPES,
     EVENT_SCHEMAS,
     RESET_WIPES,
+    CameraCreate,
+    CameraEdit,
     CredentialCreate,
     DeviceCreate,
     DeviceEdit,
+    LockCreate,
+    LockEdit,
     MacImport,
     MacRegister,
     mac_rows,
@@ -45,7 +49,9 @@ from services.devices.domain import (
     KnownApartment,
     KnownCommunity,
     KnownInstaller,
+    LockClaim,
     Mac,
+    ThirdPartyDevice,
 )
 from services.devices.projections import DevicesViews
 
@@ -403,6 +409,131 @@ class DevicesApplication(ServiceApplication):
                           "data": envelope["data"]})
         return {"items": items, "total": device.version, "page": page, "per_page": per_page}
 
+    # -- third-party cameras and locks ------------------------------------------------------
+    def add_third_party(self, kind: str, area: str, area_id: Any,
+                        payload: Mapping[str, Any]) -> dict[str, Any]:
+        """A camera or a lock in a community's public area, a building's or an APT."""
+        if area not in ("community", "building", "apartment") or kind not in _THIRD_PARTY:
+            raise NotFound("No such area.")
+        installer = _installer()
+        community, building_id, apartment_id = self._area(area, area_id, installer)
+        data = checked(_THIRD_PARTY[kind][0], payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            linked = self._linked(data.get("linked_device_id"), installer,
+                                  community.community_id)
+            fields = {k: v for k, v in data.items() if k != "linked_device_id"}
+            device = ThirdPartyDevice(kind=kind, installer_id=installer,
+                                      community_id=community.community_id, area=area,
+                                      building_id=building_id, apartment_id=apartment_id,
+                                      linked_device_id=linked, **fields)
+            changed: list[Any] = [device]
+            if kind == "lock":
+                claim = self._get(LockClaim, LockClaim.id_for(data["brand"], data["lock_id"]))
+                if claim is None:
+                    claim = LockClaim(brand=data["brand"], lock_id=data["lock_id"],
+                                      device_id=str(device.id))
+                else:
+                    claim.claim_again(str(device.id))
+                changed.append(claim)
+            changed += self._placed(device, apartment_id, community.community_id, building_id)
+            return {"id": str(device.id)}, changed
+
+        return self.execute(command)
+
+    def _placed(self, device: Any, apartment_id: str | None, community_id: str,
+                building_id: str | None) -> list[Any]:
+        """The APT, or the community, now holding this device (for its deletion later)."""
+        if apartment_id is not None:
+            home = self._get(KnownApartment, KnownApartment.id_for(apartment_id))
+            if home is None or home.deleted:
+                raise NotFound("APT not found.")
+            home.device_installed(device_id=str(device.id), monitor=False)
+            return [home]
+        site = self._get(KnownCommunity, KnownCommunity.id_for(community_id))
+        if site is None or site.deleted:
+            raise NotFound("Community not found.")
+        site.public_device_installed(device_id=str(device.id), building_id=building_id)
+        return [site]
+
+    def _linked(self, device_id: Any, installer: str, community_id: str) -> str | None:
+        if device_id is None:
+            return None
+        device = self._get(Device, _uuid(device_id))
+        if (device is None or device.removed or device.installer_id != installer
+                or device.community_id != community_id):
+            raise Invalid.field("linked_device_id",
+                                "Not an intercom device of this community.")
+        return str(device.id)
+
+    def _third_party(self, kind: str, device_id: Any) -> ThirdPartyDevice:
+        installer = _installer()
+        device = self._get(ThirdPartyDevice, _uuid(device_id))
+        if (device is None or device.removed or device.kind != kind
+                or device.installer_id != installer):
+            raise NotFound(f"{kind.capitalize()} not found.")
+        return device
+
+    def get_third_party(self, kind: str, device_id: Any) -> dict[str, Any]:
+        return _third_party_view(self._third_party(kind, device_id))
+
+    def edit_third_party(self, kind: str, device_id: Any, payload: Mapping[str, Any]
+                         ) -> dict[str, Any]:
+        if kind not in _THIRD_PARTY:
+            raise NotFound("No such device.")
+        changes = checked(_THIRD_PARTY[kind][1], payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            device = self._third_party(kind, device_id)
+            if "linked_device_id" in changes:
+                changes["linked_device_id"] = self._linked(
+                    changes["linked_device_id"], device.installer_id, device.community_id)
+            device.edit(changes)
+            return _third_party_view(device), [device]
+
+        return self.execute(command)
+
+    def remove_third_party(self, kind: str, device_id: Any) -> None:
+        def command() -> tuple[None, list[Any]]:
+            return None, self._remove_third_party(self._third_party(kind, device_id))
+
+        self.execute(command)
+
+    def _remove_third_party(self, device: ThirdPartyDevice, home: KnownApartment | None = None,
+                            site: KnownCommunity | None = None) -> list[Any]:
+        device.remove()
+        changed: list[Any] = [device]
+        if device.kind == "lock" and device.brand and device.lock_id:
+            claim = self._get(LockClaim, LockClaim.id_for(device.brand, device.lock_id))
+            if claim is not None and claim.device_id == str(device.id):
+                claim.free()
+                changed.append(claim)
+        if device.apartment_id is not None:
+            if home is None:
+                home = self._get(KnownApartment, KnownApartment.id_for(device.apartment_id))
+                if home is not None:
+                    changed.append(home)
+            if home is not None:
+                home.device_removed(device_id=str(device.id))
+        else:
+            if site is None:
+                site = self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
+                if site is not None:
+                    changed.append(site)
+            if site is not None:
+                site.public_device_removed(device_id=str(device.id))
+        return changed
+
+    def list_third_party(self, kind: str, area: str, area_id: Any, **query: Any
+                         ) -> dict[str, Any]:
+        if area not in ("community", "building", "apartment") or kind not in _THIRD_PARTY:
+            raise NotFound("No such area.")
+        installer = _installer()
+        community, building_id, apartment_id = self._area(area, area_id, installer)
+        return self._views().list_third_party(kind, community.community_id,
+                                              building_id=building_id,
+                                              apartment_id=apartment_id, **query)
+
     # -- resident credentials ---------------------------------------------------------------
     def _home(self, apartment_id: Any) -> KnownApartment:
         installer = _installer()
@@ -499,9 +630,8 @@ class DevicesApplication(ServiceApplication):
                     return self._reset(home)
                 changed: list[Any] = [home]
                 for device_id in list(home.devices):  # its devices go with it
-                    device = self._get(Device, _uuid(device_id))
-                    if device is not None and not device.removed:
-                        changed += [a for a in self._uninstall(device, home) if a is not home]
+                    changed += [a for a in self._remove_any(device_id, home=home)
+                                if a is not home]
                 home.forget()
                 return changed
             community = self._get(KnownCommunity, KnownCommunity.id_for(
@@ -555,12 +685,24 @@ class DevicesApplication(ServiceApplication):
         community) go with it, and their MACs are free again."""
         changed: list[Any] = []
         for device_id in site.devices_of(building_id):
-            device = self._get(Device, _uuid(device_id))
-            if device is not None and not device.removed:
-                changed += [a for a in self._uninstall(device, site=site) if a is not site]
-            else:
-                site.public_device_removed(device_id=device_id)
+            changed += [a for a in self._remove_any(device_id, site=site) if a is not site]
         return changed
+
+    def _remove_any(self, device_id: str, home: KnownApartment | None = None,
+                    site: KnownCommunity | None = None) -> list[Any]:
+        """An intercom or third-party device of an area that goes: removed, its MAC or lock
+        free again."""
+        found = self._get(Device, _uuid(device_id)) or self._get(ThirdPartyDevice,
+                                                                 _uuid(device_id))
+        if isinstance(found, Device) and not found.removed:
+            return self._uninstall(found, home, site)
+        if isinstance(found, ThirdPartyDevice) and not found.removed:
+            return self._remove_third_party(found, home, site)
+        if home is not None:
+            home.device_removed(device_id=device_id)
+        if site is not None:
+            site.public_device_removed(device_id=device_id)
+        return []
 
     def _install_monitor(self, home: KnownApartment, data: Mapping[str, Any],
                          envelope: Mapping[str, Any]) -> list[Any]:
@@ -618,6 +760,27 @@ class DevicesApplication(ServiceApplication):
         created_by = data.get("created_by")
         return [KnownInstaller(installer_id=installer_id,
                                distributor_id=str(created_by) if created_by else None)]
+
+
+_THIRD_PARTY: dict[str, tuple[Any, Any]] = {"camera": (CameraCreate, CameraEdit),
+                                            "lock": (LockCreate, LockEdit)}
+
+
+def _third_party_view(device: ThirdPartyDevice) -> dict[str, Any]:
+    """A camera's or lock's settings; a camera's password is never answered back."""
+    view: dict[str, Any] = {
+        "id": str(device.id), "kind": device.kind, "area": device.area,
+        "community_id": device.community_id, "building_id": device.building_id,
+        "apartment_id": device.apartment_id, "name": device.name,
+        "linked_device_id": device.linked_device_id,
+        "created_at": device.created_on.isoformat()}
+    if device.kind == "camera":
+        view.update(rtsp_url=device.rtsp_url, username=device.username,
+                    password_set=bool(device.password), allow_monitor=device.allow_monitor,
+                    monitoring_terminal=device.monitoring_terminal)
+    else:
+        view.update(brand=device.brand, lock_id=device.lock_id)
+    return view
 
 
 def _moment(envelope: Mapping[str, Any]) -> datetime:

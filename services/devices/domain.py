@@ -469,3 +469,84 @@ def _check_buildings(area: str, community: KnownCommunity, buildings: Any) -> No
     unknown = [b for b in buildings if b not in community.buildings]
     if unknown:
         raise Invalid.field("buildings", f"Not a building of this community: {unknown[0]}.")
+
+
+class ThirdPartyDevice(Aggregate):
+    """A third-party camera (RTSP) or lock (Dormakaba, Salto, iTec) in an area or an APT,
+    linked, if the installer says so, to one of the community's intercom devices (manual:
+    Third Party Devices)."""
+
+    @event("ThirdPartyDeviceAdded")
+    def __init__(self, kind: str, installer_id: str, community_id: str, area: str,
+                 building_id: str | None, apartment_id: str | None, name: str,
+                 linked_device_id: str | None, brand: str | None = None,
+                 lock_id: str | None = None, rtsp_url: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 allow_monitor: bool | None = None,
+                 monitoring_terminal: str | None = None) -> None:
+        self.kind = kind
+        self.installer_id = installer_id
+        self.community_id = community_id
+        self.area = area
+        self.building_id = building_id
+        self.apartment_id = apartment_id
+        self.name = name
+        self.linked_device_id = linked_device_id
+        self.brand = brand
+        self.lock_id = lock_id
+        self.rtsp_url = rtsp_url
+        self.username = username
+        self.password = password
+        self.allow_monitor = allow_monitor
+        self.monitoring_terminal = monitoring_terminal
+        self.removed = False
+
+    EDITABLE = {"camera": ("name", "rtsp_url", "username", "password", "allow_monitor",
+                           "monitoring_terminal", "linked_device_id"),
+                "lock": ("name", "linked_device_id")}
+
+    def edit(self, changes: dict[str, Any]) -> dict[str, Any]:
+        applied = {name: value for name, value in changes.items()
+                   if name in self.EDITABLE[self.kind] and getattr(self, name) != value}
+        if applied:
+            self._edited(kind=self.kind, changes=applied)
+        return applied
+
+    @event("ThirdPartyDeviceEdited")
+    def _edited(self, kind: str, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    @event("ThirdPartyDeviceRemoved")
+    def remove(self) -> None:
+        self.removed = True
+
+
+class LockClaim(Aggregate):
+    """A lock's device ID, assigned to one area at a time (per brand)."""
+
+    @staticmethod
+    def id_for(brand: str, lock_id: str) -> UUID:
+        return uuid5(NAMESPACE, f"lock:{brand}:{lock_id.lower()}")
+
+    @staticmethod
+    def create_id(brand: str, lock_id: str, device_id: str) -> UUID:
+        return LockClaim.id_for(brand, lock_id)
+
+    @event("LockClaimed")
+    def __init__(self, brand: str, lock_id: str, device_id: str) -> None:
+        self.device_id: str | None = device_id
+
+    def claim_again(self, device_id: str) -> None:
+        if self.device_id is not None:
+            message = "This lock is assigned already."
+            raise Conflict(message, {"lock_id": [message]})
+        self._claimed_again(device_id=device_id)
+
+    @event("LockClaimedAgain")
+    def _claimed_again(self, device_id: str) -> None:
+        self.device_id = device_id
+
+    @event("LockFreed")
+    def free(self) -> None:
+        self.device_id = None

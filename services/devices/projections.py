@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from concierge.lists import containing, page_of, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
-from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS
+from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS, THIRD_PARTY_SORTS
 from contracts.errors import Invalid
 
 Envelope = dict[str, Any]
@@ -225,6 +225,26 @@ site_apartments = Table(
 )
 
 
+# Third-party cameras and locks, per area (a camera's address and login are not kept here).
+third_party = Table(
+    "devices_third_party", device_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("installer_id", String(36), nullable=False),
+    Column("community_id", String(36), nullable=False),
+    Column("building_id", String(36)),
+    Column("apartment_id", String(36)),
+    Column("area", String(16), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("brand", String(16)),
+    Column("lock_id", String(64)),
+    Column("linked_device_id", String(36)),
+    Column("created_at", String(40), nullable=False),
+)
+Index("ix_devices_third_party_by_created_at", third_party.c.community_id, third_party.c.kind,
+      third_party.c.created_at, third_party.c.id)
+
+
 def _search_text(name: str, mac: str, sip: str) -> str:
     return "\n".join((name.lower(), mac.lower(), sip))
 
@@ -238,13 +258,16 @@ class DevicesView(ReadModel):
     """Intercom devices per community, building and APT, with the sites' names they show."""
 
     name = "devices_devices"
-    version = 1
+    version = 2  # 2: third-party cameras and locks
     metadata = device_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {
             "devices": {"DeviceAdded": self.added, "DeviceEdited": self.edited,
-                        "DeviceRemoved": self.removed},
+                        "DeviceRemoved": self.removed,
+                        "ThirdPartyDeviceAdded": self.third_party_added,
+                        "ThirdPartyDeviceEdited": self.third_party_edited,
+                        "ThirdPartyDeviceRemoved": self.third_party_removed},
             "topology": {"BuildingAdded": self.building_added,
                          "BuildingEdited": self.building_edited,
                          "BuildingDeleted": self.building_deleted,
@@ -302,6 +325,31 @@ class DevicesView(ReadModel):
         for scope in _scopes(row):
             _move(rows, device_totals, "scope_id", "devices", scope, -1)
 
+    # -- cameras and locks ------------------------------------------------------------------
+    @staticmethod
+    def third_party_added(rows: Rows, env: Envelope) -> None:
+        data = env["data"]
+        rows.put(third_party, id=env["stream_id"], kind=data["kind"],
+                 installer_id=str(data["installer_id"]),
+                 community_id=str(data["community_id"]),
+                 building_id=_text(data.get("building_id")),
+                 apartment_id=_text(data.get("apartment_id")), area=data["area"],
+                 name=data["name"], brand=data.get("brand"), lock_id=data.get("lock_id"),
+                 linked_device_id=_text(data.get("linked_device_id")),
+                 created_at=_instant(env["occurred_at"]))
+
+    @staticmethod
+    def third_party_edited(rows: Rows, env: Envelope) -> None:
+        changes = env["data"].get("changes") or {}
+        values = {k: (_text(v) if k == "linked_device_id" else v) for k, v in changes.items()
+                  if k in ("name", "linked_device_id")}
+        if values:
+            rows.update(third_party, env["stream_id"], **values)
+
+    @staticmethod
+    def third_party_removed(rows: Rows, env: Envelope) -> None:
+        rows.delete(third_party, env["stream_id"])
+
     # -- topology's events: the names beside each device ------------------------------------
     @staticmethod
     def building_added(rows: Rows, env: Envelope) -> None:
@@ -345,7 +393,7 @@ class DevicesView(ReadModel):
         rows.delete(site_apartments, env["stream_id"])
 
 
-_DEVICE_EVENTS = frozenset({"DeviceAdded", "DeviceEdited", "DeviceRemoved"})
+_DEVICE_EVENTS = frozenset({"DeviceAdded", "DeviceEdited", "DeviceRemoved"})  # prefetched
 
 
 def _text(value: Any) -> str | None:
@@ -375,6 +423,19 @@ def _with_sites(conn: Connection, items: list[dict[str, Any]]) -> None:
             item["apartment_number"] = home.number
             item["resident"] = " ".join(n for n in (home.first_name, home.last_name)
                                         if n) or None
+
+
+def _third_party_item(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "kind": row.kind, "name": row.name, "area": row.area,
+            "community_id": row.community_id, "building_id": row.building_id,
+            "apartment_id": row.apartment_id, "brand": row.brand, "lock_id": row.lock_id,
+            "linked_device_id": row.linked_device_id, "created_at": row.created_at}
+
+
+class ThirdPartyListQuery(_ListQuery):
+    """Cameras or locks of an area, newest first; search by name."""
+
+    sort = _sort_field(THIRD_PARTY_SORTS, "-created_at")
 
 
 class DevicesViews:
@@ -426,6 +487,25 @@ class DevicesViews:
                     device_totals.c.scope_id == scope)).scalar() or 0)
             return page_of(conn, query, [*DEVICE_ORDERS[key], d.c.id], descending, page,
                            per_page, _device_item, total=total, enrich=_with_sites)
+
+    def list_third_party(self, kind: str, community_id: str, building_id: str | None = None,
+                         apartment_id: str | None = None, page: int = 1,
+                         per_page: int = PER_PAGE_DEFAULT, sort: str = "-created_at",
+                         q: str | None = None) -> dict[str, Any]:
+        key, descending = _sort_key(sort, THIRD_PARTY_SORTS)
+        t = third_party
+        query = select(t).where(t.c.community_id == community_id, t.c.kind == kind)
+        if building_id:
+            query = query.where(t.c.building_id == building_id)
+        if apartment_id:
+            query = query.where(t.c.apartment_id == apartment_id)
+        text = " ".join((q or "").split()).lower()
+        if text:
+            query = query.where(containing(func.lower(t.c.name), text))
+        order = [func.lower(t.c.name)] if key == "name" else [t.c.created_at]
+        with self.engine.connect() as conn:
+            return page_of(conn, query, [*order, t.c.id], descending, page, per_page,
+                           _third_party_item)
 
     def community_of_building(self, building_id: str) -> str | None:
         with self.engine.connect() as conn:

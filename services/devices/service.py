@@ -10,7 +10,12 @@ from concierge.runtime import Runtime, ServiceBase
 from contracts import load
 from services.devices.application import DevicesApplication
 from services.devices.declaration import CONTEXT
-from services.devices.projections import DeviceListQuery, HistoryQuery, MacListQuery
+from services.devices.projections import (
+    DeviceListQuery,
+    HistoryQuery,
+    MacListQuery,
+    ThirdPartyListQuery,
+)
 
 Ctx = dict[str, Any] | None
 
@@ -96,3 +101,33 @@ class DevicesService(ServiceBase):
     @command
     def remove_credential(self, ctx: Ctx, apartment_id: Any, credential_id: Any) -> None:
         self.app.remove_credential(apartment_id, credential_id)
+
+    # -- third-party cameras and locks ----------------------------------------------------
+    @rpc
+    @command
+    def add_third_party(self, ctx: Ctx, kind: Any, area: Any, area_id: Any, payload: Any
+                        ) -> dict[str, Any]:
+        return self.app.add_third_party(str(kind), str(area), area_id, payload)
+
+    @rpc
+    @command
+    def list_third_party(self, ctx: Ctx, kind: Any, area: Any, area_id: Any,
+                         query: Any = None) -> dict[str, Any]:
+        return self.app.list_third_party(str(kind), str(area), area_id,
+                                         **load(ThirdPartyListQuery, query or {}))
+
+    @rpc
+    @command
+    def get_third_party(self, ctx: Ctx, kind: Any, device_id: Any) -> dict[str, Any]:
+        return self.app.get_third_party(str(kind), device_id)
+
+    @rpc
+    @command
+    def edit_third_party(self, ctx: Ctx, kind: Any, device_id: Any, payload: Any
+                         ) -> dict[str, Any]:
+        return self.app.edit_third_party(str(kind), device_id, payload)
+
+    @rpc
+    @command
+    def remove_third_party(self, ctx: Ctx, kind: Any, device_id: Any) -> None:
+        self.app.remove_third_party(str(kind), device_id)

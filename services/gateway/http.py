@@ -44,7 +44,7 @@ from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
 from contracts.accounts import APP_STATUSES
-from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS
+from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS, THIRD_PARTY_SORTS
 from contracts.errors import (
     Busy,
     ConciergeError,
@@ -811,6 +811,12 @@ class MacLibraryQuery(ListQuery):
 
     sort = _sort(MAC_SORTS)
     in_use = QueryBoolean()
+
+
+class ThirdPartyQuery(ListQuery):
+    """The cameras or locks of an area: search by name."""
+
+    sort = _sort(THIRD_PARTY_SORTS)
 
 
 class DevicesQuery(ListQuery):

@@ -15,7 +15,17 @@ from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
 from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, LoginResponse
-from contracts.devices import CredentialCreate, DeviceCreate, DeviceEdit, MacImport, MacRegister
+from contracts.devices import (
+    CameraCreate,
+    CameraEdit,
+    CredentialCreate,
+    DeviceCreate,
+    DeviceEdit,
+    LockCreate,
+    LockEdit,
+    MacImport,
+    MacRegister,
+)
 from contracts.errors import Unauthorized
 from contracts.topology import (
     ApartmentCreate,
@@ -37,6 +47,7 @@ from services.gateway.http import (
     PageQuery,
     ResidentsQuery,
     Sessions,
+    ThirdPartyQuery,
     api,
     created,
     page,
@@ -301,6 +312,116 @@ class GatewayService:
          tag="devices", query=PageQuery, returns="Page", roles=INSTALLER)
     def device_history(self, call: Call, device_id: str) -> Any:
         return page(call, self.devices.device_history(call.ctx, device_id, call.query))
+
+    # --- third-party cameras and locks -------------------------------------------------------
+
+    @api("POST", f"{COMMUNITY}/cameras", summary="Add a camera to a community's public area",
+         tag="third-party", body=CameraCreate, status=201, returns="Created",
+         location=f"{V1}/cameras/{{id}}", roles=INSTALLER)
+    def add_community_camera(self, call: Call, community_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "camera", "community", community_id,
+                                                    call.body))
+
+    @api("GET", f"{COMMUNITY}/cameras", summary="List the cameras of a community's public area",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_community_cameras(self, call: Call, community_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "camera", "community", community_id, call.query))
+
+    @api("POST", f"{BUILDING}/cameras", summary="Add a camera to a building's public area",
+         tag="third-party", body=CameraCreate, status=201, returns="Created",
+         location=f"{V1}/cameras/{{id}}", roles=INSTALLER)
+    def add_building_camera(self, call: Call, building_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "camera", "building", building_id,
+                                                    call.body))
+
+    @api("GET", f"{BUILDING}/cameras", summary="List the cameras of a building's public area",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_building_cameras(self, call: Call, building_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "camera", "building", building_id, call.query))
+
+    @api("POST", f"{APARTMENT}/cameras", summary="Add a camera to an apartment",
+         tag="third-party", body=CameraCreate, status=201, returns="Created",
+         location=f"{V1}/cameras/{{id}}", roles=INSTALLER)
+    def add_apartment_camera(self, call: Call, apartment_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "camera", "apartment", apartment_id,
+                                                    call.body))
+
+    @api("GET", f"{APARTMENT}/cameras", summary="List the cameras of an apartment",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_apartment_cameras(self, call: Call, apartment_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "camera", "apartment", apartment_id, call.query))
+
+    @api("GET", f"{V1}/cameras/<uuid:camera_id>", summary="Get a camera",
+         tag="third-party", roles=INSTALLER)
+    def get_camera(self, call: Call, camera_id: str) -> Any:
+        return self.devices.get_third_party(call.ctx, "camera", camera_id)
+
+    @api("PATCH", f"{V1}/cameras/<uuid:camera_id>", summary="Edit a third-party camera",
+         tag="third-party", body=CameraEdit, roles=INSTALLER)
+    def edit_camera(self, call: Call, camera_id: str) -> Any:
+        return self.devices.edit_third_party(call.ctx, "camera", camera_id, call.body)
+
+    @api("DELETE", f"{V1}/cameras/<uuid:camera_id>", summary="Delete a third-party camera",
+         tag="third-party", status=204, returns=None, roles=INSTALLER)
+    def remove_camera(self, call: Call, camera_id: str) -> Any:
+        self.devices.remove_third_party(call.ctx, "camera", camera_id)
+
+    @api("POST", f"{COMMUNITY}/locks", summary="Add a lock to a community's public area",
+         tag="third-party", body=LockCreate, status=201, returns="Created",
+         location=f"{V1}/locks/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_community_lock(self, call: Call, community_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "lock", "community", community_id,
+                                                    call.body))
+
+    @api("GET", f"{COMMUNITY}/locks", summary="List the locks of a community's public area",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_community_locks(self, call: Call, community_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "lock", "community", community_id, call.query))
+
+    @api("POST", f"{BUILDING}/locks", summary="Add a lock to a building's public area",
+         tag="third-party", body=LockCreate, status=201, returns="Created",
+         location=f"{V1}/locks/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_building_lock(self, call: Call, building_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "lock", "building", building_id,
+                                                    call.body))
+
+    @api("GET", f"{BUILDING}/locks", summary="List the locks of a building's public area",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_building_locks(self, call: Call, building_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "lock", "building", building_id, call.query))
+
+    @api("POST", f"{APARTMENT}/locks", summary="Add a lock to an apartment",
+         tag="third-party", body=LockCreate, status=201, returns="Created",
+         location=f"{V1}/locks/{{id}}", roles=INSTALLER, errors=(409,))
+    def add_apartment_lock(self, call: Call, apartment_id: str) -> Any:
+        return created(self.devices.add_third_party(call.ctx, "lock", "apartment", apartment_id,
+                                                    call.body))
+
+    @api("GET", f"{APARTMENT}/locks", summary="List the locks of an apartment",
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+    def list_apartment_locks(self, call: Call, apartment_id: str) -> Any:
+        return page(call, self.devices.list_third_party(
+            call.ctx, "lock", "apartment", apartment_id, call.query))
+
+    @api("GET", f"{V1}/locks/<uuid:lock_id>", summary="Get a lock",
+         tag="third-party", roles=INSTALLER)
+    def get_lock(self, call: Call, lock_id: str) -> Any:
+        return self.devices.get_third_party(call.ctx, "lock", lock_id)
+
+    @api("PATCH", f"{V1}/locks/<uuid:lock_id>", summary="Edit a third-party lock",
+         tag="third-party", body=LockEdit, roles=INSTALLER)
+    def edit_lock(self, call: Call, lock_id: str) -> Any:
+        return self.devices.edit_third_party(call.ctx, "lock", lock_id, call.body)
+
+    @api("DELETE", f"{V1}/locks/<uuid:lock_id>", summary="Delete a third-party lock",
+         tag="third-party", status=204, returns=None, roles=INSTALLER)
+    def remove_lock(self, call: Call, lock_id: str) -> Any:
+        self.devices.remove_third_party(call.ctx, "lock", lock_id)
 
     # --- resident credentials ---------------------------------------------------------------
 

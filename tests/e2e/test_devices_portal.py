@@ -155,3 +155,25 @@ def test_a_community_with_contents_is_deleted_only_when_confirmed(platform: Plat
         return macs["total"] == 2
 
     eventually(free)  # devices removed both devices and freed their MACs
+
+
+def test_a_camera_linked_to_a_door_phone_never_answers_its_password(platform: Platform) -> None:
+    installer, token = an_installer(platform)
+    platform.call("POST", f"/api/v1/installers/{installer}/mac-library",
+                  {"mac": "0C11050E0001"}, platform.distributor_token())
+    _, building = platform.community_with_building(token, "Camera Court")
+    status, door = platform.call("POST", f"/api/v1/buildings/{building}/devices",
+                                 {"type": 0, "mac": "0C11050E0001", "name": "Door"}, token)
+    assert status == 201, door
+    status, bad = platform.call("POST", f"/api/v1/buildings/{building}/cameras", {
+        "name": "Cam", "rtsp_url": "http://cam", "username": "u", "password": "a@b"}, token)
+    assert status == 422 and {"rtsp_url", "password"} <= set(bad["errors"])
+    status, camera = platform.call("POST", f"/api/v1/buildings/{building}/cameras", {
+        "name": "Cam", "rtsp_url": "rtsp://10.0.0.7:554/live", "username": "admin",
+        "password": "hunter2", "linked_device_id": door["id"]}, token)
+    assert status == 201, camera
+    status, got = platform.call("GET", f"/api/v1/cameras/{camera['id']}", token=token)
+    assert status == 200 and got["linked_device_id"] == door["id"]
+    assert got["password_set"] is True and "hunter2" not in str(got)
+    eventually(lambda: platform.call("GET", f"/api/v1/buildings/{building}/cameras",
+                                     token=token)[1]["total"] == 1)

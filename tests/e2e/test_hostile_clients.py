@@ -475,6 +475,11 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "DeviceCreate": {"type": 0, "mac": "0C11050B9814", "name": "W"},
     "DeviceEdit": {"name": "W"},
     "CredentialCreate": {"kind": "pin", "value": "1234"},
+    "CameraCreate": {"name": "C", "rtsp_url": "rtsp://10.0.0.2:554", "username": "u",
+                     "password": "p"},
+    "CameraEdit": {"name": "C2"},
+    "LockCreate": {"brand": "salto", "lock_id": "L1", "name": "L"},
+    "LockEdit": {"name": "L2"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.

@@ -634,3 +634,58 @@ def test_credentials_are_unique_where_doors_are_shared_and_a_reset_wipes_them(
     wiped = sites.apartment_history(LUNA_CTX, apartment, {"per_page": 100})["items"][-1]
     assert (wiped["data"]["kinds"], wiped["data"]["removed"]) == (
         ["pin", "face", "nfc", "bluetooth"], 3)
+
+
+# --- third-party cameras and locks -------------------------------------------------------------
+
+CAMERA = {"name": "Gate camera", "rtsp_url": "rtsp://192.168.1.64:554/stream1",
+          "username": "admin", "password": "s3cret"}
+
+
+def test_cameras_and_locks_in_each_area(svc: DevicesService, sites: TopologyService,
+                                        wiring: Wiring) -> None:
+    community, building, apartment = a_site(sites)
+    register(svc, "0C11050B0001")
+    door = svc.add_device(LUNA_CTX, "building", building,
+                          {"type": 0, "mac": "0C11050B0001", "name": "Door"})["id"]
+    camera = svc.add_third_party(LUNA_CTX, "camera", "building", building,
+                                 {**CAMERA, "linked_device_id": door})["id"]
+    got = svc.get_third_party(LUNA_CTX, "camera", camera)
+    assert (got["rtsp_url"], got["linked_device_id"], got["password_set"]) == (
+        CAMERA["rtsp_url"], door, True)
+    assert "password" not in got and "s3cret" not in json.dumps(got)
+    lock = svc.add_third_party(LUNA_CTX, "lock", "apartment", apartment,
+                               {"brand": "salto", "lock_id": "SK-001", "name": "Front"})["id"]
+    assert svc.get_third_party(LUNA_CTX, "lock", lock)["lock_id"] == "SK-001"
+    with pytest.raises(Conflict) as taken:
+        svc.add_third_party(LUNA_CTX, "lock", "community", community,
+                            {"brand": "salto", "lock_id": "sk-001", "name": "Again"})
+    assert list(taken.value.errors) == ["lock_id"]
+    svc.add_third_party(LUNA_CTX, "lock", "community", community,
+                        {"brand": "dormakaba", "lock_id": "SK-001", "name": "Other brand"})
+    assert fields_of(lambda: svc.add_third_party(LUNA_CTX, "camera", "community", community, {
+        **CAMERA, "rtsp_url": "http://x", "password": "a@b:c",
+        "monitoring_terminal": "tv"})) == ["monitoring_terminal", "password", "rtsp_url"]
+    assert fields_of(lambda: svc.add_third_party(LUNA_CTX, "camera", "community", community, {
+        **CAMERA, "linked_device_id": str(uuid.uuid4())})) == ["linked_device_id"]
+    with pytest.raises(NotFound):
+        svc.get_third_party(LUNA_CTX, "lock", camera)  # a camera is no lock
+    with pytest.raises(NotFound):
+        svc.get_third_party(MARK_CTX, "camera", camera)
+
+    edited = svc.edit_third_party(LUNA_CTX, "camera", camera,
+                                  {"name": "Lobby camera", "linked_device_id": None})
+    assert (edited["name"], edited["linked_device_id"]) == ("Lobby camera", None)
+    assert [c["name"] for c in svc.list_third_party(LUNA_CTX, "camera", "community",
+                                                    community)["items"]] == ["Lobby camera"]
+    assert [c["name"] for c in svc.list_third_party(LUNA_CTX, "lock", "community", community,
+                                                    {"sort": "name"})["items"]] == [
+        "Front", "Other brand"]
+    assert svc.list_third_party(LUNA_CTX, "lock", "apartment", apartment)["total"] == 1
+
+    sites.delete_apartment(LUNA_CTX, apartment)  # its lock goes with it, the ID is free
+    deliver(wiring)
+    svc.add_third_party(LUNA_CTX, "lock", "building", building,
+                        {"brand": "salto", "lock_id": "SK-001", "name": "Moved"})
+    svc.remove_third_party(LUNA_CTX, "camera", camera)
+    assert svc.list_third_party(LUNA_CTX, "camera", "community", community)["total"] == 0

@@ -326,7 +326,8 @@ class FakeDevices:
 
     register_mac = import_macs = remove_mac = add_device = get_device = edit_device = (
         remove_device) = list_devices = device_history = add_credential = list_credentials = (
-        remove_credential) = rpc(command(_missing))
+        remove_credential) = add_third_party = list_third_party = get_third_party = (
+        edit_third_party) = remove_third_party = rpc(command(_missing))
 
 
 # --- running it ----------------------------------------------------------------------------
@@ -905,7 +906,7 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
                   for method, op in item.items()}
     declared = {(r.method, openapi.openapi_path(r.path)[0]) for r in routes_of(GatewayService)}
     assert set(operations) == declared
-    assert len(declared) == 40
+    assert len(declared) == 58
     assert len({op["operationId"] for op in operations.values()}) == len(operations)
 
     for (method, path), op in operations.items():
@@ -1080,6 +1081,7 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
     ids = {"community_id": community_id, "building_id": building_id,
            "apartment_id": apartment_id, "installer_id": str(uuid.uuid4()),
            "device_id": str(uuid.uuid4()), "credential_id": str(uuid.uuid4()),
+           "camera_id": str(uuid.uuid4()), "lock_id": str(uuid.uuid4()),
            "mac": "0C11050B9814"}
     valid = {
         "LoginRequest": {"username": "luna", "password": "installer-pw"},
@@ -1096,6 +1098,11 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
         "DeviceCreate": {"type": 0, "mac": "0C11050B9814", "name": "Gate"},
         "DeviceEdit": {"name": "Gate"},
         "CredentialCreate": {"kind": "pin", "value": "1234"},
+        "CameraCreate": {"name": "C", "rtsp_url": "rtsp://10.0.0.2:554", "username": "u",
+                         "password": "p"},
+        "CameraEdit": {"name": "C2"},
+        "LockCreate": {"brand": "salto", "lock_id": "L1", "name": "L"},
+        "LockEdit": {"name": "L2"},
     }
     failures: list[str] = []
     cases = 0

@@ -233,3 +233,30 @@ def test_the_contract_refuses_each_bad_setting_by_name() -> None:
                                 "external_relay": {"model": "MK485", "relays": [
                                     {"name": f"R{n}"} for n in range(8)]}})
     assert len(ok["external_relay"]["relays"]) == 8 and ok["external_relay"]["mode"] == "rs485"
+
+
+@pytest.mark.parametrize(("url", "valid"), [
+    ("rtsp://192.168.1.64:554", True), ("rtsp://cam.example.com:8554/live/ch1", True),
+    ("rtsp://cam", True), ("rtsp://[fe80::1]:554", True), ("http://cam:554", False),
+    ("rtsp://:554", False), ("rtsp://cam:0", False), ("rtsp://cam:65536", False),
+    ("rtsp://cam:554 /x", False), ("rtsp://-cam", False), ("RTSP://cam", False)])
+def test_a_camera_s_address_is_rtsp_host_and_port(url: str, valid: bool) -> None:
+    from contracts.devices import CameraCreate
+
+    payload = {"name": "C", "rtsp_url": url, "username": "u", "password": "p"}
+    if valid:
+        assert checked(CameraCreate, payload)["rtsp_url"] == url
+    else:
+        with pytest.raises(Invalid) as refused:
+            checked(CameraCreate, payload)
+        assert list(refused.value.errors) == ["rtsp_url"]
+
+
+@pytest.mark.parametrize("password", ["a@b", "a:b", "a/b", ""])
+def test_a_camera_s_password_has_no_at_colon_or_slash(password: str) -> None:
+    from contracts.devices import CameraCreate
+
+    with pytest.raises(Invalid) as refused:
+        checked(CameraCreate, {"name": "C", "rtsp_url": "rtsp://c", "username": "u",
+                               "password": password})
+    assert list(refused.value.errors) == ["password"]

@@ -137,6 +137,13 @@ def test_an_operation_names_the_fields_it_also_checks_against_what_is_stored() -
             "arming", "buildings", "builtin_relays", "door_hold_open", "external_relay",
             "relays", "security_relay", "static_ip"],
         "post /api/v1/apartments/{apartment_id}/credentials": ["value"],
+        **{f"post /api/v1/{area}/{{{key}}}/{kind}": rules
+           for area, key in (("communities", "community_id"), ("buildings", "building_id"),
+                             ("apartments", "apartment_id"))
+           for kind, rules in (("cameras", ["linked_device_id"]),
+                               ("locks", ["linked_device_id", "lock_id"]))},
+        "patch /api/v1/cameras/{camera_id}": ["linked_device_id"],
+        "patch /api/v1/locks/{lock_id}": ["linked_device_id"],
     }
     assert "basic plan" in operations["post /api/v1/buildings/{building_id}/apartments"][
         "description"]
