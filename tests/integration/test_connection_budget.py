@@ -73,8 +73,12 @@ class Sampler:
     """Reads pg_stat_activity every few milliseconds: each process's connections, by the
     client port the server sees, and their application names."""
 
-    def __init__(self, postgres_url: str, processes: dict[int, str]) -> None:
+    def __init__(self, postgres_url: str, processes: dict[int, str], deployment: str) -> None:
         self.url = postgres_url
+        # Connections of other deployments on the same server (a process an earlier test left
+        # to end) are not ours: one holding a port a process of ours held a moment ago would
+        # otherwise be counted as that process's.
+        self.ours = f"concierge-{deployment}-"
         self.processes = processes
         self.ports: dict[int, int] = {}
         self.port_names: dict[int, str] = {}
@@ -91,6 +95,7 @@ class Sampler:
                     "SELECT client_port, application_name FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                     "AND client_port IS NOT NULL").fetchall()
+                rows = [(port, name) for port, name in rows if name.startswith(self.ours)]
                 # A port new to the map, or one now held under another name (a process closed
                 # it and another took it since the map was read), sends us to read it again.
                 if any(port not in self.ports or self.port_names.get(port, name) != name
@@ -157,7 +162,7 @@ def test_every_service_with_two_replicas_stays_within_the_connection_budget(
         buildings.append(building["id"])
     processes = {proc.pid: name for name, proc in zip(platform.services, platform.procs,
                                                       strict=True)}
-    sampler = Sampler(postgres_url, processes)
+    sampler = Sampler(postgres_url, processes, platform.deployment)
     sampling = threading.Thread(target=sampler.run)
     sampling.start()
     written: list[int] = []
