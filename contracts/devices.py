@@ -638,6 +638,19 @@ class ThirdPartyDeviceRemovedSchema(_ThirdPartyIds):
     pass
 
 
+class CameraLoginChangedSchema(_EventData):
+    """A camera's address or login changed (which, is devices' own)."""
+
+    kind = fields.String(required=True)
+
+
+class CredentialClaimedSchema(_EventData):
+    """A PIN, card or tag taken in a community (which one is devices' own)."""
+
+    kind = fields.String(required=True)
+    apartment_id = fields.String(required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MacRegistered": MacRegisteredSchema,
     "MacRegisteredAgain": MacRegisteredSchema,
@@ -653,5 +666,7 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "ThirdPartyDeviceAdded": ThirdPartyDeviceAddedSchema,
     "ThirdPartyDeviceEdited": ThirdPartyDeviceEditedSchema,
     "ThirdPartyDeviceRemoved": ThirdPartyDeviceRemovedSchema,
+    "CameraLoginChanged": CameraLoginChangedSchema,
+    "CredentialClaimed": CredentialClaimedSchema,
 }
 

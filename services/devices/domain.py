@@ -505,12 +505,22 @@ class ThirdPartyDevice(Aggregate):
                            "monitoring_terminal", "linked_device_id"),
                 "lock": ("name", "linked_device_id")}
 
+    LOGIN = ("rtsp_url", "username", "password")  # a camera's: never in a published event
+
     def edit(self, changes: dict[str, Any]) -> dict[str, Any]:
         applied = {name: value for name, value in changes.items()
                    if name in self.EDITABLE[self.kind] and getattr(self, name) != value}
-        if applied:
-            self._edited(kind=self.kind, changes=applied)
+        settings = {k: v for k, v in applied.items() if k not in self.LOGIN}
+        if settings:
+            self._edited(kind=self.kind, changes=settings)
+        if any(name in applied for name in self.LOGIN):
+            login = {name: applied.get(name, getattr(self, name)) for name in self.LOGIN}
+            self._login_changed(kind=self.kind, **login)
         return applied
+
+    @event("CameraLoginChanged")
+    def _login_changed(self, kind: str, rtsp_url: str, username: str, password: str) -> None:
+        self.rtsp_url, self.username, self.password = rtsp_url, username, password
 
     @event("ThirdPartyDeviceEdited")
     def _edited(self, kind: str, changes: dict[str, Any]) -> None:

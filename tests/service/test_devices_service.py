@@ -683,9 +683,30 @@ def test_cameras_and_locks_in_each_area(svc: DevicesService, sites: TopologyServ
         "Front", "Other brand"]
     assert svc.list_third_party(LUNA_CTX, "lock", "apartment", apartment)["total"] == 1
 
+    svc.edit_third_party(LUNA_CTX, "camera", camera, {"password": "n3w-secret",
+                                                      "username": "viewer"})
+    assert svc.get_third_party(LUNA_CTX, "camera", camera)["username"] == "viewer"
     sites.delete_apartment(LUNA_CTX, apartment)  # its lock goes with it, the ID is free
     deliver(wiring)
     svc.add_third_party(LUNA_CTX, "lock", "building", building,
                         {"brand": "salto", "lock_id": "SK-001", "name": "Moved"})
     svc.remove_third_party(LUNA_CTX, "camera", camera)
     assert svc.list_third_party(LUNA_CTX, "camera", "community", community)["total"] == 0
+
+
+def test_no_published_event_carries_a_secret(svc: DevicesService, sites: TopologyService,
+                                             wiring: Wiring) -> None:
+    """What leaves devices (its log as subscribers read it) holds no PIN, card number, camera
+    address or login: the contract's schemas keep them in."""
+    community, _, apartment = a_site(sites)
+    svc.add_credential(LUNA_CTX, apartment, {"kind": "pin", "value": "48151623"})
+    svc.add_credential(LUNA_CTX, apartment, {"kind": "rf_card", "value": "DEADBEEF42"})
+    camera = svc.add_third_party(LUNA_CTX, "camera", "community", community, {
+        **CAMERA, "rtsp_url": "rtsp://cam.secret.example:554", "password": "pa55word"})["id"]
+    svc.edit_third_party(LUNA_CTX, "camera", camera, {"password": "n3w-pa55",
+                                                      "username": "hidden-user"})
+    published = json.dumps(wiring.read_log(0, 1000))
+    for secret in ("48151623", "DEADBEEF42", "cam.secret.example", "pa55word", "n3w-pa55",
+                   "hidden-user", "admin"):
+        assert secret not in published, secret
+    assert "CameraLoginChanged" in published and "CredentialClaimed" in published
