@@ -99,9 +99,14 @@ def test_an_installer_sets_up_a_community_and_a_resident_gets_an_account(
     assert status == 200
     assert reset["resident"]["email"] is None
     assert reset["indoor_monitor_mac"] == "0C1105AABBCC"  # the apartment's settings are kept
-    _, history = platform.call("GET", f"/api/v1/apartments/{apartment['id']}/history", None,
-                               token)
-    assert history["items"][-1]["type"] == "ApartmentReset"
+
+    def history() -> list[str]:
+        _, page = platform.call("GET", f"/api/v1/apartments/{apartment['id']}/history", None,
+                                token)
+        return [item["type"] for item in page["items"]]
+
+    # Devices wipes the APT's credentials for the reset, and the APT's history says so next.
+    assert eventually(lambda: history()[-2:] == ["ApartmentReset", "ApartmentCredentialsWiped"])
     status, _ = platform.call("DELETE", f"/api/v1/buildings/{building['id']}", None, token)
     assert status == 409  # it still holds an apartment
     assert len(mails(platform)) == sent_before  # nobody is emailed about a reset
