@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from marshmallow import fields, validate
 from sqlalchemy import (
     DDL,
     String,
@@ -35,12 +36,29 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from contracts.errors import Invalid
+
 Item = dict[str, Any]
 
 
 def sorted_by(expressions: Sequence[ColumnElement[Any]], descending: bool
               ) -> list[ColumnElement[Any]]:
     return [e.desc() if descending else e.asc() for e in expressions]
+
+
+def sort_field(keys: Sequence[str], default: str) -> fields.String:
+    """A list query's `sort`: one of the keys, '-' before it to reverse."""
+    options = [*keys, *(f"-{key}" for key in keys)]
+    return fields.String(load_default=default, validate=validate.OneOf(options))
+
+
+def sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
+    """The key a `sort` names and whether it is reversed; Invalid naming `sort` otherwise."""
+    key = sort.removeprefix("-")
+    if key not in allowed:
+        options = ", ".join(allowed)
+        raise Invalid.field("sort", f"Must be one of: {options} (prefix '-' to reverse).")
+    return key, sort.startswith("-")
 
 
 def page_of(conn: Connection, query: Any, order: Sequence[ColumnElement[Any]],

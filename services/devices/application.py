@@ -293,19 +293,8 @@ class DevicesApplication(ServiceApplication):
                                     area=area, building_id=building_id,
                                     apartment_id=apartment_id, settings=settings)
             mac.assign(str(device.id), installer, datetime.now(UTC), apartment_id)
-            changed: list[Any] = [device, mac]
-            if apartment_id is not None:
-                home = self._get(KnownApartment, KnownApartment.id_for(apartment_id))
-                if home is None or home.deleted:
-                    raise NotFound("APT not found.")
-                home.device_installed(device_id=str(device.id), monitor=False)
-                changed.append(home)
-            else:
-                site = self._get(KnownCommunity, KnownCommunity.id_for(community.community_id))
-                if site is None or site.deleted:
-                    raise NotFound("Community not found.")
-                site.public_device_installed(device_id=str(device.id), building_id=building_id)
-                changed.append(site)
+            changed = [device, mac, *self._placed(device, apartment_id,
+                                                  community.community_id, building_id)]
             return {"id": str(device.id), "sip": device.sip}, changed
 
         return self.execute(command)
@@ -379,21 +368,7 @@ class DevicesApplication(ServiceApplication):
         if mac is not None:
             mac.free(str(device.id))
             changed.append(mac)
-        if device.apartment_id is not None:
-            if home is None:
-                home = self._get(KnownApartment, KnownApartment.id_for(device.apartment_id))
-                if home is not None:
-                    changed.append(home)
-            if home is not None:
-                home.device_removed(device_id=str(device.id))
-        else:
-            if site is None:
-                site = self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
-                if site is not None:
-                    changed.append(site)
-            if site is not None:
-                site.public_device_removed(device_id=str(device.id))
-        return changed
+        return changed + self._left(device, home, site)
 
     def device_history(self, device_id: Any, page: int = 1, per_page: int = 10
                        ) -> dict[str, Any]:
@@ -508,21 +483,21 @@ class DevicesApplication(ServiceApplication):
             if claim is not None and claim.device_id == str(device.id):
                 claim.free()
                 changed.append(claim)
+        return changed + self._left(device, home, site)
+
+    def _left(self, device: Device | ThirdPartyDevice, home: KnownApartment | None,
+              site: KnownCommunity | None) -> list[Any]:
+        """The APT or community no longer holding a removed device; the aggregate changed,
+        unless the caller holds it (`home`, `site`) and records it."""
         if device.apartment_id is not None:
-            if home is None:
-                home = self._get(KnownApartment, KnownApartment.id_for(device.apartment_id))
-                if home is not None:
-                    changed.append(home)
-            if home is not None:
-                home.device_removed(device_id=str(device.id))
-        else:
-            if site is None:
-                site = self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
-                if site is not None:
-                    changed.append(site)
-            if site is not None:
-                site.public_device_removed(device_id=str(device.id))
-        return changed
+            held = home or self._get(KnownApartment, KnownApartment.id_for(device.apartment_id))
+            if held is not None:
+                held.device_removed(device_id=str(device.id))
+            return [held] if held is not None and home is None else []
+        area = site or self._get(KnownCommunity, KnownCommunity.id_for(device.community_id))
+        if area is not None:
+            area.public_device_removed(device_id=str(device.id))
+        return [area] if area is not None and site is None else []
 
     def list_third_party(self, kind: str, area: str, area_id: Any, **query: Any
                          ) -> dict[str, Any]:

@@ -10,18 +10,16 @@ from topology's events into tables of their own, read by key for a page's rows o
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from typing import Any
 
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Column, Index, Integer, MetaData, String, Table, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from concierge.lists import containing, page_of, trigram_index
+from concierge.lists import containing, page_of, sort_field, sort_key, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
 from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS, THIRD_PARTY_SORTS
-from contracts.errors import Invalid
 
 Envelope = dict[str, Any]
 PER_PAGE_DEFAULT = 10
@@ -29,11 +27,6 @@ PER_PAGE_MAX = 100
 PAGE_MAX = 100_000
 Q_MAX = 128
 STATUSES = ("online", "offline")
-
-
-def _sort_field(keys: Sequence[str], default: str) -> fields.String:
-    return fields.String(load_default=default,
-                         validate=validate.OneOf([*keys, *(f"-{key}" for key in keys)]))
 
 
 class HistoryQuery(Schema):
@@ -52,7 +45,7 @@ class _ListQuery(HistoryQuery):
 class MacListQuery(_ListQuery):
     """MAC Library: newest first by default, search by MAC (any part, any separators)."""
 
-    sort = _sort_field(MAC_SORTS, "-created_at")
+    sort = sort_field(MAC_SORTS, "-created_at")
     in_use = fields.Boolean(load_default=None, allow_none=True)
 
 
@@ -60,17 +53,10 @@ class DeviceListQuery(_ListQuery):
     """Intercom devices of an area: search by MAC, name or SIP; sort by name or created time
     (the manual's two), or MAC and SIP."""
 
-    sort = _sort_field(DEVICE_SORTS, "-created_at")
+    sort = sort_field(DEVICE_SORTS, "-created_at")
     type = fields.Integer(load_default=None, allow_none=True,
                           validate=validate.OneOf(tuple(DEVICE_TYPES)))
 
-
-def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
-    key = sort.removeprefix("-")
-    if key not in allowed:
-        raise Invalid.field("sort", f"Must be one of: {', '.join(allowed)} (prefix '-' to "
-                                    "reverse).")
-    return key, sort.startswith("-")
 
 
 def _instant(value: Any) -> str:
@@ -435,7 +421,7 @@ def _third_party_item(row: Any) -> dict[str, Any]:
 class ThirdPartyListQuery(_ListQuery):
     """Cameras or locks of an area, newest first; search by name."""
 
-    sort = _sort_field(THIRD_PARTY_SORTS, "-created_at")
+    sort = sort_field(THIRD_PARTY_SORTS, "-created_at")
 
 
 class DevicesViews:
@@ -447,7 +433,7 @@ class DevicesViews:
     def list_macs(self, installer_id: str, page: int = 1, per_page: int = PER_PAGE_DEFAULT,
                   sort: str = "-created_at", q: str | None = None,
                   in_use: bool | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, MAC_SORTS)
+        key, descending = sort_key(sort, MAC_SORTS)
         m = macs
         query = select(m).where(m.c.installer_id == installer_id)
         text = _mac_search(q or "")
@@ -467,7 +453,7 @@ class DevicesViews:
                      apartment_id: str | None = None, page: int = 1,
                      per_page: int = PER_PAGE_DEFAULT, sort: str = "-created_at",
                      q: str | None = None, type: int | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, DEVICE_SORTS)
+        key, descending = sort_key(sort, DEVICE_SORTS)
         d = devices
         query = select(d).where(d.c.community_id == community_id)
         scope = community_id
@@ -492,7 +478,7 @@ class DevicesViews:
                          apartment_id: str | None = None, page: int = 1,
                          per_page: int = PER_PAGE_DEFAULT, sort: str = "-created_at",
                          q: str | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, THIRD_PARTY_SORTS)
+        key, descending = sort_key(sort, THIRD_PARTY_SORTS)
         t = third_party
         query = select(t).where(t.c.community_id == community_id, t.c.kind == kind)
         if building_id:

@@ -31,10 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from concierge.lists import containing, page_of, trigram_index
+from concierge.lists import containing, page_of, sort_field, sort_key, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
-from contracts.errors import Invalid
 from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
 Envelope = dict[str, Any]
@@ -54,11 +53,6 @@ Q_MAX = 128
 # COMMUNITY_SORTS, BUILDING_SORTS, RESIDENT_SORTS: the contract's (contracts/topology.py).
 
 
-def _sort_field(keys: Sequence[str], default: str) -> fields.String:
-    options = [*keys, *(f"-{key}" for key in keys)]
-    return fields.String(load_default=default, validate=validate.OneOf(options))
-
-
 class PageQuery(Schema):
     """A page of a list in a fixed order (an APT's history, oldest first): no sort, no search."""
 
@@ -76,19 +70,19 @@ class _ListQuery(PageQuery):
 class CommunityListQuery(_ListQuery):
     """Sites >> Community: sort by name or created time, search by name."""
 
-    sort = _sort_field(COMMUNITY_SORTS, "name")
+    sort = sort_field(COMMUNITY_SORTS, "name")
 
 
 class BuildingListQuery(_ListQuery):
     """The buildings of a community: sort by name or created time, search by name."""
 
-    sort = _sort_field(BUILDING_SORTS, "name")
+    sort = sort_field(BUILDING_SORTS, "name")
 
 
 class ResidentListQuery(_ListQuery):
     """Residents of a community: filter by app status and building, search residents and APTs."""
 
-    sort = _sort_field(RESIDENT_SORTS, "number")
+    sort = sort_field(RESIDENT_SORTS, "number")
     app_status = fields.String(
         load_default=None, allow_none=True, validate=validate.OneOf(APP_STATUSES)
     )
@@ -124,13 +118,6 @@ def _floor_value(text: str | None) -> int | str | None:
     except ValueError:
         return text
 
-
-def _sort_key(sort: str, allowed: Sequence[str]) -> tuple[str, bool]:
-    key = sort.removeprefix("-")
-    if key not in allowed:
-        options = ", ".join(allowed)
-        raise Invalid.field("sort", f"Must be one of: {options} (prefix '-' to reverse).")
-    return key, sort.startswith("-")
 
 
 def _changes(env: Envelope, names: Sequence[str]) -> dict[str, Any]:
@@ -884,7 +871,7 @@ class TopologyViews:
     def list_communities(self, installer_id: str, page: int = 1,
                          per_page: int = PER_PAGE_DEFAULT, sort: str = "name",
                          q: str | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, COMMUNITY_SORTS)
+        key, descending = sort_key(sort, COMMUNITY_SORTS)
         c = communities
         query = select(c).where(c.c.installer_id == installer_id)
         if q and q.strip():
@@ -897,7 +884,7 @@ class TopologyViews:
     def list_buildings(self, installer_id: str, community_id: str, page: int = 1,
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "name",
                        q: str | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, BUILDING_SORTS)
+        key, descending = sort_key(sort, BUILDING_SORTS)
         b = buildings
         query = select(b).where(and_(b.c.installer_id == installer_id,
                                      b.c.community_id == community_id))
@@ -912,7 +899,7 @@ class TopologyViews:
                        per_page: int = PER_PAGE_DEFAULT, sort: str = "number",
                        q: str | None = None, app_status: str | None = None,
                        building_id: str | None = None) -> dict[str, Any]:
-        key, descending = _sort_key(sort, RESIDENT_SORTS)
+        key, descending = sort_key(sort, RESIDENT_SORTS)
         a = apartments
         # The application has checked that the community is the installer's: its APTs are.
         query = select(a).where(a.c.community_id == community_id)
