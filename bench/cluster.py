@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +180,38 @@ class Platform:
             figures[name] = figures.get(name, 0.0) + pid_cpu_seconds(proc.pid)
         figures.update(infrastructure_cpu_seconds())
         return figures
+
+    @contextlib.contextmanager
+    def profiled(self, phase: str) -> Iterator[None]:
+        """With `BENCH_PROFILE=<folder>`, sample every service process with py-spy while the
+        block runs and write `<folder>/<phase>-<service>.txt` (collapsed stacks, the input of
+        flame graphs and of `bench/hotspots.py`); without it, nothing."""
+        folder = os.environ.get("BENCH_PROFILE")
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not folder or not Path(spy).exists():
+            yield
+            return
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        names = ("up",) if self.embedded else self.services
+        samplers = []
+        for index, (name, proc) in enumerate(zip(names, self.procs, strict=False)):
+            out = Path(folder) / f"{phase}-{name}{'' if names.count(name) == 1 else index}.txt"
+            samplers.append(subprocess.Popen(
+                [spy, "record", "--pid", str(proc.pid), "--format", "raw", "--rate", "200",
+                 "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=(Path(folder) / f"{out.stem}.err").open("wb")))
+        time.sleep(0.5)  # py-spy attaches before the work starts
+        try:
+            yield
+        finally:
+            for sampler in samplers:
+                sampler.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+            for sampler in samplers:
+                try:
+                    sampler.wait(60)
+                except subprocess.TimeoutExpired:
+                    sampler.kill()
 
     def emails_delivered(self) -> int:
         """Emails in the mail folder so far (the embedded and default transport)."""

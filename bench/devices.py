@@ -134,7 +134,8 @@ def main() -> None:
                                       token)
         assert status == 201, first
         cpu_before = platform.cpu_seconds()
-        add_s, add_ms = clients(port, token, add)
+        with platform.profiled("add-device"):
+            add_s, add_ms = clients(port, token, add)
         added = CLIENTS * per_client
         cpu_after = platform.cpu_seconds()
         cpu_ms = {name: round((cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / added, 2)
