@@ -8,6 +8,8 @@
   concierge migrate [SERVICE ...]        create the services' schemas and tables (default: all)
   concierge contexts [--stored]          the declared contexts (services/*/declaration.py)
   concierge ping SERVICE                 exit 0 when the service answers RPC (probes)
+  concierge traffic                      device traffic refused, by reason, and the queues' depth
+  concierge load devices ...             synthetic device traffic (concierge/loadcli.py)
 """
 
 from __future__ import annotations
@@ -241,6 +243,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """What the devices' traffic ingest refused (counted by reason since the start) and what
+    waits in its queue and its dead-letter queue, as one JSON object."""
+    from concierge.ingest import refusal_counts
+
+    settings = Settings.from_env()
+    ingest = "devices.traffic"
+    wiring = _operator_wiring("devices", settings)
+    try:
+        report: dict[str, Any] = {"ingest": f"{settings.amqp_prefix}{ingest}",
+                                  "refused": refusal_counts(wiring.engine, ingest)}
+    finally:
+        wiring.close()
+    if not settings.embedded_bus:
+        import kombu
+
+        with kombu.Connection(settings.amqp_uri) as conn:
+            for key, name in (("waiting", report["ingest"]),
+                              ("dead_letters_kept", f"{report['ingest']}.dead")):
+                try:
+                    report[key] = conn.channel().queue_declare(name, passive=True).message_count
+                except Exception:  # not declared yet: the devices service has not started
+                    report[key] = None
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_contexts(args: argparse.Namespace) -> int:
     """The declared contexts, one name a line (the deploy manifests loop over them)."""
     for name, declared in contexts().items():
@@ -302,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     ping.add_argument("service", choices=stored_contexts())
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.set_defaults(fn=cmd_ping)
+    traffic = sub.add_parser("traffic", help="device traffic refused, by reason; queue depths")
+    traffic.set_defaults(fn=cmd_traffic)
+    sub.add_parser("load", help="synthetic device traffic (concierge load devices --help)")
     return p
 
 

@@ -43,6 +43,12 @@ class Settings:
     # The most connections each of a service's two PostgreSQL pools opens (the event store's,
     # the read models'); a caller finding its pool in use waits for a connection.
     db_pool_size: int = 2
+    # Device traffic: how often devices send a heartbeat, how many intervals of silence make
+    # a device offline, how long door and call logs are kept, how old a message may be.
+    heartbeat_seconds: float = 30.0
+    offline_tolerance: float = 3.0
+    traffic_retention_days: float = 90.0
+    traffic_replay_seconds: float = 86_400.0
     # Who holds a connection (`pg_stat_activity.application_name`): a service, or the CLI.
     role: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -87,7 +93,16 @@ class Settings:
             shutdown_seconds=float(env.get("CONCIERGE_SHUTDOWN_SECONDS", "5")),
             log_level=env.get("CONCIERGE_LOG_LEVEL", "INFO"),
             db_pool_size=int(env.get("CONCIERGE_DB_POOL_SIZE", "") or cls.db_pool_size),
+            heartbeat_seconds=float(env.get("CONCIERGE_HEARTBEAT_SECONDS", "30")),
+            offline_tolerance=float(env.get("CONCIERGE_OFFLINE_TOLERANCE", "3")),
+            traffic_retention_days=float(env.get("CONCIERGE_TRAFFIC_RETENTION_DAYS", "90")),
+            traffic_replay_seconds=float(env.get("CONCIERGE_TRAFFIC_REPLAY_SECONDS", "86400")),
         )
+
+    @property
+    def offline_after(self) -> float:
+        """Seconds of silence after which a device is offline."""
+        return self.heartbeat_seconds * self.offline_tolerance
 
     @property
     def embedded_bus(self) -> bool:

@@ -77,3 +77,19 @@ class LeaderLoop:
                     log.warning("%s could not finish before stopping (%s)", self.name, exc)
         finally:
             self.lock.release()
+
+
+class LeaderTask:
+    """A background loop (`Wiring.add_loop`) that runs `step` on one replica at a time: an
+    offline detector, a sweeper. `step` returns the seconds to wait before the next pass."""
+
+    def __init__(self, name: str, lock: LeaderLock, step: Callable[[], float],
+                 idle_seconds: float = 1.0) -> None:
+        self.step = step
+        self.loop = LeaderLoop(name, lock, Wakeup(), idle_seconds, failure_pause=idle_seconds)
+
+    def run(self) -> None:
+        self.loop.run(self.step)
+
+    def stop(self) -> None:
+        self.loop.stop()

@@ -581,6 +581,24 @@ class DeviceRemovedSchema(_DeviceIds):
     pass
 
 
+class DeviceCameOnlineSchema(_EventData):
+    """Heard from while it stood offline (device traffic): `at`, when it was heard."""
+
+    mac = fields.String(required=True)
+    installer_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    at = fields.String(required=True)
+
+
+class DeviceWentOfflineSchema(_EventData):
+    """Silent for longer than the heartbeat interval times the tolerance."""
+
+    mac = fields.String(required=True)
+    installer_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    last_seen = fields.String(required=True)
+
+
 class MacAssignedSchema(_EventData):
     mac = fields.String(required=True)
     device_id = fields.String(required=True)
@@ -660,6 +678,8 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "DeviceAdded": DeviceAddedSchema,
     "DeviceEdited": DeviceEditedSchema,
     "DeviceRemoved": DeviceRemovedSchema,
+    "DeviceCameOnline": DeviceCameOnlineSchema,
+    "DeviceWentOffline": DeviceWentOfflineSchema,
     "CredentialAdded": CredentialAddedSchema,
     "CredentialRemoved": CredentialRemovedSchema,
     "CredentialsWiped": CredentialsWipedSchema,

@@ -102,9 +102,12 @@ def new_sip() -> str:
 class DevicesApplication(ServiceApplication):
     service_name = "devices"
 
-    def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, engine: Any = None,
+                 offline_after: float = 90.0) -> None:
         super().__init__(env=env, engine=engine)
-        self.views = DevicesViews(engine) if engine is not None else None
+        # A device last heard longer ago than this is offline (heartbeat interval x tolerance).
+        self.offline_after = offline_after
+        self.views = DevicesViews(engine, offline_after) if engine is not None else None
         # Brings the topology and accounts policies up to those logs now (set when wired).
         self.catch_up_sources: Callable[[], None] = lambda: None
 
@@ -299,6 +302,53 @@ class DevicesApplication(ServiceApplication):
 
         return self.execute(command)
 
+    # -- traffic: the transitions and the logs (services/devices/traffic.py) ------------------
+    def devices_came_online(self, seen: Mapping[str, float]) -> list[str]:
+        """Record `DeviceCameOnline` for these devices (id -> when heard) where it is news;
+        the ids that stand online now (removed devices left out)."""
+        return self._transitions(seen, "come_online")
+
+    def devices_went_offline(self, silent: Mapping[str, float]) -> list[str]:
+        """Record `DeviceWentOffline` (id -> last heard) where it is news; the ids that stand
+        offline now."""
+        return self._transitions(silent, "go_offline")
+
+    def _transitions(self, times: Mapping[str, float], change: str) -> list[str]:
+        def command() -> tuple[list[str], list[Any]]:
+            found = self.get_many([UUID(d) for d in times])
+            settled, changed = [], []
+            for uid, device in found.items():
+                if not isinstance(device, Device) or device.removed:
+                    continue
+                when = datetime.fromtimestamp(times[str(uid)], UTC).isoformat()
+                if getattr(device, change)(when):
+                    changed.append(device)
+                settled.append(str(uid))
+            return settled, changed
+
+        with context.acting({"actor": "devices:traffic", "role": "system"}):
+            return self.execute(command)
+
+    def traffic_log(self, kind: str, scope: str, scope_id: Any, page: int = 1,
+                    per_page: int = 10, since: datetime | None = None,
+                    until: datetime | None = None) -> dict[str, Any]:
+        """A page of the door or call log of one of the caller's communities, buildings, APTs
+        or devices, newest first, within [since, until) (empty when `until` is not after
+        `since`)."""
+        if kind not in ("door", "call") or scope not in (
+                "community", "building", "apartment", "device"):
+            raise NotFound("No such log.")
+        installer = _installer()
+        if scope == "device":
+            scope_id = str(self._device(scope_id).id)
+        else:
+            community, building_id, apartment_id = self._area(scope, scope_id, installer)
+            scope_id = {"community": community.community_id, "building": building_id,
+                        "apartment": apartment_id}[scope]
+        return self._views().traffic_log(
+            kind, scope, str(scope_id), since.timestamp() if since else None,
+            until.timestamp() if until else None, page, per_page)
+
     def reserve_mac(self, mac: Any, apartment_id: Any) -> dict[str, Any]:
         """Keep a MAC of the caller's library for the indoor monitor of an APT that topology is
         about to record (Add APT on the Basic plan): 422 naming `mac` when it is not in the
@@ -337,6 +387,7 @@ class DevicesApplication(ServiceApplication):
             "owner": seen.get("owner"),
             "last_connection": seen.get("last_connection"),
             "status": seen.get("status", "offline"),
+            "firmware": seen.get("firmware"), "ip": seen.get("ip"), "model": seen.get("model"),
         }
 
     def edit_device(self, device_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:

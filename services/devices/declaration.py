@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
+from concierge.ingest import IngestLoop
+from concierge.leader import LeaderTask
+from concierge.locks import leader_lock
 from concierge.runtime import Wiring
 from contracts.accounts import EVENT_SCHEMAS as ACCOUNTS_SCHEMAS
 from contracts.devices import EVENT_SCHEMAS
 from contracts.topology import EVENT_SCHEMAS as TOPOLOGY_SCHEMAS
 from services.devices.application import ACCOUNTS_EVENTS, TOPOLOGY_EVENTS, DevicesApplication
 from services.devices.projections import READ_MODELS
+from services.devices.traffic import INGEST, OfflineDetector, TrafficIngest, create_tables
 
 
 def catch_up_on_miss(wiring: Wiring) -> None:
@@ -29,6 +33,25 @@ def catch_up_on_miss(wiring: Wiring) -> None:
                 subscription.catch_up()
 
     app.catch_up_sources = catch_up
+
+
+def start_traffic(wiring: Wiring) -> None:
+    """Device traffic: the ingest of `devices.traffic` (every replica consumes) and the
+    offline detector (one replica at a time)."""
+    app = wiring.app
+    assert isinstance(app, DevicesApplication)
+    settings = wiring.settings
+    create_tables(wiring.engine)
+    ingest = TrafficIngest(wiring.engine, app.devices_came_online,
+                           replay_seconds=settings.traffic_replay_seconds)
+    loop = IngestLoop(settings.amqp_uri, f"{settings.amqp_prefix}{INGEST}", ingest.handle)
+    wiring.add_loop(loop)
+    detector = OfflineDetector(wiring.engine, app.devices_went_offline, app.devices_came_online,
+                               offline_after=settings.offline_after,
+                               retention_days=settings.traffic_retention_days)
+    wiring.add_loop(LeaderTask("offline detector", leader_lock(
+        "devices", settings, wiring.engine, "offline-detector"), detector.step,
+        idle_seconds=min(1.0, settings.offline_after / 10)))
 
 
 # MACs in the demo installer's library, so that a newcomer can add a device straight away.
@@ -69,6 +92,7 @@ CONTEXT = BoundedContext(
                schemas={kind: ACCOUNTS_SCHEMAS[kind] for kind in ACCOUNTS_EVENTS}),
     ],
     event_schemas=EVENT_SCHEMAS,
-    started=[catch_up_on_miss],
+    options=lambda settings: {"offline_after": settings.offline_after},
+    started=[catch_up_on_miss, start_traffic],
     demo="services.devices.declaration:demo_macs",
 )

@@ -448,6 +448,32 @@ class Device(Aggregate):
     def remove(self) -> None:
         self.removed = True
 
+    # -- online and offline: the only facts traffic makes (services/devices/traffic.py) -------
+    def come_online(self, at: str) -> bool:
+        """Heard from while it stood offline (or never heard from): True if that is news."""
+        if self.removed or getattr(self, "online", False):
+            return False
+        self._came_online(at=at, mac=self.mac, installer_id=self.installer_id,
+                          community_id=self.community_id)
+        return True
+
+    @event("DeviceCameOnline")
+    def _came_online(self, at: str, mac: str, installer_id: str, community_id: str) -> None:
+        self.online = True
+
+    def go_offline(self, last_seen: str) -> bool:
+        """Silent for longer than the tolerance while online: True if that is news."""
+        if self.removed or not getattr(self, "online", False):
+            return False
+        self._went_offline(last_seen=last_seen, mac=self.mac, installer_id=self.installer_id,
+                           community_id=self.community_id)
+        return True
+
+    @event("DeviceWentOffline")
+    def _went_offline(self, last_seen: str, mac: str, installer_id: str,
+                      community_id: str) -> None:
+        self.online = False
+
     @event("DeviceCredentialsWiped")
     def credentials_wiped(self, apartment_id: str, kinds: list[str], removed: int) -> None:
         """The reset of its APT wiped the credentials it opens doors for (its history)."""

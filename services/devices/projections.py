@@ -10,6 +10,7 @@ from topology's events into tables of their own, read by key for a page's rows o
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -47,6 +48,13 @@ class MacListQuery(_ListQuery):
 
     sort = sort_field(MAC_SORTS, "-created_at")
     in_use = fields.Boolean(load_default=None, allow_none=True)
+
+
+class TrafficLogQuery(HistoryQuery):
+    """A page of a door or call log, newest first, within [from, to)."""
+
+    since = fields.AwareDateTime(load_default=None)
+    until = fields.AwareDateTime(load_default=None)
 
 
 class DeviceListQuery(_ListQuery):
@@ -184,6 +192,7 @@ DEVICE_ORDERS = {"name": [func.lower(devices.c.name)], "mac": [devices.c.mac],
                  "sip": [devices.c.sip], "created_at": [devices.c.created_at]}
 for _key, _expressions in DEVICE_ORDERS.items():
     Index(f"ix_devices_devices_by_{_key}", devices.c.community_id, *_expressions, devices.c.id)
+Index("ix_devices_devices_mac", devices.c.mac)  # the traffic ingest's lookup
 Index("ix_devices_devices_building", devices.c.building_id, devices.c.created_at, devices.c.id)
 Index("ix_devices_devices_apartment", devices.c.apartment_id, devices.c.created_at,
       devices.c.id)
@@ -244,7 +253,7 @@ class DevicesView(ReadModel):
     """Intercom devices per community, building and APT, with the sites' names they show."""
 
     name = "devices_devices"
-    version = 2  # 2: third-party cameras and locks
+    version = 3  # 2: third-party cameras and locks; 3: an index by MAC
     metadata = device_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -392,7 +401,7 @@ def _device_item(row: Any) -> dict[str, Any]:
             "community_id": row.community_id, "building_id": row.building_id,
             "building_name": None, "apartment_id": row.apartment_id, "apartment_number": None,
             "resident": None, "status": "offline", "last_connection": None,
-            "created_at": row.created_at}
+            "firmware": None, "ip": None, "model": None, "created_at": row.created_at}
 
 
 def _with_sites(conn: Connection, items: list[dict[str, Any]]) -> None:
@@ -427,8 +436,21 @@ class ThirdPartyListQuery(_ListQuery):
 class DevicesViews:
     """Queries over devices' read models."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, offline_after: float = 90.0) -> None:
         self.engine = engine
+        # A device last heard longer ago than this is offline (heartbeat interval x tolerance).
+        self.offline_after = offline_after
+
+    def _enrich(self, conn: Connection, items: list[dict[str, Any]]) -> None:
+        """A page's site names, then each device's traffic: status, last connection,
+        firmware, IP and model (services/devices/traffic.py)."""
+        from services.devices.traffic import presence_of, status_of
+
+        _with_sites(conn, items)
+        seen = presence_of(conn, (item["id"] for item in items))
+        now = time.time()
+        for item in items:
+            item.update(status_of(seen.get(item["id"]), now, self.offline_after))
 
     def list_macs(self, installer_id: str, page: int = 1, per_page: int = PER_PAGE_DEFAULT,
                   sort: str = "-created_at", q: str | None = None,
@@ -472,7 +494,7 @@ class DevicesViews:
                 total = int(conn.execute(select(device_totals.c.devices).where(
                     device_totals.c.scope_id == scope)).scalar() or 0)
             return page_of(conn, query, [*DEVICE_ORDERS[key], d.c.id], descending, page,
-                           per_page, _device_item, total=total, enrich=_with_sites)
+                           per_page, _device_item, total=total, enrich=self._enrich)
 
     def list_third_party(self, kind: str, community_id: str, building_id: str | None = None,
                          apartment_id: str | None = None, page: int = 1,
@@ -493,21 +515,27 @@ class DevicesViews:
             return page_of(conn, query, [*order, t.c.id], descending, page, per_page,
                            _third_party_item)
 
+    def traffic_log(self, kind: str, scope: str, scope_id: str, since: float | None,
+                    until: float | None, page: int, per_page: int) -> dict[str, Any]:
+        from services.devices.traffic import log_page
+
+        return log_page(self.engine, kind, scope, scope_id, since, until, page, per_page)
+
     def community_of_building(self, building_id: str) -> str | None:
         with self.engine.connect() as conn:
             return conn.execute(select(site_buildings.c.community_id).where(
                 site_buildings.c.id == building_id)).scalar()
 
     def device_seen(self, device_id: str) -> dict[str, Any]:
-        """The device's owner (the resident of its APT) and last connection, as listed."""
+        """The device's owner (the resident of its APT) and traffic, as listed."""
         with self.engine.connect() as conn:
             row = conn.execute(select(devices).where(devices.c.id == device_id)).first()
             if row is None:
                 return {}
             item = _device_item(row)
-            _with_sites(conn, [item])
-        return {"owner": item["resident"], "last_connection": item["last_connection"],
-                "status": item["status"]}
+            self._enrich(conn, [item])
+        return {"owner": item["resident"], **{k: item[k] for k in (
+            "status", "last_connection", "firmware", "ip", "model")}}
 
 
 READ_MODELS = (MacLibraryView, DevicesView)

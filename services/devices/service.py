@@ -15,6 +15,7 @@ from services.devices.projections import (
     HistoryQuery,
     MacListQuery,
     ThirdPartyListQuery,
+    TrafficLogQuery,
 )
 
 Ctx = dict[str, Any] | None
@@ -85,6 +86,13 @@ class DevicesService(ServiceBase):
     @command
     def device_history(self, ctx: Ctx, device_id: Any, query: Any = None) -> dict[str, Any]:
         return self.app.device_history(device_id, **load(HistoryQuery, query or {}))
+
+    @rpc
+    @command
+    def traffic_log(self, ctx: Ctx, kind: Any, scope: Any, scope_id: Any, query: Any = None
+                    ) -> dict[str, Any]:
+        return self.app.traffic_log(str(kind), str(scope), scope_id,
+                                    **load(TrafficLogQuery, query or {}))
 
     # -- resident credentials ---------------------------------------------------------------
     @rpc

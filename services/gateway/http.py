@@ -10,6 +10,7 @@ answer malformed HTTP with (`ApiProtocol`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 import logging
@@ -674,7 +675,8 @@ def read_query(request: Request, schema: type[Schema]) -> dict[str, Any]:
         loaded = load(schema, data)
     except ValidationError as exc:
         raise Invalid.fields(_messages(exc)) from None
-    return {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in loaded.items()}
+    return {k: str(v) if isinstance(v, uuid.UUID) else v.isoformat()
+            if isinstance(v, datetime.datetime) else v for k, v in loaded.items()}
 
 
 def query_pairs(request: Request) -> list[tuple[str, str]]:
@@ -824,6 +826,16 @@ class DevicesQuery(ListQuery):
 
     sort = _sort(DEVICE_SORTS)
     type = fields.Integer(validate=validate.OneOf(tuple(DEVICE_TYPES)))
+
+
+class LogQuery(PageQuery):
+    """A page of a door or call log, newest first, within [from, to) (ISO 8601 times with
+    their offset; a range whose end is not after its start holds nothing)."""
+
+    since = fields.AwareDateTime(data_key="from", metadata={
+        "description": "the first instant shown (inclusive)"})
+    until = fields.AwareDateTime(data_key="to", metadata={
+        "description": "the instant the range ends (exclusive)"})
 
 
 def page(call: Call, result: dict[str, Any]) -> dict[str, Any]:

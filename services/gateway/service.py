@@ -43,6 +43,7 @@ from services.gateway.http import (
     CascadeQuery,
     CommunitiesQuery,
     DevicesQuery,
+    LogQuery,
     MacLibraryQuery,
     PageQuery,
     ResidentsQuery,
@@ -312,6 +313,51 @@ class GatewayService:
          tag="devices", query=PageQuery, returns="Page", roles=INSTALLER)
     def device_history(self, call: Call, device_id: str) -> Any:
         return page(call, self.devices.device_history(call.ctx, device_id, call.query))
+
+    # --- device traffic: door and call logs (the portal's logs) -----------------------------
+
+    def _log(self, call: Call, kind: str, scope: str, scope_id: str) -> Any:
+        return page(call, self.devices.traffic_log(call.ctx, kind, scope, scope_id, call.query))
+
+    @api("GET", f"{COMMUNITY}/door-logs", summary="A community's door log, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def community_door_log(self, call: Call, community_id: str) -> Any:
+        return self._log(call, "door", "community", community_id)
+
+    @api("GET", f"{BUILDING}/door-logs", summary="A building's door log, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def building_door_log(self, call: Call, building_id: str) -> Any:
+        return self._log(call, "door", "building", building_id)
+
+    @api("GET", f"{APARTMENT}/door-logs", summary="An apartment's door log, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def apartment_door_log(self, call: Call, apartment_id: str) -> Any:
+        return self._log(call, "door", "apartment", apartment_id)
+
+    @api("GET", f"{DEVICE}/door-logs", summary="A device's door log, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def device_door_log(self, call: Call, device_id: str) -> Any:
+        return self._log(call, "door", "device", device_id)
+
+    @api("GET", f"{COMMUNITY}/call-logs", summary="A community's call history, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def community_call_log(self, call: Call, community_id: str) -> Any:
+        return self._log(call, "call", "community", community_id)
+
+    @api("GET", f"{BUILDING}/call-logs", summary="A building's call history, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def building_call_log(self, call: Call, building_id: str) -> Any:
+        return self._log(call, "call", "building", building_id)
+
+    @api("GET", f"{APARTMENT}/call-logs", summary="An apartment's call history, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def apartment_call_log(self, call: Call, apartment_id: str) -> Any:
+        return self._log(call, "call", "apartment", apartment_id)
+
+    @api("GET", f"{DEVICE}/call-logs", summary="A device's call history, newest first",
+         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+    def device_call_log(self, call: Call, device_id: str) -> Any:
+        return self._log(call, "call", "device", device_id)
 
     # --- third-party cameras and locks -------------------------------------------------------
 

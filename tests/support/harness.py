@@ -43,10 +43,16 @@ def reset_bus(amqp_uri: str, services: Iterable[str], prefix: str = "") -> None:
             channel.queue_delete(subscription_queue_name(sub, src, prefix))
         for name in names:
             channel.queue_delete(f"{prefix}rpc-{name}")
+        if "devices" in names:  # the traffic ingest's queues
+            channel.queue_delete(f"{prefix}devices.traffic")
+            channel.queue_delete(f"{prefix}devices.traffic.dead")
         if prefix:
             for name in names:
                 channel.exchange_delete(exchange_name(name, prefix))
             channel.exchange_delete(f"{prefix}nameko-rpc")
+            if "devices" in names:
+                channel.exchange_delete(f"{prefix}devices.traffic")
+                channel.exchange_delete(f"{prefix}devices.traffic.dead")
         channel.close()
 
 
@@ -61,6 +67,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CONCIERGE_DB_POOL_SIZE": str(settings.db_pool_size),
         "CONCIERGE_RELAY_IDLE_SECONDS": str(settings.relay_idle_seconds),
         "CONCIERGE_SHUTDOWN_SECONDS": str(settings.shutdown_seconds),
+        "CONCIERGE_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+        "CONCIERGE_OFFLINE_TOLERANCE": str(settings.offline_tolerance),
         "PYTHONPATH": str(ROOT),
     })
     return env

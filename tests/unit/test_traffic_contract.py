@@ -1,0 +1,115 @@
+"""The device traffic contract: the ingest's hand-written checker (`parse`) accepts exactly the
+bodies the marshmallow schemas accept, and names why it refuses the others."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
+
+from contracts import traffic
+from contracts.traffic import KINDS, SCHEMAS, Refused, parse, split_key
+
+GOOD: dict[str, dict[str, Any]] = {
+    "heartbeat": {},
+    "status": {"model": "R29C", "firmware": "29.30.2.805", "ip": "192.168.1.20",
+               "uptime": 3600},
+    "door": {"relay": 1, "access_method": "pin", "credential_kind": "pin",
+             "result": "success", "time": "2026-12-07T18:00:00+01:00"},
+    "call": {"caller": "5900000001", "callee": "APT 101", "start": "2026-12-07T18:00:00Z",
+             "duration": 42, "answered": True},
+    "ack": {"command_id": "c-1", "outcome": "succeeded", "detail": None},
+    "upgrade": {"command_id": "c-2", "version": "29.30.2.805", "state": "installing",
+                "progress": 40},
+}
+
+
+def body(kind: str, **changes: Any) -> dict[str, Any]:
+    data = {"v": 1, "id": "m-1", "at": "2026-12-07T18:00:01Z", **GOOD[kind], **changes}
+    return {k: v for k, v in data.items() if v is not _MISSING}
+
+
+_MISSING = object()
+
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 100_000), st.floats(allow_nan=False),
+    st.text(max_size=70), st.sampled_from(["", "x" * 65, "2026-12-07T18:00:00",
+                                           "2026-12-07T18:00:00Z", "10.0.0.1", "::1",
+                                           "success", "pin", "call", "received", "done",
+                                           "a b", "ok\n"]),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                         max_size=1))
+
+
+def schema_accepts(kind: str, data: dict[str, Any]) -> bool:
+    try:
+        SCHEMAS[kind]().load(data)
+    except ValidationError:
+        return False
+    return True
+
+
+def parse_accepts(kind: str, data: dict[str, Any]) -> bool:
+    try:
+        parse(kind, json.dumps(data).encode())
+    except Refused as refused:
+        assert refused.reason in traffic.REASONS and refused.detail
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_good_message_of_each_kind_is_taken(kind: str) -> None:
+    assert schema_accepts(kind, body(kind))
+    parsed = parse(kind, json.dumps(body(kind)).encode())
+    assert parsed["at"].utcoffset().total_seconds() == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(kind=st.sampled_from(KINDS), name=st.text(min_size=1, max_size=12), value=ODD_VALUES,
+       drop=st.booleans())
+def test_parse_and_the_schema_agree_on_every_body(kind: str, name: str, value: Any,
+                                                  drop: bool) -> None:
+    fields = ["v", "id", "at", *GOOD[kind]]
+    target = fields[sum(map(ord, name)) % len(fields)] if not name.startswith("x") else name
+    data = body(kind, **{target: _MISSING if drop else value})
+    assert parse_accepts(kind, data) == schema_accepts(kind, data), data
+
+
+@pytest.mark.parametrize(("kind", "change", "field"), [
+    ("door", {"relay": 9}, "relay"), ("door", {"relay": True}, "relay"),
+    ("door", {"result": "maybe"}, "result"), ("door", {"time": "2026-12-07T18:00:00"}, "time"),
+    ("status", {"ip": "999.1.1.1"}, "ip"), ("status", {"uptime": -1}, "uptime"),
+    ("call", {"answered": "yes"}, "answered"), ("call", {"duration": 86_401}, "duration"),
+    ("ack", {"outcome": "maybe"}, "outcome"), ("heartbeat", {"v": 2}, "v"),
+    ("heartbeat", {"id": "has space"}, "id"), ("heartbeat", {"extra": 1}, "extra"),
+])
+def test_a_refusal_names_the_field(kind: str, change: dict[str, Any], field: str) -> None:
+    with pytest.raises(Refused) as refused:
+        parse(kind, json.dumps(body(kind, **change)).encode())
+    assert refused.value.reason == traffic.MALFORMED
+    assert refused.value.detail.startswith(field)
+
+
+def test_bodies_that_are_no_message_are_refused_with_their_reason() -> None:
+    for raw, reason in [(b"not json", traffic.MALFORMED), (b"[1, 2]", traffic.MALFORMED),
+                        (b"\xff\xfe", traffic.MALFORMED), (b"[" * 5000, traffic.OVERSIZED),
+                        (b" " * 4097, traffic.OVERSIZED)]:
+        with pytest.raises(Refused) as refused:
+            parse("heartbeat", raw)
+        assert refused.value.reason == reason
+
+
+def test_routing_keys_name_a_mac_and_a_kind() -> None:
+    assert split_key("0c11050b9814.door") == ("0C11050B9814", "door")
+    for key, reason in [("0C11050B9814.dance", traffic.UNKNOWN_KIND),
+                        ("0C11050B9814", traffic.UNKNOWN_KIND),
+                        ("0C11.heartbeat", traffic.MALFORMED),
+                        ("0C11050B98ZZ.heartbeat", traffic.MALFORMED)]:
+        with pytest.raises(Refused) as refused:
+            split_key(key)
+        assert refused.value.reason == reason
