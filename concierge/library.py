@@ -1,4 +1,4 @@
-"""The chassis's one adapter to the non-public parts of eventsourcing and SQLAlchemy.
+"""The chassis's one adapter to the non-public parts of eventsourcing, SQLAlchemy and py-amqp.
 
 Both libraries are pinned (pyproject.toml). What the chassis needs and their public API does not
 give is reached here and nowhere else:
@@ -8,7 +8,9 @@ give is reached here and nowhere else:
 - the repository's fast-forward lock, so that several cached aggregates are brought up to date
   in one query under the library's own locks (`ServiceApplication.load_together`);
 - a compiled statement's bind processors, so that many rows go to the driver in one
-  `executemany` (`concierge.projection`).
+  `executemany` (`concierge.projection`);
+- py-amqp's socket read, replaced by one that reads ahead into a small buffer
+  (`install_read_ahead`, installed for every AMQP connection by `concierge.transport`).
 
 The chassis also overrides a few of the libraries' non-public hooks (its recorders in
 `concierge.pgrecorder` and `concierge.sqliterecorder`, and `_record` in `concierge.commit`): they
@@ -20,10 +22,12 @@ libraries and fails, naming the method, when an upgrade removes or reshapes one.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from amqp.transport import TCPTransport
 from eventsourcing.application import Application, Repository
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteProcessRecorder
@@ -66,6 +70,8 @@ SURFACE: tuple[Private, ...] = (
     Private(Repository, "_disuse_fastforward_lock", ("aggregate_id",),
             "library.fastforward_locked"),
     Private(SQLCompiler, "_bind_processors", None, "library.bind_processors"),
+    Private(TCPTransport, "_read", ("n", "initial", "_errnos"),
+            "overridden by library.install_read_ahead (reads from a buffer)"),
 )
 
 
@@ -110,3 +116,43 @@ def fastforward_locked(repository: Any, aggregate_id: Any) -> Iterator[None]:
 def bind_processors(compiled: Any) -> dict[str, Any]:
     """The compiled statement's per-parameter type processors (datetimes, booleans)."""
     return compiled._bind_processors
+
+
+# -- py-amqp: reading a frame at a time, from a buffer ------------------------------------------
+# py-amqp's TCP transport asks the socket for exactly the bytes it needs next: three reads per
+# frame, three frames per message, each read a system call (and, under eventlet, a trip through
+# its hub). It costs most of a consumer's time on a busy queue. `_read_ahead` asks for what is
+# there, up to READ_AHEAD bytes, and serves the next reads from that; the buffer stays small,
+# so the copies that slicing it makes stay cheap. Installed once, for every connection of the
+# process (services' consumers, RPC, the ingest): `SURFACE` pins the method.
+READ_AHEAD = 8192
+
+
+def _read_ahead(self: Any, n: int, initial: bool = False,
+                _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
+    recv = self._quick_recv
+    rbuf = self._read_buffer
+    try:
+        while len(rbuf) < n:
+            try:
+                s = recv(max(n - len(rbuf), READ_AHEAD))
+            except OSError as exc:
+                if exc.errno in _errnos:
+                    if initial and self.raise_on_initial_eintr:
+                        raise TimeoutError() from exc
+                    continue
+                raise
+            if not s:
+                raise OSError("Server unexpectedly closed connection")
+            rbuf += s
+    except BaseException:
+        self._read_buffer = rbuf
+        raise
+    result, self._read_buffer = rbuf[:n], rbuf[n:]
+    return result
+
+
+def install_read_ahead() -> None:
+    import amqp.transport
+
+    amqp.transport.TCPTransport._read = _read_ahead  # type: ignore[method-assign]

@@ -61,3 +61,11 @@ def register() -> None:
 
 
 register()
+
+
+
+# Reading from RabbitMQ from a buffer (concierge.library.install_read_ahead), for every AMQP
+# connection of the process: installed when the bus is imported.
+from concierge import library  # noqa: E402
+
+library.install_read_ahead()

@@ -16,6 +16,7 @@ device's own state before they are recorded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 INGEST = "devices.traffic"  # the exchange and queue, after the deployment's prefix
 # A message sent longer ago than this is a replay (the ingest's default; settings override).
 REPLAY_SECONDS = 86_400.0
+# Which device uses a MAC, kept this long in memory: traffic from a MAC whose device was removed
+# in the meantime may land on that device for as long (its presence row goes with the next
+# prune; a door opening then stays in the log of the community it happened in).
+MAC_CACHE_SECONDS = 10.0
+MAC_CACHE_SIZE = 500_000
 
 traffic_metadata = MetaData()
 presence = Table(
@@ -118,6 +124,19 @@ upgrades = _log_table(
 LOGS = {"door": door_log, "call": call_log, "ack": acks, "upgrade": upgrades}
 
 
+# One statement for a whole batch on PostgreSQL: arrays in, the previous transitions out.
+_PRESENCE_UPSERT = """
+INSERT INTO devices_presence AS p (device_id, mac, last_seen, model, firmware, ip, uptime)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[],
+                     %s::int8[])
+ON CONFLICT (device_id) DO UPDATE SET
+    mac = excluded.mac, last_seen = greatest(p.last_seen, excluded.last_seen),
+    model = coalesce(excluded.model, p.model), firmware = coalesce(excluded.firmware, p.firmware),
+    ip = coalesce(excluded.ip, p.ip), uptime = coalesce(excluded.uptime, p.uptime)
+RETURNING device_id, reported
+"""
+
+
 def create_tables(engine: Engine) -> None:
     from concierge.ingest import dead_letter_metadata
 
@@ -128,10 +147,6 @@ def create_tables(engine: Engine) -> None:
 
 def _insert(conn: Connection, table: Table) -> Any:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
-
-
-def _greatest(conn: Connection) -> Any:
-    return func.greatest if conn.dialect.name == "postgresql" else func.max
 
 
 def _row_of(kind: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +178,7 @@ class TrafficIngest:
         self.came_online = came_online
         self.replay_seconds = replay_seconds
         self.clock = clock
+        self._known: dict[str, tuple[float, dict[str, Any]]] = {}  # MAC -> (until, device)
 
     def handle(self, batch: list[Incoming]) -> list[Refusal]:
         now = self.clock()
@@ -182,7 +198,7 @@ class TrafficIngest:
                 continue
             taken.append((index, mac, kind, data))
         with self.engine.begin() as conn:
-            known = self._devices(conn, {mac for _, mac, _, _ in taken})
+            known = self._devices(conn, {mac for _, mac, _, _ in taken}, now)
             seen: dict[str, dict[str, Any]] = {}
             logs: dict[str, dict[tuple[str, str], tuple[int, dict[str, Any]]]] = {}
             for index, mac, kind, data in taken:
@@ -191,10 +207,11 @@ class TrafficIngest:
                     refusals.append(Refusal(index, traffic.UNKNOWN_MAC,
                                             f"{mac}: no device has this MAC"))
                     continue
-                entry = seen.setdefault(device["device_id"], {"device_id": device["device_id"],
-                                                             "mac": mac, "last_seen": now,
-                                                             "model": None, "firmware": None,
-                                                             "ip": None, "uptime": None})
+                entry = seen.get(device["device_id"])
+                if entry is None:
+                    entry = seen[device["device_id"]] = {
+                        "device_id": device["device_id"], "mac": mac, "last_seen": now,
+                        "model": None, "firmware": None, "ip": None, "uptime": None}
                 if kind == "status":
                     entry.update(model=data["model"], firmware=data["firmware"],
                                  ip=str(data["ip"]), uptime=data["uptime"])
@@ -207,8 +224,7 @@ class TrafficIngest:
                         continue
                     rows[key] = (index, {**device, "message_id": data["id"],
                                          **_row_of(kind, data)})
-            waiting = self._not_online(conn, list(seen))
-            self._upsert_presence(conn, list(seen.values()))
+            waiting = self._upsert_presence(conn, list(seen.values()))
             for kind, rows in logs.items():
                 refusals += self._insert_log(conn, LOGS[kind], rows)
             count_refusals(conn, INGEST, refusals)
@@ -223,45 +239,68 @@ class TrafficIngest:
                 conn.execute(update(presence).where(presence.c.device_id.in_(online))
                              .values(reported="online"))
 
-    @staticmethod
-    def _devices(conn: Connection, macs: set[str]) -> dict[str, dict[str, Any]]:
-        if not macs:
-            return {}
-        d = device_rows
-        found = conn.execute(select(d.c.id, d.c.mac, d.c.community_id, d.c.building_id,
-                                    d.c.apartment_id).where(d.c.mac.in_(macs)))
-        return {row.mac: {"device_id": row.id, "mac": row.mac,
-                          "community_id": row.community_id, "building_id": row.building_id,
-                          "apartment_id": row.apartment_id} for row in found}
+    def _devices(self, conn: Connection, macs: set[str], now: float
+                 ) -> dict[str, dict[str, Any]]:
+        """The devices using these MACs: from the devices list, kept for `MAC_CACHE_SECONDS`
+        (a MAC no device uses is asked for again each time, so a new device counts at once)."""
+        found: dict[str, dict[str, Any]] = {}
+        missing = []
+        for mac in macs:
+            cached = self._known.get(mac)
+            if cached is not None and cached[0] > now:
+                found[mac] = cached[1]
+            else:
+                missing.append(mac)
+        if missing:
+            d = device_rows
+            rows = conn.execute(select(d.c.id, d.c.mac, d.c.community_id, d.c.building_id,
+                                       d.c.apartment_id).where(d.c.mac.in_(missing)))
+            if len(self._known) > MAC_CACHE_SIZE:
+                self._known.clear()
+            for row in rows:
+                device = {"device_id": row.id, "mac": row.mac, "community_id": row.community_id,
+                          "building_id": row.building_id, "apartment_id": row.apartment_id}
+                found[row.mac] = device
+                self._known[row.mac] = (now + MAC_CACHE_SECONDS, device)
+        return found
 
     @staticmethod
-    def _not_online(conn: Connection, device_ids: list[str]) -> list[str]:
-        """The devices of the batch whose last recorded transition is not "online"."""
-        if not device_ids:
-            return []
-        online = set(conn.execute(select(presence.c.device_id).where(
-            presence.c.device_id.in_(device_ids), presence.c.reported == "online")).scalars())
-        return [d for d in device_ids if d not in online]
-
-    @staticmethod
-    def _upsert_presence(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def _upsert_presence(conn: Connection, rows: list[dict[str, Any]]) -> list[str]:
+        """Record when each device was heard (and its status); the devices whose last
+        recorded transition is not "online"."""
         if not rows:
-            return
-        statement = _insert(conn, presence)
+            return []
+        if conn.dialect.name == "postgresql":
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.execute(_PRESENCE_UPSERT, [[row[name] for row in rows] for name in (
+                "device_id", "mac", "last_seen", "model", "firmware", "ip", "uptime")])
+            return [device for device, reported in cursor.fetchall() if reported != "online"]
+        ids = [row["device_id"] for row in rows]
+        online = set(conn.execute(select(presence.c.device_id).where(
+            presence.c.device_id.in_(ids), presence.c.reported == "online")).scalars())
+        statement = sqlite_insert(presence)
         new = statement.excluded
-        greatest = _greatest(conn)
         conn.execute(statement.on_conflict_do_update(
             index_elements=[presence.c.device_id],
             set_={"mac": new.mac,
-                  "last_seen": greatest(presence.c.last_seen, new.last_seen),
+                  "last_seen": func.max(presence.c.last_seen, new.last_seen),
                   **{name: func.coalesce(new[name], presence.c[name])
                      for name in ("model", "firmware", "ip", "uptime")}}),
             [{**row, "reported": None} for row in rows])
+        return [d for d in ids if d not in online]
 
     @staticmethod
     def _insert_log(conn: Connection, table: Table,
                     rows: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> list[Refusal]:
         """Keep each message once: one already kept is a replay."""
+        if conn.dialect.name == "postgresql":
+            names = [column.name for column in table.columns]
+            cursor = conn.connection.driver_connection.cursor()
+            cursor.execute(_log_insert(table), [[row[name] for _index, row in rows.values()]
+                                                for name in names])
+            kept = set(cursor.fetchall())
+            return [Refusal(index, traffic.REPLAYED, f"message {key[1]} was taken before")
+                    for key, (index, _row) in rows.items() if key not in kept]
         kept = set(conn.execute(select(table.c.device_id, table.c.message_id).where(
             tuple_(table.c.device_id, table.c.message_id).in_(list(rows)))).tuples())
         refusals = [Refusal(index, traffic.REPLAYED, f"message {key[1]} was taken before")
@@ -270,6 +309,19 @@ class TrafficIngest:
         if fresh:
             conn.execute(_insert(conn, table).on_conflict_do_nothing(), fresh)
         return refusals
+
+
+_ARRAY_TYPES = {String: "text", Float: "float8", Integer: "int4", BigInteger: "int8",
+                Boolean: "bool"}
+
+
+@functools.cache
+def _log_insert(table: Table) -> str:
+    """A log's whole batch in one statement on PostgreSQL; it answers the rows it kept."""
+    names = [column.name for column in table.columns]
+    arrays = ", ".join(f"%s::{_ARRAY_TYPES[type(column.type)]}[]" for column in table.columns)
+    return (f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT DO NOTHING RETURNING device_id, message_id")
 
 
 class OfflineDetector:
