@@ -8,6 +8,8 @@ or installer it has not heard of yet.
 
 from __future__ import annotations
 
+from typing import Any
+
 from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
 from concierge.ingest import IngestLoop
@@ -58,9 +60,17 @@ def start_traffic(wiring: Wiring) -> None:
 DEMO_MACS = ("0C1105000001", "0C1105000002", "0C1105000003", "0C1105000004", "0C1105000005")
 
 
+DEMO_SITE = "Demo Court"
+# The demo installer's door phones in Demo Court's building A, the first demo MACs.
+DEMO_DEVICES = (("Gate", 0, DEMO_MACS[0]), ("Lobby", 0, DEMO_MACS[1]),
+                ("Back door", 50, DEMO_MACS[2]))
+
+
 def demo_macs(settings: Settings) -> list[str]:
     """`concierge up`: the bootstrap distributor registers a few MACs to the demo installer
-    (accounts' demo made both; registering again changes nothing)."""
+    (accounts' demo made both; registering again changes nothing). In the embedded mode a
+    demo site's door phones then send heartbeats and open doors now and then, so that the
+    device list shows statuses and the door log fills without anything else running."""
     from concierge.rpc import ClusterRpcProxy
 
     # The demo's logins are accounts' (its declaration); the calls are over RPC as any
@@ -73,11 +83,76 @@ def demo_macs(settings: Settings) -> list[str]:
         session = rpc.accounts.login({"username": distributor, "password": password})
         dist = rpc.accounts.authenticate(session["token"])
         mine = rpc.accounts.login({"username": username, "password": installer_password})
-        installer = rpc.accounts.authenticate(mine["token"])["installer_id"]
+        principal = rpc.accounts.authenticate(mine["token"])
+        installer = principal["installer_id"]
         ctx = {"actor": f"distributor:{distributor}", "role": "distributor",
                "installer_id": None, "account_id": dist["account_id"]}
         rpc.devices.import_macs(ctx, installer, {"csv": "\n".join(DEMO_MACS)})
-    return [f"MAC library:  {', '.join(DEMO_MACS)} (the demo installer's, for devices)"]
+        lines = [f"MAC library:  {', '.join(DEMO_MACS[len(DEMO_DEVICES):])} (the demo "
+                 "installer's, for devices)"]
+        if settings.embedded_bus:
+            mine_ctx = {"actor": f"installer:{username}", "role": "installer",
+                        "installer_id": installer, "account_id": principal["account_id"]}
+            macs = demo_site(rpc, mine_ctx)
+            from concierge import green
+
+            green.spawn(demo_traffic, settings, macs)
+            lines.append(f"devices:      {DEMO_SITE} has {len(macs)} door phones online "
+                         "(simulated heartbeats and door openings)")
+    return lines
+
+
+def demo_site(rpc: Any, ctx: dict[str, Any]) -> list[str]:
+    """Demo Court, its building A and the demo door phones, made once; their MACs."""
+    found = rpc.topology.list_communities(ctx, {"q": DEMO_SITE})["items"]
+    if found:
+        community = found[0]["id"]
+        building = rpc.topology.list_buildings(ctx, community, {})["items"][0]["id"]
+    else:
+        community = rpc.topology.create_community(
+            ctx, {"name": DEMO_SITE, "feature_plan": "premium", "time_zone": "Europe/Paris"})["id"]
+        building = rpc.topology.add_building(ctx, community, {"name": "A"})["id"]
+    have = {d["mac"] for d in rpc.devices.list_devices(ctx, "building", building,
+                                                       {"per_page": 100})["items"]}
+    for name, kind, mac in DEMO_DEVICES:
+        if mac not in have:
+            rpc.devices.add_device(ctx, "building", building,
+                                   {"type": kind, "mac": mac, "name": name})
+    return [mac for _, _, mac in DEMO_DEVICES]
+
+
+def demo_traffic(settings: Settings, macs: list[str]) -> None:
+    """What a few real door phones send: status once, then a heartbeat per interval each
+    and, now and then, a door opened by PIN, card or face (contracts/traffic.py)."""
+    import json
+    import random
+
+    import kombu
+
+    from concierge import green
+    from concierge.devicesim import message
+    from concierge.ingest import ingest_exchange
+
+    rng = random.Random()
+    exchange = ingest_exchange(f"{settings.amqp_prefix}{INGEST}")
+    with kombu.Connection(settings.amqp_uri) as conn:
+        producer = kombu.Producer(conn.channel(), exchange=exchange)
+
+        def send(mac: str, kind: str) -> None:
+            producer.publish(json.dumps(message(kind, rng)).encode(), routing_key=f"{mac}.{kind}",
+                             serializer=None, content_type="application/json",
+                             content_encoding="binary")
+
+        for mac in macs:
+            send(mac, "status")
+        beat = 0
+        while True:
+            for mac in macs:
+                send(mac, "heartbeat")
+            if beat % 3 == 0:
+                send(rng.choice(macs), "door")
+            beat += 1
+            green.sleep(settings.heartbeat_seconds)
 
 
 CONTEXT = BoundedContext(
