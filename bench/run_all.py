@@ -119,6 +119,20 @@ def device_rows(devices: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
+def traffic_rows(traffic: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Device traffic (issue #18): the ingest beside raw pika consuming the same messages."""
+    return [
+        (f"device traffic ingest, {traffic['messages']:,} messages of {traffic['devices']:,} "
+         "devices (msg/s)", traffic["ingest_per_s"],
+         f"{verdict(traffic['ingest_vs_raw'] >= traffic['target_ratio'])} "
+         f"({traffic['ingest_vs_raw']} of raw, target {traffic['target_ratio']})"),
+        ("  ... raw pika consume of the same messages (msg/s)",
+         traffic["raw_pika_consume_per_s"], "baseline"),
+        ("  ... devices' CPU per message (us)", traffic["devices_cpu_us_per_message"],
+         "no target; where the time goes"),
+    ]
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -131,6 +145,7 @@ def main() -> None:
     scale, hop = scaled["scale"], scaled["gateway_apartment_get"]
     spread = run("scale.py", "--communities", "50", "50000")["scale"]
     devices = run("devices.py", "10000", "50")
+    traffic = run("traffic.py", "100000", "1000")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -171,13 +186,14 @@ def main() -> None:
                  "add it to each read above for the route (the baseline is the read part)"))
     rows.extend(spread_rows(spread, hop))
     rows.extend(device_rows(devices))
+    rows.extend(traffic_rows(traffic))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
                       "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
-                      "devices": devices}))
+                      "devices": devices, "traffic": traffic}))
 
 
 if __name__ == "__main__":

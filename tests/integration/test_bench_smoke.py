@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support.harness import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,3 +30,17 @@ def test_the_scale_benchmark_prints_every_read_at_each_size() -> None:
                 "residents_registered_last_page", "add_apartment_1_client"} <= set(timed)
         assert all(value["n"] == 40 and value["p50"] > 0 for value in timed.values())
         assert stage["add_apartment_8_clients_per_s"] > 0
+
+
+@pytest.mark.broker
+@pytest.mark.postgres
+def test_the_traffic_benchmark_drains_its_messages_beside_raw_pika(
+        rabbit_uri: str, postgres_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_AMQP_URI": rabbit_uri,
+           "BENCH_DATABASE_URL": postgres_url, "BENCH_PORT": str(free_port())}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "traffic.py"), "2000", "20"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["messages"] == 2000 and figures["devices"] == 20
+    assert figures["ingest_per_s"] > 0 and figures["raw_pika_consume_per_s"] > 0
