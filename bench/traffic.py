@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ from concierge.devicesim import message
 
 CLIENTS = 20
 TARGET_RATIO = 0.8
+# Short, so that the offline detection is measured in the same run: once the queue is drained
+# the fleet falls silent, and each device must be offline within HEARTBEAT x TOLERANCE + 5 s.
+HEARTBEAT, TOLERANCE = 2.0, 2.0
+OFFLINE_SLACK = 5.0
 
 
 def register_fleet(platform: Platform, count: int) -> dict[str, Any]:
@@ -113,6 +118,32 @@ def raw_consume(channel: Any, queue: str, count: int) -> float:
     return seconds
 
 
+def offline_detection(platform: Platform, devices: int, timeout: float = 60
+                      ) -> dict[str, Any]:
+    """Seconds from each device's last message to its `DeviceWentOffline` (p50 / p99 / max),
+    once every device that came online has gone offline (or the timeout passed)."""
+    import subprocess
+
+    from bench.stats import summary
+
+    deadline = time.monotonic() + timeout
+    delays: list[float] = []
+    while time.monotonic() < deadline:
+        out = subprocess.run([platform._concierge(), "events", "devices"], env=platform.env,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        events = [json.loads(line) for line in out.splitlines()]
+        gone = [e for e in events if e["type"] == "DeviceWentOffline"]
+        delays = [(datetime.fromisoformat(e["occurred_at"]) -
+                   datetime.fromisoformat(e["data"]["last_seen"])).total_seconds()
+                  for e in gone]
+        if len(gone) >= devices:
+            break
+        time.sleep(1)
+    found = summary([d * 1000 for d in delays])
+    return {"devices": len(delays), "p50": round(found["p50"] / 1000, 2),
+            "p99": round(found["p99"] / 1000, 2), "max": round(found["max"] / 1000, 2)}
+
+
 def marker_in(database: str, schema: str) -> bool:
     import psycopg
 
@@ -128,7 +159,9 @@ def main() -> None:
     database = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     port = int(os.environ.get("BENCH_PORT", "8814"))
     platform = Platform(amqp, database, Path(tempfile.mkdtemp(prefix="bench-traffic-")), port,
-                        services=("accounts", "topology", "devices", "gateway")).start()
+                        services=("accounts", "topology", "devices", "gateway"),
+                        extra_env={"CONCIERGE_HEARTBEAT_SECONDS": str(HEARTBEAT),
+                                   "CONCIERGE_OFFLINE_TOLERANCE": str(TOLERANCE)}).start()
     conn = pika.BlockingConnection(pika.URLParameters(amqp))
     channel = conn.channel()
     exchange = f"{platform.amqp_prefix}devices.traffic"
@@ -173,6 +206,7 @@ def main() -> None:
         ingest_s = time.perf_counter() - began
         cpu_s = pid_cpu_seconds(process.pid) - cpu_before
         ingest_rate, raw_rate = count / ingest_s, count / raw_s
+        detection = offline_detection(platform, devices)
         print(json.dumps({
             "messages": count, "devices": devices,
             "register_devices_s": round(register_s, 1),
@@ -182,6 +216,8 @@ def main() -> None:
             "ingest_vs_raw": round(ingest_rate / raw_rate, 2),
             "target_ratio": TARGET_RATIO,
             "devices_cpu_us_per_message": round(cpu_s * 1e6 / count, 1),
+            "offline_detection_s": detection,
+            "offline_target_s": HEARTBEAT * TOLERANCE + OFFLINE_SLACK,
         }))
     finally:
         try:

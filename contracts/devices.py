@@ -163,6 +163,27 @@ class MacImport(Schema):
     csv = Text(required=True, validate=validate.Length(min=1, max=MAC_CSV_MAX_BYTES))
 
 
+# "Add Devices Using a Template": at most this many devices in one request.
+DEVICE_IMPORT_MAX = 1000
+
+
+class DeviceImport(Schema):
+    """Add Devices Using a Template, the Device Setting Format: "Device name, Device type,
+    Device MAC" items separated by ";" (`Gate2,0,0C11050B9814; Living Room,2,0C11050893C6`).
+    Each item's outcome is reported; the items that can be added are, together."""
+
+    devices = Text(required=True, validate=validate.Length(min=1, max=DEVICE_IMPORT_MAX * 120),
+                   metadata={"description": "name,type,MAC items separated by ';' (the "
+                                            "manual's Device Setting Format)"})
+
+
+def device_items(text: str) -> list[tuple[int, str]]:
+    """(item number from 1, its text) of each non-blank item of a Device Setting Format."""
+    items = [part.strip() for part in text.replace("\n", ";").split(";")]
+    return [(number, item) for number, item in enumerate(
+        (item for item in items if item), start=1)]
+
+
 def mac_rows(csv_text: str) -> list[tuple[int, str]]:
     """(line number, first cell) of each non-blank line; a first line that holds no MAC is a
     header (the manual's template starts with one) and is skipped."""

@@ -27,6 +27,7 @@ from concierge.envelope import build as build_envelope
 from concierge.store import ServiceApplication
 from contracts import checked
 from contracts.devices import (
+    DEVICE_IMPORT_MAX,
     DEVICE_TYPES,
     EVENT_SCHEMAS,
     RESET_WIPES,
@@ -35,10 +36,12 @@ from contracts.devices import (
     CredentialCreate,
     DeviceCreate,
     DeviceEdit,
+    DeviceImport,
     LockCreate,
     LockEdit,
     MacImport,
     MacRegister,
+    device_items,
     mac_rows,
     normal_mac,
 )
@@ -299,6 +302,83 @@ class DevicesApplication(ServiceApplication):
             changed = [device, mac, *self._placed(device, apartment_id,
                                                   community.community_id, building_id)]
             return {"id": str(device.id), "sip": device.sip}, changed
+
+        return self.execute(command)
+
+    def import_devices(self, area: str, area_id: Any, payload: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+        """Add Devices Using a Template: many devices of one area in one request, each item's
+        outcome reported (added, with its id and SIP, or refused, naming why); the items that
+        can be added are, in one transaction."""
+        if area not in ("community", "building", "apartment"):
+            raise NotFound("No such area.")
+        installer = _installer()
+        community, building_id, apartment_id = self._area(area, area_id, installer)
+        items = device_items(checked(DeviceImport, payload)["devices"])
+        if len(items) > DEVICE_IMPORT_MAX:
+            raise Invalid.field("devices", f"At most {DEVICE_IMPORT_MAX:,} devices in one "
+                                           "request.")
+        outcomes: list[dict[str, Any]] = []
+        wanted: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        macs: dict[str, int] = {}
+        for number, text in items:
+            outcome: dict[str, Any] = {"item": number, "text": text[:200]}
+            outcomes.append(outcome)
+            parts = [part.strip() for part in text.split(",")]
+            if len(parts) != 3:
+                outcome.update(outcome="refused", errors={"devices": [
+                    "An item is \"Device name, Device type, Device MAC\"."]})
+                continue
+            name, kind, mac = parts
+            try:
+                settings = checked(DeviceCreate, {
+                    "name": name, "mac": mac,
+                    "type": int(kind) if kind.isdigit() and len(kind) < 4 else kind})
+            except Invalid as refused:
+                outcome.update(outcome="refused", errors=refused.errors)
+                continue
+            if settings["mac"] in macs:
+                outcome.update(outcome="refused", errors={"mac": [
+                    f"Also in item {macs[settings['mac']]}."]})
+                continue
+            macs[settings["mac"]] = number
+            wanted.append((outcome, settings))
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            for outcome, _settings in wanted:
+                outcome.pop("errors", None)
+            found = self.get_many([Mac.id_for(settings["mac"]) for _, settings in wanted])
+            home = (self._get(KnownApartment, KnownApartment.id_for(apartment_id))
+                    if apartment_id is not None
+                    else self._get(KnownCommunity, KnownCommunity.id_for(
+                        community.community_id)))
+            if home is None or home.deleted:
+                raise NotFound("Area not found.")
+            changed: list[Any] = []
+            now = datetime.now(UTC)
+            for outcome, settings in wanted:
+                mac = found.get(Mac.id_for(settings["mac"]))
+                try:
+                    if not isinstance(mac, Mac) or not mac.owned_by(installer):
+                        raise Invalid.field("mac", "This MAC is not in your MAC library.")
+                    device = Device.install(sip=new_sip(), installer_id=installer,
+                                            community=community, area=area,
+                                            building_id=building_id, apartment_id=apartment_id,
+                                            settings=settings)
+                    mac.assign(str(device.id), installer, now, apartment_id)
+                except (Invalid, Conflict) as refused:
+                    outcome.update(outcome="refused", errors=refused.errors)
+                    continue
+                if isinstance(home, KnownApartment):
+                    home.device_installed(device_id=str(device.id), monitor=False)
+                else:
+                    home.public_device_installed(device_id=str(device.id),
+                                                 building_id=building_id)
+                outcome.update(outcome="added", id=str(device.id), sip=device.sip)
+                changed += [device, mac]
+            added = sum(1 for o in outcomes if o.get("outcome") == "added")
+            return ({"items": len(outcomes), "added": added, "refused": len(outcomes) - added,
+                     "outcomes": outcomes}, [*changed, home] if changed else [])
 
         return self.execute(command)
 

@@ -63,6 +63,12 @@ class DevicesService(ServiceBase):
 
     @rpc
     @command
+    def import_devices(self, ctx: Ctx, area: Any, area_id: Any, payload: Any
+                       ) -> dict[str, Any]:
+        return self.app.import_devices(str(area), area_id, payload)
+
+    @rpc
+    @command
     def get_device(self, ctx: Ctx, device_id: Any) -> dict[str, Any]:
         return self.app.get_device(device_id)
 

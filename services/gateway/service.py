@@ -21,6 +21,7 @@ from contracts.devices import (
     CredentialCreate,
     DeviceCreate,
     DeviceEdit,
+    DeviceImport,
     LockCreate,
     LockEdit,
     MacImport,
@@ -63,6 +64,13 @@ DEVICE = f"{V1}/devices/<uuid:device_id>"
 INSTALLER_MACS = f"{V1}/installers/<uuid:installer_id>/mac-library"
 DISTRIBUTOR = ("distributor",)
 AREAS = {"community": COMMUNITY, "building": BUILDING, "apartment": APARTMENT}
+DEVICE_IMPORT_DESCRIPTION = (
+    "Add Devices Using a Template: `devices` holds \"Device name, Device type, Device MAC\" "
+    "items separated by ';' (at most 1,000). Answers 200 with each item's outcome: `added` "
+    "(with the device's id and SIP number) or `refused` (with `errors` naming the field: a "
+    "malformed item, a type the area does not take, a MAC not in the MAC library, used by "
+    "another device, or named twice). The items that can be added are, in one transaction; "
+    "nothing is half-added.")
 MAC_IMPORT_DESCRIPTION = (
     "Registers many MACs to one of the distributor's installers: one MAC per line of `csv` "
     "(its first column; a header line and blank lines are skipped; ':' and '-' separators "
@@ -276,6 +284,24 @@ class GatewayService:
          location=f"{V1}/devices/{{id}}", roles=INSTALLER, errors=(409,))
     def add_apartment_device(self, call: Call, apartment_id: str) -> Any:
         return self.devices.add_device(call.ctx, "apartment", apartment_id, call.body)
+
+    @api("POST", f"{COMMUNITY}/devices/import", summary="Add devices to a community's public "
+         "area with the template's Device Setting Format", tag="devices", body=DeviceImport,
+         roles=INSTALLER, description=DEVICE_IMPORT_DESCRIPTION)
+    def import_community_devices(self, call: Call, community_id: str) -> Any:
+        return self.devices.import_devices(call.ctx, "community", community_id, call.body)
+
+    @api("POST", f"{BUILDING}/devices/import", summary="Add devices to a building's public "
+         "area with the template's Device Setting Format", tag="devices", body=DeviceImport,
+         roles=INSTALLER, description=DEVICE_IMPORT_DESCRIPTION)
+    def import_building_devices(self, call: Call, building_id: str) -> Any:
+        return self.devices.import_devices(call.ctx, "building", building_id, call.body)
+
+    @api("POST", f"{APARTMENT}/devices/import", summary="Add devices to an apartment with the "
+         "template's Device Setting Format", tag="devices", body=DeviceImport,
+         roles=INSTALLER, description=DEVICE_IMPORT_DESCRIPTION)
+    def import_apartment_devices(self, call: Call, apartment_id: str) -> Any:
+        return self.devices.import_devices(call.ctx, "apartment", apartment_id, call.body)
 
     @api("GET", f"{COMMUNITY}/devices", summary="List a community's devices (every area)",
          tag="devices", query=DevicesQuery, returns="Page", roles=INSTALLER)

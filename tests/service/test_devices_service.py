@@ -710,3 +710,46 @@ def test_no_published_event_carries_a_secret(svc: DevicesService, sites: Topolog
                    "hidden-user", "admin"):
         assert secret not in published, secret
     assert "CameraLoginChanged" in published and "CredentialClaimed" in published
+
+
+# --- Add Devices Using a Template ---------------------------------------------------------------
+
+
+@both_stores
+def test_devices_added_with_the_template_report_each_item_and_add_the_good_ones(
+        svc: DevicesService, sites: TopologyService) -> None:
+    community, building, apartment = a_site(sites)
+    register(svc, "0C11050B9814", "0C11050893C6", "0C11050893C7", "0C11050893C8")
+    svc.add_device(LUNA_CTX, "building", building,
+                   {"type": 0, "mac": "0C11050893C8", "name": "Taken"})
+    report = svc.import_devices(LUNA_CTX, "building", building, {"devices": (
+        "Gate2,0,0C11050B9814; Own door,1,0C11050893C6;"  # single-tenant: an APT's only
+        "Side door,0,0c:11:05:08:93:c7;;Twice,0,0C11050B9814;Broken item;"
+        "Stranger,0,0C1105FFFFFF;Taken again,0,0C11050893C8;Bad type,9,0C11050893C6")})
+    outcomes = {o["item"]: (o["outcome"], sorted(o.get("errors", {}))) for o in
+                report["outcomes"]}
+    assert outcomes == {1: ("added", []), 2: ("refused", ["type"]), 3: ("added", []),
+                        4: ("refused", ["mac"]), 5: ("refused", ["devices"]),
+                        6: ("refused", ["mac"]), 7: ("refused", ["mac"]),
+                        8: ("refused", ["type"])}
+    assert (report["items"], report["added"], report["refused"]) == (8, 2, 6)
+    added = [o for o in report["outcomes"] if o["outcome"] == "added"]
+    assert all(o["sip"].startswith("59") for o in added)
+    listed = svc.list_devices(LUNA_CTX, "building", building, {"sort": "name"})
+    assert [d["name"] for d in listed["items"]] == ["Gate2", "Side door", "Taken"]
+    monitor = svc.import_devices(LUNA_CTX, "apartment", apartment,
+                                 {"devices": "Living Room,2,0C11050893C6"})
+    assert monitor["added"] == 1
+    assert svc.list_devices(LUNA_CTX, "community", community)["total"] == 4
+    # Every device the template added uses its MAC.
+    assert [m["in_use"] for m in svc.list_macs(LUNA_CTX, {"sort": "mac"})["items"]] == [
+        True, True, True, True]
+
+
+def test_a_template_of_more_than_a_thousand_devices_is_refused_whole(
+        svc: DevicesService, sites: TopologyService) -> None:
+    _community, building, _apartment = a_site(sites)
+    items = ";".join(f"D{n},0,0C11{n:08X}" for n in range(1001))
+    assert fields_of(lambda: svc.import_devices(LUNA_CTX, "building", building,
+                                                {"devices": items})) == ["devices"]
+    assert svc.list_devices(LUNA_CTX, "building", building)["total"] == 0
