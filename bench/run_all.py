@@ -130,6 +130,24 @@ def traffic_rows(traffic: dict[str, Any]) -> list[tuple[str, Any, str]]:
          traffic["raw_pika_consume_per_s"], "baseline"),
         ("  ... devices' CPU per message (us)", traffic["devices_cpu_us_per_message"],
          "no target; where the time goes"),
+        ("device gone silent -> DeviceWentOffline, p50 / p99 / max (s)",
+         f"{traffic['offline_detection_s']['p50']} / {traffic['offline_detection_s']['p99']} / "
+         f"{traffic['offline_detection_s']['max']}",
+         verdict(traffic["offline_detection_s"]["max"] <= traffic["offline_target_s"])),
+    ]
+
+
+def fleet_rows(fleet: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """A large fleet heartbeating (issue #18): lag and the devices process's memory."""
+    return [
+        (f"{fleet['devices']:,} devices heartbeating every {fleet['interval_s']:g} s: backlog "
+         "max, first minute / last minute", f"{fleet['backlog_first_minute_max']} / "
+         f"{fleet['backlog_last_minute_max']}", verdict(not fleet["lag_grows"])),
+        ("  ... devices' RSS before / max (MB)",
+         f"{fleet['devices_rss_mb_before']} / {fleet['devices_rss_mb_max']}",
+         verdict(fleet["devices_rss_mb_max"] <= fleet["rss_target_mb"])),
+        ("  ... messages sent (msg/s, the publisher: what the fleet asks)",
+         f"{fleet['sent']} ({fleet['publish_per_s']})", "baseline"),
     ]
 
 
@@ -146,6 +164,7 @@ def main() -> None:
     spread = run("scale.py", "--communities", "50", "50000")["scale"]
     devices = run("devices.py", "10000", "50")
     traffic = run("traffic.py", "100000", "1000")
+    fleet = run("fleet.py", "100000", "150")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -187,13 +206,14 @@ def main() -> None:
     rows.extend(spread_rows(spread, hop))
     rows.extend(device_rows(devices))
     rows.extend(traffic_rows(traffic))
+    rows.extend(fleet_rows(fleet))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
                       "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
-                      "devices": devices, "traffic": traffic}))
+                      "devices": devices, "traffic": traffic, "fleet": fleet}))
 
 
 if __name__ == "__main__":
