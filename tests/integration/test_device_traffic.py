@@ -242,3 +242,41 @@ def test_devices_killed_mid_batch_loses_no_door_opening_and_repeats_none(
     transitions = [t for t in history_types(platform, site, device) if t != "DeviceAdded"]
     assert transitions[0] == "DeviceCameOnline"
     assert all(a != b for a, b in itertools.pairwise(transitions)), transitions
+
+
+def test_the_ingest_survives_a_broker_restart_under_load(platform: Platform) -> None:
+    """3,000 door openings wait in the durable queue while the broker stops and starts
+    mid-stream: every one reaches the log once, and traffic sent afterwards is taken."""
+    site = site_with_devices(platform, 1)
+    [mac], [device] = site["macs"], site["devices"]
+    at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    before = TrafficPublisher(platform.env["AMQP_URI"], platform.amqp_prefix)
+    try:
+        for n in range(3000):
+            before.publish(mac, "door", door(f"restart-{n}", at))
+        before.pump()
+    finally:
+        before.close()
+    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+
+    def total() -> int:
+        status, page = platform.call("GET", f"/api/v1/devices/{device}/door-logs?per_page=1",
+                                     token=site["token"])
+        return int(page["total"]) if status == 200 else -1
+
+    eventually(lambda: total() == 3000, timeout=180)
+    def connected() -> TrafficPublisher | None:
+        try:
+            return TrafficPublisher(platform.env["AMQP_URI"], platform.amqp_prefix)
+        except pika.exceptions.AMQPError:  # the broker is still starting
+            return None
+
+    after = eventually(connected, timeout=60)
+    try:
+        after.publish(mac, "status", message("status", RNG, firmware="29.30.7.7"))
+        after.pump()
+    finally:
+        after.close()
+    eventually(lambda: detail(platform, site, device)["firmware"] == "29.30.7.7", timeout=120)
+    assert total() == 3000
