@@ -103,6 +103,15 @@ class TrafficPublisher:
             self.channel = self.connection.channel()
             return None
 
+    def consumers(self) -> int:
+        """How many consumers the ingest queue has (0 before the devices service took it)."""
+        try:
+            return int(self.channel.queue_declare(self.queue,
+                                                  passive=True).method.consumer_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            self.channel = self.connection.channel()
+            return 0
+
     def dead_letters(self) -> int | None:
         try:
             return self.channel.queue_declare(f"{self.queue}.dead",
