@@ -263,6 +263,26 @@ class Platform:
         assert status == 201, building
         return community["id"], building["id"]
 
+    def installer_with_macs(self, macs: list[str], chunk: int = 20_000) -> tuple[str, str]:
+        """A new installer with `macs` in its MAC library (CSV imports of `chunk`, each well
+        within the gateway's timeout): its id and session token."""
+        name = f"inst{uuid.uuid4().hex[:8]}"
+        distributor = self.distributor_token()
+        status, installer = self.call("POST", "/api/v1/installers",
+                                      {"username": name, "password": "installer-pw-1",
+                                       "email": f"{name}@example.org"}, distributor)
+        assert status == 201, installer
+        for start in range(0, len(macs), chunk):
+            part = macs[start:start + chunk]
+            status, report = self.call(
+                "POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
+                {"csv": "\n".join(part)}, distributor, timeout=600)
+            assert status == 200 and report["added"] == len(part), str(report)[:300]
+        status, session = self.call("POST", "/api/v1/auth/login",
+                                    {"username": name, "password": "installer-pw-1"})
+        assert status == 200, session
+        return installer["id"], session["token"]
+
     def distributor_token(self) -> str:
         _, session = self.call("POST", "/api/v1/auth/login",
                                {"username": "bench-distributor",

@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from bench.cluster import Platform
@@ -43,22 +42,8 @@ def rss_mb(pid: int) -> float:
 
 def register(platform: Platform, count: int) -> list[str]:
     """`count` door phones of a new installer, added with the template; their MACs."""
-    name = f"fleet{uuid.uuid4().hex[:6]}"
-    distributor = platform.distributor_token()
-    status, installer = platform.call("POST", "/api/v1/installers",
-                                      {"username": name, "password": "installer-pw-1",
-                                       "email": f"{name}@example.org"}, distributor)
-    assert status == 201, installer
     macs = [f"0D{n:010X}" for n in range(count)]
-    for start in range(0, count, 20_000):  # each well within the gateway's timeout
-        chunk = macs[start:start + 20_000]
-        status, report = platform.call(
-            "POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
-            {"csv": "\n".join(chunk)}, distributor, timeout=600)
-        assert status == 200 and report["added"] == len(chunk), str(report)[:300]
-    _, session = platform.call("POST", "/api/v1/auth/login",
-                               {"username": name, "password": "installer-pw-1"})
-    token = session["token"]
+    _, token = platform.installer_with_macs(macs)
     building = ""
     for start in range(0, count, PER_REQUEST):
         if start % PER_COMMUNITY == 0:

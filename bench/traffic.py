@@ -43,21 +43,9 @@ OFFLINE_SLACK = 5.0
 
 def register_fleet(platform: Platform, count: int) -> dict[str, Any]:
     """A new installer with `count` door phones in one building, added by 20 clients."""
-    name = f"fleet{uuid.uuid4().hex[:6]}"
-    distributor = platform.distributor_token()
-    status, installer = platform.call("POST", "/api/v1/installers",
-                                      {"username": name, "password": "installer-pw-1",
-                                       "email": f"{name}@example.org"}, distributor)
-    assert status == 201, installer
     macs = [f"0B{n:010X}" for n in range(count)]
-    status, report = platform.call(
-        "POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
-        {"csv": "\n".join(macs)}, distributor)
-    assert status == 200 and report["added"] == count, report
-    _, session = platform.call("POST", "/api/v1/auth/login",
-                               {"username": name, "password": "installer-pw-1"})
-    token = session["token"]
-    _, building = platform.community_with_building(token, f"Fleet {name}")
+    _, token = platform.installer_with_macs(macs)
+    _, building = platform.community_with_building(token, f"Fleet {uuid.uuid4().hex[:6]}")
     errors: list[str] = []
 
     def add(client: int) -> None:

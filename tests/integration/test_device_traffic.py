@@ -56,21 +56,9 @@ def publisher(platform: Platform) -> Iterator[TrafficPublisher]:
 
 def site_with_devices(platform: Platform, count: int) -> dict[str, Any]:
     """A new installer with `count` door phones in one building: ids, MACs and token."""
-    name = f"inst{uuid.uuid4().hex[:8]}"
-    distributor = platform.distributor_token()
-    status, created = platform.call("POST", "/api/v1/installers",
-                                    {"username": name, "password": "installer-pw-1",
-                                     "email": f"{name}@example.org"}, distributor)
-    assert status == 201, created
     macs = [f"0A{uuid.uuid4().hex[:10].upper()}" for _ in range(count)]
-    status, report = platform.call(
-        "POST", f"/api/v1/installers/{created['id']}/mac-library/import",
-        {"csv": "\n".join(macs)}, distributor)
-    assert status == 200 and report["added"] == count, report
-    _, session = platform.call("POST", "/api/v1/auth/login",
-                               {"username": name, "password": "installer-pw-1"})
-    token = session["token"]
-    community, building = platform.community_with_building(token, f"Traffic {name}")
+    _, token = platform.installer_with_macs(macs)
+    community, building = platform.community_with_building(token, f"Traffic {uuid.uuid4().hex[:6]}")
     devices = []
     for n, mac in enumerate(macs):
         status, device = platform.call("POST", f"/api/v1/buildings/{building}/devices",

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,19 +40,7 @@ def replicated(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.Temp
 
 def an_installer(platform: Platform, macs: list[str]) -> tuple[str, str]:
     """A new installer with `macs` in its library: its id and session token."""
-    name = f"inst{uuid.uuid4().hex[:8]}"
-    distributor = platform.distributor_token()
-    status, created = platform.call("POST", "/api/v1/installers",
-                                    {"username": name, "password": "installer-pw-1",
-                                     "email": f"{name}@example.org"}, distributor)
-    assert status == 201, created
-    status, report = platform.call("POST", f"/api/v1/installers/{created['id']}/mac-library/import",
-                                   {"csv": "MAC\n" + "\n".join(macs)}, distributor)
-    assert status == 200 and report["added"] == len(macs), report
-    status, session = platform.call("POST", "/api/v1/auth/login",
-                                    {"username": name, "password": "installer-pw-1"})
-    assert status == 200, session
-    return created["id"], session["token"]
+    return platform.installer_with_macs(macs)
 
 
 def macs_of(prefix: int, count: int) -> list[str]:
