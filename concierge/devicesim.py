@@ -9,6 +9,7 @@ it is given.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
@@ -198,3 +199,181 @@ def run_load(publisher: TrafficPublisher, macs: Sequence[str], interval: float,
             "seconds": round(time.monotonic() - start, 2), "rate": round(progress.rate(), 1),
             "max_backlog": max_backlog, "max_behind_ms": round(behind * 1000, 1),
             "dead_letters": publisher.dead_letters()}
+
+
+# --- simulated devices that answer their pushes: `concierge simulate devices` -------------------
+
+MAX_SIMULATED = 100_000  # one push queue each
+
+
+@dataclass
+class Answered:
+    pushes: int = 0
+    duplicates: int = 0
+    acked: int = 0
+    doors: int = 0
+    calls: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+
+class DeviceSimulator:
+    """Devices that consume their push queues (`<prefix>devices.push.<MAC>`, declared as the
+    cloud declares them) and answer each push as a device would: an `ack` "received", then
+    "succeeded" (or "failed", for `fail_ratio` of them); a command id seen before is
+    acknowledged again and not carried out twice. They also open doors and place calls."""
+
+    def __init__(self, amqp_uri: str, macs: Sequence[str], prefix: str = "",
+                 fail_ratio: float = 0.0, seed: int = 1, prefetch: int = 500) -> None:
+        from contracts.traffic import PUSH_EXCHANGE, PUSH_QUEUE_ARGUMENTS, push_queue_name
+
+        if not 0 < len(macs) <= MAX_SIMULATED:
+            raise ValueError(f"between 1 and {MAX_SIMULATED} devices")
+        self.publisher = TrafficPublisher(amqp_uri, prefix)
+        self.macs = list(macs)
+        self.rng = random.Random(seed)
+        self.fail_ratio = fail_ratio
+        self.progress = Answered()
+        self.done: set[str] = set()
+        self.connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
+        channel = self.connection.channel()
+        channel.basic_qos(prefetch_count=prefetch)
+        exchange = f"{prefix}{PUSH_EXCHANGE}"
+        channel.exchange_declare(exchange, exchange_type="direct", durable=True)
+        for mac in self.macs:
+            queue = push_queue_name(mac, prefix)
+            channel.queue_declare(queue, durable=True, arguments=PUSH_QUEUE_ARGUMENTS)
+            channel.queue_bind(queue, exchange, routing_key=mac)
+            channel.basic_consume(queue, self._answer(mac))
+        self.channel = channel
+
+    def _answer(self, mac: str) -> Callable[..., None]:
+        def on_push(channel: Any, method: Any, _props: Any, body: bytes) -> None:
+            self.progress.pushes += 1
+            try:
+                push = json.loads(body)
+                command_id = str(push["command_id"])
+                kind = str(push.get("kind"))
+            except (ValueError, KeyError, TypeError):
+                channel.basic_ack(method.delivery_tag)  # not a push: nothing to answer
+                return
+            self.progress.by_kind[kind] = self.progress.by_kind.get(kind, 0) + 1
+            self.publisher.publish(mac, "ack", message("ack", self.rng, command_id=command_id,
+                                                       outcome="received", detail=None))
+            if command_id in self.done:
+                self.progress.duplicates += 1
+                outcome = "succeeded"
+            else:
+                self.done.add(command_id)
+                outcome = "failed" if self.rng.random() < self.fail_ratio else "succeeded"
+            self.publisher.publish(mac, "ack", message(
+                "ack", self.rng, command_id=command_id, outcome=outcome,
+                detail=None if outcome == "succeeded" else "simulated failure"))
+            self.progress.acked += 1
+            channel.basic_ack(method.delivery_tag)
+
+        return on_push
+
+    def run(self, duration: float, door_rate: float = 0.0, call_rate: float = 0.0,
+            out: TextIO | None = sys.stderr, until: Callable[[], bool] | None = None
+            ) -> dict[str, Any]:
+        """Answer pushes and send door openings and calls (fleet-wide rates per second) for
+        `duration` seconds, or until `until()` says so; a summary."""
+        if not 0 < duration <= MAX_SECONDS:
+            raise ValueError(f"a duration of at most {MAX_SECONDS} s")
+        progress = self.progress
+        start = time.monotonic()
+        next_line = start + 1
+        next_door = start + (self.rng.expovariate(door_rate) if door_rate > 0 else duration + 1)
+        next_call = start + (self.rng.expovariate(call_rate) if call_rate > 0 else duration + 1)
+        while (now := time.monotonic()) < start + duration and not (until and until()):
+            self.connection.process_data_events(time_limit=min(0.05, max(
+                0.0, min(next_door, next_call, next_line) - now)))
+            now = time.monotonic()
+            while next_door <= now:
+                self.publisher.publish(self.rng.choice(self.macs), "door",
+                                       message("door", self.rng))
+                progress.doors += 1
+                next_door += self.rng.expovariate(door_rate)
+            while next_call <= now:
+                self.publisher.publish(self.rng.choice(self.macs), "call",
+                                       message("call", self.rng))
+                progress.calls += 1
+                next_call += self.rng.expovariate(call_rate)
+            if now >= next_line:
+                next_line = now + 1
+                backlog = self.publisher.backlog() or 0
+                if out is not None:
+                    rate = progress.acked / max(now - start, 1e-9)
+                    out.write(f"\rpushes {progress.pushes:>7}  acked {progress.acked:>7}  "
+                              f"{rate:7.1f}/s  doors {progress.doors:>6}  calls "
+                              f"{progress.calls:>6}  ingest lag {backlog:>6}  "
+                              f"{now - start:6.0f}/{duration:.0f} s ")
+                    out.flush()
+        self.publisher.pump()
+        if out is not None:
+            out.write("\n")
+        seconds = time.monotonic() - start
+        return {"devices": len(self.macs), "pushes": progress.pushes,
+                "duplicates": progress.duplicates, "acked": progress.acked,
+                "by_kind": progress.by_kind, "doors": progress.doors, "calls": progress.calls,
+                "seconds": round(seconds, 2), "ack_rate": round(progress.acked / seconds, 1),
+                "dead_letters": self.publisher.dead_letters()}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.connection.is_open:
+                self.connection.close()
+        self.publisher.close()
+
+
+def register_fleet(base_url: str, distributor: str, password: str, count: int,
+                   timeout: float = 600.0) -> dict[str, Any]:
+    """`count` door phones registered through the gateway's public API, as an installer would
+    have them: a new installer of `distributor` with their MACs in its library, a community
+    with one building, the devices added with the template import (1,000 a call). Their MACs
+    and ids, and the installer's token."""
+    import urllib.error
+    import urllib.request
+
+    def call(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        request = urllib.request.Request(base_url.rstrip("/") + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode())
+        request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as err:
+            raise RuntimeError(f"{method} {path}: {err.code} {err.read()[:500]!r}") from err
+        return json.loads(raw) if raw else None
+
+    if not 0 < count <= MAX_SIMULATED:
+        raise ValueError(f"between 1 and {MAX_SIMULATED} devices")
+    tag = uuid.uuid4().hex[:8]
+    macs = synthetic_macs(count, prefix=f"0E{tag[:4].upper()}")
+    boss = call("POST", "/api/v1/auth/login", {"username": distributor, "password": password})
+    name, secret = f"sim{tag}", f"sim-{uuid.uuid4().hex}"
+    installer = call("POST", "/api/v1/installers", {"username": name, "password": secret,
+                                                     "email": f"{name}@example.org"},
+                     boss["token"])
+    for start in range(0, count, 20_000):
+        call("POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
+             {"csv": "\n".join(macs[start:start + 20_000])}, boss["token"])
+    token = call("POST", "/api/v1/auth/login", {"username": name, "password": secret})["token"]
+    community = call("POST", "/api/v1/communities", {
+        "name": f"Simulated {tag}", "feature_plan": "premium", "time_zone": "UTC"}, token)
+    building = call("POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"},
+                    token)
+    devices: dict[str, str] = {}
+    for start in range(0, count, 1000):
+        part = macs[start:start + 1000]
+        report = call("POST", f"/api/v1/buildings/{building['id']}/devices/import", {
+            "devices": ";".join(f"Door {start + n},0,{mac}" for n, mac in enumerate(part))},
+            token)
+        for outcome in report["outcomes"]:
+            if outcome.get("id"):
+                devices[part[outcome["item"] - 1]] = outcome["id"]
+    return {"installer_id": installer["id"], "token": token, "community": community["id"],
+            "building": building["id"], "macs": macs, "devices": devices}

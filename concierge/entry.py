@@ -1,12 +1,13 @@
-"""The `concierge` command's entry: the load generator runs on plain threads and pika, every
-other command under eventlet (`concierge.cli` patches the standard library when imported)."""
+"""The `concierge` command's entry: the load generator and the device simulator run on plain
+threads and pika, every other command under eventlet (`concierge.cli` patches the standard
+library when imported)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 
-WITHOUT_EVENTLET = ("load",)
+WITHOUT_EVENTLET = ("load", "simulate")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -14,7 +15,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in WITHOUT_EVENTLET:
         from concierge import loadcli
 
-        return loadcli.main(args[1:])
+        return loadcli.main(args)
     from concierge import cli
 
     return cli.main(args)

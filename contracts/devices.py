@@ -32,11 +32,14 @@ from contracts.topology import DEVICE_NAME_MAX, MAC_MESSAGE, MAC_REGEX, NETWORK_
 
 __all__ = [
     "AREAS",
+    "COMMAND_KINDS",
+    "COMMAND_STATES",
     "DEVICE_SORTS",
     "DEVICE_TYPES",
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
     "MAC_SORTS",
+    "CommandCreate",
     "DeviceCreate",
     "DeviceEdit",
     "MacImport",
@@ -547,6 +550,84 @@ class LockEdit(Schema):
     state_rules = {"linked_device_id": "an intercom device of the same community"}
 
 
+# --- remote operations (manual: "Remote Configuration and Maintenance") -----------------------
+
+# What an installer asks of a device; `config_sync` is the platform's own (after a change to the
+# APT's residents or credentials, for example its reset) and is not asked for by hand.
+COMMAND_KINDS = ("reboot", "reset", "connection_type", "autop", "config_sync")
+REQUESTED_KINDS = ("reboot", "reset", "connection_type", "autop")
+# A command's life: queued (recorded), sent (notify pushed it), delivered (the device said it
+# got it), then succeeded, failed, or expired (its deadline passed first). The last three end it.
+COMMAND_STATES = ("queued", "sent", "delivered", "succeeded", "failed", "expired")
+FINAL_STATES = ("succeeded", "failed", "expired")
+CONNECTION_TYPES = ("TCP", "UDP", "TLS")
+# How long a command waits for its device: an hour unless asked otherwise, a week at most.
+DEADLINE_DEFAULT = 3600
+DEADLINE_MIN = 5
+DEADLINE_MAX = 7 * 86_400
+# An Autop command line is "key = value" (the device's own configuration keys, such as
+# "Config.Settings.GENERAL.Volume = 8"); the manual keeps no duplicates: one value per key.
+AUTOP_LINE_REGEX = r"^\s*([A-Za-z0-9_.-]{1,128})\s*=\s*(.{0,384}?)\s*\Z"
+AUTOP_LINE_MESSAGE = "An Autop command is \"key = value\" (key: letters, digits, '.', '_', '-')."
+AUTOP_LINES_MAX = 200
+_AUTOP_LINE = re.compile(AUTOP_LINE_REGEX)
+
+
+def autop_lines(lines: list[str]) -> list[str]:
+    """The normal form of Autop commands: "key = value", one per key (the last given wins), in
+    the order the keys first came."""
+    kept: dict[str, str] = {}
+    for line in lines:
+        found = _AUTOP_LINE.match(line)
+        if found is not None:
+            kept[found.group(1)] = found.group(2)
+    return [f"{key} = {value}" for key, value in kept.items()]
+
+
+class CommandCreate(Schema):
+    """A remote operation on one device: reboot, reset, a connection type, or Autop commands
+    (once, or kept by the device)."""
+
+    kind = Text(required=True, validate=validate.OneOf(REQUESTED_KINDS))
+    connection_type = Text(load_default=None, allow_none=True,
+                           validate=validate.OneOf(CONNECTION_TYPES),
+                           metadata={"description": "required for connection_type"})
+    commands = List(Text(validate=validate.Length(min=1, max=512)), load_default=None,
+                    allow_none=True, validate=validate.Length(min=1, max=AUTOP_LINES_MAX),
+                    metadata={"description": "the Autop commands, one \"key = value\" each; "
+                                             "required for autop"})
+    once = Boolean(load_default=False, metadata={
+        "description": "One-Time Autop: the device applies them once and does not keep them"})
+    deadline_seconds = Integer(load_default=DEADLINE_DEFAULT,
+                               validate=validate.Range(DEADLINE_MIN, DEADLINE_MAX), metadata={
+                                   "description": "how long the command waits for its device "
+                                                  "before it expires"})
+
+    @validates_schema
+    @documented(allOf=[
+        {"if": {"properties": {"kind": {"const": "connection_type"}}, "required": ["kind"]},
+         "then": {"required": ["connection_type"],
+                  "properties": {"connection_type": {"type": "string"}}}},
+        {"if": {"properties": {"kind": {"const": "autop"}}, "required": ["kind"]},
+         "then": {"required": ["commands"], "properties": {"commands": {
+             "type": "array", "items": {"pattern": AUTOP_LINE_REGEX.replace("\\Z", "$")}}}}},
+    ])
+    def _fits(self, data: dict[str, Any], **_: Any) -> None:
+        kind = data.get("kind")
+        if kind == "connection_type" and not data.get("connection_type"):
+            raise ValidationError("Choose TCP, UDP or TLS.", "connection_type")
+        if kind != "autop":
+            return
+        lines = data.get("commands")
+        if not lines:
+            raise ValidationError("Enter the Autop commands.", "commands")
+        bad = {i: [AUTOP_LINE_MESSAGE] for i, line in enumerate(lines)
+               if not _AUTOP_LINE.match(line)}
+        if bad:
+            raise ValidationError(bad, "commands")
+        data["commands"] = autop_lines(lines)
+
+
 # --- event data ------------------------------------------------------------------------------
 
 
@@ -690,6 +771,50 @@ class CredentialClaimedSchema(_EventData):
     apartment_id = fields.String(required=True)
 
 
+class CommandQueuedSchema(_EventData):
+    """A remote operation waits for its device; the stream id is the command id. Notify pushes
+    it to the device (per MAC) until `deadline`."""
+
+    device_id = fields.String(required=True)
+    mac = fields.String(required=True)
+    installer_id = fields.String(required=True)
+    community_id = fields.String(required=True)
+    kind = fields.String(required=True)
+    params = fields.Dict(required=True)
+    deadline = fields.String(required=True)
+
+
+class _CommandMoved(_EventData):
+    device_id = fields.String(required=True)
+    at = fields.String(required=True)
+
+
+class CommandSentSchema(_CommandMoved):
+    pass
+
+
+class CommandDeliveredSchema(_CommandMoved):
+    pass
+
+
+class CommandSucceededSchema(_CommandMoved):
+    detail = fields.String(allow_none=True)
+
+
+class CommandFailedSchema(_CommandMoved):
+    detail = fields.String(allow_none=True)
+
+
+class CommandExpiredSchema(_CommandMoved):
+    pass
+
+
+class AutopKeptSchema(_EventData):
+    """The Autop commands a device keeps (applied at each of its provisionings)."""
+
+    commands = fields.List(fields.String(), required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MacRegistered": MacRegisteredSchema,
     "MacRegisteredAgain": MacRegisteredSchema,
@@ -709,5 +834,12 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "ThirdPartyDeviceRemoved": ThirdPartyDeviceRemovedSchema,
     "CameraLoginChanged": CameraLoginChangedSchema,
     "CredentialClaimed": CredentialClaimedSchema,
+    "CommandQueued": CommandQueuedSchema,
+    "CommandSent": CommandSentSchema,
+    "CommandDelivered": CommandDeliveredSchema,
+    "CommandSucceeded": CommandSucceededSchema,
+    "CommandFailed": CommandFailedSchema,
+    "CommandExpired": CommandExpiredSchema,
+    "AutopKept": AutopKeptSchema,
 }
 

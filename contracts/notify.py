@@ -1,4 +1,5 @@
-"""Notify contracts: the data of every notify event, and the operators' email query.
+"""Notify contracts: the data of every notify event (emails and device pushes), and the
+operators' email query.
 
 Event schemas ignore unknown fields, as the envelope's version rule asks of subscribers. The
 rendered bodies (`text`, `html`) stay in the notify store: subscribers learn that an email to whom
@@ -23,6 +24,9 @@ __all__ = [
     "EmailQueuedSchema",
     "EmailSentSchema",
     "EmailSummary",
+    "PushExpiredSchema",
+    "PushQueuedSchema",
+    "PushSentSchema",
 ]
 
 EVENT_VERSION = 1
@@ -76,7 +80,38 @@ class EmailCancelledSchema(_EventData):
     cancelled_at = fields.String(required=True)
 
 
+class PushQueuedSchema(_EventData):
+    """A device push waits for the pusher: the command devices queued (the stream id is the
+    push's, derived from the command id)."""
+
+    command_id = fields.String(required=True)
+    device_id = fields.String(required=True)
+    mac = fields.String(required=True)
+    kind = fields.String(required=True)
+    deadline = fields.String(required=True)
+
+
+class PushSentSchema(_EventData):
+    """The broker took the push for the device's queue (`devices.push`, routed by MAC)."""
+
+    command_id = fields.String(required=True)
+    device_id = fields.String(required=True)
+    mac = fields.String(required=True)
+    sent_at = fields.String(required=True)
+
+
+class PushExpiredSchema(_EventData):
+    """The command's deadline passed before the push could be sent: it never will be."""
+
+    command_id = fields.String(required=True)
+    device_id = fields.String(required=True)
+    expired_at = fields.String(required=True)
+
+
 EVENT_SCHEMAS: dict[str, type[Schema]] = {
+    "PushQueued": PushQueuedSchema,
+    "PushSent": PushSentSchema,
+    "PushExpired": PushExpiredSchema,
     "EmailQueued": EmailQueuedSchema,
     "EmailSent": EmailSentSchema,
     "EmailFailed": EmailFailedSchema,

@@ -18,7 +18,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from contracts.devices import ACCESS_METHODS, CREDENTIAL_KINDS
+from contracts.devices import ACCESS_METHODS, COMMAND_KINDS, CREDENTIAL_KINDS
 
 VERSION = 1
 KINDS = ("heartbeat", "status", "door", "call", "ack", "upgrade")
@@ -271,3 +271,40 @@ def _upgrade(data: dict[str, Any]) -> None:
 _CHECKS = {"heartbeat": lambda data: None, "status": _status, "door": _door, "call": _call,
            "ack": _ack, "upgrade": _upgrade}
 _FIELDS = {kind: frozenset(schema._declared_fields) for kind, schema in SCHEMAS.items()}
+
+
+# --- pushes: what the cloud sends a device ------------------------------------------------------
+#
+# Notify pushes each command to the direct exchange `<prefix>devices.push` with the device's MAC
+# as the routing key. The device's own durable queue `<prefix>devices.push.<MAC>` (declared by
+# the cloud at the first push, with `PUSH_QUEUE_ARGUMENTS`; a device declares it with the same
+# arguments, or passively) keeps pushes while the device is away, each until its deadline (the
+# message's `expiration`). The device answers with `ack` traffic naming the push's `command_id`:
+# "received" when it has it, then "succeeded" or "failed". A push may come twice (a cloud crash
+# between sending and recording it): the second copy of a command id is acknowledged again and
+# not carried out twice.
+
+PUSH_EXCHANGE = "devices.push"
+# A device's push queue is dropped after 30 days without a consumer or a push.
+PUSH_QUEUE_ARGUMENTS = {"x-expires": 30 * 86_400 * 1000}
+PUSH_VERSION = 1
+
+
+def push_queue_name(mac: str, prefix: str = "") -> str:
+    return f"{prefix}{PUSH_EXCHANGE}.{mac}"
+
+
+class PushSchema(Schema):
+    """The body of one push: a command for the device (contracts/devices.py `COMMAND_KINDS`)."""
+
+    v = fields.Integer(required=True, validate=validate.Equal(PUSH_VERSION))
+    command_id = fields.String(required=True, validate=validate.Regexp(_ID))
+    kind = fields.String(required=True, validate=validate.OneOf(COMMAND_KINDS))
+    params = fields.Dict(required=True, metadata={
+        "description": "connection_type: {connection_type}; autop: {commands, once}; else {}"})
+    deadline = _Time(required=True)
+
+
+def push_body(command_id: str, kind: str, params: dict[str, Any], deadline: str) -> bytes:
+    return json.dumps({"v": PUSH_VERSION, "command_id": command_id, "kind": kind,
+                       "params": params, "deadline": deadline}, separators=(",", ":")).encode()

@@ -27,12 +27,15 @@ from concierge.envelope import build as build_envelope
 from concierge.store import ServiceApplication
 from contracts import checked
 from contracts.devices import (
+    ALL_BUILDINGS,
+    DEADLINE_DEFAULT,
     DEVICE_IMPORT_MAX,
     DEVICE_TYPES,
     EVENT_SCHEMAS,
     RESET_WIPES,
     CameraCreate,
     CameraEdit,
+    CommandCreate,
     CredentialCreate,
     DeviceCreate,
     DeviceEdit,
@@ -47,6 +50,7 @@ from contracts.devices import (
 )
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound
 from services.devices.domain import (
+    Command,
     CredentialClaim,
     Device,
     KnownApartment,
@@ -65,7 +69,10 @@ INSTALLER = "installer"
 DISTRIBUTOR = "distributor"
 TOPOLOGY_EVENTS = frozenset({"CommunityCreated", "CommunityDeleted", "BuildingAdded",
                              "BuildingEdited", "BuildingDeleted", "ApartmentAdded",
-                             "ApartmentEdited", "ApartmentReset", "ApartmentDeleted"})
+                             "ApartmentEdited", "ResidentEdited", "ApartmentReset",
+                             "ApartmentDeleted"})
+# What notify says of the device pushes it delivers (contracts/notify.py).
+NOTIFY_EVENTS = frozenset({"PushSent", "PushExpired"})
 MONITOR_NAME = "Indoor Monitor"  # an APT's monitor when the installer named none
 ACCOUNTS_EVENTS = frozenset({"PortalAccountCreated"})
 SIP_PREFIX = "59"  # the manual's SIP numbers are 10 digits, all starting 59
@@ -463,6 +470,7 @@ class DevicesApplication(ServiceApplication):
             "community_id": device.community_id, "building_id": device.building_id,
             "apartment_id": device.apartment_id, "type_name": DEVICE_TYPES[device.type],
             **device.settings(),
+            "autop": list(getattr(device, "autop", [])),
             "created_at": device.created_on.isoformat(),
             "owner": seen.get("owner"),
             "last_connection": seen.get("last_connection"),
@@ -670,7 +678,7 @@ class DevicesApplication(ServiceApplication):
                     claim.claim_again(home.apartment_id)
                 changed.append(claim)
             home.add_credential(credential_id, data["kind"], data["value"], data["holder"])
-            return {"id": credential_id}, changed
+            return {"id": credential_id}, changed + self._config_syncs(self._serving(home), None)
 
         return self.execute(command)
 
@@ -684,7 +692,8 @@ class DevicesApplication(ServiceApplication):
         def command() -> tuple[None, list[Any]]:
             home = self._home(apartment_id)
             removed = home.remove_credential(str(credential_id))
-            return None, [home, *self._free_claims(home, [removed])]
+            return None, [home, *self._free_claims(home, [removed]),
+                          *self._config_syncs(self._serving(home), None)]
 
         self.execute(command)
 
@@ -707,6 +716,127 @@ class DevicesApplication(ServiceApplication):
         return self._views().list_devices(community.community_id, building_id=building_id,
                                           apartment_id=apartment_id, **query)
 
+    # -- remote operations: durable commands that notify pushes to the device --------------
+    def queue_command(self, device_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Reboot, reset, a connection type or Autop commands for one of the caller's devices,
+        queued until its deadline. Kept Autop commands (not One-Time) are also kept on the
+        device, one value per key."""
+        data = checked(CommandCreate, payload)
+        kind = data["kind"]
+        params: dict[str, Any] = {}
+        if kind == "connection_type":
+            params = {"connection_type": data["connection_type"]}
+        elif kind == "autop":
+            params = {"commands": data["commands"], "once": data["once"]}
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            device = self._device(device_id)
+            queued = Command.for_device(device, kind, params, datetime.now(UTC),
+                                        data["deadline_seconds"])
+            changed: list[Any] = [queued]
+            if kind == "autop" and not data["once"] and device.keep_autop(data["commands"]):
+                changed.append(device)
+            return _command_view(queued), changed
+
+        return self.execute(command)
+
+    def get_command(self, command_id: Any) -> dict[str, Any]:
+        """A command of one of the caller's devices, with its history."""
+        installer = _installer()
+        found = self._get(Command, _uuid(command_id))
+        if found is None or found.installer_id != installer:
+            raise NotFound("Command not found.")
+        return {**_command_view(found), "history": list(found.history)}
+
+    def list_commands(self, device_id: Any, **query: Any) -> dict[str, Any]:
+        device = self._device(device_id)
+        return self._views().list_commands(str(device.id), **query)
+
+    def on_notify_event(self, envelope: Mapping[str, Any]) -> list[Any]:
+        """Notify pushed a command to its device (it is "sent"), or found its deadline passed
+        before it could (it expires)."""
+        data = envelope["data"]
+        found = self._get(Command, _uuid(data["command_id"]))
+        if found is None:
+            return []
+        if envelope["type"] == "PushSent":
+            moved = found.sent(str(data["sent_at"]))
+        else:
+            moved = found.expire(datetime.fromisoformat(str(data["expired_at"])))
+        return [found] if moved else []
+
+    def commands_acknowledged(self, acks: list[Mapping[str, Any]]) -> int:
+        """What devices said of their commands (the ingest's `ack` traffic: command id, device
+        id, outcome, time, detail), applied in one commit; how many moved a command. An ack
+        of another device's command, or of no command, changes nothing."""
+        if not acks:
+            return 0
+
+        def command() -> tuple[int, list[Any]]:
+            found = self.get_many([uid for a in acks if (uid := _uuid(a["command_id"]))])
+            changed: dict[UUID, Command] = {}
+            moved = 0
+            for ack in acks:
+                target = found.get(_uuid(ack["command_id"]))  # type: ignore[arg-type]
+                if not isinstance(target, Command) or target.device_id != ack["device_id"]:
+                    continue
+                if target.acknowledged(ack["outcome"], ack["at"], ack.get("detail")):
+                    changed[target.id] = target
+                    moved += 1
+            return moved, list(changed.values())
+
+        with context.acting({"actor": "devices:traffic", "role": "system"}):
+            return self.execute(command)
+
+    def expire_commands(self, now: datetime | None = None, limit: int = 500) -> int:
+        """Record `CommandExpired` for commands past their deadline; how many."""
+        now = now or datetime.now(UTC)
+        due = self._views().open_commands(due_by=now.timestamp(), limit=limit)
+        if not due:
+            return 0
+
+        def command() -> tuple[int, list[Any]]:
+            found = self.get_many([UUID(row["id"]) for row in due])
+            changed = [c for c in found.values() if isinstance(c, Command) and c.expire(now)]
+            return len(changed), changed
+
+        with context.acting({"actor": "devices:commands", "role": "system"}):
+            return self.execute(command)
+
+    def _config_syncs(self, devices: list[Device], cause: str | None) -> list[Any]:
+        """A config sync for each of these devices whose last one is not still queued (one
+        waiting sync already carries the change). `cause`: the event that asked, whose id
+        makes the command's: a replay of it queues nothing twice."""
+        live = {str(d.id): d for d in devices if not d.removed}
+        if not live:
+            return []
+        waiting = set() if self.views is None else {
+            row["device_id"] for row in self.views.open_commands(
+                kind="config_sync", device_ids=list(live)) if row["state"] == "queued"}
+        now = datetime.now(UTC)
+        return [Command.for_device(device, "config_sync", {}, now, DEADLINE_DEFAULT,
+                                   Command.id_for_sync(device_id, cause) if cause else None)
+                for device_id, device in live.items() if device_id not in waiting]
+
+    def _serving(self, home: KnownApartment) -> list[Device]:
+        """The devices an APT's residents and credentials are configured on: its own, its
+        building's public ones and the community's that serve its building."""
+        site = self._get(KnownCommunity, KnownCommunity.id_for(home.community_id))
+        ids = list(home.devices)
+        if site is not None:
+            ids += [d for d, b in site.public_devices.items()
+                    if b in (None, home.building_id)]
+        found = self.get_many([uid for d in ids if (uid := _uuid(d))])
+        serving = []
+        for device in found.values():
+            if not isinstance(device, Device) or device.removed:
+                continue
+            if device.area == "community" and device.buildings != ALL_BUILDINGS and (
+                    home.building_id not in (device.buildings or [])):
+                continue
+            serving.append(device)
+        return serving
+
     # -- what devices knows of sites and installers ----------------------------------------
     def on_topology_event(self, envelope: Mapping[str, Any]) -> list[Any]:
         """Sites as topology announces them: the areas devices are installed in."""
@@ -726,14 +856,17 @@ class DevicesApplication(ServiceApplication):
                                       community_id=str(data["community_id"]),
                                       installer_id=str(data["installer_id"]))
                 return [home, *self._install_monitor(home, data, envelope)]
-            if kind in ("ApartmentEdited", "ApartmentReset", "ApartmentDeleted"):
+            if kind in ("ApartmentEdited", "ResidentEdited", "ApartmentReset",
+                        "ApartmentDeleted"):
                 home = self._get(KnownApartment, KnownApartment.id_for(envelope["stream_id"]))
                 if home is None or home.deleted:
                     return []
                 if kind == "ApartmentEdited":
                     return self._monitor_changed(home, data.get("changes") or {}, envelope)
                 if kind == "ApartmentReset":
-                    return self._reset(home)
+                    return self._reset(home, str(envelope["event_id"]))
+                if kind == "ResidentEdited":  # the name the door phones' directories show
+                    return self._config_syncs(self._serving(home), str(envelope["event_id"]))
                 changed: list[Any] = [home]
                 for device_id in list(home.devices):  # its devices go with it
                     changed += [a for a in self._remove_any(device_id, home=home)
@@ -773,9 +906,10 @@ class DevicesApplication(ServiceApplication):
                       envelope.get("stream_id"), envelope.get("position"), exc)
             return []
 
-    def _reset(self, home: KnownApartment) -> list[Any]:
+    def _reset(self, home: KnownApartment, cause: str) -> list[Any]:
         """The manual's Reset wipes the APT's PINs, faces, NFC tags and Bluetooth phones: in
-        the APT's credential history and in each of its devices' histories."""
+        the APT's credential history and in each of its devices' histories; the devices that
+        serve the APT get a config sync."""
         removed = home.wipe(RESET_WIPES)
         changed: list[Any] = [home, *self._free_claims(home, removed)]
         for device_id in home.devices:
@@ -784,7 +918,7 @@ class DevicesApplication(ServiceApplication):
                 device.credentials_wiped(apartment_id=home.apartment_id,
                                          kinds=list(RESET_WIPES), removed=len(removed))
                 changed.append(device)
-        return changed
+        return changed + self._config_syncs(self._serving(home), cause)
 
     def _uninstall_public(self, site: KnownCommunity, building_id: str | None) -> list[Any]:
         """A deleted building's public devices (or, None, every public device of a deleted
@@ -902,3 +1036,10 @@ def _moment(envelope: Mapping[str, Any]) -> datetime:
 def _mac_item(mac: Mac) -> dict[str, Any]:
     return {"mac": mac.mac, "installer_id": mac.installer_id, "device_id": mac.device_id,
             "registered_at": mac.registered_at.isoformat()}
+
+
+def _command_view(command: Command) -> dict[str, Any]:
+    return {"id": str(command.id), "device_id": command.device_id, "mac": command.mac,
+            "kind": command.kind, "params": command.params, "state": command.state,
+            "detail": command.detail, "queued_at": command.created_on.isoformat(),
+            "updated_at": command.history[-1]["at"], "deadline": command.deadline}

@@ -18,8 +18,14 @@ from concierge.locks import leader_lock
 from concierge.runtime import Wiring
 from contracts.accounts import EVENT_SCHEMAS as ACCOUNTS_SCHEMAS
 from contracts.devices import EVENT_SCHEMAS
+from contracts.notify import EVENT_SCHEMAS as NOTIFY_SCHEMAS
 from contracts.topology import EVENT_SCHEMAS as TOPOLOGY_SCHEMAS
-from services.devices.application import ACCOUNTS_EVENTS, TOPOLOGY_EVENTS, DevicesApplication
+from services.devices.application import (
+    ACCOUNTS_EVENTS,
+    NOTIFY_EVENTS,
+    TOPOLOGY_EVENTS,
+    DevicesApplication,
+)
 from services.devices.projections import READ_MODELS
 from services.devices.traffic import INGEST, OfflineDetector, TrafficIngest, create_tables
 
@@ -45,12 +51,15 @@ def start_traffic(wiring: Wiring) -> None:
     settings = wiring.settings
     create_tables(wiring.engine)
     ingest = TrafficIngest(wiring.engine, app.devices_came_online,
-                           replay_seconds=settings.traffic_replay_seconds)
+                           replay_seconds=settings.traffic_replay_seconds,
+                           acknowledged=app.commands_acknowledged)
     loop = IngestLoop(settings.amqp_uri, f"{settings.amqp_prefix}{INGEST}", ingest.handle)
     wiring.add_loop(loop)
     detector = OfflineDetector(wiring.engine, app.devices_went_offline, app.devices_came_online,
                                offline_after=settings.offline_after,
-                               retention_days=settings.traffic_retention_days)
+                               retention_days=settings.traffic_retention_days,
+                               acknowledged=app.commands_acknowledged,
+                               expire=app.expire_commands)
     wiring.add_loop(LeaderTask("offline detector", leader_lock(
         "devices", settings, wiring.engine, "offline-detector"), detector.step,
         idle_seconds=min(1.0, settings.offline_after / 10)))
@@ -165,6 +174,9 @@ CONTEXT = BoundedContext(
                schemas={kind: TOPOLOGY_SCHEMAS[kind] for kind in TOPOLOGY_EVENTS}),
         Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",
                schemas={kind: ACCOUNTS_SCHEMAS[kind] for kind in ACCOUNTS_EVENTS}),
+        # The pushes notify delivered: a command is "sent", or expired before it could be.
+        Policy("notify", NOTIFY_EVENTS, "on_notify_event",
+               schemas={kind: NOTIFY_SCHEMAS[kind] for kind in NOTIFY_EVENTS}),
     ],
     event_schemas=EVENT_SCHEMAS,
     options=lambda settings: {"offline_after": settings.offline_after},

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
@@ -32,6 +32,8 @@ from contracts.devices import (
     COMMUNITY_UNIQUE,
     CREDENTIALS_PER_APARTMENT,
     DEVICE_TYPES,
+    FINAL_STATES,
+    autop_lines,
     type_rules,
 )
 from contracts.errors import Conflict, Invalid, NotFound
@@ -474,6 +476,19 @@ class Device(Aggregate):
                       community_id: str) -> None:
         self.online = False
 
+    def keep_autop(self, commands: list[str]) -> bool:
+        """The kept Autop commands with these merged in (one value per key, as the manual
+        keeps no duplicates): True if that changed them."""
+        kept = autop_lines([*getattr(self, "autop", []), *commands])
+        if kept == getattr(self, "autop", []):
+            return False
+        self._autop_kept(commands=kept)
+        return True
+
+    @event("AutopKept")
+    def _autop_kept(self, commands: list[str]) -> None:
+        self.autop = commands
+
     @event("DeviceCredentialsWiped")
     def credentials_wiped(self, apartment_id: str, kinds: list[str], removed: int) -> None:
         """The reset of its APT wiped the credentials it opens doors for (its history)."""
@@ -586,3 +601,110 @@ class LockClaim(Aggregate):
     @event("LockFreed")
     def free(self) -> None:
         self.device_id = None
+
+
+class Command(Aggregate):
+    """A remote operation on one device (manual: "Remote Configuration and Maintenance"), from
+    queued to succeeded, failed or expired.
+
+    Its states move forward only: a device's acknowledgement or notify's "sent" that comes
+    late, twice or out of order changes nothing once a later state is recorded (a "received"
+    after "succeeded", a "sent" after "delivered"), and a final state is final. The history is
+    the events themselves; `history` keeps their summary for the detail page.
+    """
+
+    ORDER = {state: rank for rank, state in enumerate(("queued", "sent", "delivered"))}
+
+    @staticmethod
+    def id_for_sync(device_id: str, cause_event_id: str) -> UUID:
+        """A config sync's id, derived from the event that asked for it: the policy that
+        queues it twice (a replayed event) hits the same id, and the store keeps one."""
+        return uuid5(NAMESPACE, f"config-sync:{device_id}:{cause_event_id}")
+
+    @classmethod
+    def for_device(cls, device: Device, kind: str, params: dict[str, Any], now: datetime,
+                   deadline_seconds: int, command_id: UUID | None = None) -> Command:
+        if device.removed:
+            raise NotFound("Device not found.")
+        deadline = (now + timedelta(seconds=deadline_seconds)).isoformat()
+        return cls._create(cls.CommandQueued, id=command_id or uuid4(),  # type: ignore[attr-defined]
+                           device_id=str(device.id), mac=device.mac,
+                           installer_id=device.installer_id, community_id=device.community_id,
+                           kind=kind, params=params, deadline=deadline)
+
+    @event("CommandQueued")
+    def __init__(self, device_id: str, mac: str, installer_id: str, community_id: str,
+                 kind: str, params: dict[str, Any], deadline: str) -> None:
+        self.device_id = device_id
+        self.mac = mac
+        self.installer_id = installer_id
+        self.community_id = community_id
+        self.kind = kind
+        self.params = params
+        self.deadline = deadline
+        self.state = "queued"
+        self.detail: str | None = None
+        self.history: list[dict[str, Any]] = [
+            {"state": "queued", "at": self.created_on.isoformat(), "detail": None}]
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def _before(self, state: str) -> bool:
+        return not self.final and self.ORDER[self.state] < self.ORDER[state]
+
+    def sent(self, at: str) -> bool:
+        """Notify pushed it: True if that is news."""
+        if not self._before("sent"):
+            return False
+        self._sent(device_id=self.device_id, at=at)
+        return True
+
+    def acknowledged(self, outcome: str, at: str, detail: str | None = None) -> bool:
+        """What the device said (contracts/traffic.py `ack`): it got the command ("received"),
+        or it did it ("succeeded") or could not ("failed"). True if that is news."""
+        if outcome == "received":
+            if not self._before("delivered"):
+                return False
+            self._delivered(device_id=self.device_id, at=at)
+        elif outcome in ("succeeded", "failed"):
+            if self.final:
+                return False
+            (self._succeeded if outcome == "succeeded" else self._failed)(
+                device_id=self.device_id, at=at, detail=detail)
+        else:
+            return False
+        return True
+
+    def expire(self, now: datetime) -> bool:
+        """Its deadline passed before it ended: True if that is news."""
+        if self.final or now < datetime.fromisoformat(self.deadline):
+            return False
+        self._expired(device_id=self.device_id, at=now.isoformat())
+        return True
+
+    def _moved(self, state: str, at: str, detail: str | None = None) -> None:
+        self.state = state
+        self.detail = detail
+        self.history.append({"state": state, "at": at, "detail": detail})
+
+    @event("CommandSent")
+    def _sent(self, device_id: str, at: str) -> None:
+        self._moved("sent", at)
+
+    @event("CommandDelivered")
+    def _delivered(self, device_id: str, at: str) -> None:
+        self._moved("delivered", at)
+
+    @event("CommandSucceeded")
+    def _succeeded(self, device_id: str, at: str, detail: str | None) -> None:
+        self._moved("succeeded", at, detail)
+
+    @event("CommandFailed")
+    def _failed(self, device_id: str, at: str, detail: str | None) -> None:
+        self._moved("failed", at, detail)
+
+    @event("CommandExpired")
+    def _expired(self, device_id: str, at: str) -> None:
+        self._moved("expired", at)

@@ -14,13 +14,19 @@ import time
 from typing import Any
 
 from marshmallow import Schema, fields, validate
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from concierge.lists import containing, page_of, sort_field, sort_key, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
 from contracts import fields as contract_fields
-from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS, THIRD_PARTY_SORTS
+from contracts.devices import (
+    COMMAND_STATES,
+    DEVICE_SORTS,
+    DEVICE_TYPES,
+    MAC_SORTS,
+    THIRD_PARTY_SORTS,
+)
 
 Envelope = dict[str, Any]
 PER_PAGE_DEFAULT = 10
@@ -433,6 +439,84 @@ class ThirdPartyListQuery(_ListQuery):
     sort = sort_field(THIRD_PARTY_SORTS, "-created_at")
 
 
+# --- remote operations -------------------------------------------------------------------------
+
+command_metadata = MetaData()
+commands = Table(
+    "devices_commands", command_metadata,
+    Column("id", String(36), primary_key=True),  # the command's stream
+    Column("device_id", String(36), nullable=False),
+    Column("installer_id", String(36), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("queued_at", String(40), nullable=False),
+    Column("updated_at", String(40), nullable=False),
+    Column("deadline", Float, nullable=False),  # epoch seconds: what the expiry sweep asks for
+    Column("detail", String(256)),
+)
+Index("ix_devices_commands_by_device", commands.c.device_id, commands.c.queued_at, commands.c.id)
+Index("ix_devices_commands_open", commands.c.state, commands.c.deadline)
+COMMAND_MOVES = {"CommandSent": "sent", "CommandDelivered": "delivered",
+                 "CommandSucceeded": "succeeded", "CommandFailed": "failed",
+                 "CommandExpired": "expired"}
+OPEN_STATES = ("queued", "sent", "delivered")
+
+
+class CommandQuery(HistoryQuery):
+    """A page of a device's commands, newest first; one state or all."""
+
+    state = fields.String(load_default=None, allow_none=True,
+                          validate=validate.OneOf(COMMAND_STATES))
+
+
+class CommandsView(ReadModel):
+    """Each device's remote operations and their states, and which are open past their
+    deadline (the expiry sweep's question)."""
+
+    name = "devices_commands"
+    version = 1
+    metadata = command_metadata
+
+    def handlers(self) -> dict[str, dict[str, ProjectFn]]:
+        return {"devices": {"CommandQueued": self.queued,
+                            **{kind: self.moved for kind in COMMAND_MOVES}}}
+
+    @staticmethod
+    def prefetch(rows: Rows, envelopes: list[Envelope]) -> None:
+        rows.prefetch(commands, [e["stream_id"] for e in envelopes
+                                 if e.get("type") in _COMMAND_EVENTS])
+
+    @staticmethod
+    def queued(rows: Rows, env: Envelope) -> None:
+        data = env["data"]
+        if rows.get(commands, env["stream_id"]) is not None:
+            return
+        at = _instant(env["occurred_at"])
+        rows.put(commands, id=env["stream_id"], device_id=str(data["device_id"]),
+                 installer_id=str(data["installer_id"]), kind=data["kind"], state="queued",
+                 queued_at=at, updated_at=at,
+                 deadline=dt.datetime.fromisoformat(data["deadline"]).timestamp(), detail=None)
+
+    @staticmethod
+    def moved(rows: Rows, env: Envelope) -> None:
+        if rows.get(commands, env["stream_id"]) is None:
+            return
+        detail = env["data"].get("detail")
+        rows.update(commands, env["stream_id"], state=COMMAND_MOVES[env["type"]],
+                    updated_at=_instant(env["data"].get("at") or env["occurred_at"]),
+                    detail=detail[:256] if isinstance(detail, str) else None)
+
+
+_COMMAND_EVENTS = frozenset(CommandsView().handlers()["devices"])
+
+
+def _command_item(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "device_id": row.device_id, "kind": row.kind, "state": row.state,
+            "queued_at": row.queued_at, "updated_at": row.updated_at,
+            "deadline": dt.datetime.fromtimestamp(row.deadline, dt.UTC).isoformat(),
+            "detail": row.detail}
+
+
 class DevicesViews:
     """Queries over devices' read models."""
 
@@ -526,6 +610,31 @@ class DevicesViews:
             return conn.execute(select(site_buildings.c.community_id).where(
                 site_buildings.c.id == building_id)).scalar()
 
+    def list_commands(self, device_id: str, page: int = 1, per_page: int = PER_PAGE_DEFAULT,
+                      state: str | None = None) -> dict[str, Any]:
+        c = commands
+        query = select(c).where(c.c.device_id == device_id)
+        if state is not None:
+            query = query.where(c.c.state == state)
+        with self.engine.connect() as conn:
+            return page_of(conn, query, [c.c.queued_at, c.c.id], True, page, per_page,
+                           _command_item)
+
+    def open_commands(self, kind: str | None = None, device_ids: list[str] | None = None,
+                      due_by: float | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        """Commands not ended yet: of these devices, of one kind, or past `due_by`."""
+        c = commands
+        query = select(c.c.id, c.c.device_id, c.c.kind, c.c.state).where(
+            c.c.state.in_(OPEN_STATES))
+        if kind is not None:
+            query = query.where(c.c.kind == kind)
+        if device_ids is not None:
+            query = query.where(c.c.device_id.in_(device_ids))
+        if due_by is not None:
+            query = query.where(c.c.deadline <= due_by).order_by(c.c.deadline)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.limit(limit))]
+
     def device_seen(self, device_id: str) -> dict[str, Any]:
         """The device's owner (the resident of its APT) and traffic, as listed."""
         with self.engine.connect() as conn:
@@ -538,4 +647,4 @@ class DevicesViews:
             "status", "last_connection", "firmware", "ip", "model")}}
 
 
-READ_MODELS = (MacLibraryView, DevicesView)
+READ_MODELS = (MacLibraryView, DevicesView, CommandsView)

@@ -11,6 +11,7 @@ from contracts import load
 from services.devices.application import DevicesApplication
 from services.devices.declaration import CONTEXT
 from services.devices.projections import (
+    CommandQuery,
     DeviceListQuery,
     HistoryQuery,
     MacListQuery,
@@ -99,6 +100,22 @@ class DevicesService(ServiceBase):
                     ) -> dict[str, Any]:
         return self.app.traffic_log(str(kind), str(scope), scope_id,
                                     **load(TrafficLogQuery, query or {}))
+
+    # -- remote operations ------------------------------------------------------------------
+    @rpc
+    @command
+    def queue_command(self, ctx: Ctx, device_id: Any, payload: Any) -> dict[str, Any]:
+        return self.app.queue_command(device_id, payload)
+
+    @rpc
+    @command
+    def get_command(self, ctx: Ctx, command_id: Any) -> dict[str, Any]:
+        return self.app.get_command(command_id)
+
+    @rpc
+    @command
+    def list_commands(self, ctx: Ctx, device_id: Any, query: Any = None) -> dict[str, Any]:
+        return self.app.list_commands(device_id, **load(CommandQuery, query or {}))
 
     # -- resident credentials ---------------------------------------------------------------
     @rpc

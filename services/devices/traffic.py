@@ -35,7 +35,9 @@ from sqlalchemy import (
     Table,
     delete,
     func,
+    inspect,
     select,
+    text,
     tuple_,
     update,
 )
@@ -113,7 +115,11 @@ acks = _log_table(
     Column("command_id", String(64), nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("detail", String(256)),
+    # Whether the command it names has taken it: the ingest applies an ack right after its
+    # batch commits; one a crash left unapplied is applied by the sweep (OfflineDetector).
+    Column("applied", Boolean, nullable=False),
 )
+Index("ix_devices_acks_unapplied", acks.c.applied, acks.c.time)
 upgrades = _log_table(
     "devices_upgrade_progress",
     Column("command_id", String(64), nullable=False),
@@ -141,6 +147,12 @@ def create_tables(engine: Engine) -> None:
     from concierge.ingest import dead_letter_metadata
 
     with engine.begin() as conn:
+        have = inspect(conn).get_table_names()
+        if acks.name in have and "applied" not in {
+                c["name"] for c in inspect(conn).get_columns(acks.name)}:
+            # Acks kept before commands took them: applied, there is nothing to move.
+            conn.execute(text(f"ALTER TABLE {acks.name} ADD COLUMN applied BOOLEAN "
+                              "NOT NULL DEFAULT TRUE"))
         traffic_metadata.create_all(conn)
         dead_letter_metadata.create_all(conn)
 
@@ -161,21 +173,32 @@ def _row_of(kind: str, data: dict[str, Any]) -> dict[str, Any]:
                 "answered": data["answered"]}
     if kind == "ack":
         return {"time": data["at"].timestamp(), "command_id": data["command_id"],
-                "outcome": data["outcome"], "detail": data["detail"]}
+                "outcome": data["outcome"], "detail": data["detail"], "applied": False}
     return {"time": data["at"].timestamp(), "command_id": data["command_id"],
             "version": data["version"], "state": data["state"], "progress": data["progress"]}
+
+
+Acknowledge = Callable[[list[dict[str, Any]]], int]
+
+
+def _no_commands(acks: list[dict[str, Any]]) -> int:
+    return 0
 
 
 class TrafficIngest:
     """Takes a batch of traffic in one transaction (`handle`), then records the transitions
     it showed. `came_online(seen)` records `DeviceCameOnline` for devices not online yet
-    (device id -> when it was heard) and answers the ids now online."""
+    (device id -> when it was heard) and answers the ids now online; `acknowledged(acks)`
+    moves the commands the batch's new acks name (command id, device id, outcome, at,
+    detail)."""
 
     def __init__(self, engine: Engine, came_online: Callable[[dict[str, float]], Iterable[str]],
                  replay_seconds: float = REPLAY_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 acknowledged: Acknowledge = _no_commands) -> None:
         self.engine = engine
         self.came_online = came_online
+        self.acknowledged = acknowledged
         self.replay_seconds = replay_seconds
         self.clock = clock
         self._known: dict[str, tuple[float, dict[str, Any]]] = {}  # MAC -> (until, device)
@@ -225,11 +248,18 @@ class TrafficIngest:
                     rows[key] = (index, {**device, "message_id": data["id"],
                                          **_row_of(kind, data)})
             waiting = self._upsert_presence(conn, list(seen.values()))
+            fresh_acks: list[dict[str, Any]] = []
             for kind, rows in logs.items():
-                refusals += self._insert_log(conn, LOGS[kind], rows)
+                refused = self._insert_log(conn, LOGS[kind], rows)
+                refusals += refused
+                if kind == "ack":
+                    dropped = {refusal.index for refusal in refused}
+                    fresh_acks = [row for index, row in rows.values() if index not in dropped]
             count_refusals(conn, INGEST, refusals)
         if waiting:
             self._came_online({d: seen[d]["last_seen"] for d in waiting})
+        if fresh_acks:
+            apply_acks(self.engine, self.acknowledged, fresh_acks)
         return refusals
 
     def _came_online(self, seen: dict[str, float]) -> None:
@@ -311,6 +341,23 @@ class TrafficIngest:
         return refusals
 
 
+def apply_acks(engine: Engine, acknowledged: Acknowledge, rows: list[dict[str, Any]]) -> None:
+    """Hand kept acks to the commands they name (oldest first), then mark them applied. A
+    failure leaves them unapplied for the sweep: an ack is never lost, and applying one twice
+    moves nothing twice (a command's states only go forward)."""
+    rows = sorted(rows, key=lambda row: row["time"])
+    try:
+        acknowledged([{"command_id": row["command_id"], "device_id": row["device_id"],
+                       "outcome": row["outcome"], "detail": row["detail"],
+                       "at": datetime.fromtimestamp(row["time"], UTC).isoformat()}
+                      for row in rows])
+        with engine.begin() as conn:
+            conn.execute(update(acks).where(tuple_(acks.c.device_id, acks.c.message_id).in_(
+                [(row["device_id"], row["message_id"]) for row in rows])).values(applied=True))
+    except Exception as exc:  # the sweep applies them later
+        log.warning("%d acks not applied yet (%s: %s)", len(rows), type(exc).__name__, exc)
+
+
 _ARRAY_TYPES = {String: "text", Float: "float8", Integer: "int4", BigInteger: "int8",
                 Boolean: "bool"}
 
@@ -328,14 +375,20 @@ class OfflineDetector:
     """Turns silence into `DeviceWentOffline`: a device last heard more than `offline_after`
     seconds ago whose last transition was "online". `went_offline(silent)` records them (device
     id -> last heard) and answers the ids now offline. It also prunes the logs older than
-    `retention_days`, now and then. One replica runs it at a time (the caller's leader loop)."""
+    `retention_days` now and then, expires the commands past their deadline (`expire`), and
+    applies acks left unapplied (`acknowledged`). One replica runs it at a time (the caller's
+    leader loop)."""
 
     def __init__(self, engine: Engine, went_offline: Callable[[dict[str, float]], Iterable[str]],
                  came_online: Callable[[dict[str, float]], Iterable[str]],
                  offline_after: float, retention_days: float,
                  clock: Callable[[], float] = time.time, batch: int = 500,
-                 prune_every: float = 3600.0) -> None:
+                 prune_every: float = 3600.0, acknowledged: Acknowledge = _no_commands,
+                 expire: Callable[[], int] = lambda: 0, ack_grace: float = 5.0) -> None:
         self.engine = engine
+        self.acknowledged = acknowledged
+        self.expire = expire
+        self.ack_grace = ack_grace
         self.went_offline = went_offline
         self.came_online = came_online
         self.offline_after = offline_after
@@ -372,7 +425,22 @@ class OfflineDetector:
                                      .values(reported="online"))
         if now - self._pruned_at >= self.prune_every:
             self.prune(now)
-        return 0.0 if len(silent) >= self.batch else min(1.0, self.offline_after / 10)
+        swept = self.sweep_acks(now)
+        expired = self.expire()
+        busy = len(silent) >= self.batch or swept >= self.batch or expired >= self.batch
+        return 0.0 if busy else min(1.0, self.offline_after / 10)
+
+    def sweep_acks(self, now: float | None = None) -> int:
+        """Apply the acks that a crash (or a failed command) left unapplied, once they are
+        older than the grace (the ingest applies the others itself, at once)."""
+        now = self.clock() if now is None else now
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(
+                select(acks).where(acks.c.applied.is_(False), acks.c.time < now - self.ack_grace)
+                .order_by(acks.c.time).limit(self.batch))]
+        if rows:
+            apply_acks(self.engine, self.acknowledged, rows)
+        return len(rows)
 
     def prune(self, now: float | None = None) -> dict[str, int]:
         """Drop the log lines older than the retention, and the presence of removed devices."""

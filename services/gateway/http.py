@@ -45,7 +45,13 @@ from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
 from contracts.accounts import APP_STATUSES
-from contracts.devices import DEVICE_SORTS, DEVICE_TYPES, MAC_SORTS, THIRD_PARTY_SORTS
+from contracts.devices import (
+    COMMAND_STATES,
+    DEVICE_SORTS,
+    DEVICE_TYPES,
+    MAC_SORTS,
+    THIRD_PARTY_SORTS,
+)
 from contracts.errors import (
     Busy,
     ConciergeError,
@@ -836,6 +842,12 @@ class LogQuery(PageQuery):
         "description": "the first instant shown (inclusive)"})
     until = fields.AwareDateTime(data_key="to", metadata={
         "description": "the instant the range ends (exclusive)"})
+
+
+class CommandsQuery(PageQuery):
+    """A page of a device's remote operations, newest first; one state or all."""
+
+    state = fields.String(validate=validate.OneOf(COMMAND_STATES))
 
 
 def page(call: Call, result: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, Logi
 from contracts.devices import (
     CameraCreate,
     CameraEdit,
+    CommandCreate,
     CredentialCreate,
     DeviceCreate,
     DeviceEdit,
@@ -42,6 +43,7 @@ from services.gateway.http import (
     BuildingsQuery,
     Call,
     CascadeQuery,
+    CommandsQuery,
     CommunitiesQuery,
     DevicesQuery,
     LogQuery,
@@ -71,6 +73,13 @@ DEVICE_IMPORT_DESCRIPTION = (
     "malformed item, a type the area does not take, a MAC not in the MAC library, used by "
     "another device, or named twice). The items that can be added are, in one transaction; "
     "nothing is half-added.")
+COMMAND_DESCRIPTION = (
+    "Queues a durable command: notify pushes it to the device's mailbox on the broker and the "
+    "device's acknowledgements move it on. Its `state` is queued, sent, delivered, then "
+    "succeeded, failed, or expired once `deadline_seconds` (default 3600) passed first; "
+    "`GET /api/v1/commands/{id}` shows its history. Autop commands are \"key = value\" lines, "
+    "one value per key (duplicates are not kept); without `once` the device also keeps them "
+    "(the device's `autop`).")
 MAC_IMPORT_DESCRIPTION = (
     "Registers many MACs to one of the distributor's installers: one MAC per line of `csv` "
     "(its first column; a header line and blank lines are skipped; ':' and '-' separators "
@@ -339,6 +348,25 @@ class GatewayService:
          tag="devices", query=PageQuery, returns="Page", roles=INSTALLER)
     def device_history(self, call: Call, device_id: str) -> Any:
         return page(call, self.devices.device_history(call.ctx, device_id, call.query))
+
+    # --- remote operations (manual: "Remote Configuration and Maintenance") ------------------
+
+    @api("POST", f"{DEVICE}/commands", summary="Reboot or reset a device, set its connection "
+         "type, or send it Autop commands", tag="devices", body=CommandCreate, status=201,
+         returns="Created", location=f"{V1}/commands/{{id}}", roles=INSTALLER,
+         description=COMMAND_DESCRIPTION)
+    def queue_command(self, call: Call, device_id: str) -> Any:
+        return self.devices.queue_command(call.ctx, device_id, call.body)
+
+    @api("GET", f"{DEVICE}/commands", summary="A device's remote operations, newest first",
+         tag="devices", query=CommandsQuery, returns="Page", roles=INSTALLER)
+    def list_commands(self, call: Call, device_id: str) -> Any:
+        return page(call, self.devices.list_commands(call.ctx, device_id, call.query))
+
+    @api("GET", f"{V1}/commands/<uuid:command_id>", summary="A remote operation: its state and "
+         "history", tag="devices", roles=INSTALLER)
+    def get_command(self, call: Call, command_id: str) -> Any:
+        return self.devices.get_command(call.ctx, command_id)
 
     # --- device traffic: door and call logs (the portal's logs) -----------------------------
 

@@ -26,10 +26,12 @@ from contracts.accounts import (
     MasterAccountContactChangedSchema,
     MasterAccountCreatedSchema,
 )
+from contracts.devices import CommandQueuedSchema
 from contracts.errors import Invalid
 from services.notify.domain import (
     ACCOUNT_CLOSED,
     ACTIVATION,
+    DevicePush,
     Email,
     activation_due,
 )
@@ -50,6 +52,10 @@ ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountClosed": MasterAccountClosedSchema,
 }
+
+
+# Devices' commands, each pushed to its device once (services/notify/pusher.py).
+DEVICES_EVENTS: dict[str, type[Schema]] = {"CommandQueued": CommandQueuedSchema}
 
 
 class EmailsViewBehind(RuntimeError):
@@ -237,6 +243,39 @@ class NotifyApplication(ServiceApplication):
         while len(self._correlations) > CORRELATIONS_KEPT:
             del self._correlations[next(iter(self._correlations))]
         return {"actor": "notify:mailer", "correlation_id": correlation}
+
+    # -- device pushes -----------------------------------------------------------------------
+    def on_devices_event(self, envelope: dict[str, Any]) -> list[Aggregate]:
+        """A command devices queued: its push, made once (its id is derived from the
+        command's, and the chassis records it with the event's tracking position)."""
+        data = envelope["data"]
+        command_id = envelope["stream_id"]
+        if self._find(DevicePush.create_id(command_id)) is not None:
+            return []
+        return [DevicePush(command_id=command_id, device_id=str(data["device_id"]),
+                           mac=str(data["mac"]), kind=str(data["kind"]),
+                           params=dict(data["params"]), deadline=str(data["deadline"]))]
+
+    def _find(self, aggregate_id: UUID) -> Any:
+        found = self.get_many([aggregate_id])
+        return found.get(aggregate_id)
+
+    def pending_pushes(self, limit: int = 500) -> list[UUID]:
+        """Pushes not yet sent nor expired, oldest first."""
+        return self._view().pending_pushes(limit)
+
+    def record_pushes(self, sent: Sequence[UUID], expired: Sequence[UUID], at: datetime) -> None:
+        """What the pusher did, in one commit: these pushes are sent, those expired."""
+        def command() -> tuple[None, list[Any]]:
+            found = self.get_many([*sent, *expired])
+            changed = [push for uid in sent if isinstance(push := found.get(uid), DevicePush)
+                       and push.mark_sent(at)]
+            changed += [push for uid in expired if isinstance(push := found.get(uid), DevicePush)
+                        and push.mark_expired(at)]
+            return None, changed
+
+        with context.acting({"actor": "notify:pusher", "role": "system"}):
+            self.execute(command)
 
     def pending(self, due_by: datetime | None = None, limit: int = 100) -> list[UUID]:
         """Emails not yet sent nor given up, oldest due first; only those due by `due_by`."""

@@ -1,4 +1,4 @@
-"""Notify's declaration: emails (and, later, device pushes) for what happens elsewhere.
+"""Notify's declaration: emails and device pushes for what happens elsewhere.
 
 Which mail transport is used is decided here and nowhere else: SMTP when `CONCIERGE_SMTP_HOST`
 is set, the local mail folder (`<data dir>/mail`) otherwise.
@@ -9,11 +9,14 @@ from __future__ import annotations
 from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
 from concierge.locks import leader_lock
+from concierge.mailboxes import Mailboxes
 from concierge.runtime import Wiring
 from contracts.notify import EVENT_SCHEMAS
-from services.notify.application import ACCOUNTS_EVENTS, NotifyApplication
+from contracts.traffic import PUSH_EXCHANGE, PUSH_QUEUE_ARGUMENTS, push_queue_name
+from services.notify.application import ACCOUNTS_EVENTS, DEVICES_EVENTS, NotifyApplication
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
-from services.notify.projections import EmailsView
+from services.notify.projections import EmailsView, PendingPushesView
+from services.notify.pusher import Pusher
 
 
 def mail_sender(settings: Settings) -> MailSender:
@@ -34,6 +37,20 @@ def start_mailer(wiring: Wiring) -> None:
                            idle_seconds=settings.relay_idle_seconds))
 
 
+def start_pusher(wiring: Wiring) -> None:
+    """One pusher at a time across the replicas sends the device pushes that devices' commands
+    asked for, to each device's mailbox on `devices.push`."""
+    app = wiring.app
+    assert isinstance(app, NotifyApplication)
+    settings = wiring.settings
+    prefix = settings.amqp_prefix
+    mailboxes = Mailboxes(settings.amqp_uri, f"{prefix}{PUSH_EXCHANGE}",
+                          lambda mac: push_queue_name(mac, prefix), PUSH_QUEUE_ARGUMENTS)
+    wiring.add_loop(Pusher(app, mailboxes, leader_lock("notify", settings, wiring.engine,
+                                                       "pusher"),
+                           refresh=wiring.catch_up_local, idle_seconds=settings.relay_idle_seconds))
+
+
 def describe(settings: Settings) -> str:
     if settings.smtp_host:
         return f"mail by SMTP to {settings.smtp_host}:{settings.smtp_port}"
@@ -45,12 +62,13 @@ CONTEXT = BoundedContext(
     service="services.notify.service:NotifyService",
     application=NotifyApplication,
     options=lambda settings: {"sender": mail_sender(settings)},
-    read_models=lambda app: [EmailsView()],
+    read_models=lambda app: [EmailsView(), PendingPushesView()],
     # Their data loaded through these schemas. A close reads the emails view, which shows
     # nothing of a unit not yet recorded: alone.
     policies=[Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",
-                     alone={"MasterAccountClosed"}, lookups="lookups", schemas=ACCOUNTS_EVENTS)],
+                     alone={"MasterAccountClosed"}, lookups="lookups", schemas=ACCOUNTS_EVENTS),
+              Policy("devices", set(DEVICES_EVENTS), "on_devices_event", schemas=DEVICES_EVENTS)],
     event_schemas=EVENT_SCHEMAS,
-    started=[start_mailer],
+    started=[start_mailer, start_pusher],
     describe=describe,
 )

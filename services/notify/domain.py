@@ -305,3 +305,56 @@ class Email(Aggregate):
         self.cancelled_at = cancelled_at
         self.cancel_reason = reason
         self.retry_at = None
+
+
+class DevicePush(Aggregate):
+    """A command that devices queued, to be pushed to its device once (contracts/traffic.py,
+    "Pushes"): pending, then sent, or expired when its deadline passed first.
+
+    Its id is derived from the command's: a replayed or redelivered `CommandQueued` finds the
+    push it already made, so no stream replay pushes twice.
+    """
+
+    @staticmethod
+    def create_id(command_id: str, **_: Any) -> UUID:
+        return uuid5(NOTIFY_NAMESPACE, f"push:{command_id}")
+
+    @event("PushQueued")
+    def __init__(self, command_id: str, device_id: str, mac: str, kind: str,
+                 params: dict[str, Any], deadline: str) -> None:
+        self.command_id = command_id
+        self.device_id = device_id
+        self.mac = mac
+        self.kind = kind
+        self.params = params
+        self.deadline = deadline
+        self.state = "pending"
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+    def seconds_left(self, now: datetime) -> float:
+        return (datetime.fromisoformat(self.deadline) - now).total_seconds()
+
+    def mark_sent(self, at: datetime) -> bool:
+        if not self.pending:
+            return False
+        self._sent(command_id=self.command_id, device_id=self.device_id, mac=self.mac,
+                   sent_at=at.isoformat())
+        return True
+
+    @event("PushSent")
+    def _sent(self, command_id: str, device_id: str, mac: str, sent_at: str) -> None:
+        self.state = "sent"
+
+    def mark_expired(self, at: datetime) -> bool:
+        if not self.pending:
+            return False
+        self._expired(command_id=self.command_id, device_id=self.device_id,
+                      expired_at=at.isoformat())
+        return True
+
+    @event("PushExpired")
+    def _expired(self, command_id: str, device_id: str, expired_at: str) -> None:
+        self.state = "expired"

@@ -117,6 +117,35 @@ class EmailsView(ReadModel):
         rows.update(emails, env["stream_id"], status=CANCELLED, due_at=None)
 
 
+push_metadata = MetaData()
+# The device pushes waiting for the pusher: a row leaves once its push is sent or expired, so
+# the pusher's question stays as small as what is waiting.
+pending_pushes = Table(
+    "notify_pending_pushes", push_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("position", BigInteger, nullable=False, index=True),
+)
+
+
+class PendingPushesView(ReadModel):
+    """The device pushes not sent yet, in the order they were queued."""
+
+    name = "notify_pending_pushes"
+    version = 1
+    metadata = push_metadata
+
+    def handlers(self) -> dict[str, dict[str, Any]]:
+        return {"notify": {"PushQueued": self.queued, "PushSent": self.done,
+                           "PushExpired": self.done}}
+
+    @staticmethod
+    def queued(rows: Rows, env: dict[str, Any]) -> None:
+        rows.put(pending_pushes, id=env["stream_id"], position=int(env["position"]))
+
+    @staticmethod
+    def done(rows: Rows, env: dict[str, Any]) -> None:
+        rows.delete(pending_pushes, env["stream_id"])
+
 
 class NotifyViews:
     """Queries over the emails read model (the mailer's due emails, the operators' list)."""
@@ -129,6 +158,11 @@ class NotifyViews:
         if due_by is not None:
             query = query.where(emails.c.due_at <= _naive_utc(due_by))
         query = query.order_by(emails.c.due_at, emails.c.position).limit(limit)
+        with self.engine.connect() as conn:
+            return [UUID(r.id) for r in conn.execute(query)]
+
+    def pending_pushes(self, limit: int) -> list[UUID]:
+        query = select(pending_pushes.c.id).order_by(pending_pushes.c.position).limit(limit)
         with self.engine.connect() as conn:
             return [UUID(r.id) for r in conn.execute(query)]
 

@@ -473,6 +473,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "MacRegister": {"mac": "0C11050B9814"},
     "MacImport": {"csv": "0C11050B9814"},
     "DeviceImport": {"devices": "Gate,0,0C11050B9814"},
+    "CommandCreate": {"kind": "reboot"},
     "DeviceCreate": {"type": 0, "mac": "0C11050B9814", "name": "W"},
     "DeviceEdit": {"name": "W"},
     "CredentialCreate": {"kind": "pin", "value": "1234"},

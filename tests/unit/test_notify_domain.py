@@ -253,16 +253,52 @@ def test_domain_values_match_the_contract() -> None:
     assert domain.STATUSES == contract.STATUSES
 
 
-def test_every_email_event_has_a_contract_schema() -> None:
+def a_push(deadline: datetime = NOW + timedelta(hours=1)) -> domain.DevicePush:
+    return domain.DevicePush(command_id="c-1", device_id="d-1", mac="0C11050B9814",
+                             kind="reboot", params={}, deadline=deadline.isoformat())
+
+
+def test_every_email_and_push_event_has_a_contract_schema() -> None:
     queued = an_email()
     queued.mark_failed("down", NOW)
     queued.cancel(domain.ACCOUNT_CLOSED, NOW)
     sent = an_email()
     sent.mark_sent(NOW, "smtp")
+    pushed, lapsed = a_push(), a_push()
+    pushed.mark_sent(NOW)
+    lapsed.mark_expired(NOW)
 
-    names = set(event_names(queued)) | set(event_names(sent)) | {"EmailQueued"}
+    names = {*event_names(queued), *event_names(sent), "EmailQueued", *event_names(pushed),
+             *event_names(lapsed)}
 
     assert names == set(contract.EVENT_SCHEMAS)
+
+
+# --- device pushes ---------------------------------------------------------------------------
+
+
+def test_a_push_is_made_once_per_command() -> None:
+    assert a_push().id == a_push().id == domain.DevicePush.create_id("c-1")
+    assert domain.DevicePush.create_id("c-2") != a_push().id
+
+
+def test_a_push_is_sent_or_expired_once_and_never_both() -> None:
+    push = a_push()
+    assert push.pending
+    assert push.mark_sent(NOW) is True
+    assert push.mark_sent(NOW) is False
+    assert push.mark_expired(NOW) is False
+    assert push.state == "sent"
+    lapsed = a_push()
+    assert lapsed.mark_expired(NOW) is True
+    assert lapsed.mark_sent(NOW) is False
+    assert lapsed.state == "expired"
+
+
+def test_a_push_knows_the_seconds_left_before_its_deadline() -> None:
+    push = a_push(NOW + timedelta(seconds=90))
+    assert push.seconds_left(NOW) == 90
+    assert push.seconds_left(NOW + timedelta(seconds=100)) == -10
 
 
 # --- cancelling ------------------------------------------------------------------------------
