@@ -151,6 +151,24 @@ def fleet_rows(fleet: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
+def command_rows(commands: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Remote operations (issue #18): queued to succeeded through notify and a device."""
+    trip, raw = commands["round_trip_ms"], commands["raw_pika_round_trip_ms"]
+    stages = commands["stages_p50_ms"]
+    return [
+        (f"command round trip, {commands['commands']:,} reboots at {commands['rate_per_s']:g}/s "
+         f"to {commands['devices']:,} devices: p50 / p99 (ms)", f"{trip['p50']} / {trip['p99']}",
+         verdict(trip["p50"] <= commands["target_p50_ms"]
+                 and trip["p99"] <= commands["target_p99_ms"])
+         + f" (p50 <= {commands['target_p50_ms']:g}, p99 <= {commands['target_p99_ms']:g})"),
+        ("  ... raw pika round trip, two hops, same pace: p50 / p99 (ms)",
+         f"{raw['p50']} / {raw['p99']}", "baseline"),
+        ("  ... p50 stages: relay + notify's policy / pusher / the device's ack to succeeded (ms)",
+         f"{stages['relay_and_policy']} / {stages['pusher']} / {stages['ingest']}",
+         "where the time goes"),
+    ]
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -165,6 +183,7 @@ def main() -> None:
     devices = run("devices.py", "10000", "50")
     traffic = run("traffic.py", "100000", "1000")
     fleet = run("fleet.py", "100000", "150")
+    commands = run("commands.py", "1000", "1000", "20")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -207,13 +226,15 @@ def main() -> None:
     rows.extend(device_rows(devices))
     rows.extend(traffic_rows(traffic))
     rows.extend(fleet_rows(fleet))
+    rows.extend(command_rows(commands))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value}  {note}")
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
                       "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
-                      "devices": devices, "traffic": traffic, "fleet": fleet}))
+                      "devices": devices, "traffic": traffic, "fleet": fleet,
+                      "commands": commands}))
 
 
 if __name__ == "__main__":

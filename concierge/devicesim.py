@@ -230,6 +230,8 @@ class DeviceSimulator:
         if not 0 < len(macs) <= MAX_SIMULATED:
             raise ValueError(f"between 1 and {MAX_SIMULATED} devices")
         self.publisher = TrafficPublisher(amqp_uri, prefix)
+        self.amqp_uri = amqp_uri
+        self.prefix = prefix
         self.macs = list(macs)
         self.rng = random.Random(seed)
         self.fail_ratio = fail_ratio
@@ -275,21 +277,29 @@ class DeviceSimulator:
         return on_push
 
     def run(self, duration: float, door_rate: float = 0.0, call_rate: float = 0.0,
-            out: TextIO | None = sys.stderr, until: Callable[[], bool] | None = None
-            ) -> dict[str, Any]:
-        """Answer pushes and send door openings and calls (fleet-wide rates per second) for
-        `duration` seconds, or until `until()` says so; a summary."""
+            out: TextIO | None = sys.stderr, until: Callable[[], bool] | None = None,
+            heartbeat: float | None = 30.0) -> dict[str, Any]:
+        """Answer pushes, send a status then a heartbeat every `heartbeat` seconds from each
+        device (None: none), and door openings and calls (fleet-wide rates per second), for
+        `duration` seconds or until `until()` says so; a summary."""
         if not 0 < duration <= MAX_SECONDS:
             raise ValueError(f"a duration of at most {MAX_SECONDS} s")
         progress = self.progress
         start = time.monotonic()
+        beats = iter(schedule(self.macs, heartbeat, duration, 0.0, 0.0, self.rng)
+                     if heartbeat else ())
+        beat = next(beats, None)
         next_line = start + 1
         next_door = start + (self.rng.expovariate(door_rate) if door_rate > 0 else duration + 1)
         next_call = start + (self.rng.expovariate(call_rate) if call_rate > 0 else duration + 1)
         while (now := time.monotonic()) < start + duration and not (until and until()):
+            next_beat = start + beat[0] if beat is not None else next_line
             self.connection.process_data_events(time_limit=min(0.05, max(
-                0.0, min(next_door, next_call, next_line) - now)))
+                0.0, min(next_door, next_call, next_line, next_beat) - now)))
             now = time.monotonic()
+            while beat is not None and start + beat[0] <= now:
+                self.publisher.publish(beat[1], beat[2], message(beat[2], self.rng))
+                beat = next(beats, None)
             while next_door <= now:
                 self.publisher.publish(self.rng.choice(self.macs), "door",
                                        message("door", self.rng))
@@ -320,11 +330,28 @@ class DeviceSimulator:
                 "seconds": round(seconds, 2), "ack_rate": round(progress.acked / seconds, 1),
                 "dead_letters": self.publisher.dead_letters()}
 
-    def close(self) -> None:
+    def close(self, delete_queues: bool = False) -> None:
+        """Disconnect; with `delete_queues`, also drop the devices' push queues (a test's or
+        benchmark's devices, whose queues would otherwise wait on the broker for weeks)."""
         with contextlib.suppress(Exception):
             if self.connection.is_open:
                 self.connection.close()
         self.publisher.close()
+        if delete_queues:
+            delete_push_queues(self.amqp_uri, self.macs, self.prefix)
+
+
+def delete_push_queues(amqp_uri: str, macs: Sequence[str], prefix: str = "") -> None:
+    """Drop the push queues of these devices (what they hold goes with them)."""
+    from contracts.traffic import push_queue_name
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_uri))
+    try:
+        channel = connection.channel()
+        for mac in macs:
+            channel.queue_delete(push_queue_name(mac, prefix))
+    finally:
+        connection.close()
 
 
 def register_fleet(base_url: str, distributor: str, password: str, count: int,

@@ -1,12 +1,14 @@
 """Ingest of high-volume messages that are not events (device traffic): a batch consumer with a
 dead-letter queue, and the counters of what it refused.
 
-`IngestLoop` takes what the broker has buffered, up to `batch_limit` messages or `linger`
-seconds after the first, and hands the batch to `handle(batch)` (one call, which runs one
-transaction). `handle` answers which messages it refused and why; the loop publishes those to
-the dead-letter exchange, then acknowledges the whole batch with one frame. A batch whose
-`handle` raises (the database is away) goes back to the queue whole and the loop pauses: no
-acknowledged message is lost, so `handle` must be idempotent for a redelivered message.
+`IngestLoop` takes what the broker has buffered, up to `batch_limit` messages (waiting up to
+`linger` seconds after the first for more, but only while traffic is busy: a quiet stream's lone
+message, a command's acknowledgement, goes at once), and hands the batch to `handle(batch)`
+(one call, which runs one transaction). `handle` answers which messages it refused and why; the
+loop publishes those to the dead-letter exchange, then acknowledges the whole batch with one
+frame. A batch whose `handle` raises (the database is away) goes back to the queue whole and the
+loop pauses: no acknowledged message is lost, so `handle` must be idempotent for a redelivered
+message.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def dead_letter_queue(name: str) -> Queue:
 class IngestLoop:
     def __init__(self, amqp_uri: str, name: str, handle: Handle, prefetch: int = 2000,
                  batch_limit: int = 500, linger: float = 0.005,
-                 retry_pause: float = 0.5) -> None:
+                 retry_pause: float = 0.5, linger_above: int = 50) -> None:
         self.amqp_uri = amqp_uri
         self.name = name
         self.queue = ingest_queue(name)
@@ -88,6 +90,10 @@ class IngestLoop:
         self.prefetch = prefetch
         self.batch_limit = batch_limit
         self.linger = linger
+        # The previous batch had more than this many messages: traffic is busy, and waiting a
+        # little makes the next batch (its one transaction) fuller.
+        self.linger_above = linger_above
+        self._last_batch = 0
         self.retry_pause = retry_pause
         self.running = True
         self.ready = False
@@ -158,8 +164,10 @@ class IngestLoop:
         self._pending.append(message)
 
     def _fill(self, drain: Callable[..., Any]) -> None:
-        """Take what is buffered; then wait up to `linger` for the batch to fill."""
-        deadline = time.monotonic() + self.linger
+        """Take what is buffered; then, when traffic is busy, wait up to `linger` for the
+        batch to fill."""
+        deadline = time.monotonic() + (self.linger if self._last_batch > self.linger_above
+                                       else 0.0)
         while len(self._pending) < self.batch_limit:
             left = deadline - time.monotonic()
             try:
@@ -172,6 +180,7 @@ class IngestLoop:
         from concierge import green
 
         batch, self._pending = self._pending, []
+        self._last_batch = len(batch)
         if not batch:
             return
         incoming = [Incoming(m.delivery_info.get("routing_key", ""), _bytes(m.body))

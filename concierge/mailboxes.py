@@ -56,7 +56,10 @@ class Mailboxes:
             producer = self._connect()
             now = time.monotonic()
             if self._declared.get(recipient, 0.0) < now:
-                self.queue(recipient)(producer.channel).declare()
+                # Without waiting for the broker's answer: the publish below follows it on
+                # the same channel, so the broker has the queue and its binding by then (a
+                # refused declaration closes the channel, and the publish fails).
+                self.queue(recipient)(producer.channel).declare(nowait=True)
                 self._declared[recipient] = now + DECLARED_SECONDS
             producer.publish(body, routing_key=recipient, serializer=None,
                              content_type="application/json", content_encoding="binary",

@@ -18,7 +18,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from contracts.devices import ACCESS_METHODS, COMMAND_KINDS, CREDENTIAL_KINDS
+from contracts.devices import ACCESS_METHODS, COMMAND_KINDS, CREDENTIAL_KINDS, DEADLINE_MAX
 
 VERSION = 1
 KINDS = ("heartbeat", "status", "door", "call", "ack", "upgrade")
@@ -285,8 +285,9 @@ _FIELDS = {kind: frozenset(schema._declared_fields) for kind, schema in SCHEMAS.
 # not carried out twice.
 
 PUSH_EXCHANGE = "devices.push"
-# A device's push queue is dropped after 30 days without a consumer or a push.
-PUSH_QUEUE_ARGUMENTS = {"x-expires": 30 * 86_400 * 1000}
+# A device's push queue is dropped once unused (no consumer, no push) for longer than a command
+# may wait (contracts/devices.py DEADLINE_MAX) and a day: nothing in it could still be due.
+PUSH_QUEUE_ARGUMENTS = {"x-expires": (DEADLINE_MAX + 86_400) * 1000}
 PUSH_VERSION = 1
 
 

@@ -44,3 +44,19 @@ def test_the_traffic_benchmark_drains_its_messages_beside_raw_pika(
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["messages"] == 2000 and figures["devices"] == 20
     assert figures["ingest_per_s"] > 0 and figures["raw_pika_consume_per_s"] > 0
+
+
+@pytest.mark.broker
+@pytest.mark.postgres
+def test_the_command_benchmark_times_each_round_trip_beside_raw_pika(
+        rabbit_uri: str, postgres_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_AMQP_URI": rabbit_uri,
+           "BENCH_DATABASE_URL": postgres_url, "BENCH_PORT": str(free_port())}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "commands.py"), "30", "50", "20"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["commands"] == 30 and figures["devices"] == 50
+    assert figures["succeeded"] == 30 and figures["pushes"] == 30
+    assert figures["round_trip_ms"]["n"] == 30 and figures["round_trip_ms"]["p50"] > 0
+    assert figures["raw_pika_round_trip_ms"]["n"] == 30
