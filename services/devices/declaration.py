@@ -8,6 +8,7 @@ or installer it has not heard of yet.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from concierge.config import Settings
@@ -107,7 +108,8 @@ def demo_macs(settings: Settings) -> list[str]:
 
             green.spawn(demo_traffic, settings, macs)
             lines.append(f"devices:      {DEMO_SITE} has {len(macs)} door phones online "
-                         "(simulated heartbeats and door openings)")
+                         "(simulated heartbeats and door openings; they answer reboots and "
+                         "other commands)")
     return lines
 
 
@@ -132,26 +134,46 @@ def demo_site(rpc: Any, ctx: dict[str, Any]) -> list[str]:
 
 def demo_traffic(settings: Settings, macs: list[str]) -> None:
     """What a few real door phones send: status once, then a heartbeat per interval each
-    and, now and then, a door opened by PIN, card or face (contracts/traffic.py)."""
+    and, now and then, a door opened by PIN, card or face (contracts/traffic.py); and what
+    they answer to the commands pushed to them: "received", then "succeeded"."""
     import json
     import random
+    import time
 
     import kombu
 
-    from concierge import green
     from concierge.devicesim import message
     from concierge.ingest import ingest_exchange
+    from concierge.mailboxes import Mailboxes
+    from contracts.traffic import PUSH_EXCHANGE, PUSH_QUEUE_ARGUMENTS, push_queue_name
 
     rng = random.Random()
-    exchange = ingest_exchange(f"{settings.amqp_prefix}{INGEST}")
+    prefix = settings.amqp_prefix
+    exchange = ingest_exchange(f"{prefix}{INGEST}")
+    mailboxes = Mailboxes(settings.amqp_uri, f"{prefix}{PUSH_EXCHANGE}",
+                          lambda mac: push_queue_name(mac, prefix), PUSH_QUEUE_ARGUMENTS)
     with kombu.Connection(settings.amqp_uri) as conn:
         producer = kombu.Producer(conn.channel(), exchange=exchange)
 
-        def send(mac: str, kind: str) -> None:
-            producer.publish(json.dumps(message(kind, rng)).encode(), routing_key=f"{mac}.{kind}",
-                             serializer=None, content_type="application/json",
-                             content_encoding="binary")
+        def send(mac: str, kind: str, **fields: Any) -> None:
+            producer.publish(json.dumps(message(kind, rng, **fields)).encode(),
+                             routing_key=f"{mac}.{kind}", serializer=None,
+                             content_type="application/json", content_encoding="binary")
 
+        def answer(mac: str) -> Any:
+            def on_push(body: Any, push_message: Any) -> None:
+                raw = body if isinstance(body, (bytes, str)) else json.dumps(body)
+                command_id = str(json.loads(raw)["command_id"])
+                for outcome in ("received", "succeeded"):
+                    send(mac, "ack", command_id=command_id, outcome=outcome, detail=None)
+                push_message.ack()
+
+            return on_push
+
+        consumers = [kombu.Consumer(conn.channel(), queues=[mailboxes.queue(mac)],
+                                    callbacks=[answer(mac)], accept=None) for mac in macs]
+        for consumer in consumers:
+            consumer.consume()
         for mac in macs:
             send(mac, "status")
         beat = 0
@@ -161,7 +183,10 @@ def demo_traffic(settings: Settings, macs: list[str]) -> None:
             if beat % 3 == 0:
                 send(rng.choice(macs), "door")
             beat += 1
-            green.sleep(settings.heartbeat_seconds)
+            until = time.monotonic() + settings.heartbeat_seconds
+            while (left := until - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=min(left, 1.0))
 
 
 CONTEXT = BoundedContext(

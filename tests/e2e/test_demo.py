@@ -58,3 +58,26 @@ def test_the_demo_site_s_door_phones_come_online_and_open_doors(platform: Platfo
         return int(page["total"]) if status == 200 else 0
 
     eventually(lambda: doors() >= 1, timeout=60)
+
+
+def test_the_demo_door_phones_answer_a_reboot(platform: Platform) -> None:
+    """In the embedded mode too, a command goes through notify's push to the device, whose
+    acknowledgement moves it to succeeded."""
+    token = demo_session(platform)
+    community = eventually(lambda: (lambda r: r[1]["items"][0]["id"] if r[0] == 200 and r[1][
+        "items"] else None)(platform.call("GET", "/api/v1/communities?q=Demo%20Court",
+                                          token=token)), timeout=60)
+    status, page = platform.call("GET", f"/api/v1/communities/{community}/devices?q=Gate",
+                                 token=token)
+    assert status == 200 and page["items"], page
+    device = page["items"][0]["id"]
+    status, queued = platform.call("POST", f"/api/v1/devices/{device}/commands",
+                                   {"kind": "reboot"}, token)
+    assert status == 201, queued
+
+    def done() -> Any:
+        status, found = platform.call("GET", f"/api/v1/commands/{queued['id']}", token=token)
+        return found if status == 200 and found["state"] == "succeeded" else None
+
+    found = eventually(done, timeout=60)
+    assert [step["state"] for step in found["history"]][-1] == "succeeded"

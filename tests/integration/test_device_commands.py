@@ -270,3 +270,41 @@ def test_a_replay_of_devices_events_pushes_nothing_twice(platform: Platform) -> 
         again.close()
     assert again.progress.pushes == 0
     assert states(command(platform, site, queued["id"]))[-1] == "succeeded"
+
+
+def test_two_replicas_of_devices_and_notify_push_each_command_once_and_lose_no_traffic(
+        platform: Platform) -> None:
+    """A second devices replica (both consume the traffic queue) and a second notify replica
+    (one pusher at a time): 40 commands to 8 devices, while the devices open doors, each
+    pushed once and succeeded; every door opening is in the log once."""
+    extra = [platform.run("devices"), platform.run("notify")]
+    try:
+        site = site_with_devices(platform, 8)
+        queued = [queue(platform, site, site["devices"][n % 8], kind="reboot")
+                  for n in range(40)]
+        publisher = TrafficPublisher(platform.env["AMQP_URI"], platform.amqp_prefix)
+        try:
+            for n in range(400):
+                publisher.publish(site["macs"][n % 8], "door", message("door", RNG,
+                                                                       id=f"two-{n}"))
+            publisher.pump()
+        finally:
+            publisher.close()
+        simulator = simulate(platform, site["macs"], acked=40, seconds=60)
+        assert simulator.progress.pushes == 40 and simulator.progress.duplicates == 0
+        for each in queued:
+            settled(platform, site, each["id"], "succeeded")
+
+        def doors() -> int:
+            status, page = platform.call(
+                "GET", f"/api/v1/communities/{site['community']}/door-logs?per_page=1",
+                token=site["token"])
+            return int(page["total"]) if status == 200 else -1
+
+        eventually(lambda: doors() == 400, timeout=60)
+        time.sleep(1)
+        assert doors() == 400
+    finally:
+        for proc in extra:
+            proc.terminate()
+            proc.wait(20)
