@@ -6,6 +6,7 @@ tests/integration/test_device_traffic.py.)"""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.devices.traffic import (
     INGEST,
     OfflineDetector,
     TrafficIngest,
+    acks,
     call_log,
     create_tables,
     door_log,
@@ -163,3 +165,129 @@ def test_retention_prunes_old_log_lines_and_removed_devices_presence(engine: Any
                        "devices_upgrade_progress": 0, "devices_presence": 1}
     with engine.connect() as conn:
         assert list(conn.execute(select(door_log.c.message_id)).scalars()) == ["new"]
+
+
+# --- command acknowledgements: kept once, handed to the commands, swept when that failed ------
+
+
+class Commands:
+    """Stands in for the devices application's commands: records the acks it was handed, or
+    fails while `down`."""
+
+    def __init__(self) -> None:
+        self.handed: list[list[dict[str, Any]]] = []
+        self.down = False
+        self.expired = 0
+
+    def acknowledged(self, found: list[dict[str, Any]]) -> int:
+        if self.down:
+            raise RuntimeError("the event store is away")
+        self.handed.append([dict(ack) for ack in found])
+        return len(found)
+
+    def expire(self) -> int:
+        self.expired += 1
+        return 0
+
+
+def ack(message_id: str, command_id: str = "c-1", outcome: str = "succeeded",
+        at: float = NOW, detail: str | None = None) -> bytes:
+    return body("ack", at=at, id=message_id, command_id=command_id, outcome=outcome,
+                detail=detail)
+
+
+def applied(engine: Any) -> dict[str, bool]:
+    with engine.connect() as conn:
+        return {row.message_id: bool(row.applied)
+                for row in conn.execute(select(acks.c.message_id, acks.c.applied))}
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def test_an_ack_is_kept_once_handed_to_its_command_and_marked_applied(engine: Any) -> None:
+    clock, moves, commands = Clock(), Transitions(), Commands()
+    ingest = TrafficIngest(engine, moves.came_online, clock=clock,
+                           acknowledged=commands.acknowledged)
+    batch = [Incoming(f"{MAC}.ack", ack("a-2", "c-1", "succeeded", NOW - 2, "done")),
+             Incoming(f"{OTHER}.ack", ack("a-1", "c-2", "received", NOW - 5))]
+    assert ingest.handle(batch) == []
+    # Oldest first, whatever order the batch brought them in.
+    assert commands.handed == [[
+        {"command_id": "c-2", "device_id": "d-2", "outcome": "received", "detail": None,
+         "at": iso(NOW - 5)},
+        {"command_id": "c-1", "device_id": "d-1", "outcome": "succeeded", "detail": "done",
+         "at": iso(NOW - 2)}]]
+    assert applied(engine) == {"a-1": True, "a-2": True}
+
+    # The same messages again (a redelivery): refused as replays, not handed over again.
+    clock.now += 10
+    again = ingest.handle(batch)
+    assert sorted((r.index, r.reason) for r in again) == [(0, "replayed"), (1, "replayed")]
+    assert len(commands.handed) == 1 and count(engine, acks) == 2
+    # A new ack (another message id) for the same command is handed over: the command
+    # itself decides it is no news.
+    ingest.handle([Incoming(f"{MAC}.ack", ack("a-3", "c-1", "succeeded", NOW + 10))])
+    assert [[a["command_id"] for a in handed] for handed in commands.handed] == [
+        ["c-2", "c-1"], ["c-1"]]
+    assert applied(engine) == {"a-1": True, "a-2": True, "a-3": True}
+
+
+def test_an_ack_the_commands_could_not_take_is_swept_after_the_grace(engine: Any) -> None:
+    clock, moves, commands = Clock(), Transitions(), Commands()
+    ingest = TrafficIngest(engine, moves.came_online, clock=clock,
+                           acknowledged=commands.acknowledged)
+    detector = OfflineDetector(engine, moves.went_offline, moves.came_online,
+                               offline_after=90, retention_days=30, clock=clock,
+                               acknowledged=commands.acknowledged, expire=commands.expire,
+                               ack_grace=5.0)
+    commands.down = True
+    assert ingest.handle([Incoming(f"{MAC}.ack", ack("a-1", "c-1", "failed",
+                                                     detail="no space"))]) == []
+    assert commands.handed == [] and applied(engine) == {"a-1": False}  # kept, not lost
+    commands.down = False
+    clock.now = NOW + 5  # not older than the grace yet: the ingest may still be applying it
+    assert detector.sweep_acks() == 0
+    assert commands.handed == [] and applied(engine) == {"a-1": False}
+    clock.now = NOW + 5.5
+    assert detector.sweep_acks() == 1
+    assert commands.handed == [[{"command_id": "c-1", "device_id": "d-1", "outcome": "failed",
+                                 "detail": "no space", "at": iso(NOW)}]]
+    assert applied(engine) == {"a-1": True}
+    assert detector.sweep_acks() == 0  # applied: swept once
+    assert len(commands.handed) == 1
+
+
+def test_a_sweep_that_fails_again_leaves_the_ack_for_the_next(engine: Any) -> None:
+    clock, moves, commands = Clock(), Transitions(), Commands()
+    ingest = TrafficIngest(engine, moves.came_online, clock=clock,
+                           acknowledged=commands.acknowledged)
+    detector = OfflineDetector(engine, moves.went_offline, moves.came_online,
+                               offline_after=90, retention_days=30, clock=clock,
+                               acknowledged=commands.acknowledged, ack_grace=5.0)
+    commands.down = True
+    ingest.handle([Incoming(f"{MAC}.ack", ack("a-1"))])
+    clock.now = NOW + 60
+    assert detector.sweep_acks() == 1
+    assert applied(engine) == {"a-1": False}
+    commands.down = False
+    detector.step()  # the detector's own pass sweeps too
+    assert [[a["command_id"] for a in handed] for handed in commands.handed] == [["c-1"]]
+    assert applied(engine) == {"a-1": True}
+
+
+def test_the_detector_s_pass_expires_commands_and_keeps_going_while_many_did(
+        engine: Any) -> None:
+    clock, moves, commands = Clock(), Transitions(), Commands()
+    detector = OfflineDetector(engine, moves.went_offline, moves.came_online,
+                               offline_after=90, retention_days=30, clock=clock,
+                               expire=commands.expire, batch=3)
+    assert detector.step() > 0
+    assert commands.expired == 1
+    detector.step()
+    assert commands.expired == 2
+    busy = OfflineDetector(engine, moves.went_offline, moves.came_online,
+                           offline_after=90, retention_days=30, clock=clock,
+                           expire=lambda: 3, batch=3)
+    assert busy.step() == 0.0  # a full batch expired: more may wait

@@ -20,7 +20,7 @@ from contracts.devices import (
 )
 from contracts.errors import Conflict, Invalid, NotFound
 from services.devices.application import new_sip
-from services.devices.domain import Device, KnownCommunity, Mac
+from services.devices.domain import Command, Device, KnownCommunity, Mac
 
 LUNA, MARK = str(uuid.uuid4()), str(uuid.uuid4())
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -260,3 +260,159 @@ def test_a_camera_s_password_has_no_at_colon_or_slash(password: str) -> None:
         checked(CameraCreate, {"name": "C", "rtsp_url": "rtsp://c", "username": "u",
                                "password": password})
     assert list(refused.value.errors) == ["password"]
+
+
+# --- remote operations as durable commands ----------------------------------------------------
+
+
+def command(device: Device | None = None, deadline_seconds: int = 3600,
+            command_id: uuid.UUID | None = None) -> Command:
+    made = Command.for_device(device or install(), "reboot", {}, NOW, deadline_seconds,
+                              command_id=command_id)
+    made.collect_events()  # what follows records only the moves under test
+    return made
+
+
+def recorded(aggregate: Any) -> list[str]:
+    return [type(e).__name__ for e in aggregate.collect_events()]
+
+
+def test_a_new_command_is_queued_with_one_history_entry_and_its_deadline() -> None:
+    device = install()
+    queued = Command.for_device(device, "reboot", {"x": 1}, NOW, 90)
+    assert recorded(queued) == ["CommandQueued"]
+    assert (queued.state, queued.final, queued.detail) == ("queued", False, None)
+    assert [entry["state"] for entry in queued.history] == ["queued"]
+    assert queued.device_id == str(device.id) and queued.mac == device.mac
+    assert (queued.installer_id, queued.community_id) == (LUNA, device.community_id)
+    assert (queued.kind, queued.params) == ("reboot", {"x": 1})
+    assert datetime.fromisoformat(queued.deadline) == NOW + timedelta(seconds=90)
+
+
+def test_a_command_moves_sent_delivered_succeeded_each_once() -> None:
+    moving = command()
+    assert moving.sent("t1") is True
+    assert moving.state == "sent" and recorded(moving) == ["CommandSent"]
+    assert moving.acknowledged("received", "t2") is True
+    assert moving.state == "delivered" and recorded(moving) == ["CommandDelivered"]
+    assert moving.acknowledged("succeeded", "t3", "done") is True
+    assert (moving.state, moving.detail, moving.final) == ("succeeded", "done", True)
+    assert recorded(moving) == ["CommandSucceeded"]
+    assert [(e["state"], e["at"], e["detail"]) for e in moving.history] == [
+        ("queued", moving.history[0]["at"], None), ("sent", "t1", None),
+        ("delivered", "t2", None), ("succeeded", "t3", "done")]
+
+
+def test_an_ack_that_is_no_news_records_nothing() -> None:
+    moving = command()
+    moving.sent("t1")
+    assert moving.sent("t1") is False  # notify's "sent" twice
+    moving.acknowledged("received", "t2")
+    version = moving.version
+    moving.collect_events()
+    assert moving.acknowledged("received", "t2") is False  # the same ack again
+    assert moving.sent("t3") is False  # a late "sent" after "delivered"
+    assert moving.state == "delivered" and moving.version == version
+    assert recorded(moving) == []
+    assert len(moving.history) == 3
+
+
+@pytest.mark.parametrize("late", [("received", "t9"), ("succeeded", "t9"), ("failed", "t9")])
+def test_nothing_moves_a_succeeded_command(late: tuple[str, str]) -> None:
+    done = command()
+    done.acknowledged("succeeded", "t1", "ok")
+    done.collect_events()
+    version = done.version
+    assert done.acknowledged(*late, "late") is False
+    assert done.sent("t9") is False
+    assert (done.state, done.detail, done.version) == ("succeeded", "ok", version)
+    assert recorded(done) == []
+
+
+@pytest.mark.parametrize(("outcome", "event_name"), [("succeeded", "CommandSucceeded"),
+                                                     ("failed", "CommandFailed")])
+def test_an_outcome_straight_from_queued_ends_the_command(outcome: str,
+                                                          event_name: str) -> None:
+    quick = command()
+    assert quick.acknowledged(outcome, "t1", "why") is True
+    assert recorded(quick) == [event_name]
+    assert (quick.state, quick.detail, quick.final) == (outcome, "why", True)
+    assert [e["state"] for e in quick.history] == ["queued", outcome]  # delivered skipped
+    assert quick.acknowledged("received", "t2") is False
+    assert quick.state == outcome
+
+
+def test_a_failed_command_stays_failed() -> None:
+    failed = command()
+    failed.sent("t1")
+    failed.acknowledged("failed", "t2", "busy")
+    failed.collect_events()
+    assert failed.acknowledged("succeeded", "t3") is False
+    assert failed.expire(NOW + timedelta(days=30)) is False
+    assert (failed.state, failed.detail) == ("failed", "busy")
+    assert recorded(failed) == []
+
+
+def test_an_unknown_outcome_changes_nothing() -> None:
+    moving = command()
+    version = moving.version
+    assert moving.acknowledged("maybe", "t1") is False
+    assert moving.acknowledged("sent", "t1") is False
+    assert (moving.state, moving.version) == ("queued", version)
+    assert recorded(moving) == []
+
+
+def test_a_command_expires_at_its_deadline_not_before_and_not_once_ended() -> None:
+    waiting = command(deadline_seconds=60)
+    assert waiting.expire(NOW + timedelta(seconds=59)) is False
+    assert waiting.state == "queued" and recorded(waiting) == []
+    assert waiting.expire(NOW + timedelta(seconds=60)) is True
+    assert (waiting.state, waiting.final) == ("expired", True)
+    assert recorded(waiting) == ["CommandExpired"]
+    assert waiting.history[-1]["at"] == (NOW + timedelta(seconds=60)).isoformat()
+    assert waiting.expire(NOW + timedelta(seconds=61)) is False  # expired once
+    assert waiting.acknowledged("succeeded", "t1") is False  # an ack after it expired
+    assert recorded(waiting) == []
+    late = command(deadline_seconds=60)
+    late.sent("t1")
+    late.collect_events()
+    assert late.expire(NOW + timedelta(hours=1)) is True  # long after: expired too
+    assert recorded(late) == ["CommandExpired"]
+    done = command(deadline_seconds=60)
+    done.acknowledged("succeeded", "t1")
+    done.collect_events()
+    assert done.expire(NOW + timedelta(hours=1)) is False
+    assert done.state == "succeeded" and recorded(done) == []
+
+
+def test_a_removed_device_takes_no_command() -> None:
+    gone = install()
+    gone.remove()
+    with pytest.raises(NotFound):
+        Command.for_device(gone, "reboot", {}, NOW, 3600)
+
+
+def test_a_config_sync_s_id_comes_from_its_device_and_cause() -> None:
+    assert Command.id_for_sync("d-1", "e-1") == Command.id_for_sync("d-1", "e-1")
+    assert Command.id_for_sync("d-1", "e-1") != Command.id_for_sync("d-1", "e-2")
+    assert Command.id_for_sync("d-1", "e-1") != Command.id_for_sync("d-2", "e-1")
+    device = install()
+    wanted = Command.id_for_sync(str(device.id), "e-1")
+    assert command(device, command_id=wanted).id == wanted
+    assert command(device).id != command(device).id  # asked by hand: a new id each time
+
+
+def test_kept_autop_commands_merge_by_key_and_an_unchanged_set_is_no_news() -> None:
+    device = install()
+    device.collect_events()
+    assert device.keep_autop(["A.b = 1", "C = 2"]) is True
+    assert device.autop == ["A.b = 1", "C = 2"]
+    assert recorded(device) == ["AutopKept"]
+    assert device.keep_autop(["C=3", "D = x", "A.b = 4"]) is True
+    assert device.autop == ["A.b = 4", "C = 3", "D = x"]  # last wins, first order kept
+    device.collect_events()
+    version = device.version
+    assert device.keep_autop(["C = 3", "D=x"]) is False
+    assert device.keep_autop([]) is False
+    assert device.version == version and recorded(device) == []
+    assert device.autop == ["A.b = 4", "C = 3", "D = x"]

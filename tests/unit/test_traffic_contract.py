@@ -11,7 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from contracts import traffic
+from contracts import checked, traffic
+from contracts.devices import (
+    AUTOP_LINE_MESSAGE,
+    COMMAND_KINDS,
+    CONNECTION_TYPES,
+    DEADLINE_DEFAULT,
+    DEADLINE_MAX,
+    DEADLINE_MIN,
+    REQUESTED_KINDS,
+    CommandCreate,
+    autop_lines,
+)
+from contracts.errors import Invalid
 from contracts.traffic import KINDS, SCHEMAS, Refused, parse, split_key
 
 GOOD: dict[str, dict[str, Any]] = {
@@ -113,3 +125,76 @@ def test_routing_keys_name_a_mac_and_a_kind() -> None:
         with pytest.raises(Refused) as refused:
             split_key(key)
         assert refused.value.reason == reason
+
+
+# --- remote operations: what an installer may ask of a device (contracts.devices) -------------
+
+
+def command_errors(**payload: Any) -> dict[str, Any]:
+    with pytest.raises(Invalid) as refused:
+        checked(CommandCreate, payload)
+    return refused.value.errors
+
+
+def test_a_command_is_once_false_and_waits_an_hour_unless_asked_otherwise() -> None:
+    loaded = checked(CommandCreate, {"kind": "reboot"})
+    assert DEADLINE_DEFAULT == 3600
+    assert loaded == {"kind": "reboot", "connection_type": None, "commands": None,
+                      "once": False, "deadline_seconds": 3600}
+    assert checked(CommandCreate, {"kind": "reset", "deadline_seconds": 5,
+                                   "once": True})["deadline_seconds"] == 5
+
+
+@pytest.mark.parametrize("chosen", ["TCP", "UDP", "TLS"])
+def test_a_connection_type_command_takes_tcp_udp_or_tls(chosen: str) -> None:
+    assert CONNECTION_TYPES == ("TCP", "UDP", "TLS")
+    assert checked(CommandCreate, {"kind": "connection_type",
+                                   "connection_type": chosen})["connection_type"] == chosen
+
+
+def test_a_connection_type_command_needs_one_of_the_three() -> None:
+    assert list(command_errors(kind="connection_type")) == ["connection_type"]
+    assert list(command_errors(kind="connection_type", connection_type=None)) == [
+        "connection_type"]
+    assert list(command_errors(kind="connection_type", connection_type="tcp")) == [
+        "connection_type"]
+    assert list(command_errors(kind="connection_type", connection_type="HTTP")) == [
+        "connection_type"]
+
+
+def test_autop_needs_its_commands_each_key_equals_value() -> None:
+    assert list(command_errors(kind="autop")) == ["commands"]
+    assert list(command_errors(kind="autop", commands=[])) == ["commands"]
+    assert command_errors(kind="autop", commands=["A = 1", "no equals sign"]) == {
+        "commands": {1: [AUTOP_LINE_MESSAGE]}}
+    assert list(command_errors(kind="autop", commands=["bad key = 1"])) == ["commands"]
+    assert list(command_errors(kind="autop", commands=["= 1"])) == ["commands"]
+
+
+def test_autop_commands_keep_one_value_per_key_the_last_given() -> None:
+    loaded = checked(CommandCreate, {"kind": "autop", "once": True, "commands": [
+        "Config.Settings.GENERAL.Volume = 8", "  B_x-1=  on ",
+        "Config.Settings.GENERAL.Volume=3"]})
+    assert loaded["commands"] == ["Config.Settings.GENERAL.Volume = 3", "B_x-1 = on"]
+    assert loaded["once"] is True
+    assert autop_lines(["A = 1", "B = 2", "A = 3", "not a line"]) == ["A = 3", "B = 2"]
+
+
+@pytest.mark.parametrize("kind", ["config_sync", "upgrade", ""])
+def test_only_the_requested_kinds_are_asked_for(kind: str) -> None:
+    assert "config_sync" in COMMAND_KINDS and "config_sync" not in REQUESTED_KINDS
+    assert list(command_errors(kind=kind)) == ["kind"]
+
+
+@pytest.mark.parametrize("seconds", [4, 604_801, 0, -1])
+def test_a_deadline_is_five_seconds_to_a_week(seconds: int) -> None:
+    assert (DEADLINE_MIN, DEADLINE_MAX) == (5, 604_800)
+    assert checked(CommandCreate, {"kind": "reboot",
+                                   "deadline_seconds": 604_800})["deadline_seconds"] == 604_800
+    assert list(command_errors(kind="reboot", deadline_seconds=seconds)) == [
+        "deadline_seconds"]
+
+
+def test_a_command_refuses_unknown_fields_and_needs_a_kind() -> None:
+    assert list(command_errors(kind="reboot", force=True)) == ["force"]
+    assert list(command_errors()) == ["kind"]
