@@ -260,8 +260,8 @@ class NotifyApplication(ServiceApplication):
         found = self.get_many([aggregate_id])
         return found.get(aggregate_id)
 
-    def pending_pushes(self, limit: int = 500) -> list[UUID]:
-        """Pushes not yet sent nor expired, oldest first."""
+    def pending_pushes(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Pushes not yet sent nor expired, oldest first, with what each carries."""
         return self._view().pending_pushes(limit)
 
     def record_pushes(self, sent: Sequence[UUID], expired: Sequence[UUID], at: datetime) -> None:

@@ -3,6 +3,7 @@ own events, and its queries (`NotifyViews`), as every context has them."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -124,6 +125,12 @@ pending_pushes = Table(
     "notify_pending_pushes", push_metadata,
     Column("id", String(36), primary_key=True),
     Column("position", BigInteger, nullable=False, index=True),
+    # What the push carries, so that the pusher sends it from this row alone.
+    Column("command_id", String(64), nullable=False),
+    Column("mac", String(12), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("params", Text, nullable=False),  # JSON
+    Column("deadline", String(40), nullable=False),
 )
 
 
@@ -131,7 +138,7 @@ class PendingPushesView(ReadModel):
     """The device pushes not sent yet, in the order they were queued."""
 
     name = "notify_pending_pushes"
-    version = 1
+    version = 2  # 2: the push's content
     metadata = push_metadata
 
     def handlers(self) -> dict[str, dict[str, Any]]:
@@ -140,7 +147,11 @@ class PendingPushesView(ReadModel):
 
     @staticmethod
     def queued(rows: Rows, env: dict[str, Any]) -> None:
-        rows.put(pending_pushes, id=env["stream_id"], position=int(env["position"]))
+        data = env["data"]
+        rows.put(pending_pushes, id=env["stream_id"], position=int(env["position"]),
+                 command_id=str(data["command_id"]), mac=str(data["mac"]),
+                 kind=str(data["kind"]), params=json.dumps(data.get("params") or {}),
+                 deadline=str(data["deadline"]))
 
     @staticmethod
     def done(rows: Rows, env: dict[str, Any]) -> None:
@@ -161,10 +172,12 @@ class NotifyViews:
         with self.engine.connect() as conn:
             return [UUID(r.id) for r in conn.execute(query)]
 
-    def pending_pushes(self, limit: int) -> list[UUID]:
-        query = select(pending_pushes.c.id).order_by(pending_pushes.c.position).limit(limit)
+    def pending_pushes(self, limit: int) -> list[dict[str, Any]]:
+        """The pushes waiting, oldest first: id, command_id, mac, kind, params, deadline."""
+        query = select(pending_pushes).order_by(pending_pushes.c.position).limit(limit)
         with self.engine.connect() as conn:
-            return [UUID(r.id) for r in conn.execute(query)]
+            return [{**row._mapping, "id": UUID(row.id), "params": json.loads(row.params)}
+                    for row in conn.execute(query)]
 
     def next_due(self) -> datetime | None:
         query = select(func.min(emails.c.due_at)).where(emails.c.status.in_(PENDING))

@@ -1,6 +1,7 @@
 """Device pushes: the commands devices queued, sent to each device's mailbox on the broker.
 
-One pusher across the replicas sends what the pending pushes view lists, then records each as
+One pusher across the replicas sends what the pending pushes view lists (each row holds the
+push, so a pass reads nothing else before it sends), then records each as
 sent (or expired, when its deadline passed while notify was away) in one commit per pass. A
 crash between the broker's confirm and that commit sends those pushes again after the restart:
 the device sees a command id twice and acknowledges it again (contracts/traffic.py, "pushes");
@@ -20,7 +21,6 @@ from concierge.locks import LeaderLock
 from concierge.mailboxes import Mailboxes
 from contracts.traffic import push_body
 from services.notify.application import NotifyApplication
-from services.notify.domain import DevicePush
 from services.notify.mailer import utcnow
 
 log = logging.getLogger(__name__)
@@ -56,31 +56,27 @@ class Pusher:
             # meanwhile) is caught up at most once per idle timeout.
             self._refreshed = time.monotonic()
             self.refresh()
-        ids = self.app.pending_pushes(self.batch_size)
-        if not ids:
+        waiting = self.app.pending_pushes(self.batch_size)
+        if not waiting:
             return 0
-        found = self.app.get_many(ids)
         now = self.clock()
         sent, expired = [], []
         try:
-            for uid in ids:
-                push = found.get(uid)
-                if not isinstance(push, DevicePush) or not push.pending:
-                    continue
-                left = push.seconds_left(now)
+            for push in waiting:
+                left = (datetime.fromisoformat(push["deadline"]) - now).total_seconds()
                 if left <= 0:
-                    expired.append(uid)
+                    expired.append(push["id"])
                     continue
-                self.mailboxes.deliver(push.mac, push_body(push.command_id, push.kind,
-                                                           push.params, push.deadline),
-                                       push.command_id, left)
-                sent.append(uid)
+                self.mailboxes.deliver(push["mac"], push_body(push["command_id"], push["kind"],
+                                                              push["params"], push["deadline"]),
+                                       push["command_id"], left)
+                sent.append(push["id"])
         finally:  # what the broker confirmed is recorded, even when a later push failed
             if sent or expired:
                 self.app.record_pushes(sent, expired, now)
                 self.sent += len(sent)
                 self.expired += len(expired)
-        return len(ids)
+        return len(waiting)
 
     def stop(self) -> None:
         self.loop.stop()
