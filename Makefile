@@ -50,7 +50,7 @@ TOPOLOGY_UNIT := tests/unit/test_topology_domain.py tests/unit/test_topology_con
 	tests/unit/test_openapi_rules.py
 ACCOUNTS_UNIT := tests/unit/test_accounts_domain.py tests/unit/test_accounts_contracts.py \
 	tests/unit/test_accounts_application.py
-DEVICES_UNIT := tests/unit/test_devices_domain.py
+DEVICES_UNIT := tests/unit/test_devices_domain.py tests/unit/test_traffic_contract.py
 mutation: $(STAMP)
 	$(BIN)/python tools/mutation.py services/topology/domain.py $(TOPOLOGY_UNIT)
 	$(BIN)/python tools/mutation.py contracts/topology.py $(TOPOLOGY_UNIT)
@@ -58,6 +58,7 @@ mutation: $(STAMP)
 	$(BIN)/python tools/mutation.py contracts/accounts.py $(ACCOUNTS_UNIT)
 	$(BIN)/python tools/mutation.py services/devices/domain.py $(DEVICES_UNIT)
 	$(BIN)/python tools/mutation.py contracts/devices.py $(DEVICES_UNIT)
+	$(BIN)/python tools/mutation.py contracts/traffic.py $(DEVICES_UNIT)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
