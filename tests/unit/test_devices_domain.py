@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from marshmallow import ValidationError
 
 from contracts import checked
 from contracts.devices import (
     ACCESS_METHODS,
+    EVENT_SCHEMAS,
     DeviceCreate,
     DeviceEdit,
     MacImport,
@@ -416,3 +418,52 @@ def test_kept_autop_commands_merge_by_key_and_an_unchanged_set_is_no_news() -> N
     assert device.keep_autop([]) is False
     assert device.version == version and recorded(device) == []
     assert device.autop == ["A.b = 4", "C = 3", "D = x"]
+
+
+# --- the events of remote operations, as the contract reads them ------------------------------
+
+ENVELOPE = {"originator_id", "originator_version", "originator_topic", "timestamp"}
+
+
+def as_sent(event: Any) -> dict[str, Any]:
+    data = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in event.__dict__.items()}
+    data["timestamp"] = event.timestamp.isoformat()
+    return data
+
+
+def a_history_of_commands() -> list[Any]:
+    """Every event of a command's life and of kept Autop commands, null details included."""
+    device = install()
+    device.collect_events()
+    done = Command.for_device(device, "connection_type", {"connection_type": "TLS"}, NOW, 60)
+    done.sent("t1")
+    done.acknowledged("received", "t2")
+    done.acknowledged("succeeded", "t3")
+    failed = command(device)
+    failed.acknowledged("failed", "t4")
+    expired = command(device, deadline_seconds=60)
+    expired.expire(NOW + timedelta(hours=1))
+    device.keep_autop(["A.b = 1"])
+    return [*done.collect_events(), *failed.collect_events(), *expired.collect_events(),
+            *device.collect_events()]
+
+
+def test_every_command_event_loads_whole_by_its_schema() -> None:
+    history = a_history_of_commands()
+    assert [type(e).__name__ for e in history] == [
+        "CommandQueued", "CommandSent", "CommandDelivered", "CommandSucceeded", "CommandFailed",
+        "CommandExpired", "AutopKept"]
+    for event in history:
+        data = as_sent(event)
+        loaded = EVENT_SCHEMAS[type(event).__name__]().load(data)
+        assert loaded == {k: v for k, v in data.items() if k not in ENVELOPE}, data
+
+
+def test_every_field_of_a_command_event_is_required_but_its_detail() -> None:
+    for event in a_history_of_commands():
+        schema = EVENT_SCHEMAS[type(event).__name__]()
+        data = as_sent(event)
+        for name in set(data) - ENVELOPE - {"detail"}:
+            with pytest.raises(ValidationError) as refused:
+                schema.load({k: v for k, v in data.items() if k != name})
+            assert list(refused.value.messages) == [name], (type(event).__name__, name)

@@ -4,8 +4,10 @@ bodies the marshmallow schemas accept, and names why it refuses the others."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from marshmallow import ValidationError
 from contracts import checked, traffic
 from contracts.devices import (
     AUTOP_LINE_MESSAGE,
+    AUTOP_LINES_MAX,
     COMMAND_KINDS,
     CONNECTION_TYPES,
     DEADLINE_DEFAULT,
@@ -24,7 +27,18 @@ from contracts.devices import (
     autop_lines,
 )
 from contracts.errors import Invalid
-from contracts.traffic import KINDS, SCHEMAS, Refused, parse, split_key
+from contracts.traffic import (
+    KINDS,
+    PUSH_QUEUE_ARGUMENTS,
+    SCHEMAS,
+    PushSchema,
+    Refused,
+    parse,
+    push_body,
+    push_queue_name,
+    split_key,
+)
+from services.gateway.openapi import schema_rules
 
 GOOD: dict[str, dict[str, Any]] = {
     "heartbeat": {},
@@ -198,3 +212,90 @@ def test_a_deadline_is_five_seconds_to_a_week(seconds: int) -> None:
 def test_a_command_refuses_unknown_fields_and_needs_a_kind() -> None:
     assert list(command_errors(kind="reboot", force=True)) == ["force"]
     assert list(command_errors()) == ["kind"]
+
+
+def test_a_command_may_send_null_for_what_its_kind_does_not_use() -> None:
+    assert checked(CommandCreate, {"kind": "reboot", "connection_type": None,
+                                   "commands": None}) == checked(CommandCreate,
+                                                                 {"kind": "reboot"})
+
+
+def test_autop_takes_one_to_two_hundred_lines() -> None:
+    assert AUTOP_LINES_MAX == 200
+    assert checked(CommandCreate, {"kind": "autop", "commands": ["A = 1"]})["commands"] == [
+        "A = 1"]
+    most = [f"K{i} = {i}" for i in range(200)]
+    assert checked(CommandCreate, {"kind": "autop", "commands": most})["commands"] == most
+    assert list(command_errors(kind="autop", commands=[*most, "K200 = 200"])) == ["commands"]
+
+
+def test_an_autop_line_is_at_most_512_characters() -> None:
+    longest = "K" * 128 + " = " + "v" * 381
+    assert len(longest) == 512
+    assert checked(CommandCreate, {"kind": "autop", "commands": [longest]})["commands"] == [
+        longest]
+    assert command_errors(kind="autop", commands=[longest + "v"]) == {
+        "commands": {0: ["Length must be between 1 and 512."]}}
+    # A short line is judged by its form, not its length.
+    assert command_errors(kind="autop", commands=["x"]) == {
+        "commands": {0: [AUTOP_LINE_MESSAGE]}}
+
+
+@pytest.mark.parametrize("commands", [[], [""]])
+def test_commands_sent_with_any_kind_are_no_empty_list_and_no_empty_line(
+        commands: list[str]) -> None:
+    assert list(command_errors(kind="reboot", commands=commands)) == ["commands"]
+
+
+def test_the_document_states_what_each_kind_needs() -> None:
+    [rule] = schema_rules(CommandCreate)
+    document = jsonschema_rs.Draft202012Validator(rule)
+    assert document.is_valid({"kind": "reboot"})
+    assert document.is_valid({"kind": "connection_type", "connection_type": "TLS"})
+    assert not document.is_valid({"kind": "connection_type"})
+    assert document.is_valid({"kind": "autop", "commands": ["A.b = 1"]})
+    assert not document.is_valid({"kind": "autop"})
+    assert not document.is_valid({"kind": "autop", "commands": ["no equals sign"]})
+
+
+# --- pushes: what the cloud sends a device (contracts.traffic) --------------------------------
+
+PUSH = {"v": 1, "command_id": "c-1", "kind": "connection_type",
+        "params": {"connection_type": "TLS"}, "deadline": "2026-12-07T19:00:00+01:00"}
+
+
+def test_a_device_s_push_queue_is_named_by_its_mac_and_outlives_a_command_by_a_day() -> None:
+    assert push_queue_name("0C11050B9814") == "devices.push.0C11050B9814"
+    assert push_queue_name("0C11050B9814", "t1.") == "t1.devices.push.0C11050B9814"
+    assert PUSH_QUEUE_ARGUMENTS == {"x-expires": 8 * 86_400 * 1000}  # a week and a day, in ms
+
+
+def test_a_push_body_is_compact_json_of_version_one_and_loads() -> None:
+    sent = push_body("c-1", "connection_type", {"connection_type": "TLS"},
+                     "2026-12-07T19:00:00+01:00")
+    assert sent == (b'{"v":1,"command_id":"c-1","kind":"connection_type",'
+                    b'"params":{"connection_type":"TLS"},"deadline":"2026-12-07T19:00:00+01:00"}')
+    loaded = PushSchema().load(json.loads(sent))
+    assert loaded == {**PUSH, "deadline": datetime(2026, 12, 7, 18, tzinfo=UTC)}
+
+
+@pytest.mark.parametrize("kind", COMMAND_KINDS)
+def test_a_push_carries_any_command_kind(kind: str) -> None:
+    assert PushSchema().load({**PUSH, "kind": kind, "params": {}})["kind"] == kind
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("v", 2), ("command_id", "has space"), ("command_id", "x" * 65), ("kind", "dance"),
+    ("params", "TLS"), ("deadline", "2026-12-07T19:00:00"), ("extra", 1),
+])
+def test_a_push_refuses_each_bad_field_by_name(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        PushSchema().load({**PUSH, field: value})
+    assert list(refused.value.messages) == [field]
+
+
+@pytest.mark.parametrize("field", list(PUSH))
+def test_a_push_needs_every_field(field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        PushSchema().load({k: v for k, v in PUSH.items() if k != field})
+    assert list(refused.value.messages) == [field]
