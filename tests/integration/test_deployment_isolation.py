@@ -145,15 +145,15 @@ def test_two_deployments_on_one_vhost_and_one_database_never_meet(
     for name, platform in deployments.items():
         assert all(to.endswith(f"@{name}.example.org") for to in mail_recipients(platform))
 
-    # Every relay (and notify's mailer) leads in its own deployment, all at the same time. A
-    # projection's transaction-scoped lock may be held for a moment on top of the leaders'
-    # session locks (notify records the last emails as sent), so the count is polled.
+    # Every relay (and notify's mailer and pusher) leads in its own deployment, all at the
+    # same time. A projection's transaction-scoped lock may be held for a moment on top of the
+    # leaders' session locks (notify records the last emails as sent), so the count is polled.
     def leaders_in_each_deployment() -> bool:
         held = advisory_holders(postgres_url)
         for name in deployments:
             assert {service: held.get(f"concierge-{name}-{service}")
                     for service in ("accounts", "topology", "notify")} == {
-                "accounts": 1, "topology": 1, "notify": 2}, held
+                "accounts": 1, "topology": 1, "notify": 3}, held
         return True
 
     eventually(leaders_in_each_deployment)

@@ -308,3 +308,38 @@ def test_two_replicas_of_devices_and_notify_push_each_command_once_and_lose_no_t
         for proc in extra:
             proc.terminate()
             proc.wait(20)
+
+
+def test_the_simulate_command_registers_devices_through_the_gateway_and_answers_them(
+        platform: Platform) -> None:
+    """`concierge simulate devices --register`: N door phones added through the public API,
+    then answering a reboot sent to one of them; its summary counts the acknowledgement."""
+    import json
+    import subprocess as sp
+
+    proc = sp.Popen([platform._concierge(), "simulate", "devices", "--devices", "3",
+                     "--duration", "20", "--register", platform.base], env=platform.env,
+                    cwd=ROOT, stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        registered = json.loads(first)
+        assert registered["registered"] == 3
+        token = registered["installer_token"]
+        status, page = platform.call(
+            "GET", f"/api/v1/buildings/{registered['building']}/devices", token=token)
+        assert status == 200 and page["total"] == 3
+        USED.extend(item["mac"] for item in page["items"])
+        device = page["items"][0]["id"]
+        site = {"token": token}
+        queued = queue(platform, site, device, kind="reboot")
+        settled(platform, site, queued["id"], "succeeded")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["devices"] == 3 and summary["acked"] == 1
+    assert summary["by_kind"] == {"reboot": 1}

@@ -266,8 +266,13 @@ def smtp() -> Iterator[SmtpSink]:
 
 def subscribe(wiring: Wiring, log: AccountsLog) -> Subscription:
     """Notify's policy on accounts' events, fed by the test instead of the bus."""
-    [(source, policy)] = wiring.policies
-    return Subscription(source, policy, log)
+    return Subscription("accounts", accounts_policy(wiring), log)
+
+
+def accounts_policy(wiring: Wiring) -> Any:
+    """Notify's policy on accounts' events (it also has one on devices' commands)."""
+    [policy] = [policy for source, policy in wiring.policies if source == "accounts"]
+    return policy
 
 
 def app_of(wiring: Wiring) -> NotifyApplication:
@@ -697,7 +702,7 @@ def test_a_batch_of_accounts_events_is_one_transaction_and_a_close_in_it_still_c
         stack: NotifyStack) -> None:
     notify = stack.open()
     app = app_of(notify)
-    [(_source, policy)] = notify.policies
+    policy = accounts_policy(notify)
     judy = master_account_created(1)
     zoe = master_account_created(2, "zoe@example.com")
     moved = dict(contact_changed(judy, 3, "judy@work.example", previous="judy@example.com"),
@@ -734,7 +739,7 @@ def test_a_batch_of_accounts_events_is_one_transaction_and_a_close_in_it_still_c
 def test_a_batch_whose_unit_fails_is_applied_one_event_at_a_time(stack: NotifyStack) -> None:
     notify = stack.open()
     app = app_of(notify)
-    [(_source, policy)] = notify.policies
+    policy = accounts_policy(notify)
     judy, zoe = master_account_created(1), master_account_created(2, "zoe@example.com")
     broken = dict(master_account_created(3, "max@example.com"), stream_id="not-a-uuid")
     sub = subscribe(notify, AccountsLog([judy, zoe, broken]))
