@@ -234,6 +234,24 @@ class Platform:
             from tests.support.harness import reset_bus
 
             reset_bus(self.env["AMQP_URI"], self.stored, self.amqp_prefix)
+            if {"devices", "notify"} <= set(self.stored):
+                self._drop_push_queues()
+
+    def _drop_push_queues(self) -> None:
+        """The push queues notify declared for this deployment's devices (each would wait on
+        the broker for days): one per MAC the devices list holds."""
+        import psycopg
+
+        from concierge.devicesim import delete_push_queues
+
+        try:
+            with psycopg.connect(self.env["CONCIERGE_DATABASE_URL"], autocommit=True) as conn:
+                macs = [row[0] for row in conn.execute(
+                    f'SELECT mac FROM "{self.deployment}_devices".devices_devices')]
+        except psycopg.Error:  # devices never made its tables
+            return
+        if macs:
+            delete_push_queues(self.env["AMQP_URI"], macs, self.amqp_prefix)
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None,
              headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
