@@ -47,14 +47,23 @@ def _macs(args: argparse.Namespace) -> list[str]:
     return synthetic_macs(args.devices)
 
 
-def cmd_load(args: argparse.Namespace) -> int:
+def _broker(command: str) -> tuple[str, str] | None:
+    """AMQP_URI and the deployment's exchange prefix; None (said why) without a real broker."""
     uri = os.environ.get("AMQP_URI", "")
     if not uri or uri.startswith("concierge-memory"):
-        print("concierge load needs a real broker: set AMQP_URI", file=sys.stderr)
-        return 2
+        print(f"concierge {command} needs a real broker: set AMQP_URI", file=sys.stderr)
+        return None
     deployment = os.environ.get("CONCIERGE_DEPLOYMENT", "")
+    return uri, f"{deployment}." if deployment else ""
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    broker = _broker("load")
+    if broker is None:
+        return 2
+    uri, prefix = broker
     interval = args.interval if args.interval else args.devices / args.rate
-    publisher = TrafficPublisher(uri, f"{deployment}." if deployment else "")
+    publisher = TrafficPublisher(uri, prefix)
     try:
         summary = run_load(publisher, _macs(args), interval, args.duration,
                            door_rate=args.door_rate, call_rate=args.call_rate, seed=args.seed,
@@ -71,11 +80,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from concierge.devicesim import DeviceSimulator, register_fleet
 
-    uri = os.environ.get("AMQP_URI", "")
-    if not uri or uri.startswith("concierge-memory"):
-        print("concierge simulate needs a real broker: set AMQP_URI", file=sys.stderr)
+    broker = _broker("simulate")
+    if broker is None:
         return 2
-    deployment = os.environ.get("CONCIERGE_DEPLOYMENT", "")
+    uri, prefix = broker
     registered = None
     if args.register:
         user, _, password = os.environ.get("CONCIERGE_BOOTSTRAP_DISTRIBUTOR", "").partition(":")
@@ -90,7 +98,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                           "building": registered["building"]}), file=sys.stderr)
     else:
         macs = _macs(args)
-    simulator = DeviceSimulator(uri, macs, f"{deployment}." if deployment else "",
+    simulator = DeviceSimulator(uri, macs, prefix,
                                 fail_ratio=args.fail_ratio, seed=args.seed)
     try:
         summary = simulator.run(args.duration, door_rate=args.door_rate,

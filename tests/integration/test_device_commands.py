@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bench.cluster import ROOT, Platform
-from concierge.devicesim import DeviceSimulator, TrafficPublisher, delete_push_queues, message
+from concierge.devicesim import DeviceSimulator, TrafficPublisher, message
 from tests.support.harness import eventually, free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -38,18 +38,11 @@ def platform(rabbit_uri: str, postgres_url: str, tmp_path_factory: pytest.TempPa
                                   "CONCIERGE_OFFLINE_TOLERANCE": "2"})
     running.start()
     yield running
-    running.stop()
-    delete_push_queues(rabbit_uri, USED, running.amqp_prefix)
-
-
-# Every MAC the tests used: their push queues are dropped at the end.
-USED: list[str] = []
+    running.stop()  # it drops the push queues of the deployment's devices
 
 
 def new_macs(count: int) -> list[str]:
-    macs = [f"0B{uuid.uuid4().hex[:10].upper()}" for _ in range(count)]
-    USED.extend(macs)
-    return macs
+    return [f"0B{uuid.uuid4().hex[:10].upper()}" for _ in range(count)]
 
 
 def site_with_devices(platform: Platform, count: int) -> dict[str, Any]:
@@ -329,7 +322,6 @@ def test_the_simulate_command_registers_devices_through_the_gateway_and_answers_
         status, page = platform.call(
             "GET", f"/api/v1/buildings/{registered['building']}/devices", token=token)
         assert status == 200 and page["total"] == 3
-        USED.extend(item["mac"] for item in page["items"])
         device = page["items"][0]["id"]
         site = {"token": token}
         queued = queue(platform, site, device, kind="reboot")
