@@ -292,9 +292,15 @@ class Platform:
         assert status == 201, installer
         for start in range(0, len(macs), chunk):
             part = macs[start:start + chunk]
-            status, report = self.call(
-                "POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
-                {"csv": "\n".join(part)}, distributor, timeout=600)
+            # `start` waits for accounts and topology; devices may still be starting (503).
+            deadline = time.monotonic() + 60
+            while True:
+                status, report = self.call(
+                    "POST", f"/api/v1/installers/{installer['id']}/mac-library/import",
+                    {"csv": "\n".join(part)}, distributor, timeout=600)
+                if status != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             assert status == 200 and report["added"] == len(part), str(report)[:300]
         status, session = self.call("POST", "/api/v1/auth/login",
                                     {"username": name, "password": "installer-pw-1"})
