@@ -10,6 +10,7 @@ a duplicate too. Handlers record the position in the same transaction as their e
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -55,6 +56,9 @@ class Subscription:
         self._lock = threading.RLock()
         # The source store incarnation the log holds now (envelope "store"), once learnt.
         self._store: str | None = None
+        # Tickets of `sync`: the last catch-up that completed began at `_synced_from`.
+        self._tickets = itertools.count(1)
+        self._synced_from = 0
 
     @property
     def position(self) -> int:
@@ -144,6 +148,20 @@ class Subscription:
             return True
         self._store = first[0].get("store") if first else None
         return self._store is None or store == self._store
+
+    def sync(self) -> int:
+        """Apply everything the source had committed when this call began: a read that must
+        not answer from before a write the caller has already seen acknowledged (a site deleted
+        in another context). Concurrent callers share one read of the log: a caller that finds
+        a catch-up began after it arrived and has finished reads nothing itself."""
+        arrived = next(self._tickets)
+        with self._lock:
+            if self._synced_from > arrived:
+                return 0
+            began = next(self._tickets)
+            count = self._catch_up(until=None)
+            self._synced_from = began
+            return count
 
     def catch_up(self, conn: Connection | None = None,
                  known: list[Envelope] | None = None) -> int:

@@ -120,6 +120,8 @@ class DevicesApplication(ServiceApplication):
         self.views = DevicesViews(engine, offline_after) if engine is not None else None
         # Brings the topology and accounts policies up to those logs now (set when wired).
         self.catch_up_sources: Callable[[], None] = lambda: None
+        # Brings what devices knows of the sites up to what topology had committed when called.
+        self.sync_sites: Callable[[], None] = lambda: None
 
     # -- loading ----------------------------------------------------------------------------
     def _get(self, cls: type[T], aggregate_id: UUID | None) -> T | None:
@@ -149,6 +151,8 @@ class DevicesApplication(ServiceApplication):
         missing = NotFound(f"{labels[area]} not found.")
         if uid is None:
             raise missing
+        # A site the caller has seen deleted is gone here too, not only once the event arrives.
+        self.sync_sites()
         building_id = apartment_id = None
         if area == "apartment":
             apartment = self._known(KnownApartment, KnownApartment.id_for(str(uid)),

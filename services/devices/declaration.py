@@ -9,6 +9,7 @@ or installer it has not heard of yet.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 from concierge.config import Settings
@@ -30,6 +31,8 @@ from services.devices.application import (
 from services.devices.projections import READ_MODELS
 from services.devices.traffic import INGEST, OfflineDetector, TrafficIngest, create_tables
 
+log = logging.getLogger(__name__)
+
 
 def catch_up_on_miss(wiring: Wiring) -> None:
     """A command that names an unknown site reads topology's and accounts' logs up to now."""
@@ -41,7 +44,16 @@ def catch_up_on_miss(wiring: Wiring) -> None:
             for subscription in wiring.subscriptions.get(source, []):
                 subscription.catch_up()
 
+    def sync_sites() -> None:
+        for subscription in wiring.subscriptions.get("topology", []):
+            try:
+                subscription.sync()
+            except Exception as exc:  # topology unreachable: answer from what is known
+                log.warning("devices cannot read topology's log before a read (%s)",
+                            type(exc).__name__)
+
     app.catch_up_sources = catch_up
+    app.sync_sites = sync_sites
 
 
 def start_traffic(wiring: Wiring) -> None:

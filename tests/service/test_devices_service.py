@@ -440,6 +440,25 @@ def test_a_deleted_site_takes_no_new_device(svc: DevicesService, sites: Topology
                        {"type": 1, "mac": "0C11050B0001", "name": "Door"})
 
 
+def test_a_site_deleted_a_moment_ago_is_gone_before_its_event_arrives(
+        svc: DevicesService, sites: TopologyService, wiring: Wiring) -> None:
+    """The caller saw the delete acknowledged; devices has not had the event from the bus."""
+    community, building, apartment = a_site(sites)
+    other, _, _ = a_site(sites, name="Hillside")
+    deliver(wiring)
+    for area, area_id in (("community", community), ("building", building),
+                          ("apartment", apartment)):
+        assert svc.list_devices(LUNA_CTX, area, area_id)["total"] == 0
+    sites.delete_community(LUNA_CTX, community, True)
+    for area, area_id in (("community", community), ("building", building),
+                          ("apartment", apartment)):
+        with pytest.raises(NotFound):
+            svc.list_devices(LUNA_CTX, area, area_id)
+        with pytest.raises(NotFound):
+            svc.traffic_log(LUNA_CTX, "door", area, area_id)
+    assert svc.list_devices(LUNA_CTX, "community", other)["total"] == 0
+
+
 @both_stores
 def test_a_rebuild_leaves_the_same_rows(svc: DevicesService, sites: TopologyService,
                                         wiring: Wiring) -> None:

@@ -246,3 +246,62 @@ def test_another_services_text_reaches_a_read_model_without_nul() -> None:
     assert model.seen == [{"name": "Lily", "family": [{"name": "A"}], "n": 1}, {"name": "Lily"},
                           data]  # the service's own events: its contracts refused NUL already
     assert data["name"] == "Li\x00ly"  # the event itself is left as it was
+
+
+def test_sync_applies_what_the_source_committed_before_the_call() -> None:
+    log = FakeLog([env(1), env(2)])
+    handler = FakeHandler()
+    sub = Subscription("src", handler, log)
+    sub.deliver(env(1))
+    assert sub.sync() == 1  # 2 is committed but not delivered yet
+    assert handler.applied == [1, 2]
+    log.events.append(env(3))
+    assert sub.sync() == 1  # a later call reads again: nothing is taken as fresh for good
+    assert handler.applied == [1, 2, 3]
+
+
+def test_syncs_waiting_behind_a_running_one_share_the_next_read() -> None:
+    import threading
+
+    reading, release = threading.Event(), threading.Event()
+    events = [env(1)]
+    reads: list[int] = []
+
+    def slow_log(source: str, after: int, limit: int) -> list[dict[str, Any]]:
+        reads.append(after)
+        if len(reads) == 1:
+            reading.set()
+            release.wait(5)
+        return [e for e in events if e["position"] > after][:limit]
+
+    handler = FakeHandler()
+    sub = Subscription("src", handler, slow_log)
+    issued = threading.Semaphore(0)
+
+    class Tickets:
+        """The subscription's counter, telling the test each number it hands out."""
+
+        def __init__(self) -> None:
+            self.number, self.lock = 0, threading.Lock()
+
+        def __next__(self) -> int:
+            with self.lock:
+                self.number += 1
+                issued.release()
+                return self.number
+
+    sub._tickets = Tickets()  # type: ignore[assignment]
+    first = threading.Thread(target=sub.sync)
+    first.start()
+    assert reading.wait(5)
+    events.append(env(2))  # committed while the first read runs: the first may miss it
+    waiting = [threading.Thread(target=sub.sync) for _ in range(3)]
+    for thread in waiting:
+        thread.start()
+    for _ in range(5):  # the first's arrival and start, then the three arrivals
+        assert issued.acquire(timeout=5)
+    release.set()
+    for thread in (first, *waiting):
+        thread.join(5)
+    assert handler.applied == [1, 2]
+    assert len(reads) == 2  # the first read, then one for the three that waited
