@@ -13,6 +13,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from contracts.fields import EMAIL_PATTERN, Email, Text
+from contracts.topology import phone_field
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -28,10 +29,16 @@ __all__ = [
     "MasterAccountRegisteredSchema",
     "MasterAccountResetSchema",
     "PasswordChangedSchema",
+    "PasswordIssuedSchema",
     "PortalAccountCreatedSchema",
+    "PortalAccountDeletedSchema",
+    "PortalAccountEditedSchema",
     "Principal",
     "SessionClosedSchema",
     "SessionOpenedSchema",
+    "SessionsEndedSchema",
+    "SubInstallerCreate",
+    "SubInstallerEdit",
     "ValidationError",
 ]
 
@@ -45,13 +52,24 @@ EMAIL_MAX = 254
 PASSWORD_MIN = 8
 PASSWORD_MAX = 64
 NAME_MAX = 64
-PORTAL_ROLES = ("distributor", "installer")
+# A sub-installer (manual "Sub-Installer Account") logs in to its main installer's data.
+PORTAL_ROLES = ("distributor", "installer", "sub_installer")
+# The roles that work on an installer's sites (the call context's installer_id names whose).
+INSTALLER_ROLES = ("installer", "sub_installer")
+# Sub-account list: "Account" is the sortable column; the newest first by default.
+SUB_ACCOUNT_SORTS = ("username", "created_at")
+# A password the platform makes (a new sub-account's, a reset's): emailed, never shown.
+GENERATED_PASSWORD_LENGTH = 12
+# Why an account's sessions ended all at once (SessionsEnded).
+SESSIONS_ENDED_REASONS = ("deleted", "password_reset", "password_changed", "logout_everywhere")
+PASSWORD_ISSUE_REASONS = ("welcome", "reset")
 # Sessions an account keeps open at once; a login beyond them ends the oldest (the API says so).
 MAX_SESSIONS = 20
 APP_STATUSES = ("unregistered", "registered")
 
 # Event attributes kept in the accounts store and stripped from anything published.
-PRIVATE_FIELDS = frozenset({"password_hash", "token_digest"})
+PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests",
+                            "password_sealed", "password_subject"})
 
 
 def _username(**kwargs: object) -> Text:
@@ -106,6 +124,26 @@ class InstallerCreate(Schema):
     email = Email(required=True, validate=[validate.Length(max=EMAIL_MAX), _email_address])
 
 
+def _required_email() -> Email:
+    return Email(required=True, validate=[validate.Length(max=EMAIL_MAX), _email_address])
+
+
+class SubInstallerCreate(Schema):
+    """POST /api/v1/sub-installers (manual "New Sub Account"): the login password is made by
+    the platform and emailed to `email`, never shown."""
+
+    username = _username(metadata={"description": "the manual's Account: the login name"})
+    email = _required_email()
+    phone = phone_field()
+
+
+class SubInstallerEdit(Schema):
+    """PATCH /api/v1/sub-installers/{id}: the Account (login name) stays."""
+
+    email = Email(validate=[validate.Length(max=EMAIL_MAX), _email_address])
+    phone = phone_field()
+
+
 class DistributorCreate(Schema):
     """The bootstrap distributor's login, from the settings (`CONCIERGE_DISTRIBUTOR_*`)."""
 
@@ -135,8 +173,41 @@ class PortalAccountCreatedSchema(_EventData):
     role = fields.String(required=True, validate=validate.OneOf(PORTAL_ROLES))
     username = fields.String(required=True)
     email = fields.String(required=True, allow_none=True)
-    # The distributor that created an installer; None for the bootstrap distributor.
+    # The distributor that created an installer, the installer that created a sub-installer;
+    # None for the bootstrap distributor.
     created_by = fields.UUID(required=True, allow_none=True)
+    phone = fields.String(load_default=None, allow_none=True)  # added with sub-installers
+
+
+class PasswordIssuedSchema(_EventData):
+    """The platform made the account a password (`issue` counts them) and notify emails it;
+    the password itself is never in an event: notify asks accounts for it when it sends, and
+    accounts answers only for the current issue (services/accounts)."""
+
+    issue = fields.Integer(required=True, validate=validate.Range(min=1))
+    reason = fields.String(required=True, validate=validate.OneOf(PASSWORD_ISSUE_REASONS))
+    role = fields.String(load_default=None, allow_none=True)
+    username = fields.String(load_default=None, allow_none=True)
+    email = fields.String(load_default=None, allow_none=True)
+
+
+class PortalAccountEditedSchema(_EventData):
+    """The account's contact as it now is."""
+
+    email = fields.String(required=True, allow_none=True)
+    phone = fields.String(required=True, allow_none=True)
+
+
+class PortalAccountDeletedSchema(_EventData):
+    """The login is gone; its sessions ended with it (SessionsEnded before this)."""
+
+
+class SessionsEndedSchema(_EventData):
+    """Every session of the account (or every other one) ended at once; which tokens stays
+    private."""
+
+    reason = fields.String(required=True, validate=validate.OneOf(SESSIONS_ENDED_REASONS))
+    count = fields.Integer(required=True, validate=validate.Range(min=0))
 
 
 class SessionOpenedSchema(_EventData):
@@ -206,6 +277,10 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "SessionOpened": SessionOpenedSchema,
     "SessionClosed": SessionClosedSchema,
     "PasswordChanged": PasswordChangedSchema,
+    "PasswordIssued": PasswordIssuedSchema,
+    "PortalAccountEdited": PortalAccountEditedSchema,
+    "PortalAccountDeleted": PortalAccountDeletedSchema,
+    "SessionsEnded": SessionsEndedSchema,
     "MasterAccountCreated": MasterAccountCreatedSchema,
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountRegistered": MasterAccountRegisteredSchema,

@@ -356,6 +356,10 @@ def _phone(**kwargs: Any) -> Text:
     )
 
 
+# The one phone rule, for the other contexts' contracts too (a sub-installer's phone).
+phone_field = _phone
+
+
 def _mac(**kwargs: Any) -> Text:
     return Text(
         allow_none=True,

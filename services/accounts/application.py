@@ -19,11 +19,19 @@ from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
 from concierge.store import ServiceApplication
+from concierge.vault import Vault
 from contracts import checked
-from contracts.accounts import DistributorCreate, InstallerCreate
+from contracts.accounts import (
+    GENERATED_PASSWORD_LENGTH,
+    DistributorCreate,
+    InstallerCreate,
+    SubInstallerCreate,
+    SubInstallerEdit,
+)
 from contracts.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from services.accounts.domain import (
     DISTRIBUTOR,
+    INSTALLER,
     MasterAccount,
     PortalAccount,
 )
@@ -42,11 +50,35 @@ LOGIN_FAILED = "Wrong username or password."
 NOT_SIGNED_IN = "Not signed in: the token is unknown or the session was closed."
 EXPIRED = "The session has expired."
 ONLY_DISTRIBUTORS = "Only a distributor can create installer accounts."
+ONLY_INSTALLERS = "Only the main installer account manages sub-installer accounts."
+NO_SUB_INSTALLER = "No such sub-installer account."
+# Letters and digits that read alike in no font (no 0/O, 1/l/I): a password typed from an email.
+PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def generated_password(length: int = GENERATED_PASSWORD_LENGTH) -> str:
+    """A password the platform makes: letters and digits, at least one of each kind."""
+    while True:
+        password = "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
+        if (any(c.islower() for c in password) and any(c.isupper() for c in password)
+                and any(c.isdigit() for c in password)):
+            return password
+
+
+def password_subject(account_id: UUID) -> str:
+    """The vault subject of one issued password: its own key, destroyed once it is not needed."""
+    return f"password:{account_id}:{secrets.token_hex(8)}"
 
 
 def _taken(username: str) -> Conflict:
     message = f"The username {username!r} is already taken."
     return Conflict(message, {"username": [message]})
+
+
+def _sub_installer_view(account: PortalAccount) -> dict[str, Any]:
+    return {"id": str(account.id), "username": account.username, "email": account.email,
+            "phone": account.phone, "installer_id": str(account.created_by),
+            "created_at": account.created_on.isoformat()}
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -74,6 +106,8 @@ class AccountsApplication(ServiceApplication):
         self.clock = clock or (lambda: datetime.now(UTC))
         # The read models' queries; none without a read side.
         self.views = AccountsViews(engine) if engine is not None else None
+        # Issued passwords, sealed until notify has emailed them (crypto-shredding).
+        self.vault = Vault(engine) if engine is not None else None
         # Made now, with the hasher every account's hash was made with: the first login of an
         # unknown username must not cost a hash more than the others.
         self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
@@ -129,18 +163,131 @@ class AccountsApplication(ServiceApplication):
 
         return self.execute(command)
 
+    # -- sub-installers (manual "Sub-Installer Account") ------------------------------------
+    def create_sub_installer(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The calling installer's new sub-account; its login password is made here, sealed
+        for notify's welcome email, and never answered, logged or published."""
+        request = checked(SubInstallerCreate, payload)
+        installer_id = self._main_installer()
+        username = request["username"]
+        account_id = PortalAccount.id_for_username(username)
+        password = generated_password()
+        password_hash = self.credentials.hash_password(password)
+        subject = password_subject(account_id)
+        sealed = self._vault().seal(subject, password)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            installer = self._portal_account(installer_id)
+            if installer is None or installer.role != INSTALLER:
+                raise Forbidden(ONLY_INSTALLERS)
+            if self._portal_account(account_id) is not None:
+                raise _taken(username)
+            sub = installer.create_sub_installer(username, request["email"], request.get("phone"),
+                                                 password_hash)
+            sub.issue_password(password_hash, subject, sealed, "welcome")
+            return _sub_installer_view(sub), [sub]
+
+        try:
+            return self.execute(command)
+        except Exception:
+            self._vault().shred([subject])  # sealed for nothing: no account carries it
+            raise
+
+    def list_sub_installers(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        return self._views().sub_installers(str(self._main_installer()), **query)
+
+    def get_sub_installer(self, account_id: Any) -> dict[str, Any]:
+        return _sub_installer_view(self._sub_installer(account_id))
+
+    def edit_sub_installer(self, account_id: Any, payload: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+        changes = checked(SubInstallerEdit, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            sub = self._sub_installer(account_id)
+            if "email" in changes and changes["email"] is None:
+                raise Invalid.field("email", "The email is required: the password goes there.")
+            sub.edit_contact(changes.get("email", sub.email), changes.get("phone", sub.phone))
+            return _sub_installer_view(sub), [sub]
+
+        return self.execute(command)
+
+    def reset_sub_installer_password(self, account_id: Any) -> None:
+        """A new password, emailed; the old one stops working and every session ends."""
+        sub = self._sub_installer(account_id)
+        password = generated_password()
+        password_hash = self.credentials.hash_password(password)
+        subject = password_subject(sub.id)
+        sealed = self._vault().seal(subject, password)
+        replaced: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            account = self._sub_installer(account_id)
+            replaced[:] = [account.password_subject] if account.password_subject else []
+            account.issue_password(password_hash, subject, sealed, "reset")
+            account.end_sessions("password_reset")
+            return None, [account]
+
+        try:
+            self.execute(command)
+        except Exception:
+            self._vault().shred([subject])
+            raise
+        self._vault().shred(replaced)
+
+    def delete_sub_installer(self, account_id: Any) -> None:
+        """Gone at once: its sessions end in the same commit; deleting it again is NotFound."""
+        subjects: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            sub = self._sub_installer(account_id)
+            subjects[:] = [sub.password_subject] if sub.password_subject else []
+            sub.delete()
+            return None, [sub]
+
+        self.execute(command)
+        self._vault().shred(subjects)
+
+    def reveal_password(self, account_id: Any, issue: Any) -> str | None:
+        """The issued password `issue` of an account, for the email that carries it; None once
+        it is not the account's login any more (reset again, changed, deleted, used)."""
+        uid = _uuid(account_id)
+        account = self._portal_account(uid) if uid is not None else None
+        if (account is None or account.deleted or account.password_subject is None
+                or account.password_issue != issue):
+            return None
+        return self._vault().open(account.password_subject, account.password_sealed)
+
+    def _main_installer(self) -> UUID:
+        caller = context.current()
+        uid = _uuid(caller.account_id) if caller.role == INSTALLER else None
+        if uid is None:
+            raise Forbidden(ONLY_INSTALLERS)
+        return uid
+
+    def _sub_installer(self, account_id: Any) -> PortalAccount:
+        installer_id = self._main_installer()
+        uid = _uuid(account_id)
+        account = self._portal_account(uid) if uid is not None else None
+        if account is None or not account.sub_account_of(installer_id):
+            raise NotFound(NO_SUB_INSTALLER)
+        return account
+
     # -- sessions --------------------------------------------------------------------------
     def login(self, username: str, password: str) -> dict[str, Any]:
         """Open a session; the raw token is returned once and only its digest is stored."""
         account = None
         if isinstance(username, str) and username:
             account = self._portal_account(PortalAccount.id_for_username(username))
-        if account is None:
+        if account is None or account.deleted:
             # Spend a hash verification anyway, so timing does not tell unknown usernames apart.
             self.credentials.verify_password(self._decoy_hash, str(password))
             raise Unauthorized(LOGIN_FAILED)
         if not self.credentials.verify_password(account.password_hash, str(password)):
             raise Unauthorized(LOGIN_FAILED)
+        if account.password_subject is not None:
+            # The emailed password reached its owner: nothing needs to open it any more.
+            self._vault().shred([account.password_subject])
         token = self.credentials.new_token()
         digest = self.credentials.token_digest(token)
         expires_at = (self.clock() + self.token_ttl).isoformat()
@@ -278,6 +425,11 @@ class AccountsApplication(ServiceApplication):
         return row
 
     # -- helpers ---------------------------------------------------------------------------
+    def _vault(self) -> Vault:
+        if self.vault is None:
+            raise RuntimeError("this application was built without a database (no vault)")
+        return self.vault
+
     def _views(self) -> AccountsViews:
         if self.views is None:
             raise RuntimeError("this application was built without a read side (no engine)")

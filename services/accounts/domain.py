@@ -25,7 +25,7 @@ from contracts.fields import EMAIL_PATTERN
 # Fixed forever: changing it would give every existing account a new id.
 ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
 
-DISTRIBUTOR, INSTALLER = PORTAL_ROLES
+DISTRIBUTOR, INSTALLER, SUB_INSTALLER = PORTAL_ROLES
 
 TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 # MAX_SESSIONS (contracts.accounts) bounds the state a busy account carries; the oldest session
@@ -87,7 +87,7 @@ def _as_uuid(value: Any, field: str) -> UUID:
 
 
 class PortalAccount(Aggregate):
-    """A distributor's or installer's login to the portal."""
+    """A login to the portal: a distributor's, an installer's or a sub-installer's."""
 
     @event("PortalAccountCreated")
     def __init__(
@@ -97,14 +97,22 @@ class PortalAccount(Aggregate):
         email: str | None,
         password_hash: str,
         created_by: UUID | None,
+        phone: str | None = None,  # added with sub-installers: older events replay with None
     ) -> None:
         self.role = role
         self.username = username
         self.email = email
+        self.phone = phone
         self.password_hash = password_hash
         self.created_by = created_by
         # token digest -> expires_at (ISO 8601); insertion order is the order sessions opened.
         self.sessions: dict[str, str] = {}
+        self.deleted = False
+        # Passwords the platform made for it, and the vault subject of the current one while
+        # it may still be emailed (None once the account's owner chose a password of its own).
+        self.password_issue = 0
+        self.password_subject: str | None = None
+        self.password_sealed: str | None = None
 
     @staticmethod
     def id_for_username(username: str) -> UUID:
@@ -142,13 +150,97 @@ class PortalAccount(Aggregate):
             created_by=self.id,
         )
 
+    def create_sub_installer(self, username: str, email: str, phone: str | None,
+                             password_hash: str) -> PortalAccount:
+        """A sub-account of this installer (manual "Sub-Installer Account"): it logs in to
+        exactly this installer's data."""
+        if self.role != INSTALLER or self.deleted:
+            raise Forbidden("Only an installer can create sub-installer accounts.")
+        _validate_hash(password_hash)
+        return PortalAccount(role=SUB_INSTALLER, username=username, email=email,
+                             password_hash=password_hash, created_by=self.id, phone=phone)
+
     @property
     def installer_id(self) -> UUID | None:
-        """Whose sites this account works on: its own for an installer, none for a distributor."""
-        return self.id if self.role == INSTALLER else None
+        """Whose sites this account works on: its own for an installer, its main installer's
+        for a sub-installer, none for a distributor."""
+        if self.role == INSTALLER:
+            return self.id
+        return self.created_by if self.role == SUB_INSTALLER else None
+
+    def sub_account_of(self, installer_id: UUID | str | None) -> bool:
+        return (self.role == SUB_INSTALLER and not self.deleted and installer_id is not None
+                and str(self.created_by) == str(installer_id))
+
+    def issue_password(self, password_hash: str, password_subject: str,
+                       password_sealed: str, reason: str) -> None:
+        """A password the platform made, to be emailed: only its hash is checked at login, and
+        the sealed copy opens (for notify's email) only while `password_subject`'s key lives."""
+        self._check_not_deleted()
+        _validate_hash(password_hash)
+        self._issue_password(issue=self.password_issue + 1, reason=reason, role=self.role,
+                             username=self.username, email=self.email,
+                             password_hash=password_hash, password_subject=password_subject,
+                             password_sealed=password_sealed)
+
+    @event("PasswordIssued")
+    def _issue_password(self, issue: int, reason: str, role: str, username: str,
+                        email: str | None, password_hash: str, password_subject: str,
+                        password_sealed: str) -> None:
+        self.password_issue = issue
+        self.password_hash = password_hash
+        self.password_subject = password_subject
+        self.password_sealed = password_sealed
+
+    def edit_contact(self, email: str | None, phone: str | None) -> bool:
+        """False when nothing changed (nothing is recorded)."""
+        self._check_not_deleted()
+        if (email, phone) == (self.email, self.phone):
+            return False
+        self._edit_contact(email=email, phone=phone)
+        return True
+
+    @event("PortalAccountEdited")
+    def _edit_contact(self, email: str | None, phone: str | None) -> None:
+        self.email = email
+        self.phone = phone
+
+    def end_sessions(self, reason: str, keep: str | None = None) -> int:
+        """End every session at once (or every one but `keep`); how many ended."""
+        ending = [digest for digest in self.sessions if digest != keep]
+        if ending:
+            self._end_sessions(reason=reason, count=len(ending), token_digests=ending)
+        return len(ending)
+
+    @event("SessionsEnded")
+    def _end_sessions(self, reason: str, count: int, token_digests: list[str]) -> None:
+        for digest in token_digests:
+            self.sessions.pop(digest, None)
+
+    def delete(self) -> None:
+        """The login is gone at once: its sessions end with it. Deleting twice records
+        nothing; the username stays taken (its id is derived from it)."""
+        if self.deleted:
+            return
+        if self.role != SUB_INSTALLER:
+            raise Forbidden("Only sub-installer accounts can be deleted.")
+        self.end_sessions("deleted")
+        self._delete()
+
+    @event("PortalAccountDeleted")
+    def _delete(self) -> None:
+        self.deleted = True
+        self.password_hash = ""
+        self.password_subject = None
+
+    def _check_not_deleted(self) -> None:
+        if self.deleted:
+            raise Conflict("This account was deleted.")
 
     def open_session(self, token_digest: str, expires_at: str) -> None:
         """Record a login; the token itself never reaches the domain."""
+        if self.deleted:
+            raise Unauthorized("This account was deleted.")
         _validate_token_digest(token_digest)
         _parse_instant(expires_at, "expires_at")
         if token_digest in self.sessions:
@@ -187,6 +279,7 @@ class PortalAccount(Aggregate):
     @event("PasswordChanged")
     def _change_password(self, password_hash: str) -> None:
         self.password_hash = password_hash
+        self.password_subject = None  # the issued password, if any, is no longer the login
 
 
 # --- residents' app accounts ---------------------------------------------------------------

@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, func, select
 from sqlalchemy.engine import Engine
 
+from concierge.lists import containing, page_of, sort_key
 from concierge.projection import ProjectFn, ReadModel, Rows
 from concierge.subscription import Envelope
-from services.accounts.domain import INSTALLER
+from contracts.accounts import SUB_ACCOUNT_SORTS
+from services.accounts.domain import INSTALLER, SUB_INSTALLER
 
 SOURCE = "accounts"
 
@@ -35,6 +37,7 @@ session_owners = Table(
     Column("account_id", String(36), primary_key=True),
     Column("role", String(20), nullable=False),
     Column("username", String(64), nullable=False),
+    Column("installer_id", String(36), nullable=True),
 )
 
 portal_metadata = MetaData()
@@ -44,7 +47,9 @@ portal_accounts = Table(
     Column("role", String(20), nullable=False),
     Column("username", String(64), nullable=False),
     Column("email", String(254), nullable=True),
-    Column("created_by", String(36), nullable=True),
+    Column("created_by", String(36), nullable=True, index=True),
+    Column("phone", String(32), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
 )
 
 master_metadata = MetaData()
@@ -59,6 +64,15 @@ master_accounts = Table(
     Column("email", String(254), nullable=True),
     Column("app_status", String(20), nullable=False),
 )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _occurred(env: Envelope) -> datetime | None:
+    value = env.get("occurred_at")
+    return _instant(value) if value else None
 
 
 def _instant(value: datetime | str) -> datetime:
@@ -79,18 +93,23 @@ class SessionsView(ReadModel):
     """
 
     name = "accounts_sessions"
-    version = 2  # 2: fed by the events alone (session_owners), no longer by the aggregate
+    # 2: fed by the events alone (session_owners), no longer by the aggregate; 3: a
+    # sub-installer's sessions work on its main installer's data, and end all at once.
+    version = 3
     metadata = sessions_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {SOURCE: {"PortalAccountCreated": self.account_created,
-                         "SessionOpened": self.opened, "SessionClosed": self.closed}}
+                         "SessionOpened": self.opened, "SessionClosed": self.closed,
+                         "SessionsEnded": self.ended}}
 
     @staticmethod
     def account_created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
+        installer = {INSTALLER: env["stream_id"],
+                     SUB_INSTALLER: data.get("created_by")}.get(data["role"])
         rows.put(session_owners, account_id=env["stream_id"], role=data["role"],
-                 username=data["username"])
+                 username=data["username"], installer_id=_text(installer))
 
     @staticmethod
     def opened(rows: Rows, env: Envelope) -> None:
@@ -100,29 +119,49 @@ class SessionsView(ReadModel):
         data = env["data"]
         rows.put(sessions, token_digest=data["token_digest"], account_id=env["stream_id"],
                  role=owner["role"], username=owner["username"],
-                 installer_id=env["stream_id"] if owner["role"] == INSTALLER else None,
+                 installer_id=owner["installer_id"],
                  expires_at=_instant(data["expires_at"]), closed=False)
 
     @staticmethod
     def closed(rows: Rows, env: Envelope) -> None:
         rows.update(sessions, env["data"]["token_digest"], closed=True)
 
+    @staticmethod
+    def ended(rows: Rows, env: Envelope) -> None:
+        for digest in env["data"]["token_digests"]:
+            rows.update(sessions, digest, closed=True)
+
 
 class PortalAccountsView(ReadModel):
-    """Distributors and installers, for lists and for scoping by who created whom."""
+    """Portal accounts that still work, for lists (an installer's sub-accounts) and for
+    scoping by who created whom; a deleted account's row goes."""
 
     name = "accounts_portal_accounts"
+    version = 2  # 2: phone and creation time (the sub-account list), deleted accounts go
     metadata = portal_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
-        return {SOURCE: {"PortalAccountCreated": self.created}}
+        return {SOURCE: {"PortalAccountCreated": self.created,
+                         "PortalAccountEdited": self.edited,
+                         "PortalAccountDeleted": self.deleted}}
 
     @staticmethod
     def created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
         rows.put(portal_accounts, id=env["stream_id"], role=data["role"],
                  username=data["username"], email=data.get("email"),
-                 created_by=data.get("created_by"))
+                 created_by=_text(data.get("created_by")), phone=data.get("phone"),
+                 created_at=_occurred(env))
+
+    @staticmethod
+    def edited(rows: Rows, env: Envelope) -> None:
+        data = env["data"]
+        rows.update(portal_accounts, env["stream_id"], email=data.get("email"),
+                    phone=data.get("phone"))
+
+    @staticmethod
+    def deleted(rows: Rows, env: Envelope) -> None:
+        rows.delete(portal_accounts, env["stream_id"])
 
 
 class MasterAccountsView(ReadModel):
@@ -198,12 +237,33 @@ class AccountsViews:
             ).one_or_none()
         return dict(row._mapping) if row is not None else None
 
+    def sub_installers(self, installer_id: str, page: int = 1, per_page: int = 10,
+                       sort: str = "-created_at", q: str | None = None) -> dict[str, Any]:
+        """The installer's sub-accounts (manual: Users > Sub Account), searched by account."""
+        key, descending = sort_key(sort, SUB_ACCOUNT_SORTS)
+        p = portal_accounts
+        query = select(p).where(p.c.created_by == installer_id, p.c.role == SUB_INSTALLER)
+        if q:
+            query = query.where(containing(func.lower(p.c.username), q.lower()))
+        order = {"username": [p.c.username], "created_at": [p.c.created_at]}[key]
+        with self.engine.connect() as conn:
+            return page_of(conn, query, [*order, p.c.id], descending, page, per_page,
+                           sub_installer_item)
+
     def portal_account(self, account_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(portal_accounts).where(portal_accounts.c.id == account_id)
             ).one_or_none()
         return dict(row._mapping) if row is not None else None
+
+
+def sub_installer_item(row: Any) -> dict[str, Any]:
+    found = row._mapping
+    created = found["created_at"]
+    return {"id": found["id"], "username": found["username"], "email": found["email"],
+            "phone": found["phone"], "installer_id": found["created_by"],
+            "created_at": _instant(created).isoformat() if created is not None else None}
 
 
 def read_models(app: Any = None) -> list[ReadModel]:

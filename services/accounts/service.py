@@ -54,3 +54,45 @@ class AccountsService(ServiceBase):
         """-> the master account row; NotFound unless it belongs to the caller's installer."""
         return self.runtime.app.get_master_account(
             apartment_id, installer_id=context.current().installer_id)
+
+    # --- sub-installers (manual "Sub-Installer Account"); the caller is the main installer ---
+
+    @rpc
+    @command
+    def create_sub_installer(self, ctx: dict[str, Any], payload: dict[str, Any]
+                             ) -> dict[str, Any]:
+        return self.runtime.app.create_sub_installer(payload)
+
+    @rpc
+    @command
+    def list_sub_installers(self, ctx: dict[str, Any], query: dict[str, Any] | None = None
+                            ) -> dict[str, Any]:
+        return self.runtime.app.list_sub_installers(query or {})
+
+    @rpc
+    @command
+    def get_sub_installer(self, ctx: dict[str, Any], account_id: str) -> dict[str, Any]:
+        return self.runtime.app.get_sub_installer(account_id)
+
+    @rpc
+    @command
+    def edit_sub_installer(self, ctx: dict[str, Any], account_id: str,
+                           payload: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.edit_sub_installer(account_id, payload)
+
+    @rpc
+    @command
+    def reset_sub_installer_password(self, ctx: dict[str, Any], account_id: str) -> None:
+        self.runtime.app.reset_sub_installer_password(account_id)
+
+    @rpc
+    @command
+    def delete_sub_installer(self, ctx: dict[str, Any], account_id: str) -> None:
+        self.runtime.app.delete_sub_installer(account_id)
+
+    @rpc
+    @translated
+    def reveal_password(self, account_id: str, issue: int) -> str | None:
+        """Notify's mailer only, for the email that carries an issued password: None once it
+        is no longer the account's login. Not routed by the gateway."""
+        return self.runtime.app.reveal_password(account_id, issue)

@@ -26,6 +26,7 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.store import ServiceApplication
 from contracts import checked
+from contracts.accounts import INSTALLER_ROLES
 from contracts.devices import (
     ALL_BUILDINGS,
     DEADLINE_DEFAULT,
@@ -82,7 +83,7 @@ _SYSTEM_RANDOM = random.SystemRandom()
 
 def _installer() -> str:
     ctx = context.current()
-    if ctx.role != INSTALLER or not ctx.installer_id:
+    if ctx.role not in INSTALLER_ROLES or not ctx.installer_id:
         raise Forbidden("Only an installer manages its devices and MAC library.")
     return str(ctx.installer_id)
 

@@ -44,7 +44,7 @@ from concierge.green import DeadlineExceeded, deadline, time_left, time_limit
 from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
-from contracts.accounts import APP_STATUSES
+from contracts.accounts import APP_STATUSES, SUB_ACCOUNT_SORTS
 from contracts.devices import (
     COMMAND_STATES,
     DEVICE_SORTS,
@@ -814,6 +814,12 @@ class CascadeQuery(Schema):
         "devices, each through its own context's events; the MACs go back to the library).")})
 
 
+class SubInstallersQuery(ListQuery):
+    """The installer's sub-accounts: search by account (username)."""
+
+    sort = _sort(SUB_ACCOUNT_SORTS)
+
+
 class MacLibraryQuery(ListQuery):
     """The installer's MAC library: search by MAC, filter by whether a device uses it."""
 
@@ -895,6 +901,12 @@ class SessionCache:
         self._entries.pop(token, None)
         self._bound(self._entries, now, lambda entry: entry[0])
         self._entries[token] = (now + self.ttl, principal)
+
+    def forget_account(self, account_id: str) -> None:
+        """Every cached token of one account (its sessions ended: a reset, a delete)."""
+        for token, (_, principal) in list(self._entries.items()):
+            if str(principal.get("account_id")) == str(account_id):
+                self.forget(token)
 
     def forget(self, token: str) -> None:
         now = self.clock()

@@ -14,7 +14,15 @@ from typing import Any
 from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
-from contracts.accounts import MAX_SESSIONS, InstallerCreate, LoginRequest, LoginResponse
+from contracts.accounts import (
+    INSTALLER_ROLES,
+    MAX_SESSIONS,
+    InstallerCreate,
+    LoginRequest,
+    LoginResponse,
+    SubInstallerCreate,
+    SubInstallerEdit,
+)
 from contracts.devices import (
     CameraCreate,
     CameraEdit,
@@ -51,6 +59,7 @@ from services.gateway.http import (
     PageQuery,
     ResidentsQuery,
     Sessions,
+    SubInstallersQuery,
     ThirdPartyQuery,
     api,
     created,
@@ -86,9 +95,18 @@ MAC_IMPORT_DESCRIPTION = (
     "are taken). Answers each row's outcome: added, duplicate (in this installer's library "
     "already, or twice in the file), taken (another installer's), malformed. The rows that "
     "can be added are, together; the others are reported, never silently dropped.")
-# Sites (communities, buildings, APTs, residents) are an installer's (manual: Sites); topology
-# refuses anyone else, and the gateway does so first, before it looks at a body or a query.
-INSTALLER = ("installer",)
+# Sites (communities, buildings, APTs, residents) are an installer's (manual: Sites), worked on
+# by it and its sub-installers alike; topology refuses anyone else, and the gateway does so
+# first, before it looks at a body or a query.
+INSTALLER = INSTALLER_ROLES
+# What only the main installer account does: its sub-accounts (manual: Users).
+MAIN_INSTALLER = ("installer",)
+SUB_INSTALLER = f"{V1}/sub-installers/<uuid:account_id>"
+SUB_INSTALLER_DESCRIPTION = (
+    "The login password is made by the platform and emailed to `email` (manual: \"The "
+    "SmartPlus portal login password will be sent to the email address\"); it is never "
+    "answered. A sub-installer logs in with its username and sees exactly its installer's "
+    "data; what it does is recorded with the sub-installer as the actor.")
 LOGIN_DESCRIPTION = (
     f"Opens a session and answers its bearer token. An account keeps at most {MAX_SESSIONS} "
     f"sessions open: login number {MAX_SESSIONS + 1} ends the oldest session, whose token is "
@@ -149,6 +167,45 @@ class GatewayService:
          body=InstallerCreate, roles=("distributor",), status=201, returns="Created")
     def create_installer(self, call: Call) -> Any:
         return created(self.accounts.create_installer(call.ctx, call.body))
+
+    # --- sub-installers (manual: Users > Sub Account) -------------------------------------
+
+    @api("POST", f"{V1}/sub-installers", summary="Create a sub-installer account",
+         tag="users", body=SubInstallerCreate, status=201, returns="Created",
+         location=f"{V1}/sub-installers/{{id}}", roles=MAIN_INSTALLER, errors=(409,),
+         description=SUB_INSTALLER_DESCRIPTION)
+    def create_sub_installer(self, call: Call) -> Any:
+        return self.accounts.create_sub_installer(call.ctx, call.body)
+
+    @api("GET", f"{V1}/sub-installers", summary="The installer's sub-installer accounts",
+         tag="users", query=SubInstallersQuery, returns="Page", roles=MAIN_INSTALLER)
+    def list_sub_installers(self, call: Call) -> Any:
+        return page(call, self.accounts.list_sub_installers(call.ctx, call.query))
+
+    @api("GET", SUB_INSTALLER, summary="Get a sub-installer account", tag="users",
+         roles=MAIN_INSTALLER)
+    def get_sub_installer(self, call: Call, account_id: str) -> Any:
+        return self.accounts.get_sub_installer(call.ctx, account_id)
+
+    @api("PATCH", SUB_INSTALLER, summary="Edit a sub-installer account's email or phone",
+         tag="users", body=SubInstallerEdit, roles=MAIN_INSTALLER)
+    def edit_sub_installer(self, call: Call, account_id: str) -> Any:
+        return self.accounts.edit_sub_installer(call.ctx, account_id, call.body)
+
+    @api("POST", f"{SUB_INSTALLER}/reset-password", summary="Email a sub-installer a new "
+         "password", tag="users", status=204, returns=None, roles=MAIN_INSTALLER,
+         description="A new password is made and emailed; the old one stops working and every "
+                     "session of the account ends.")
+    def reset_sub_installer_password(self, call: Call, account_id: str) -> Any:
+        self.accounts.reset_sub_installer_password(call.ctx, account_id)
+        self.sessions.forget_account(account_id)
+
+    @api("DELETE", SUB_INSTALLER, summary="Delete a sub-installer account", tag="users",
+         status=204, returns=None, roles=MAIN_INSTALLER,
+         description="Its sessions end at once; its username stays taken.")
+    def delete_sub_installer(self, call: Call, account_id: str) -> Any:
+        self.accounts.delete_sub_installer(call.ctx, account_id)
+        self.sessions.forget_account(account_id)
 
     # --- communities ------------------------------------------------------------------------
 

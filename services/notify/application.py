@@ -6,6 +6,7 @@ mailer what is due and operators what was sent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,12 +26,15 @@ from contracts.accounts import (
     MasterAccountClosedSchema,
     MasterAccountContactChangedSchema,
     MasterAccountCreatedSchema,
+    PasswordIssuedSchema,
 )
 from contracts.devices import CommandQueuedSchema
 from contracts.errors import Invalid
 from services.notify.domain import (
     ACCOUNT_CLOSED,
     ACTIVATION,
+    PORTAL_PASSWORD,
+    SECRET_MARK,
     DevicePush,
     Email,
     activation_due,
@@ -51,6 +55,7 @@ ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountCreated": MasterAccountCreatedSchema,
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountClosed": MasterAccountClosedSchema,
+    "PasswordIssued": PasswordIssuedSchema,
 }
 
 
@@ -104,7 +109,48 @@ class NotifyApplication(ServiceApplication):
         contract schema (`ACCOUNTS_EVENTS`, by the chassis)."""
         if envelope["type"] == "MasterAccountClosed":
             return self._cancel_activation(envelope)
+        if envelope["type"] == "PasswordIssued":
+            return self._queue_portal_password(envelope, envelope["data"])
         return self._queue_activation(envelope, envelope["data"])
+
+    def _queue_portal_password(self, envelope: dict[str, Any], data: dict[str, Any]
+                               ) -> list[Aggregate]:
+        """One email per issued password, with a mark where the password goes: accounts
+        answers for it when the mailer sends (services/notify/mailer.py), so neither notify's
+        store nor the bus ever holds it."""
+        if not data.get("email"):
+            return []
+        account_id, issue = str(envelope["stream_id"]), int(data["issue"])
+        key = f"{PORTAL_PASSWORD}:{account_id}:{issue}"
+        email_id = Email.create_id(envelope["event_id"], PORTAL_PASSWORD, key)
+        if email_id in self.repository:
+            return []
+        actor = str(envelope.get("actor") or "")
+        inviter = actor.partition(":")[2] if actor.startswith("installer:") else ""
+        rendered = self.render(PORTAL_PASSWORD, username=data.get("username") or "",
+                               reason=data["reason"], password=SECRET_MARK,
+                               inviter=f"Installer {inviter}" if inviter else "Your installer")
+        try:
+            email = Email.queue(cause_event_id=envelope["event_id"], template=PORTAL_PASSWORD,
+                                recipient=data["email"], subject=rendered.subject,
+                                text=rendered.text, html=rendered.html, idempotency_key=key,
+                                secret={"kind": "password", "account_id": account_id,
+                                        "issue": issue})
+        except Invalid as exc:
+            log.warning("no password email for %s: %s", envelope.get("event_id"), exc.detail)
+            return []
+        self._correlations[str(email.id)] = context.current().correlation_id
+        return [email]
+
+    def cancel_email(self, email_id: UUID | str, reason: str, at: datetime) -> None:
+        """A pending email that will not be sent after all (what it carries is gone)."""
+        def command() -> tuple[None, list[Any]]:
+            email = self.email(email_id)
+            email.cancel(reason, at)
+            return None, [email]
+
+        with context.acting(self._mailer_context(email_id)):
+            self.execute(command)
 
     def lookups(self, envelopes: list[dict[str, Any]]) -> list[UUID]:
         """The email ids `on_accounts_event` will look for in these events (one query for a
@@ -112,6 +158,12 @@ class NotifyApplication(ServiceApplication):
         ids = []
         for envelope in envelopes:
             kind = str(envelope.get("type"))
+            if kind == "PasswordIssued":
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    ids.append(Email.create_id(envelope["event_id"], PORTAL_PASSWORD,
+                                               f"{PORTAL_PASSWORD}:{envelope['stream_id']}:"
+                                               f"{int(envelope['data']['issue'])}"))
+                continue
             if kind not in ("MasterAccountCreated", "MasterAccountContactChanged"):
                 continue
             try:

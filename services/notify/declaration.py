@@ -6,6 +6,8 @@ is set, the local mail folder (`<data dir>/mail`) otherwise.
 
 from __future__ import annotations
 
+from typing import Any
+
 from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
 from concierge.locks import leader_lock
@@ -31,10 +33,19 @@ def start_mailer(wiring: Wiring) -> None:
     app = wiring.app
     assert isinstance(app, NotifyApplication) and app.sender is not None
     settings = wiring.settings
+    remote = wiring.remote
+
+    def reveal(secret: dict[str, Any]) -> str | None:
+        """An issued password, from accounts, as the email is sent (never stored here)."""
+        if secret.get("kind") != "password" or remote is None:
+            return None
+        return remote.call("accounts", "reveal_password", secret["account_id"],
+                           int(secret["issue"]))
+
     wiring.add_loop(Mailer(app, app.sender, leader_lock("notify", settings, wiring.engine,
                                                         "mailer"),
                            settings.mail_from, refresh=wiring.catch_up_local,
-                           idle_seconds=settings.relay_idle_seconds))
+                           idle_seconds=settings.relay_idle_seconds, reveal=reveal))
 
 
 def start_pusher(wiring: Wiring) -> None:

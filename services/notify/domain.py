@@ -29,7 +29,12 @@ from contracts.notify import STATUSES, TEMPLATES
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
 
 # The vocabulary is the contracts' (contracts/notify.py, contracts/accounts.py), defined once.
-(ACTIVATION,) = TEMPLATES
+ACTIVATION, PORTAL_PASSWORD = TEMPLATES
+# Where a secret goes in a rendered body: the stored email holds this mark, never the secret,
+# which the mailer asks its owner for when it sends (`Email.secret`).
+SECRET_MARK = "[[secret]]"
+# Why an email carrying a secret is cancelled: its owner no longer answers for it.
+SECRET_GONE = "the password it carries is no longer the account's"
 UNREGISTERED = APP_STATUSES[0]
 QUEUED, RETRYING, SENT, FAILED, CANCELLED = STATUSES  # FAILED: given up
 PENDING = (QUEUED, RETRYING)
@@ -154,6 +159,7 @@ class Email(Aggregate):
         installer_id: UUID | None = None,
         idempotency_key: str | None = None,
         master_account_id: UUID | str | None = None,
+        secret: dict[str, Any] | None = None,
     ) -> Email:
         """A rendered email waiting for the mailer; `master_account_id` is the account an
         activation email activates (closing that account cancels it)."""
@@ -189,6 +195,7 @@ class Email(Aggregate):
             installer_id=installer_id,
             idempotency_key=idempotency_key,
             master_account_id=account,
+            secret=dict(secret) if secret else None,
         )
 
     @event("EmailQueued")
@@ -204,8 +211,10 @@ class Email(Aggregate):
         installer_id: UUID | None,
         idempotency_key: str | None = None,  # added later: older EmailQueued replay with None
         master_account_id: UUID | None = None,  # likewise (their activation key names it)
+        secret: dict[str, Any] | None = None,  # likewise: what SECRET_MARK stands for
     ) -> None:
         self.cause_event_id = cause_event_id
+        self.secret = secret
         self.idempotency_key = idempotency_key
         self.master_account_id = master_account_id
         self.template = template

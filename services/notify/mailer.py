@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import html
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from concierge import green
@@ -36,7 +37,7 @@ from concierge.green import Wakeup
 from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
 from services.notify.application import NotifyApplication
-from services.notify.domain import Email
+from services.notify.domain import SECRET_GONE, SECRET_MARK, Email
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,19 @@ def compose(email: Email, mail_from: str) -> EmailMessage:
     message.add_alternative(email.html, subtype="html")
     message.set_boundary(f"=_concierge_{email.id.hex}")
     return message
+
+
+class WithSecret:
+    """An email as sent: its bodies with the secret in place of SECRET_MARK; the stored email
+    (and its events) keep the mark."""
+
+    def __init__(self, email: Email, secret: str) -> None:
+        self._email = email
+        self.text = email.text.replace(SECRET_MARK, secret)
+        self.html = email.html.replace(SECRET_MARK, html.escape(secret))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._email, name)
 
 
 class Outgoing:
@@ -348,8 +362,12 @@ class Mailer:
         lock_check_seconds: float = 5.0,
         record_every: int | None = None,
         gather_seconds: float = 0.1,
+        reveal: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.app = app
+        # Asks a secret's owner for what an email's SECRET_MARK stands for (accounts, for an
+        # issued password); None from it: the secret is gone and the email is cancelled.
+        self.reveal = reveal
         self.sender = sender
         self.lock = lock
         self.mail_from = mail_from
@@ -403,8 +421,20 @@ class Mailer:
     def _deliver(self, email: Email, delivered: list[tuple[Email, datetime]]) -> int:
         if not email.is_due(self.clock()):  # the view lagged behind the store
             return 0
+        outgoing: Email | WithSecret = email
+        if getattr(email, "secret", None):
+            try:
+                secret = self.reveal(email.secret) if self.reveal is not None else None
+            except Exception as exc:  # its owner cannot answer now: try again later
+                self._record_failure(email, f"cannot fetch what it carries: "
+                                            f"{type(exc).__name__}", False)
+                return 1
+            if secret is None:
+                self.app.cancel_email(email.id, SECRET_GONE, self.clock())
+                return 1
+            outgoing = WithSecret(email, secret)
         try:
-            self.sender.send(email.id, Outgoing(email, self.mail_from))
+            self.sender.send(email.id, Outgoing(outgoing, self.mail_from))  # type: ignore[arg-type]
         except SendFailed as exc:
             self._record_failure(email, exc.reason, exc.permanent)
             return 1

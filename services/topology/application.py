@@ -22,6 +22,7 @@ from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
 from contracts import checked
+from contracts.accounts import INSTALLER_ROLES
 from contracts.errors import Busy, ConciergeError, Conflict, Forbidden, NotFound
 from contracts.topology import (
     EVENT_SCHEMAS,
@@ -37,14 +38,13 @@ from services.topology.projections import PER_PAGE_DEFAULT, TopologyViews
 
 A = TypeVar("A", Community, Building, Apartment)
 
-INSTALLER_ROLE = "installer"
 _LABELS = {Community: "Community", Building: "Building", Apartment: "APT"}
 
 
 def _installer() -> UUID:
     """The calling installer's id; topology is managed by installers only (manual: Sites)."""
     ctx = context.current()
-    if ctx.role != INSTALLER_ROLE:
+    if ctx.role not in INSTALLER_ROLES:
         raise Forbidden("Only an installer manages communities, buildings and apartments.")
     try:
         return UUID(str(ctx.installer_id))

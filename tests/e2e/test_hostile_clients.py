@@ -482,10 +482,16 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "CameraEdit": {"name": "C2"},
     "LockCreate": {"brand": "salto", "lock_id": "L1", "name": "L"},
     "LockEdit": {"name": "L2"},
+    "SubInstallerCreate": {"username": "walksub", "email": "w@x.org"},
+    "SubInstallerEdit": {"phone": "123"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.
 DISTRIBUTOR_ROUTES = {"create_installer", "register_mac", "import_macs"}
+# The main installer's alone: its sub-accounts (manual: Users).
+MAIN_INSTALLER_ROUTES = {"create_sub_installer", "list_sub_installers", "get_sub_installer",
+                         "edit_sub_installer", "reset_sub_installer_password",
+                         "delete_sub_installer"}
 
 
 def walkable(path: str) -> str:
@@ -538,8 +544,10 @@ def refused_routes(platform: Platform, token: str) -> list[str]:
 def test_every_route_declares_its_one_role() -> None:
     for route in routes_of(GatewayService):
         if route.auth and route.name != "logout":
-            expected = "distributor" if route.name in DISTRIBUTOR_ROUTES else "installer"
-            assert route.roles == (expected,), route.name
+            expected = (("distributor",) if route.name in DISTRIBUTOR_ROUTES
+                        else ("installer",) if route.name in MAIN_INSTALLER_ROUTES
+                        else ("installer", "sub_installer"))
+            assert route.roles == expected, route.name
 
 
 # --- 9. the 21st login ---------------------------------------------------------------------------

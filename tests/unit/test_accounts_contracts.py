@@ -116,6 +116,11 @@ def a_full_history() -> list[Any]:
     installer.open_session("a" * 64, LATER)
     installer.close_session("a" * 64)
     installer.change_password(HASH)
+    sub = installer.create_sub_installer("lin", "lin@example.com", None, HASH)
+    sub.issue_password(HASH, "password:x", "sealed:v1:x", "welcome")
+    sub.open_session("b" * 64, LATER)
+    sub.edit_contact(None, "123")
+    sub.delete()
     account = MasterAccount.create(uuid4(), uuid4(), uuid4(), "Judy", "A", None)
     account.update_contact("Judy", "B", "judy@example.com")
     account.register(HASH)
@@ -123,7 +128,7 @@ def a_full_history() -> list[Any]:
     account.reset()
     account.close()
     return [*distributor.collect_events(), *installer.collect_events(),
-            *account.collect_events()]
+            *sub.collect_events(), *account.collect_events()]
 
 
 def test_every_event_has_a_schema_and_loads() -> None:

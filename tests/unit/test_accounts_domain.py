@@ -552,6 +552,7 @@ def test_every_event_has_a_schema() -> None:
     events = [
         *PortalAccount.open_distributor("dist", HASH).collect_events(),
         *an_installer_with_history().collect_events(),
+        *a_sub_installer_with_history().collect_events(),
         *master_account_with_history().collect_events(),
     ]
 
@@ -603,6 +604,15 @@ def an_installer_with_history() -> PortalAccount:
     installer.close_session(digest)
     installer.change_password(HASH)
     return installer
+
+
+def a_sub_installer_with_history() -> PortalAccount:
+    sub = an_installer().create_sub_installer("lin", "lin@example.com", "123", HASH)
+    sub.issue_password(HASH, "password:1", "sealed:v1:x", "welcome")
+    sub.open_session(a_session()[1], LATER)
+    sub.edit_contact("lin2@example.com", None)
+    sub.delete()
+    return sub
 
 
 def master_account_with_history() -> MasterAccount:

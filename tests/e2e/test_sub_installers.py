@@ -1,0 +1,115 @@
+"""Sub-installers end to end through the gateway, on both ways of running: the welcome email
+carries a password nothing else ever showed; the sub-installer works on its installer's sites
+as itself; a reset and a delete end its sessions at once."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import Platform
+from tests.e2e.test_portal import new_installer
+from tests.support.harness import eventually
+
+PASSWORD_LINE = re.compile(r"^\s*Password:\s*(\S+)\s*$", re.MULTILINE)
+
+
+def mailed_password(platform: Platform, address: str, nth: int = 1) -> str:
+    """The password of the `nth` password email sent to `address`, read from the mail folder
+    as the recipient would read it."""
+
+    def found() -> list[str]:
+        folder = platform.data_dir / "mail"
+        passwords = []
+        for path in sorted(folder.glob("*.eml"), key=lambda p: p.stat().st_mtime) \
+                if folder.exists() else []:
+            message: Any = email.message_from_bytes(Path(path).read_bytes(),
+                                                    policy=email.policy.default)
+            if message["To"] != address:
+                continue
+            body = message.get_body(("plain",)).get_content()
+            passwords += PASSWORD_LINE.findall(body)
+        return passwords if len(passwords) >= nth else []
+
+    return eventually(found)[nth - 1]
+
+
+def test_a_sub_installer_works_on_its_installer_s_sites_until_it_is_deleted(
+        platform: Platform) -> None:
+    _, token, installer = new_installer(platform)
+    name = f"sub{uuid.uuid4().hex[:8]}"
+    address = f"{name}@example.org"
+    status, created = platform.call("POST", "/api/v1/sub-installers",
+                                    {"username": name, "email": address, "phone": "123"}, token)
+    assert status == 201, created
+    assert "password" not in created and created["installer_id"] == installer
+    status, problem = platform.call("POST", "/api/v1/sub-installers",
+                                    {"username": name, "email": address}, token)
+    assert status == 409 and list(problem["errors"]) == ["username"]
+    status, problem = platform.call("POST", "/api/v1/sub-installers",
+                                    {"username": "x y", "email": "nope", "phone": "a"}, token)
+    assert status == 422 and set(problem["errors"]) == {"username", "email", "phone"}
+
+    password = mailed_password(platform, address)
+    assert len(password) == 12
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": name, "password": password})
+    assert status == 200 and session["role"] == "sub_installer"
+    sub = session["token"]
+
+    # The installer's data, as the installer sees it; what it does is its own act.
+    status, community = platform.call("POST", "/api/v1/communities",
+                                      {"name": "Sub Court", "feature_plan": "premium"}, sub)
+    assert status == 201
+    status, mine = platform.call("GET", f"/api/v1/communities/{community['id']}", None, token)
+    assert status == 200 and mine["name"] == "Sub Court"
+    status, building = platform.call(
+        "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"}, sub)
+    assert status == 201
+    status, apartment = platform.call(
+        "POST", f"/api/v1/buildings/{building['id']}/apartments",
+        {"number": "101", "resident": {"first_name": "Ann", "last_name": "Lee"}}, sub)
+    assert status == 201
+    status, history = platform.call("GET", f"/api/v1/apartments/{apartment['id']}/history",
+                                    None, token)
+    assert status == 200 and {h["actor"] for h in history["items"]} == {f"sub_installer:{name}"}
+    # Its own account is not its to manage.
+    for method, path in (("GET", "/api/v1/sub-installers"),
+                         ("POST", f"/api/v1/sub-installers/{created['id']}/reset-password"),
+                         ("DELETE", f"/api/v1/sub-installers/{created['id']}")):
+        assert platform.call(method, path, None, sub)[0] == 403, path
+
+    status, listed = platform.call("GET", f"/api/v1/sub-installers?q={name[3:]}", None, token)
+    assert status == 200 and [i["username"] for i in listed["items"]] == [name]
+    status, edited = platform.call("PATCH", f"/api/v1/sub-installers/{created['id']}",
+                                   {"phone": "456"}, token)
+    assert status == 200 and edited["phone"] == "456" and edited["email"] == address
+
+    # A reset: the old password and every session stop; the new one arrives by email.
+    status, _ = platform.call("POST", f"/api/v1/sub-installers/{created['id']}/reset-password",
+                              None, token)
+    assert status == 204
+    assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, sub)[0] == 401)
+    assert platform.call("POST", "/api/v1/auth/login",
+                         {"username": name, "password": password})[0] == 401
+    new_password = mailed_password(platform, address, nth=2)
+    assert new_password != password
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": name, "password": new_password})
+    assert status == 200
+    sub = session["token"]
+
+    status, _ = platform.call("DELETE", f"/api/v1/sub-installers/{created['id']}", None, token)
+    assert status == 204
+    assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, sub)[0] == 401)
+    assert platform.call("POST", "/api/v1/auth/login",
+                         {"username": name, "password": new_password})[0] == 401
+    assert platform.call("GET", f"/api/v1/sub-installers/{created['id']}", None,
+                         token)[0] == 404
+    # The community the sub-installer made stays the installer's.
+    assert platform.call("GET", f"/api/v1/communities/{community['id']}", None,
+                         token)[0] == 200
