@@ -15,7 +15,6 @@ import pytest
 from concierge import context
 from concierge.config import Settings
 from concierge.locks import FileLock
-from concierge.runtime import Wiring
 from concierge.subscription import Subscription
 from services.accounts.application import AccountsApplication
 from services.accounts.declaration import CONTEXT as ACCOUNTS
