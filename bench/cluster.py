@@ -52,6 +52,9 @@ class Platform:
             "CONCIERGE_GATEWAY_PORT": str(port),
             "CONCIERGE_BOOTSTRAP_DISTRIBUTOR": "bench-distributor:bench-distributor-pw",
             "CONCIERGE_PASSWORD_HASH": "fast",
+            # Every client of a test platform is 127.0.0.1: only the per-address limit is
+            # raised; the per-username ones stay as in production.
+            "CONCIERGE_LOGIN_LIMITS": "addr=1000000",
             "CONCIERGE_LOG_LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
             **(extra_env or {}),

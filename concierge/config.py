@@ -34,6 +34,12 @@ class Settings:
     smtp_password: str = ""
     mail_from: str = "SmartPlus Cloud <no-reply@smartplus.local>"
     token_ttl_hours: int = 24
+    # Failed logins allowed per key before a lockout ("pair=5,user=20,addr=50"; empty: the
+    # contract's LOGIN_LIMITS). A test platform whose every client is 127.0.0.1 raises `addr`.
+    login_limits: str = ""
+    # Proxies in front of the gateway whose X-Forwarded-For is trusted (the client is the
+    # address that many hops back); 0: the peer itself is the client.
+    trusted_proxies: int = 0
     relay_idle_seconds: float = 1.0
     gateway_timeout_seconds: float = 10.0
     gateway_body_timeout_seconds: float = 5.0
@@ -84,6 +90,8 @@ class Settings:
             smtp_password=env.get("CONCIERGE_SMTP_PASSWORD", ""),
             mail_from=env.get("CONCIERGE_MAIL_FROM", cls.mail_from),
             token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
+            login_limits=env.get("CONCIERGE_LOGIN_LIMITS", ""),
+            trusted_proxies=int(env.get("CONCIERGE_TRUSTED_PROXIES", "0")),
             relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
             gateway_body_timeout_seconds=float(
@@ -160,6 +168,7 @@ class Settings:
             "GATEWAY_TIMEOUT_SECONDS": self.gateway_timeout_seconds,
             "GATEWAY_BODY_TIMEOUT_SECONDS": self.gateway_body_timeout_seconds,
             "GATEWAY_IDLE_TIMEOUT_SECONDS": self.gateway_idle_timeout_seconds,
+            "GATEWAY_TRUSTED_PROXIES": self.trusted_proxies,
             # Stops in the order a replica behind a queue needs, within SHUTDOWN_SECONDS.
             "SERVICE_CONTAINER_CLS": "concierge.shutdown.DrainingContainer",
             "SHUTDOWN_SECONDS": self.shutdown_seconds,

@@ -29,6 +29,8 @@ class CallContext:
     # command retried with both gets its first answer again (`concierge.idempotency`).
     idempotency_key: str | None = None
     request_digest: str | None = None
+    # Where an HTTP request came from (the gateway's peer): what failed logins are counted by.
+    client_address: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CallContext:
@@ -43,6 +45,7 @@ class CallContext:
             deadline=float(deadline) if isinstance(deadline, int | float) else None,
             idempotency_key=_text(data.get("idempotency_key")),
             request_digest=_text(data.get("request_digest")),
+            client_address=_text(data.get("client_address")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,6 +58,7 @@ class CallContext:
             "deadline": self.deadline,
             "idempotency_key": self.idempotency_key,
             "request_digest": self.request_digest,
+            "client_address": self.client_address,
         }
 
     def expired(self, now: float | None = None) -> bool:

@@ -67,6 +67,13 @@ PASSWORD_ISSUE_REASONS = ("welcome", "reset")
 MAX_SESSIONS = 20
 APP_STATUSES = ("unregistered", "registered")
 
+# Failed logins (manual: none stated; OWASP's advice): 5 wrong passwords for one username from
+# one address, 20 for one username from anywhere, or 50 from one address for any usernames,
+# within 15 minutes, lock that key for 15 minutes, whether or not the username exists.
+LOGIN_LIMITS = {"pair": 5, "user": 20, "addr": 50}
+LOCKOUT_WINDOW_SECONDS = 15 * 60
+LOCKOUT_SECONDS = 15 * 60
+
 # Event attributes kept in the accounts store and stripped from anything published.
 PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests",
                             "password_sealed", "password_subject"})

@@ -75,6 +75,14 @@ class Forbidden(ConciergeError):
     title = "Forbidden"
 
 
+class TooManyAttempts(ConciergeError):
+    """Too many failed attempts at a secret (a password, a code) from this caller or at this
+    account: refused, without checking, until the lockout has passed."""
+
+    status = 429
+    title = "Too many requests"
+
+
 class Busy(ConciergeError):
     """The service has as many of these requests in hand as it takes; retry in a moment."""
 
@@ -84,7 +92,8 @@ class Busy(ConciergeError):
 
 ERROR_TYPES: dict[str, type[ConciergeError]] = {
     cls.__name__: cls
-    for cls in (ConciergeError, Invalid, NotFound, Conflict, Unauthorized, Forbidden, Busy)
+    for cls in (ConciergeError, Invalid, NotFound, Conflict, Unauthorized, Forbidden, Busy,
+                TooManyAttempts)
 }
 
 

@@ -18,17 +18,28 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from concierge import context
+from concierge.lockout import Lockout, Rule
 from concierge.store import ServiceApplication
 from concierge.vault import Vault
 from contracts import checked
 from contracts.accounts import (
     GENERATED_PASSWORD_LENGTH,
+    LOCKOUT_SECONDS,
+    LOCKOUT_WINDOW_SECONDS,
+    LOGIN_LIMITS,
     DistributorCreate,
     InstallerCreate,
     SubInstallerCreate,
     SubInstallerEdit,
 )
-from contracts.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from contracts.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooManyAttempts,
+    Unauthorized,
+)
 from services.accounts.domain import (
     DISTRIBUTOR,
     INSTALLER,
@@ -63,6 +74,25 @@ def generated_password(length: int = GENERATED_PASSWORD_LENGTH) -> str:
         if (any(c.islower() for c in password) and any(c.isupper() for c in password)
                 and any(c.isdigit() for c in password)):
             return password
+
+
+LOCKED_OUT = (f"Too many failed logins: try again in {LOCKOUT_SECONDS // 60} minutes.")
+
+
+def login_rules(username: str, address: str | None,
+                limits: Mapping[str, int] = LOGIN_LIMITS) -> list[tuple[str, Rule]]:
+    """The keys one failed login counts against (concierge.lockout), whether or not the
+    username exists."""
+    name = username.strip().lower()
+    where = address or "unknown"
+
+    def rule(limit: int) -> Rule:
+        return Rule(limit, timedelta(seconds=LOCKOUT_WINDOW_SECONDS),
+                    timedelta(seconds=LOCKOUT_SECONDS))
+
+    return [(f"pair:{name}|{where}", rule(limits["pair"])),
+            (f"user:{name}", rule(limits["user"])),
+            (f"addr:{where}", rule(limits["addr"]))]
 
 
 def password_subject(account_id: UUID) -> str:
@@ -100,14 +130,18 @@ class AccountsApplication(ServiceApplication):
         credentials: Credentials | None = None,
         token_ttl: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] | None = None,
+        login_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.credentials = credentials or Credentials()
+        self.login_limits = dict(login_limits or LOGIN_LIMITS)
         self.token_ttl = token_ttl
         self.clock = clock or (lambda: datetime.now(UTC))
         # The read models' queries; none without a read side.
         self.views = AccountsViews(engine) if engine is not None else None
         # Issued passwords, sealed until notify has emailed them (crypto-shredding).
         self.vault = Vault(engine) if engine is not None else None
+        # Failed logins, counted across replicas; the same clock as the sessions'.
+        self.lockout = Lockout(engine, self.clock) if engine is not None else None
         # Made now, with the hasher every account's hash was made with: the first login of an
         # unknown username must not cost a hash more than the others.
         self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
@@ -275,16 +309,26 @@ class AccountsApplication(ServiceApplication):
 
     # -- sessions --------------------------------------------------------------------------
     def login(self, username: str, password: str) -> dict[str, Any]:
-        """Open a session; the raw token is returned once and only its digest is stored."""
+        """Open a session; the raw token is returned once and only its digest is stored.
+
+        Failed logins are counted per username and address (`login_rules`): a locked key is
+        refused before any password is checked, alike for real and unknown usernames."""
+        name = username if isinstance(username, str) else ""
+        rules = login_rules(name, context.current().client_address, self.login_limits)
+        if self._lockout().locked_for(key for key, _ in rules) > 0:
+            raise TooManyAttempts(LOCKED_OUT)
         account = None
-        if isinstance(username, str) and username:
-            account = self._portal_account(PortalAccount.id_for_username(username))
+        if name:
+            account = self._portal_account(PortalAccount.id_for_username(name))
         if account is None or account.deleted:
             # Spend a hash verification anyway, so timing does not tell unknown usernames apart.
             self.credentials.verify_password(self._decoy_hash, str(password))
+            self._lockout().failed(rules)
             raise Unauthorized(LOGIN_FAILED)
         if not self.credentials.verify_password(account.password_hash, str(password)):
+            self._lockout().failed(rules)
             raise Unauthorized(LOGIN_FAILED)
+        self._lockout().forget(key for key, _ in rules[:2])  # the address keeps its count
         if account.password_subject is not None:
             # The emailed password reached its owner: nothing needs to open it any more.
             self._vault().shred([account.password_subject])
@@ -425,6 +469,11 @@ class AccountsApplication(ServiceApplication):
         return row
 
     # -- helpers ---------------------------------------------------------------------------
+    def _lockout(self) -> Lockout:
+        if self.lockout is None:
+            raise RuntimeError("this application was built without a database (no lockout)")
+        return self.lockout
+
     def _vault(self) -> Vault:
         if self.vault is None:
             raise RuntimeError("this application was built without a database (no vault)")

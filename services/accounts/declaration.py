@@ -16,7 +16,7 @@ from concierge import context
 from concierge.config import Settings
 from concierge.contexts import BoundedContext, Policy
 from concierge.runtime import Wiring
-from contracts.accounts import EVENT_SCHEMAS
+from contracts.accounts import EVENT_SCHEMAS, LOGIN_LIMITS
 from services.accounts.application import TOPOLOGY_EVENTS, AccountsApplication
 from services.accounts.projections import read_models
 from services.accounts.security import Credentials
@@ -45,9 +45,24 @@ def parse_bootstrap_distributor(value: str) -> tuple[str, str]:
     return username, password
 
 
+def parse_login_limits(value: str) -> dict[str, int]:
+    """`CONCIERGE_LOGIN_LIMITS`: "pair=5,user=20,addr=50", any of them; the rest as in the
+    contract (LOGIN_LIMITS)."""
+    limits = dict(LOGIN_LIMITS)
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, number = part.partition("=")
+        if not sep or key.strip() not in LOGIN_LIMITS or not number.strip().isdigit() \
+                or int(number) < 1:
+            raise ValueError(f"CONCIERGE_LOGIN_LIMITS: {part!r} is not one of "
+                             f"{', '.join(f'{k}=<n>' for k in LOGIN_LIMITS)}")
+        limits[key.strip()] = int(number)
+    return limits
+
+
 def options(settings: Settings) -> dict[str, Any]:
     return {"credentials": credentials_from_env(),
-            "token_ttl": timedelta(hours=settings.token_ttl_hours)}
+            "token_ttl": timedelta(hours=settings.token_ttl_hours),
+            "login_limits": parse_login_limits(settings.login_limits)}
 
 
 def ensure_distributor(wiring: Wiring) -> None:

@@ -44,7 +44,7 @@ from concierge.green import DeadlineExceeded, deadline, time_left, time_limit
 from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
-from contracts.accounts import APP_STATUSES, SUB_ACCOUNT_SORTS
+from contracts.accounts import APP_STATUSES, LOCKOUT_SECONDS, SUB_ACCOUNT_SORTS
 from contracts.devices import (
     COMMAND_STATES,
     DEVICE_SORTS,
@@ -59,6 +59,7 @@ from contracts.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    TooManyAttempts,
     Unauthorized,
 )
 from contracts.fields import TEXT_PATTERN, UNSTORABLE
@@ -130,6 +131,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotFound: 404,
     Conflict: 409,
     Invalid: 422,
+    TooManyAttempts: 429,  # failed logins or codes: locked out for a while
     Busy: 503,  # e.g. accounts has as many logins in hand as it takes
     ConciergeError: 400,
     UnknownService: 503,  # the service is not running: nobody consumes its RPC queue
@@ -139,6 +141,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
 # What a client should do next, for the statuses that have an answer to that.
 RETRY_HEADERS: dict[int, dict[str, str]] = {
     401: {"WWW-Authenticate": "Bearer"},
+    429: {"Retry-After": str(LOCKOUT_SECONDS)},
     503: {"Retry-After": "1"},
 }
 
@@ -506,6 +509,7 @@ class Call:
 
 class Gatekeeper(Protocol):
     timeout_seconds: float
+    trusted_proxies: int
 
     def principal(self, token: str) -> dict[str, Any]: ...
 
@@ -565,7 +569,9 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
     """Authenticate first (a stranger learns nothing about the body), then validate."""
     token = bearer_token(request)
     ctx: dict[str, Any] = {"actor": "anonymous", "correlation_id": request_id,
-                           "installer_id": None, "role": "anonymous"}
+                           "installer_id": None, "role": "anonymous",
+                           "client_address": client_address(request,
+                                                            service.trusted_proxies)}
     if route.auth:
         if token is None:
             raise Unauthorized("Log in and send 'Authorization: Bearer <token>'.")
@@ -579,6 +585,7 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
             "installer_id": principal.get("installer_id"),
             "role": role,
             "account_id": principal.get("account_id"),
+            "client_address": ctx["client_address"],
         }
     body = read_body(request) if route.body is not None else {}
     query = read_query(request, route.query) if route.query is not None else {}
@@ -601,6 +608,17 @@ def _idempotency(request: Request, body: dict[str, Any], ctx: dict[str, Any]) ->
         raise Invalid.fields({idempotency.HEADER: [problem_text]})
     ctx["idempotency_key"] = key
     ctx["request_digest"] = idempotency.request_digest(request.method, request.path, body)
+
+
+def client_address(request: Request, trusted_proxies: int = 0) -> str | None:
+    """Who sent the request: the peer, or behind `trusted_proxies` proxies the address that
+    many hops back in X-Forwarded-For (each proxy appends its peer; anything further left was
+    written by the client and is not to be trusted)."""
+    if trusted_proxies <= 0:
+        return request.remote_addr
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")
+            if h.strip()]
+    return hops[-trusted_proxies] if len(hops) >= trusted_proxies else request.remote_addr
 
 
 def _with_article(role: str) -> str:

@@ -82,6 +82,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     409: ("Conflict", "Clashes with the current state: a duplicate or a concurrent change."),
     413: ("ContentTooLarge", f"The body is larger than {MAX_BODY_BYTES} bytes."),
     422: ("UnprocessableContent", "A field or query parameter broke a rule; see `errors`."),
+    429: ("TooManyRequests", "Too many failed attempts from this client or at this account: "
+                             "refused, unchecked, until the Retry-After seconds have passed."),
     500: ("InternalError", "Our fault; quote the X-Request-Id."),
     503: ("ServiceUnavailable", "A service behind the gateway is not running, or has as many "
                                 "of these requests in hand as it takes; retry after the "

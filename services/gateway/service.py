@@ -16,6 +16,9 @@ from nameko.dependency_providers import Config
 from concierge.rpc import RpcProxy
 from contracts.accounts import (
     INSTALLER_ROLES,
+    LOCKOUT_SECONDS,
+    LOCKOUT_WINDOW_SECONDS,
+    LOGIN_LIMITS,
     MAX_SESSIONS,
     InstallerCreate,
     LoginRequest,
@@ -111,7 +114,12 @@ LOGIN_DESCRIPTION = (
     f"Opens a session and answers its bearer token. An account keeps at most {MAX_SESSIONS} "
     f"sessions open: login number {MAX_SESSIONS + 1} ends the oldest session, whose token is "
     "refused (401) from then on, within a few seconds. A wrong username or password is 401, "
-    "alike for both; too many logins at once is 503 with Retry-After.")
+    "alike for both; too many logins at once is 503 with Retry-After. Failed logins are "
+    f"counted per username and client address: {LOGIN_LIMITS['pair']} for one username from "
+    f"one address, {LOGIN_LIMITS['user']} for one username, or {LOGIN_LIMITS['addr']} from one "
+    f"address within {LOCKOUT_WINDOW_SECONDS // 60} minutes lock that username or address "
+    f"for {LOCKOUT_SECONDS // 60} minutes (429 with Retry-After), whether or not the username "
+    "exists, and the password is not checked meanwhile.")
 
 
 class GatewayService:
@@ -127,6 +135,11 @@ class GatewayService:
     def timeout_seconds(self) -> float:
         """Every request ends within this time, answered 504 if a service is stuck."""
         return float(self.config.get("GATEWAY_TIMEOUT_SECONDS", 10.0))
+
+    @property
+    def trusted_proxies(self) -> int:
+        """Proxies in front of the gateway whose X-Forwarded-For names the client."""
+        return int(self.config.get("GATEWAY_TRUSTED_PROXIES", 0))
 
     def principal(self, token: str) -> dict[str, Any]:
         """Who holds this bearer token: from the short-lived cache, else from accounts."""
@@ -153,7 +166,7 @@ class GatewayService:
     # --- auth -------------------------------------------------------------------------------
 
     @api("POST", f"{V1}/auth/login", summary="Log in", tag="auth", auth=False, body=LoginRequest,
-         returns=LoginResponse, errors=(401,), description=LOGIN_DESCRIPTION)
+         returns=LoginResponse, errors=(401, 429), description=LOGIN_DESCRIPTION)
     def login(self, call: Call) -> Any:
         return self.accounts.login(call.body, ctx=call.ctx)
 

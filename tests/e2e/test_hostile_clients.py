@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bench.cluster import Platform
-from contracts.accounts import MAX_SESSIONS
+from contracts.accounts import LOCKOUT_SECONDS, LOGIN_LIMITS, MAX_SESSIONS
 from services.gateway.http import MAX_BODY_BYTES, routes_of
 from services.gateway.service import GatewayService
 from tests.support.harness import eventually, free_port
@@ -205,9 +205,10 @@ def test_a_flood_of_wrong_logins_does_not_hold_up_other_requests(flooded: Platfo
 
     assert (health.status, listing.status) == (200, 200)
     statuses = [status for _, status, _ in finished]
-    assert len(statuses) == FLOOD and set(statuses) <= {401, 503}, statuses
-    # A login refused for want of room says when to come back.
-    assert all(h.get("retry-after") for _, status, h in finished if status == 503)
+    assert len(statuses) == FLOOD and set(statuses) <= {401, 429, 503}, statuses
+    # The one username guessed at 25 times may be locked out once five failures are counted
+    # (429); a login refused for want of room or locked out says when to come back.
+    assert all(h.get("retry-after") for _, status, h in finished if status in (429, 503))
     checked = sorted(at for at, status, _ in finished if status == 401)
     assert checked, "no login was checked at all"
     halfway = checked[len(checked) // 2]
@@ -579,3 +580,26 @@ def test_the_login_beyond_the_session_limit_ends_the_oldest_as_the_document_says
     description = document["paths"]["/api/v1/auth/login"]["post"]["description"]
     assert f"at most {MAX_SESSIONS} sessions open" in description
     assert f"login number {MAX_SESSIONS + 1} ends the oldest session" in description
+
+
+# --- 10. guessing a password ---------------------------------------------------------------------
+
+
+def test_guessing_a_password_meets_a_lockout_that_says_nothing_about_the_username(
+        platform: Platform) -> None:
+    real = f"guess{uuid.uuid4().hex[:6]}"
+    platform.installer_session(real)
+    fake = f"ghost{uuid.uuid4().hex[:6]}"
+    for username in (real, fake):
+        answers = [platform.call("POST", "/api/v1/auth/login",
+                                 {"username": username, "password": f"guess-{n}"})
+                   for n in range(LOGIN_LIMITS["pair"])]
+        assert [status for status, _ in answers] == [401] * LOGIN_LIMITS["pair"]
+    locked = [exchange(platform.port, http("POST", "/api/v1/auth/login", body=json.dumps(
+        {"username": username, "password": "installer-pw-1"}).encode()))
+        for username in (real, fake)]
+    assert [answer.status for answer in locked] == [429, 429]
+    assert locked[0].problem()["detail"] == locked[1].problem()["detail"]
+    assert {answer.headers.get("retry-after") for answer in locked} == {str(LOCKOUT_SECONDS)}
+    # Another username from the same client is not held up.
+    assert platform.installer_session(f"other{uuid.uuid4().hex[:6]}")
