@@ -169,6 +169,33 @@ def command_rows(commands: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
+def login_rows(login: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Login at argon2's production cost (issue #19), on one core, beside a raw verify of the
+    same cost in the same run; a wrong password and an unknown username must cost the same."""
+    good, raw = login["login_ms"], login["raw_verify_ms"]
+    wrong, unknown = login["wrong_password_ms"], login["unknown_username_ms"]
+    cost = login["argon2"]
+    core = (f"one core (CPU {login['cpu']})" if login["pinned_to_one_core"]
+            else "NOT pinned to one core")
+    spread, limit = login["p50_spread"], login["p50_spread_limit"]
+    return [
+        (f"login, argon2{cost['type']} t={cost['time_cost']} m={cost['memory_cost_kib']} KiB "
+         f"p={cost['parallelism']}, {core}: logins/s (p50 / p99 ms)",
+         f"{login['logins_per_s']} ({good['p50']} / {good['p99']})",
+         f"no target; p50 {login['login_vs_raw_p50']}x the raw verify's"),
+        ("  ... raw argon2 verify, PasswordHasher() defaults, same core: verifies/s "
+         "(p50 / p99 ms)", f"{login['raw_verifies_per_s']} ({raw['p50']} / {raw['p99']})",
+         "baseline"),
+        ("  ... wrong password, unknown username: p50 / p99 (ms)",
+         f"{wrong['p50']} / {wrong['p99']}, {unknown['p50']} / {unknown['p99']}",
+         "no target"),
+        ("  ... p50 good / wrong password / unknown username (ms)",
+         " / ".join(map(str, login["p50_good_wrong_unknown_ms"])),
+         ("alike" if spread <= limit else "APART: timing tells them apart")
+         + f" (spread {spread:.1%}, at most {limit:.0%})"),
+    ]
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -184,6 +211,7 @@ def main() -> None:
     traffic = run("traffic.py", "100000", "1000")
     fleet = run("fleet.py", "100000", "150")
     commands = run("commands.py", "1000", "1000", "20")
+    login = run("login.py", "60")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -227,6 +255,7 @@ def main() -> None:
     rows.extend(traffic_rows(traffic))
     rows.extend(fleet_rows(fleet))
     rows.extend(command_rows(commands))
+    rows.extend(login_rows(login))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
@@ -234,7 +263,7 @@ def main() -> None:
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
                       "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
                       "devices": devices, "traffic": traffic, "fleet": fleet,
-                      "commands": commands}))
+                      "commands": commands, "login": login}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ __all__ = [
     "MasterAccountCreatedSchema",
     "MasterAccountRegisteredSchema",
     "MasterAccountResetSchema",
+    "PasswordChange",
     "PasswordChangedSchema",
     "PasswordIssuedSchema",
     "PortalAccountCreatedSchema",
@@ -149,6 +150,14 @@ class SubInstallerEdit(Schema):
 
     email = Email(validate=[validate.Length(max=EMAIL_MAX), _email_address])
     phone = phone_field()
+
+
+class PasswordChange(Schema):
+    """POST /api/v1/account/password: the current password proves it is the owner; every
+    other session of the account ends."""
+
+    current_password = Text(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
+    new_password = _password()
 
 
 class DistributorCreate(Schema):

@@ -29,6 +29,7 @@ from contracts.accounts import (
     LOGIN_LIMITS,
     DistributorCreate,
     InstallerCreate,
+    PasswordChange,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -347,6 +348,61 @@ class AccountsApplication(ServiceApplication):
         with context.acting(replace(context.current(), actor=f"{account.role}:{account.username}",
                                     role=account.role, account_id=str(account.id))):
             return self.execute(command)
+
+    def account(self) -> dict[str, Any]:
+        """The caller's own portal account."""
+        account = self._caller_account()
+        return {"id": str(account.id), "username": account.username, "role": account.role,
+                "email": account.email, "phone": account.phone,
+                "installer_id": str(account.installer_id) if account.installer_id else None}
+
+    def change_password(self, token: str, payload: Mapping[str, Any]) -> None:
+        """The caller's own password, proved by the current one; every other session ends
+        (this one stays). Wrong current passwords count as failed logins."""
+        request = checked(PasswordChange, payload)
+        account = self._caller_account()
+        digest = self._digest(token)
+        rules = login_rules(account.username, context.current().client_address,
+                            self.login_limits)
+        if self._lockout().locked_for(key for key, _ in rules) > 0:
+            raise TooManyAttempts(LOCKED_OUT)
+        if not self.credentials.verify_password(account.password_hash,
+                                                request["current_password"]):
+            self._lockout().failed(rules)
+            raise Invalid.field("current_password", "Wrong password.")
+        if request["new_password"] == request["current_password"]:
+            raise Invalid.field("new_password", "Choose a password other than the current one.")
+        new_hash = self.credentials.hash_password(request["new_password"])
+        issued: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            mine = self.repository.get(account.id)
+            if mine.password_hash != account.password_hash:
+                raise Conflict("The password was changed meanwhile; try again.")
+            issued[:] = [mine.password_subject] if mine.password_subject else []
+            mine.change_password(new_hash)
+            mine.end_sessions("password_changed", keep=digest)
+            return None, [mine]
+
+        self.execute(command)
+        self._vault().shred(issued)
+
+    def logout_everywhere(self) -> int:
+        """End every session of the caller's account, this one too; how many ended."""
+        account = self._caller_account()
+
+        def command() -> tuple[int, list[Any]]:
+            mine = self.repository.get(account.id)
+            return mine.end_sessions("logout_everywhere"), [mine]
+
+        return self.execute(command)
+
+    def _caller_account(self) -> PortalAccount:
+        uid = _uuid(context.current().account_id)
+        account = self._portal_account(uid) if uid is not None else None
+        if account is None or account.deleted:
+            raise Unauthorized(NOT_SIGNED_IN)
+        return account
 
     def logout(self, token: str) -> None:
         """Close the token's session; an unknown or closed token is Unauthorized."""

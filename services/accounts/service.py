@@ -20,7 +20,7 @@ class AccountsService(ServiceBase):
     name = CONTEXT.name
     runtime = Runtime(CONTEXT.wire)
 
-    @rpc
+    @rpc(sensitive_arguments=("payload.password",))
     @translated
     def login(self, payload: dict[str, Any], ctx: dict[str, Any] | None = None
               ) -> dict[str, Any]:
@@ -34,6 +34,21 @@ class AccountsService(ServiceBase):
     @translated
     def logout(self, token: str) -> None:
         self.runtime.app.logout(token)
+
+    @rpc
+    @command
+    def account(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.account()
+
+    @rpc(sensitive_arguments=("token", "payload.current_password", "payload.new_password"))
+    @command
+    def change_password(self, ctx: dict[str, Any], token: str, payload: dict[str, Any]) -> None:
+        self.runtime.app.change_password(token, payload)
+
+    @rpc
+    @command
+    def logout_everywhere(self, ctx: dict[str, Any]) -> int:
+        return self.runtime.app.logout_everywhere()
 
     @rpc
     @translated

@@ -920,10 +920,11 @@ class SessionCache:
         self._bound(self._entries, now, lambda entry: entry[0])
         self._entries[token] = (now + self.ttl, principal)
 
-    def forget_account(self, account_id: str) -> None:
-        """Every cached token of one account (its sessions ended: a reset, a delete)."""
+    def forget_account(self, account_id: str, keep: str | None = None) -> None:
+        """Every cached token of one account but `keep` (its sessions ended: a reset, a
+        delete, a password change)."""
         for token, (_, principal) in list(self._entries.items()):
-            if str(principal.get("account_id")) == str(account_id):
+            if str(principal.get("account_id")) == str(account_id) and token != keep:
                 self.forget(token)
 
     def forget(self, token: str) -> None:

@@ -23,6 +23,7 @@ from contracts.accounts import (
     InstallerCreate,
     LoginRequest,
     LoginResponse,
+    PasswordChange,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -175,6 +176,26 @@ class GatewayService:
         assert call.token is not None  # authenticated routes always have one
         self.sessions.forget(call.token)
         self.accounts.logout(call.token)
+
+    @api("POST", f"{V1}/auth/logout-everywhere", summary="Log out of every session",
+         tag="auth", status=204, returns=None,
+         description="Ends every session of the caller's account, this one included.")
+    def logout_everywhere(self, call: Call) -> Any:
+        self.accounts.logout_everywhere(call.ctx)
+        self.sessions.forget_account(str(call.ctx["account_id"]))
+
+    @api("GET", f"{V1}/account", summary="The caller's own account", tag="account")
+    def get_account(self, call: Call) -> Any:
+        return self.accounts.account(call.ctx)
+
+    @api("POST", f"{V1}/account/password", summary="Change the caller's password",
+         tag="account", body=PasswordChange, status=204, returns=None, errors=(429,),
+         description="The current password is required (422 naming `current_password` when "
+                     "wrong; wrong ones count as failed logins). Every other session of the "
+                     "account ends; this one stays.")
+    def change_password(self, call: Call) -> Any:
+        self.accounts.change_password(call.ctx, call.token, call.body)
+        self.sessions.forget_account(str(call.ctx["account_id"]), keep=call.token)
 
     @api("POST", f"{V1}/installers", summary="Create an installer", tag="installers",
          body=InstallerCreate, roles=("distributor",), status=201, returns="Created")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 
 from tests.support.harness import free_port
 
@@ -60,3 +61,19 @@ def test_the_command_benchmark_times_each_round_trip_beside_raw_pika(
     assert figures["succeeded"] == 30 and figures["pushes"] == 30
     assert figures["round_trip_ms"]["n"] == 30 and figures["round_trip_ms"]["p50"] > 0
     assert figures["raw_pika_round_trip_ms"]["n"] == 30
+
+
+def test_the_login_benchmark_times_each_kind_of_login_on_one_core() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_DATABASE_URL": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "login.py"), "2"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["store"] == "sqlite" and figures["pinned_to_one_core"]
+    production = PasswordHasher()  # the library's defaults: what `Credentials()` hashes with
+    assert figures["argon2"] == {"type": "id", "time_cost": production.time_cost,
+                                 "memory_cost_kib": production.memory_cost,
+                                 "parallelism": production.parallelism}
+    for kind in ("raw_verify_ms", "login_ms", "wrong_password_ms", "unknown_username_ms"):
+        assert figures[kind]["n"] == 2 and figures[kind]["p50"] > 0
+    assert figures["logins_per_s"] > 0 and figures["raw_verifies_per_s"] > 0

@@ -1,6 +1,7 @@
-"""Sub-installers end to end through the gateway, on both ways of running: the welcome email
-carries a password nothing else ever showed; the sub-installer works on its installer's sites
-as itself; a reset and a delete end its sessions at once."""
+"""People and access end to end through the gateway, on both ways of running: a sub-installer's
+welcome email carries a password nothing else ever showed; the sub-installer works on its
+installer's sites as itself; a reset and a delete end its sessions at once; an account changes
+its password and logs out everywhere."""
 
 from __future__ import annotations
 
@@ -113,3 +114,32 @@ def test_a_sub_installer_works_on_its_installer_s_sites_until_it_is_deleted(
     # The community the sub-installer made stays the installer's.
     assert platform.call("GET", f"/api/v1/communities/{community['id']}", None,
                          token)[0] == 200
+
+
+def test_an_account_changes_its_password_and_logs_out_everywhere(platform: Platform) -> None:
+    name, token, installer = new_installer(platform)
+    other = platform.call("POST", "/api/v1/auth/login",
+                          {"username": name, "password": "installer-pw-1"})[1]["token"]
+    status, me = platform.call("GET", "/api/v1/account", None, token)
+    assert status == 200 and (me["id"], me["role"], me["installer_id"]) == (
+        installer, "installer", installer)
+    status, problem = platform.call("POST", "/api/v1/account/password",
+                                    {"current_password": "wrong", "new_password": "new-pw-123"},
+                                    token)
+    assert status == 422 and list(problem["errors"]) == ["current_password"]
+    status, _ = platform.call("POST", "/api/v1/account/password",
+                              {"current_password": "installer-pw-1",
+                               "new_password": "new-pw-123"}, token)
+    assert status == 204
+    assert platform.call("GET", "/api/v1/dashboard", None, token)[0] == 200
+    assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, other)[0] == 401)
+    assert platform.call("POST", "/api/v1/auth/login",
+                         {"username": name, "password": "installer-pw-1"})[0] == 401
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": name, "password": "new-pw-123"})
+    assert status == 200
+    status, _ = platform.call("POST", "/api/v1/auth/logout-everywhere", None, token)
+    assert status == 204
+    for ended in (token, session["token"]):
+        assert eventually(lambda ended=ended: platform.call("GET", "/api/v1/dashboard", None,
+                                                            ended)[0] == 401)

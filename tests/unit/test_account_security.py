@@ -1,0 +1,109 @@
+# ruff: noqa: F811 - the fixtures imported below are the parameters of the tests
+"""An account's own security: its password changed with the current one (every other session
+ends), logging out everywhere, and what it sees of itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from concierge import context
+from contracts.accounts import LOGIN_LIMITS
+from contracts.errors import Invalid, TooManyAttempts, Unauthorized
+from services.accounts.application import AccountsApplication
+from tests.unit.test_accounts_application import (  # noqa: F401 - fixtures and helpers
+    app,
+    clock,
+    create_installer,
+    wiring,
+)
+from tests.unit.test_sub_installers_application import new_sub
+
+
+def signed_in(app: AccountsApplication, token: str) -> Any:
+    """The call context the gateway makes for this token's holder."""
+    principal = app.authenticate(token)
+    return context.acting({"actor": f"{principal['role']}:{principal['username']}",
+                           "role": principal["role"], "account_id": principal["account_id"],
+                           "installer_id": principal["installer_id"],
+                           "client_address": "10.0.0.1"})
+
+
+def test_a_changed_password_ends_every_other_session(app: AccountsApplication) -> None:
+    create_installer(app)
+    tokens = [app.login("luna", "luna-password")["token"] for _ in range(3)]
+    with signed_in(app, tokens[0]):
+        app.change_password(tokens[0], {"current_password": "luna-password",
+                                        "new_password": "a-new-password"})
+    assert app.authenticate(tokens[0])["username"] == "luna"
+    for token in tokens[1:]:
+        with pytest.raises(Unauthorized):
+            app.authenticate(token)
+    with pytest.raises(Unauthorized):
+        app.login("luna", "luna-password")
+    assert app.login("luna", "a-new-password")["role"] == "installer"
+
+
+def test_a_wrong_current_password_names_the_field_and_counts_as_a_failed_login(
+        app: AccountsApplication) -> None:
+    create_installer(app)
+    token = app.login("luna", "luna-password")["token"]
+    with signed_in(app, token):
+        for _ in range(LOGIN_LIMITS["pair"]):
+            with pytest.raises(Invalid) as caught:
+                app.change_password(token, {"current_password": "guess",
+                                            "new_password": "a-new-password"})
+            assert list(caught.value.errors) == ["current_password"]
+        with pytest.raises(TooManyAttempts):
+            app.change_password(token, {"current_password": "luna-password",
+                                        "new_password": "a-new-password"})
+        with pytest.raises(Invalid) as caught:
+            app.change_password(token, {"current_password": "luna-password",
+                                        "new_password": "short"})
+        assert list(caught.value.errors) == ["new_password"]
+
+
+def test_the_new_password_must_differ(app: AccountsApplication) -> None:
+    create_installer(app)
+    token = app.login("luna", "luna-password")["token"]
+    with signed_in(app, token), pytest.raises(Invalid) as caught:
+        app.change_password(token, {"current_password": "luna-password",
+                                    "new_password": "luna-password"})
+    assert list(caught.value.errors) == ["new_password"]
+
+
+def test_a_sub_installer_s_own_password_ends_its_emailed_one(app: AccountsApplication) -> None:
+    installer_id = create_installer(app)
+    sub_id, password = new_sub(app, installer_id)
+    token = app.login("lin", password)["token"]
+    with signed_in(app, token):
+        app.change_password(token, {"current_password": password,
+                                    "new_password": "lin-own-password"})
+    assert app.reveal_password(sub_id, 1) is None
+    assert app.login("lin", "lin-own-password")["role"] == "sub_installer"
+
+
+def test_logging_out_everywhere_ends_every_session(app: AccountsApplication) -> None:
+    create_installer(app)
+    tokens = [app.login("luna", "luna-password")["token"] for _ in range(3)]
+    other = app.login("root", "root-password")["token"]
+    with signed_in(app, tokens[1]):
+        assert app.logout_everywhere() == 3
+        assert app.logout_everywhere() == 0
+    for token in tokens:
+        with pytest.raises(Unauthorized):
+            app.authenticate(token)
+    assert app.authenticate(other)["username"] == "root"  # another account's is kept
+
+
+def test_an_account_sees_itself(app: AccountsApplication) -> None:
+    installer_id = create_installer(app)
+    sub_id, password = new_sub(app, installer_id)
+    with signed_in(app, app.login("lin", password)["token"]):
+        assert app.account() == {"id": sub_id, "username": "lin", "role": "sub_installer",
+                                 "email": "lin@example.com", "phone": "123",
+                                 "installer_id": installer_id}
+    with context.acting({"role": "installer", "account_id": "not-an-id"}), \
+            pytest.raises(Unauthorized):
+        app.account()
