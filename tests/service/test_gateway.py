@@ -28,8 +28,15 @@ from nameko.runners import ServiceRunner
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI
 from concierge.rpc import command, translated
-from contracts.accounts import InstallerCreate, LoginRequest
-from contracts.errors import ERROR_TYPES, Conflict, Forbidden, NotFound, Unauthorized
+from contracts.accounts import InstallerCreate, LoginRequest, PasswordChange
+from contracts.errors import (
+    ERROR_TYPES,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+)
 from contracts.topology import (
     ApartmentCreate,
     ApartmentEdit,
@@ -116,6 +123,25 @@ class FakeAccounts:
     def logout(self, token: str) -> None:
         if STATE.sessions.pop(token, None) is None:
             raise Unauthorized("Not logged in.")
+
+    @rpc
+    @command
+    def logout_everywhere(self, ctx: dict[str, Any]) -> int:
+        ended = [t for t, p in STATE.sessions.items() if p["account_id"] == ctx["account_id"]]
+        for token in ended:
+            del STATE.sessions[token]
+        return len(ended)
+
+    @rpc
+    @command
+    def account(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return {"id": ctx["account_id"], "role": ctx["role"]}
+
+    @rpc
+    @command
+    def change_password(self, ctx: dict[str, Any], token: str, payload: dict[str, Any]) -> None:
+        PasswordChange().load(payload)  # a bad body is 422 naming its fields, as accounts says
+        raise Invalid.field("current_password", "Wrong password.")
 
     @rpc
     @command
