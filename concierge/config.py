@@ -37,6 +37,9 @@ class Settings:
     # Failed logins allowed per key before a lockout ("pair=5,user=20,addr=50"; empty: the
     # contract's LOGIN_LIMITS). A test platform whose every client is 127.0.0.1 raises `addr`.
     login_limits: str = ""
+    # Where people open the portal: the links in emails (a forgotten password's) point there.
+    # Empty: the gateway's own address.
+    portal_url: str = ""
     # Proxies in front of the gateway whose X-Forwarded-For is trusted (the client is the
     # address that many hops back); 0: the peer itself is the client.
     trusted_proxies: int = 0
@@ -91,6 +94,7 @@ class Settings:
             mail_from=env.get("CONCIERGE_MAIL_FROM", cls.mail_from),
             token_ttl_hours=int(env.get("CONCIERGE_TOKEN_TTL_HOURS", "24")),
             login_limits=env.get("CONCIERGE_LOGIN_LIMITS", ""),
+            portal_url=env.get("CONCIERGE_PORTAL_URL", ""),
             trusted_proxies=int(env.get("CONCIERGE_TRUSTED_PROXIES", "0")),
             relay_idle_seconds=float(env.get("CONCIERGE_RELAY_IDLE_SECONDS", "1.0")),
             gateway_timeout_seconds=float(env.get("CONCIERGE_GATEWAY_TIMEOUT_SECONDS", "10")),
@@ -154,6 +158,14 @@ class Settings:
             "password": url.password or "",
             "dbname": (url.path or "/postgres").lstrip("/") or "postgres",
         }
+
+    @property
+    def portal_address(self) -> str:
+        """The portal's base URL for links in emails."""
+        if self.portal_url:
+            return self.portal_url.rstrip("/")
+        host = "127.0.0.1" if self.gateway_host in ("0.0.0.0", "::") else self.gateway_host
+        return f"http://{host}:{self.gateway_port}"
 
     def nameko_config(self) -> dict[str, object]:
         return {

@@ -30,7 +30,11 @@ __all__ = [
     "MasterAccountResetSchema",
     "PasswordChange",
     "PasswordChangedSchema",
+    "PasswordForgotten",
     "PasswordIssuedSchema",
+    "PasswordReset",
+    "PasswordResetCompletedSchema",
+    "PasswordResetRequestedSchema",
     "PortalAccountCreatedSchema",
     "PortalAccountDeletedSchema",
     "PortalAccountEditedSchema",
@@ -68,6 +72,12 @@ PASSWORD_ISSUE_REASONS = ("welcome", "reset")
 MAX_SESSIONS = 20
 APP_STATUSES = ("unregistered", "registered")
 
+# A forgotten password's emailed link works once, within this time.
+RESET_LINK_SECONDS = 60 * 60
+RESET_TOKEN_MAX = 200
+# Links asked for one username, or from one address, within 15 minutes before more are refused.
+RESET_LIMITS = {"user": 3, "addr": 20}
+
 # Failed logins (manual: none stated; OWASP's advice): 5 wrong passwords for one username from
 # one address, 20 for one username from anywhere, or 50 from one address for any usernames,
 # within 15 minutes, lock that key for 15 minutes, whether or not the username exists.
@@ -77,7 +87,8 @@ LOCKOUT_SECONDS = 15 * 60
 
 # Event attributes kept in the accounts store and stripped from anything published.
 PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests",
-                            "password_sealed", "password_subject"})
+                            "password_sealed", "password_subject", "reset_digest",
+                            "reset_sealed", "reset_subject"})
 
 
 def _username(**kwargs: object) -> Text:
@@ -160,6 +171,20 @@ class PasswordChange(Schema):
     new_password = _password()
 
 
+class PasswordForgotten(Schema):
+    """POST /api/v1/auth/forgot-password: always accepted alike; a link goes to the account's
+    email if there is such an account with one."""
+
+    username = Text(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
+
+
+class PasswordReset(Schema):
+    """POST /api/v1/auth/reset-password: the emailed link's token, used once."""
+
+    token = Text(required=True, validate=validate.Length(min=1, max=RESET_TOKEN_MAX))
+    new_password = _password()
+
+
 class DistributorCreate(Schema):
     """The bootstrap distributor's login, from the settings (`CONCIERGE_DISTRIBUTOR_*`)."""
 
@@ -205,6 +230,22 @@ class PasswordIssuedSchema(_EventData):
     role = fields.String(load_default=None, allow_none=True)
     username = fields.String(load_default=None, allow_none=True)
     email = fields.String(load_default=None, allow_none=True)
+
+
+class PasswordResetRequestedSchema(_EventData):
+    """Someone asked for a forgotten password's link (`request` counts them); notify emails
+    it, asking accounts for the link's token as it sends."""
+
+    request = fields.Integer(required=True, validate=validate.Range(min=1))
+    expires_at = fields.AwareDateTime(required=True)
+    username = fields.String(required=True)
+    email = fields.String(required=True)
+
+
+class PasswordResetCompletedSchema(_EventData):
+    """The link was used: the password is new and every session ended."""
+
+    request = fields.Integer(required=True, validate=validate.Range(min=1))
 
 
 class PortalAccountEditedSchema(_EventData):
@@ -294,6 +335,8 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "SessionClosed": SessionClosedSchema,
     "PasswordChanged": PasswordChangedSchema,
     "PasswordIssued": PasswordIssuedSchema,
+    "PasswordResetRequested": PasswordResetRequestedSchema,
+    "PasswordResetCompleted": PasswordResetCompletedSchema,
     "PortalAccountEdited": PortalAccountEditedSchema,
     "PortalAccountDeleted": PortalAccountDeletedSchema,
     "SessionsEnded": SessionsEndedSchema,

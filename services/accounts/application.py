@@ -27,9 +27,13 @@ from contracts.accounts import (
     LOCKOUT_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
     LOGIN_LIMITS,
+    RESET_LIMITS,
+    RESET_LINK_SECONDS,
     DistributorCreate,
     InstallerCreate,
     PasswordChange,
+    PasswordForgotten,
+    PasswordReset,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -78,6 +82,9 @@ def generated_password(length: int = GENERATED_PASSWORD_LENGTH) -> str:
 
 
 LOCKED_OUT = (f"Too many failed logins: try again in {LOCKOUT_SECONDS // 60} minutes.")
+TOO_MANY_LINKS = (f"Too many password links asked for: try again in {LOCKOUT_SECONDS // 60} "
+                  "minutes.")
+BAD_LINK = "This link is not valid: it was used, replaced or has expired."
 
 
 def login_rules(username: str, address: str | None,
@@ -94,6 +101,11 @@ def login_rules(username: str, address: str | None,
     return [(f"pair:{name}|{where}", rule(limits["pair"])),
             (f"user:{name}", rule(limits["user"])),
             (f"addr:{where}", rule(limits["addr"]))]
+
+
+def _rule(limit: int) -> Rule:
+    return Rule(limit, timedelta(seconds=LOCKOUT_WINDOW_SECONDS),
+                timedelta(seconds=LOCKOUT_SECONDS))
 
 
 def password_subject(account_id: UUID) -> str:
@@ -386,6 +398,87 @@ class AccountsApplication(ServiceApplication):
 
         self.execute(command)
         self._vault().shred(issued)
+
+    def forgot_password(self, payload: Mapping[str, Any]) -> None:
+        """Email a single-use link to reset the password, if the username is an account with
+        an email; answered alike either way. Requests are limited per username and address."""
+        request = checked(PasswordForgotten, payload)
+        name = request["username"].strip().lower()
+        address = context.current().client_address or "unknown"
+        rules = [(f"forgot:{name}", _rule(RESET_LIMITS["user"])),
+                 (f"forgot-addr:{address}", _rule(RESET_LIMITS["addr"]))]
+        if self._lockout().locked_for(key for key, _ in rules) > 0:
+            raise TooManyAttempts(TOO_MANY_LINKS)
+        self._lockout().failed(rules)  # every request counts, whatever it names
+        account = self._portal_account(PortalAccount.id_for_username(name))
+        if account is None or account.deleted or not account.email:
+            return
+        token = f"{account.id}.{secrets.token_urlsafe(32)}"
+        subject = f"reset:{account.id}:{secrets.token_hex(8)}"
+        sealed = self._vault().seal(subject, token)
+        expires_at = (self.clock() + timedelta(seconds=RESET_LINK_SECONDS)).isoformat()
+        replaced: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            mine = self.repository.get(account.id)
+            replaced[:] = [mine.reset_subject] if mine.reset_subject else []
+            mine.request_reset(self.credentials.token_digest(token), subject, sealed,
+                               expires_at)
+            return None, [mine]
+
+        with context.acting(replace(context.current(), actor=f"{account.role}:"
+                                                             f"{account.username}")):
+            try:
+                self.execute(command)
+            except Exception:
+                self._vault().shred([subject])
+                raise
+        self._vault().shred(replaced)
+
+    def reset_password(self, payload: Mapping[str, Any]) -> None:
+        """The emailed link's token sets a new password once; every session ends. A token
+        that is not the account's current, unused, unexpired link is 422 naming `token`, and
+        counts against the address."""
+        request = checked(PasswordReset, payload)
+        token = request["token"]
+        address = context.current().client_address or "unknown"
+        rules = [(f"addr:{address}", _rule(self.login_limits["addr"]))]
+        if self._lockout().locked_for(key for key, _ in rules) > 0:
+            raise TooManyAttempts(LOCKED_OUT)
+        uid = _uuid(token.partition(".")[0])
+        account = self._portal_account(uid) if uid is not None else None
+        digest = self.credentials.token_digest(token)
+        if account is None or not account.reset_link_open(digest, self.clock()):
+            self._lockout().failed(rules)
+            raise Invalid.field("token", BAD_LINK)
+        new_hash = self.credentials.hash_password(request["new_password"])
+        spent: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            mine = self.repository.get(account.id)
+            spent[:] = [s for s in (mine.reset_subject, mine.password_subject) if s]
+            mine.complete_reset(digest, new_hash, self.clock())
+            return None, [mine]
+
+        with context.acting(replace(context.current(), actor=f"{account.role}:"
+                                                             f"{account.username}")):
+            self.execute(command)
+        self._vault().shred(spent)
+
+    def reveal_secret(self, kind: str, account_id: Any, issue: Any) -> str | None:
+        """What an email's mark stands for, as notify's mailer sends it: an issued password
+        or a forgotten password's link, only while it is still the account's current one."""
+        if kind == "password":
+            return self.reveal_password(account_id, issue)
+        if kind != "reset_link":
+            return None
+        uid = _uuid(account_id)
+        account = self._portal_account(uid) if uid is not None else None
+        if (account is None or account.reset_request != issue or account.reset_digest is None
+                or account.reset_subject is None
+                or not account.reset_link_open(account.reset_digest, self.clock())):
+            return None
+        return self._vault().open(account.reset_subject, account.reset_sealed)
 
     def logout_everywhere(self) -> int:
         """End every session of the caller's account, this one too; how many ended."""

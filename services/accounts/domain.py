@@ -10,6 +10,7 @@ ResidentAdded, collides with the first in the store instead of creating a twin.
 
 from __future__ import annotations
 
+import hmac
 import re
 from datetime import datetime
 from typing import Any
@@ -113,6 +114,12 @@ class PortalAccount(Aggregate):
         self.password_issue = 0
         self.password_subject: str | None = None
         self.password_sealed: str | None = None
+        # Forgotten-password links asked for; the current one while it may still be used.
+        self.reset_request = 0
+        self.reset_digest: str | None = None
+        self.reset_expires_at: str | None = None
+        self.reset_subject: str | None = None
+        self.reset_sealed: str | None = None
 
     @staticmethod
     def id_for_username(username: str) -> UUID:
@@ -192,6 +199,53 @@ class PortalAccount(Aggregate):
         self.password_subject = password_subject
         self.password_sealed = password_sealed
 
+    def request_reset(self, reset_digest: str, reset_subject: str, reset_sealed: str,
+                      expires_at: str) -> None:
+        """A forgotten password's link: only its digest is checked when it is used, and the
+        sealed copy opens (for notify's email) only while `reset_subject`'s key lives. A new
+        request replaces the one before."""
+        self._check_not_deleted()
+        _validate_token_digest(reset_digest)
+        _parse_instant(expires_at, "expires_at")
+        if not self.email:
+            raise Conflict("This account has no email to send a link to.")
+        self._request_reset(request=self.reset_request + 1, expires_at=expires_at,
+                            username=self.username, email=self.email,
+                            reset_digest=reset_digest, reset_subject=reset_subject,
+                            reset_sealed=reset_sealed)
+
+    @event("PasswordResetRequested")
+    def _request_reset(self, request: int, expires_at: str, username: str, email: str,
+                       reset_digest: str, reset_subject: str, reset_sealed: str) -> None:
+        self.reset_request = request
+        self.reset_digest = reset_digest
+        self.reset_expires_at = expires_at
+        self.reset_subject = reset_subject
+        self.reset_sealed = reset_sealed
+
+    def reset_link_open(self, reset_digest: str, now: datetime) -> bool:
+        """The link with this digest is the current one, unused and not expired."""
+        expires = self.reset_expires_at
+        return (not self.deleted and self.reset_digest is not None
+                and hmac.compare_digest(self.reset_digest, reset_digest)
+                and expires is not None and _parse_instant(expires, "expires_at") > now)
+
+    def complete_reset(self, reset_digest: str, new_hash: str, now: datetime) -> None:
+        """The link's password: set once, every session ended, the link spent."""
+        if not self.reset_link_open(reset_digest, now):
+            raise Invalid.field("token", "This link is not valid: it was used, replaced or "
+                                         "has expired.")
+        self.change_password(new_hash)
+        self.end_sessions("password_reset")
+        self._complete_reset(request=self.reset_request)
+
+    @event("PasswordResetCompleted")
+    def _complete_reset(self, request: int) -> None:
+        self.reset_digest = None
+        self.reset_expires_at = None
+        self.reset_subject = None
+        self.reset_sealed = None
+
     def edit_contact(self, email: str | None, phone: str | None) -> bool:
         """False when nothing changed (nothing is recorded)."""
         self._check_not_deleted()
@@ -232,6 +286,7 @@ class PortalAccount(Aggregate):
         self.deleted = True
         self.password_hash = ""
         self.password_subject = None
+        self.reset_digest = None
 
     def _check_not_deleted(self) -> None:
         if self.deleted:

@@ -107,7 +107,17 @@ class AccountsService(ServiceBase):
 
     @rpc
     @translated
-    def reveal_password(self, account_id: str, issue: int) -> str | None:
-        """Notify's mailer only, for the email that carries an issued password: None once it
-        is no longer the account's login. Not routed by the gateway."""
-        return self.runtime.app.reveal_password(account_id, issue)
+    def reveal_secret(self, kind: str, account_id: str, issue: int) -> str | None:
+        """Notify's mailer only, for the email that carries an issued password or a reset
+        link: None once it is no longer the account's. Not routed by the gateway."""
+        return self.runtime.app.reveal_secret(kind, account_id, issue)
+
+    @rpc
+    @command
+    def forgot_password(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        self.runtime.app.forgot_password(payload)
+
+    @rpc(sensitive_arguments=("payload.token", "payload.new_password"))
+    @command
+    def reset_password(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        self.runtime.app.reset_password(payload)

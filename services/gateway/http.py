@@ -556,6 +556,8 @@ def serve(service: Gatekeeper, route: Route, fn: Handler, request: Request,
 def respond(route: Route, result: Any) -> Response:
     if isinstance(result, Response):
         return result
+    if route.returns is None and result is None:
+        return Response(status=route.status)  # 204, or 202: accepted, nothing to show
     if route.status == 204 or result is None:
         return Response(status=204)
     headers = {}

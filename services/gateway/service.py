@@ -20,10 +20,13 @@ from contracts.accounts import (
     LOCKOUT_WINDOW_SECONDS,
     LOGIN_LIMITS,
     MAX_SESSIONS,
+    RESET_LIMITS,
     InstallerCreate,
     LoginRequest,
     LoginResponse,
     PasswordChange,
+    PasswordForgotten,
+    PasswordReset,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -176,6 +179,25 @@ class GatewayService:
         assert call.token is not None  # authenticated routes always have one
         self.sessions.forget(call.token)
         self.accounts.logout(call.token)
+
+    @api("POST", f"{V1}/auth/forgot-password", summary="Email a link to reset a forgotten "
+         "password", tag="auth", auth=False, body=PasswordForgotten, status=202, returns=None,
+         errors=(429,), description=(
+             "Always 202 alike, whether or not the username is an account with an email; if "
+             "it is, a link that works once for one hour is emailed to it. At most "
+             f"{RESET_LIMITS['user']} links for one username and {RESET_LIMITS['addr']} from "
+             f"one address within {LOCKOUT_WINDOW_SECONDS // 60} minutes (429)."))
+    def forgot_password(self, call: Call) -> Any:
+        self.accounts.forgot_password(call.ctx, call.body)
+
+    @api("POST", f"{V1}/auth/reset-password", summary="Set a new password with the emailed "
+         "link's token", tag="auth", auth=False, body=PasswordReset, status=204, returns=None,
+         errors=(429,), description=(
+             "The token of the link a forgotten-password email carries, used once: the "
+             "password is set and every session of the account ends. A token that was used, "
+             "replaced or has expired is 422 naming `token`."))
+    def reset_password(self, call: Call) -> Any:
+        self.accounts.reset_password(call.ctx, call.body)
 
     @api("POST", f"{V1}/auth/logout-everywhere", summary="Log out of every session",
          tag="auth", status=204, returns=None,

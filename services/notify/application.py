@@ -27,12 +27,14 @@ from contracts.accounts import (
     MasterAccountContactChangedSchema,
     MasterAccountCreatedSchema,
     PasswordIssuedSchema,
+    PasswordResetRequestedSchema,
 )
 from contracts.devices import CommandQueuedSchema
 from contracts.errors import Invalid
 from services.notify.domain import (
     ACCOUNT_CLOSED,
     ACTIVATION,
+    PASSWORD_RESET_LINK,
     PORTAL_PASSWORD,
     SECRET_MARK,
     DevicePush,
@@ -56,7 +58,11 @@ ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountClosed": MasterAccountClosedSchema,
     "PasswordIssued": PasswordIssuedSchema,
+    "PasswordResetRequested": PasswordResetRequestedSchema,
 }
+# Accounts events whose email carries a secret, with the template and what the secret is.
+SECRET_EMAILS = {"PasswordIssued": (PORTAL_PASSWORD, "password", "issue"),
+                 "PasswordResetRequested": (PASSWORD_RESET_LINK, "reset_link", "request")}
 
 
 # Devices' commands, each pushed to its device once (services/notify/pusher.py).
@@ -91,8 +97,10 @@ class NotifyApplication(ServiceApplication):
     service_name = "notify"
 
     def __init__(self, env: dict[str, str] | None = None, engine: Any = None,
-                 templates: Path = TEMPLATES_DIR, sender: MailSender | None = None) -> None:
+                 templates: Path = TEMPLATES_DIR, sender: MailSender | None = None,
+                 portal_url: str = "http://127.0.0.1:8000") -> None:
         super().__init__(env=env, engine=engine)
+        self.portal_url = portal_url
         self.templates = template_environment(templates)
         # Where the mailer delivers (services/notify/declaration.py picks it from the settings).
         self.sender = sender
@@ -109,32 +117,35 @@ class NotifyApplication(ServiceApplication):
         contract schema (`ACCOUNTS_EVENTS`, by the chassis)."""
         if envelope["type"] == "MasterAccountClosed":
             return self._cancel_activation(envelope)
-        if envelope["type"] == "PasswordIssued":
-            return self._queue_portal_password(envelope, envelope["data"])
+        if envelope["type"] in SECRET_EMAILS:
+            return self._queue_secret_email(envelope, envelope["data"])
         return self._queue_activation(envelope, envelope["data"])
 
-    def _queue_portal_password(self, envelope: dict[str, Any], data: dict[str, Any]
-                               ) -> list[Aggregate]:
-        """One email per issued password, with a mark where the password goes: accounts
-        answers for it when the mailer sends (services/notify/mailer.py), so neither notify's
-        store nor the bus ever holds it."""
+    def _queue_secret_email(self, envelope: dict[str, Any], data: dict[str, Any]
+                            ) -> list[Aggregate]:
+        """One email per issued password or reset link, with a mark where the secret goes:
+        accounts answers for it when the mailer sends (services/notify/mailer.py), so neither
+        notify's store nor the bus ever holds it."""
         if not data.get("email"):
             return []
-        account_id, issue = str(envelope["stream_id"]), int(data["issue"])
-        key = f"{PORTAL_PASSWORD}:{account_id}:{issue}"
-        email_id = Email.create_id(envelope["event_id"], PORTAL_PASSWORD, key)
+        template, kind, counter = SECRET_EMAILS[envelope["type"]]
+        account_id, issue = str(envelope["stream_id"]), int(data[counter])
+        key = f"{template}:{account_id}:{issue}"
+        email_id = Email.create_id(envelope["event_id"], template, key)
         if email_id in self.repository:
             return []
         actor = str(envelope.get("actor") or "")
         inviter = actor.partition(":")[2] if actor.startswith("installer:") else ""
-        rendered = self.render(PORTAL_PASSWORD, username=data.get("username") or "",
-                               reason=data["reason"], password=SECRET_MARK,
+        rendered = self.render(template, username=data.get("username") or "",
+                               reason=data.get("reason"), password=SECRET_MARK,
+                               link=f"{self.portal_url}/reset-password?token={SECRET_MARK}",
+                               expires_at=data.get("expires_at"),
                                inviter=f"Installer {inviter}" if inviter else "Your installer")
         try:
-            email = Email.queue(cause_event_id=envelope["event_id"], template=PORTAL_PASSWORD,
+            email = Email.queue(cause_event_id=envelope["event_id"], template=template,
                                 recipient=data["email"], subject=rendered.subject,
                                 text=rendered.text, html=rendered.html, idempotency_key=key,
-                                secret={"kind": "password", "account_id": account_id,
+                                secret={"kind": kind, "account_id": account_id,
                                         "issue": issue})
         except Invalid as exc:
             log.warning("no password email for %s: %s", envelope.get("event_id"), exc.detail)
@@ -158,11 +169,12 @@ class NotifyApplication(ServiceApplication):
         ids = []
         for envelope in envelopes:
             kind = str(envelope.get("type"))
-            if kind == "PasswordIssued":
+            if kind in SECRET_EMAILS:
+                template, _, counter = SECRET_EMAILS[kind]
                 with contextlib.suppress(KeyError, ValueError, TypeError):
-                    ids.append(Email.create_id(envelope["event_id"], PORTAL_PASSWORD,
-                                               f"{PORTAL_PASSWORD}:{envelope['stream_id']}:"
-                                               f"{int(envelope['data']['issue'])}"))
+                    ids.append(Email.create_id(envelope["event_id"], template,
+                                               f"{template}:{envelope['stream_id']}:"
+                                               f"{int(envelope['data'][counter])}"))
                 continue
             if kind not in ("MasterAccountCreated", "MasterAccountContactChanged"):
                 continue

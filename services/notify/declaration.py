@@ -36,11 +36,12 @@ def start_mailer(wiring: Wiring) -> None:
     remote = wiring.remote
 
     def reveal(secret: dict[str, Any]) -> str | None:
-        """An issued password, from accounts, as the email is sent (never stored here)."""
-        if secret.get("kind") != "password" or remote is None:
+        """An issued password or a reset link's token, from accounts, as the email is sent
+        (never stored here)."""
+        if remote is None:
             return None
-        return remote.call("accounts", "reveal_password", secret["account_id"],
-                           int(secret["issue"]))
+        return remote.call("accounts", "reveal_secret", str(secret.get("kind")),
+                           secret["account_id"], int(secret["issue"]))
 
     wiring.add_loop(Mailer(app, app.sender, leader_lock("notify", settings, wiring.engine,
                                                         "mailer"),
@@ -72,7 +73,8 @@ CONTEXT = BoundedContext(
     name="notify",
     service="services.notify.service:NotifyService",
     application=NotifyApplication,
-    options=lambda settings: {"sender": mail_sender(settings)},
+    options=lambda settings: {"sender": mail_sender(settings),
+                              "portal_url": settings.portal_address},
     read_models=lambda app: [EmailsView(), PendingPushesView()],
     # Their data loaded through these schemas. A close reads the emails view, which shows
     # nothing of a unit not yet recorded: alone.

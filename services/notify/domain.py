@@ -29,12 +29,12 @@ from contracts.notify import STATUSES, TEMPLATES
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
 
 # The vocabulary is the contracts' (contracts/notify.py, contracts/accounts.py), defined once.
-ACTIVATION, PORTAL_PASSWORD = TEMPLATES
+ACTIVATION, PORTAL_PASSWORD, PASSWORD_RESET_LINK = TEMPLATES
 # Where a secret goes in a rendered body: the stored email holds this mark, never the secret,
 # which the mailer asks its owner for when it sends (`Email.secret`).
 SECRET_MARK = "[[secret]]"
 # Why an email carrying a secret is cancelled: its owner no longer answers for it.
-SECRET_GONE = "the password it carries is no longer the account's"
+SECRET_GONE = "what it carries (a password, a link) is no longer the account's"
 UNREGISTERED = APP_STATUSES[0]
 QUEUED, RETRYING, SENT, FAILED, CANCELLED = STATUSES  # FAILED: given up
 PENDING = (QUEUED, RETRYING)

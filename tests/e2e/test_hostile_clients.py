@@ -486,6 +486,8 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "SubInstallerCreate": {"username": "walksub", "email": "w@x.org"},
     "SubInstallerEdit": {"phone": "123"},
     "PasswordChange": {"current_password": "nope", "new_password": "long-enough-1"},
+    "PasswordForgotten": {"username": "walker"},
+    "PasswordReset": {"token": "x.y", "new_password": "long-enough-1"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.

@@ -143,3 +143,34 @@ def test_an_account_changes_its_password_and_logs_out_everywhere(platform: Platf
     for ended in (token, session["token"]):
         assert eventually(lambda ended=ended: platform.call("GET", "/api/v1/dashboard", None,
                                                             ended)[0] == 401)
+
+
+def test_a_forgotten_password_is_reset_with_the_emailed_link(platform: Platform) -> None:
+    name, token, _ = new_installer(platform)
+    for username in (name, f"ghost{uuid.uuid4().hex[:6]}"):  # answered alike
+        status, body = platform.call("POST", "/api/v1/auth/forgot-password",
+                                     {"username": username})
+        assert (status, body) == (202, None)
+
+    def link() -> str:
+        folder = platform.data_dir / "mail"
+        for path in folder.glob("*.eml") if folder.exists() else []:
+            message: Any = email.message_from_bytes(path.read_bytes(),
+                                                    policy=email.policy.default)
+            if message["To"] == f"{name}@example.org" and "reset" in message["Subject"].lower():
+                text = message.get_body(("plain",)).get_content()
+                return re.search(r"token=(\S+)", text).group(1)  # type: ignore[union-attr]
+        return ""
+
+    reset_token = eventually(link)
+    status, problem = platform.call("POST", "/api/v1/auth/reset-password",
+                                    {"token": reset_token + "x", "new_password": "reset-pw-123"})
+    assert status == 422 and list(problem["errors"]) == ["token"]
+    status, _ = platform.call("POST", "/api/v1/auth/reset-password",
+                              {"token": reset_token, "new_password": "reset-pw-123"})
+    assert status == 204
+    assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, token)[0] == 401)
+    assert platform.call("POST", "/api/v1/auth/login",
+                         {"username": name, "password": "reset-pw-123"})[0] == 200
+    assert platform.call("POST", "/api/v1/auth/reset-password",
+                         {"token": reset_token, "new_password": "again-pw-123"})[0] == 422

@@ -56,7 +56,8 @@ class Side:
     def reveal(self, secret: dict[str, Any]) -> str | None:
         if not self.reachable:
             raise ConnectionError("accounts is down")
-        return self.accounts_app.reveal_password(secret["account_id"], int(secret["issue"]))
+        return self.accounts_app.reveal_secret(secret["kind"], secret["account_id"],
+                                               int(secret["issue"]))
 
     def deliver_and_send(self) -> int:
         self.subscription.catch_up()
@@ -171,3 +172,32 @@ def test_a_deleted_sub_installer_s_pending_email_is_never_sent(side: Side) -> No
     assert sent(side) == []
     [email] = side.notify_app.list_emails({})["items"]
     assert email["status"] == "cancelled"
+
+
+def test_a_forgotten_password_s_email_carries_a_link_that_works_once(side: Side) -> None:
+    installer_id = an_installer(side)
+    with context.acting({"client_address": "10.0.0.1"}):
+        side.accounts_app.forgot_password({"username": "luna"})
+    assert side.deliver_and_send() == 1
+    [(to, text, html)] = sent(side)
+    assert to == "luna@example.com"
+    [link] = [line.strip() for line in text.splitlines() if "/reset-password?token=" in line]
+    assert link.startswith(side.notify_app.portal_url) and SECRET_MARK not in link
+    token = link.partition("token=")[2]
+    assert token.startswith(installer_id) and token in html
+    assert token not in notify_store_text(side)
+    with context.acting({"client_address": "10.0.0.1"}):
+        side.accounts_app.reset_password({"token": token, "new_password": "brand-new-pw"})
+    assert side.accounts_app.login("luna", "brand-new-pw")["role"] == "installer"
+
+
+def test_a_link_asked_for_again_before_it_went_is_not_sent(side: Side) -> None:
+    an_installer(side)
+    with context.acting({"client_address": "10.0.0.1"}):
+        side.accounts_app.forgot_password({"username": "luna"})
+        side.subscription.catch_up()
+        side.accounts_app.forgot_password({"username": "luna"})
+    assert side.deliver_and_send() == 2
+    assert len(sent(side)) == 1  # the first link was replaced: its email is cancelled
+    statuses = sorted(e["status"] for e in side.notify_app.list_emails({})["items"])
+    assert statuses == ["cancelled", "sent"]

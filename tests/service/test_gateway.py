@@ -28,7 +28,13 @@ from nameko.runners import ServiceRunner
 from concierge import transport
 from concierge.config import EMBEDDED_AMQP_URI
 from concierge.rpc import command, translated
-from contracts.accounts import InstallerCreate, LoginRequest, PasswordChange
+from contracts.accounts import (
+    InstallerCreate,
+    LoginRequest,
+    PasswordChange,
+    PasswordForgotten,
+    PasswordReset,
+)
 from contracts.errors import (
     ERROR_TYPES,
     Conflict,
@@ -123,6 +129,17 @@ class FakeAccounts:
     def logout(self, token: str) -> None:
         if STATE.sessions.pop(token, None) is None:
             raise Unauthorized("Not logged in.")
+
+    @rpc
+    @command
+    def forgot_password(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        PasswordForgotten().load(payload)
+
+    @rpc
+    @command
+    def reset_password(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        PasswordReset().load(payload)
+        raise Invalid.field("token", "This link is not valid.")
 
     @rpc
     @command
@@ -932,7 +949,7 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
                   for method, op in item.items()}
     declared = {(r.method, openapi.openapi_path(r.path)[0]) for r in routes_of(GatewayService)}
     assert set(operations) == declared
-    assert len(declared) == 81
+    assert len(declared) == 83
     assert len({op["operationId"] for op in operations.values()}) == len(operations)
 
     for (method, path), op in operations.items():
@@ -964,7 +981,8 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
         assert body == {"$ref": f"#/components/schemas/{schema}"}
     public = {k for k, op in operations.items() if not op["security"]}
     assert public == {("GET", "/healthz"), ("GET", "/openapi.json"),
-                      ("POST", "/api/v1/auth/login")}
+                      ("POST", "/api/v1/auth/login"), ("POST", "/api/v1/auth/forgot-password"),
+                      ("POST", "/api/v1/auth/reset-password")}
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http", "scheme": "bearer",
         "description": "The token from POST /api/v1/auth/login."}
@@ -1135,6 +1153,8 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
         "SubInstallerCreate": {"username": "fzsub", "email": "f@example.com"},
         "SubInstallerEdit": {"phone": "123"},
         "PasswordChange": {"current_password": "nope", "new_password": "long-enough-1"},
+        "PasswordForgotten": {"username": "luna"},
+        "PasswordReset": {"token": "x.y", "new_password": "long-enough-1"},
     }
     failures: list[str] = []
     cases = 0

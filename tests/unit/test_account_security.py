@@ -4,12 +4,13 @@ ends), logging out everywhere, and what it sees of itself."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from concierge import context
-from contracts.accounts import LOGIN_LIMITS
+from contracts.accounts import LOGIN_LIMITS, RESET_LIMITS
 from contracts.errors import Invalid, TooManyAttempts, Unauthorized
 from services.accounts.application import AccountsApplication
 from tests.unit.test_accounts_application import (  # noqa: F401 - fixtures and helpers
@@ -107,3 +108,85 @@ def test_an_account_sees_itself(app: AccountsApplication) -> None:
     with context.acting({"role": "installer", "account_id": "not-an-id"}), \
             pytest.raises(Unauthorized):
         app.account()
+
+
+# --- a forgotten password ------------------------------------------------------------------------
+
+
+def ask_link(app: AccountsApplication, username: str, address: str = "10.0.0.1") -> None:
+    with context.acting({"client_address": address}):
+        app.forgot_password({"username": username})
+
+
+def reset(app: AccountsApplication, token: str, password: str = "brand-new-pw") -> None:
+    with context.acting({"client_address": "10.0.0.1"}):
+        app.reset_password({"token": token, "new_password": password})
+
+
+def test_a_forgotten_password_s_link_works_once(wiring: Any, app: AccountsApplication) -> None:
+    installer_id = create_installer(app)
+    tokens = [app.login("luna", "luna-password")["token"] for _ in range(2)]
+    ask_link(app, "LUNA")
+    assert wiring.read_log(0, 1000)[-1]["type"] == "PasswordResetRequested"
+    link = app.reveal_secret("reset_link", installer_id, 1)
+    assert link is not None and link.startswith(f"{installer_id}.")
+    assert app.login("luna", "luna-password")  # nothing changes until the link is used
+    reset(app, link)
+    for token in tokens:
+        with pytest.raises(Unauthorized):
+            app.authenticate(token)
+    with pytest.raises(Unauthorized):
+        app.login("luna", "luna-password")
+    assert app.login("luna", "brand-new-pw")["role"] == "installer"
+    with pytest.raises(Invalid) as caught:
+        reset(app, link, "another-new-pw")
+    assert list(caught.value.errors) == ["token"]
+    assert app.reveal_secret("reset_link", installer_id, 1) is None  # spent: nothing to email
+
+
+def test_an_unknown_username_is_answered_alike_and_records_nothing(
+        wiring: Any, app: AccountsApplication) -> None:
+    create_installer(app)
+    before = len(wiring.read_log(0, 1000))
+    ask_link(app, "nobody")
+    assert len(wiring.read_log(0, 1000)) == before
+
+
+def test_a_link_expires_after_an_hour_and_a_new_one_replaces_it(
+        app: AccountsApplication, clock: Any) -> None:
+    installer_id = create_installer(app)
+    ask_link(app, "luna")
+    first = app.reveal_secret("reset_link", installer_id, 1)
+    ask_link(app, "luna")
+    second = app.reveal_secret("reset_link", installer_id, 2)
+    assert first and second and first != second
+    assert app.reveal_secret("reset_link", installer_id, 1) is None
+    with pytest.raises(Invalid):
+        reset(app, first)
+    clock.now += timedelta(hours=1)
+    assert app.reveal_secret("reset_link", installer_id, 2) is None
+    with pytest.raises(Invalid):
+        reset(app, second)
+    assert app.login("luna", "luna-password")
+
+
+def test_links_are_limited_per_username_alike_for_unknown_ones(app: AccountsApplication) -> None:
+    create_installer(app)
+    for username in ("luna", "nobody"):
+        for n in range(RESET_LIMITS["user"]):
+            ask_link(app, username, f"10.0.{n}.1")
+        with pytest.raises(TooManyAttempts):
+            ask_link(app, username, "10.0.9.9")
+
+
+def test_made_up_tokens_are_refused_naming_the_token(app: AccountsApplication) -> None:
+    installer_id = create_installer(app)
+    ask_link(app, "luna")
+    for token in ("garbage", f"{installer_id}.guess", f"{installer_id}.", ".x",
+                  "00000000-0000-0000-0000-000000000000.x"):
+        with pytest.raises(Invalid) as caught:
+            reset(app, token)
+        assert list(caught.value.errors) == ["token"]
+    link = app.reveal_secret("reset_link", installer_id, 1)
+    assert link is not None
+    reset(app, link)  # the real one still works after the guesses
