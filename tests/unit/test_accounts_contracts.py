@@ -6,6 +6,7 @@ change to any rule of `contracts/accounts.py` fails a test (`make mutation`).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -119,7 +120,9 @@ def a_full_history() -> list[Any]:
     sub = installer.create_sub_installer("lin", "lin@example.com", None, HASH)
     sub.issue_password(HASH, "password:x", "sealed:v1:x", "welcome")
     sub.open_session("b" * 64, LATER)
-    sub.edit_contact(None, "123")
+    sub.edit_contact("lin@example.com", "123")
+    sub.request_reset("c" * 64, "reset:x", "sealed:v1:r", LATER)
+    sub.complete_reset("c" * 64, HASH, datetime.fromisoformat(LATER) - timedelta(minutes=1))
     sub.delete()
     account = MasterAccount.create(uuid4(), uuid4(), uuid4(), "Judy", "A", None)
     account.update_contact("Judy", "B", "judy@example.com")

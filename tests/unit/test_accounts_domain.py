@@ -611,6 +611,8 @@ def a_sub_installer_with_history() -> PortalAccount:
     sub.issue_password(HASH, "password:1", "sealed:v1:x", "welcome")
     sub.open_session(a_session()[1], LATER)
     sub.edit_contact("lin2@example.com", None)
+    sub.request_reset("c" * 64, "reset:x", "sealed:v1:r", LATER)
+    sub.complete_reset("c" * 64, HASH, NOW)
     sub.delete()
     return sub
 
