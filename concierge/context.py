@@ -31,6 +31,20 @@ class CallContext:
     request_digest: str | None = None
     # Where an HTTP request came from (the gateway's peer): what failed logins are counted by.
     client_address: str | None = None
+    # A property manager's communities, each with its permissions there (community id ->
+    # {"app", "delete_account", "log_access_control"}); None for every other role.
+    communities: dict[str, dict[str, bool]] | None = None
+
+    def in_scope(self, community_id: Any) -> bool:
+        """A property manager works only on its communities; every other role is scoped by
+        its installer alone."""
+        return self.communities is None or str(community_id) in self.communities
+
+    def may(self, community_id: Any, permission: str) -> bool:
+        """A property manager's permission in one community (others are not limited here)."""
+        if self.communities is None:
+            return True
+        return bool((self.communities.get(str(community_id)) or {}).get(permission))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CallContext:
@@ -46,6 +60,7 @@ class CallContext:
             idempotency_key=_text(data.get("idempotency_key")),
             request_digest=_text(data.get("request_digest")),
             client_address=_text(data.get("client_address")),
+            communities=_scopes(data.get("communities")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,11 +74,19 @@ class CallContext:
             "idempotency_key": self.idempotency_key,
             "request_digest": self.request_digest,
             "client_address": self.client_address,
+            "communities": self.communities,
         }
 
     def expired(self, now: float | None = None) -> bool:
         """True once the caller has stopped waiting for this call's answer."""
         return self.deadline is not None and (time.time() if now is None else now) >= self.deadline
+
+
+def _scopes(value: Any) -> dict[str, dict[str, bool]] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): {str(p): bool(v) for p, v in (perms or {}).items()}
+            for k, perms in value.items() if isinstance(perms, dict | type(None))}
 
 
 def _text(value: Any) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from contracts.fields import EMAIL_PATTERN, Email, Text
-from contracts.topology import phone_field
+from contracts.topology import LANGUAGE_REGEX, phone_field
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -38,6 +38,9 @@ __all__ = [
     "PortalAccountCreatedSchema",
     "PortalAccountDeletedSchema",
     "PortalAccountEditedSchema",
+    "PropertyManagerCreate",
+    "PropertyManagerEdit",
+    "PropertyManagerSetSchema",
     "Principal",
     "SessionClosedSchema",
     "SessionOpenedSchema",
@@ -58,9 +61,16 @@ PASSWORD_MIN = 8
 PASSWORD_MAX = 64
 NAME_MAX = 64
 # A sub-installer (manual "Sub-Installer Account") logs in to its main installer's data.
-PORTAL_ROLES = ("distributor", "installer", "sub_installer")
+PORTAL_ROLES = ("distributor", "installer", "sub_installer", "property_manager")
 # The roles that work on an installer's sites (the call context's installer_id names whose).
 INSTALLER_ROLES = ("installer", "sub_installer")
+PROPERTY_MANAGER = "property_manager"
+# What a property manager may do in one assigned community (manual "Property Manager Account"):
+# its SmartPlus app on or off, deleting residents' accounts (an APT's reset), the door and call
+# logs (Log Access Control).
+PM_PERMISSIONS = ("app", "delete_account", "log_access_control")
+PM_COMMUNITIES_MAX = 500
+PM_SORTS = ("name", "email", "created_at")
 # Sub-account list: "Account" is the sortable column; the newest first by default.
 SUB_ACCOUNT_SORTS = ("username", "created_at")
 # A password the platform makes (a new sub-account's, a reset's): emailed, never shown.
@@ -122,9 +132,10 @@ def _email_address(value: str) -> None:
 
 
 class LoginRequest(Schema):
-    """POST /api/v1/auth/login. No minimum length here: a login only checks, it sets nothing."""
+    """POST /api/v1/auth/login. No minimum length here: a login only checks, it sets nothing.
+    A property manager's username is its email."""
 
-    username = Text(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
+    username = Text(required=True, validate=validate.Length(min=1, max=EMAIL_MAX))
     password = Text(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
 
 
@@ -161,6 +172,56 @@ class SubInstallerEdit(Schema):
 
     email = Email(validate=[validate.Length(max=EMAIL_MAX), _email_address])
     phone = phone_field()
+
+
+class Assignment(Schema):
+    """One community a property manager works on, with what it may do there."""
+
+    community_id = fields.UUID(required=True)
+    app = fields.Boolean(load_default=True, metadata={
+        "description": "SmartPlus app on for this property manager"})
+    delete_account = fields.Boolean(load_default=False, metadata={
+        "description": "Delete Account Permission: it may reset an APT (remove its resident's "
+                       "account)"})
+    log_access_control = fields.Boolean(load_default=False, metadata={
+        "description": "Log Access Control: it may read the door and call logs"})
+
+
+def _unique_communities(assignments: list[dict[str, object]]) -> None:
+    ids = [a["community_id"] for a in assignments]
+    if len(set(ids)) != len(ids):
+        raise ValidationError("A community is named twice.")
+
+
+class PropertyManagerCreate(Schema):
+    """POST /api/v1/property-managers (manual "Property Manager Account"): the login is the
+    email; the password is made by the platform and emailed, never shown."""
+
+    first_name = Text(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    last_name = Text(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    email = _required_email()
+    language = Text(load_default="en", validate=validate.Regexp(
+        LANGUAGE_REGEX, error="Not a language tag such as 'en'."))
+    password_reminder = fields.Boolean(load_default=False, metadata={
+        "description": "a monthly email reminding it to change its password"})
+    two_factor = fields.Boolean(load_default=False, metadata={
+        "description": "email two-factor login"})
+    communities = fields.List(fields.Nested(Assignment), required=True, validate=[
+        validate.Length(min=1, max=PM_COMMUNITIES_MAX), _unique_communities])
+
+
+class PropertyManagerEdit(Schema):
+    """PATCH /api/v1/property-managers/{id}: the email (its login) stays; `communities`, when
+    given, replaces the assignments."""
+
+    first_name = Text(validate=validate.Length(min=1, max=NAME_MAX))
+    last_name = Text(validate=validate.Length(min=1, max=NAME_MAX))
+    language = Text(validate=validate.Regexp(LANGUAGE_REGEX,
+                                             error="Not a language tag such as 'en'."))
+    password_reminder = fields.Boolean()
+    two_factor = fields.Boolean()
+    communities = fields.List(fields.Nested(Assignment), validate=[
+        validate.Length(min=1, max=PM_COMMUNITIES_MAX), _unique_communities])
 
 
 class PasswordChange(Schema):
@@ -246,6 +307,19 @@ class PasswordResetCompletedSchema(_EventData):
     """The link was used: the password is new and every session ended."""
 
     request = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class PropertyManagerSetSchema(_EventData):
+    """A property manager as its installer set it (on creation and on each edit): names,
+    settings and every community it works on, with its permissions there."""
+
+    first_name = fields.String(required=True)
+    last_name = fields.String(required=True)
+    language = fields.String(required=True)
+    password_reminder = fields.Boolean(required=True)
+    two_factor = fields.Boolean(required=True)
+    installer_id = fields.UUID(required=True)
+    communities = fields.List(fields.Dict(), required=True)
 
 
 class PortalAccountEditedSchema(_EventData):
@@ -338,6 +412,7 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "PasswordResetRequested": PasswordResetRequestedSchema,
     "PasswordResetCompleted": PasswordResetCompletedSchema,
     "PortalAccountEdited": PortalAccountEditedSchema,
+    "PropertyManagerSet": PropertyManagerSetSchema,
     "PortalAccountDeleted": PortalAccountDeletedSchema,
     "SessionsEnded": SessionsEndedSchema,
     "MasterAccountCreated": MasterAccountCreatedSchema,

@@ -34,6 +34,8 @@ from contracts.accounts import (
     PasswordChange,
     PasswordForgotten,
     PasswordReset,
+    PropertyManagerCreate,
+    PropertyManagerEdit,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -48,6 +50,8 @@ from contracts.errors import (
 from services.accounts.domain import (
     DISTRIBUTOR,
     INSTALLER,
+    PROPERTY_MANAGER,
+    SUB_INSTALLER,
     MasterAccount,
     PortalAccount,
 )
@@ -118,6 +122,29 @@ def _taken(username: str) -> Conflict:
     return Conflict(message, {"username": [message]})
 
 
+PROFILE_FIELDS = ("first_name", "last_name", "language", "password_reminder", "two_factor",
+                  "communities")
+
+
+def _profile(values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]:
+    """A property manager's profile from a request (or its current one); ids as text."""
+    profile = {k: values[k] for k in PROFILE_FIELDS if k in values}
+    if "communities" in profile:
+        profile["communities"] = [{**a, "community_id": str(a["community_id"])}
+                                  for a in profile["communities"]]
+    if not partial:
+        missing = [k for k in PROFILE_FIELDS if k not in profile]
+        assert not missing, missing
+    return profile
+
+
+def _property_manager_view(account: PortalAccount) -> dict[str, Any]:
+    profile = account.property_manager or {}
+    return {"id": str(account.id), "email": account.email, "installer_id":
+            str(account.created_by), **{k: profile.get(k) for k in PROFILE_FIELDS},
+            "created_at": account.created_on.isoformat()}
+
+
 def _sub_installer_view(account: PortalAccount) -> dict[str, Any]:
     return {"id": str(account.id), "username": account.username, "email": account.email,
             "phone": account.phone, "installer_id": str(account.created_by),
@@ -153,6 +180,9 @@ class AccountsApplication(ServiceApplication):
         self.views = AccountsViews(engine) if engine is not None else None
         # Issued passwords, sealed until notify has emailed them (crypto-shredding).
         self.vault = Vault(engine) if engine is not None else None
+        # Which of the named communities are not the calling installer's (topology over RPC,
+        # set when wired); None: nothing to ask (accounts alone, in a test).
+        self.unknown_communities: Callable[[list[str]], list[str]] | None = None
         # Failed logins, counted across replicas; the same clock as the sessions'.
         self.lockout = Lockout(engine, self.clock) if engine is not None else None
         # Made now, with the hasher every account's hash was made with: the first login of an
@@ -261,15 +291,24 @@ class AccountsApplication(ServiceApplication):
 
     def reset_sub_installer_password(self, account_id: Any) -> None:
         """A new password, emailed; the old one stops working and every session ends."""
-        sub = self._sub_installer(account_id)
+        self._reset_password_of(account_id, SUB_INSTALLER)
+
+    def delete_sub_installer(self, account_id: Any) -> None:
+        """Gone at once: its sessions end in the same commit; deleting it again is NotFound."""
+        self._delete(account_id, SUB_INSTALLER)
+
+    def _reset_password_of(self, account_id: Any, role: str) -> None:
+        self._managed(account_id, role)
         password = generated_password()
         password_hash = self.credentials.hash_password(password)
-        subject = password_subject(sub.id)
+        uid = _uuid(account_id)
+        assert uid is not None
+        subject = password_subject(uid)
         sealed = self._vault().seal(subject, password)
         replaced: list[str] = []
 
         def command() -> tuple[None, list[Any]]:
-            account = self._sub_installer(account_id)
+            account = self._managed(account_id, role)
             replaced[:] = [account.password_subject] if account.password_subject else []
             account.issue_password(password_hash, subject, sealed, "reset")
             account.end_sessions("password_reset")
@@ -282,18 +321,84 @@ class AccountsApplication(ServiceApplication):
             raise
         self._vault().shred(replaced)
 
-    def delete_sub_installer(self, account_id: Any) -> None:
-        """Gone at once: its sessions end in the same commit; deleting it again is NotFound."""
+    def _delete(self, account_id: Any, role: str) -> None:
         subjects: list[str] = []
 
         def command() -> tuple[None, list[Any]]:
-            sub = self._sub_installer(account_id)
-            subjects[:] = [sub.password_subject] if sub.password_subject else []
-            sub.delete()
-            return None, [sub]
+            account = self._managed(account_id, role)
+            subjects[:] = [s for s in (account.password_subject, account.reset_subject) if s]
+            account.delete()
+            return None, [account]
 
         self.execute(command)
         self._vault().shred(subjects)
+
+    # -- property managers (manual "Property Manager Account") -----------------------------
+    def create_property_manager(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The calling installer's new property manager, on communities of its own; its login
+        is its email and its password is made here, sealed for notify's welcome email."""
+        request = checked(PropertyManagerCreate, payload)
+        installer_id = self._main_installer()
+        self._check_communities(request["communities"])
+        email = request["email"]
+        account_id = PortalAccount.id_for_username(email)
+        password = generated_password()
+        password_hash = self.credentials.hash_password(password)
+        subject = password_subject(account_id)
+        sealed = self._vault().seal(subject, password)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            installer = self._portal_account(installer_id)
+            if installer is None or installer.role != INSTALLER:
+                raise Forbidden(ONLY_INSTALLERS)
+            if self._portal_account(account_id) is not None:
+                message = "An account with this email already exists."
+                raise Conflict(message, {"email": [message]})
+            manager = installer.create_property_manager(email, password_hash)
+            manager.set_property_manager(**_profile(request))
+            manager.issue_password(password_hash, subject, sealed, "welcome")
+            return _property_manager_view(manager), [manager]
+
+        try:
+            return self.execute(command)
+        except Exception:
+            self._vault().shred([subject])
+            raise
+
+    def list_property_managers(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        return self._views().property_managers(str(self._main_installer()), **query)
+
+    def get_property_manager(self, account_id: Any) -> dict[str, Any]:
+        return _property_manager_view(self._managed(account_id, PROPERTY_MANAGER))
+
+    def edit_property_manager(self, account_id: Any, payload: Mapping[str, Any]
+                              ) -> dict[str, Any]:
+        changes = checked(PropertyManagerEdit, payload)
+        if "communities" in changes:
+            self._check_communities(changes["communities"])
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            manager = self._managed(account_id, PROPERTY_MANAGER)
+            current = dict(manager.property_manager or {})
+            manager.set_property_manager(**{**_profile(current), **_profile(changes,
+                                                                             partial=True)})
+            return _property_manager_view(manager), [manager]
+
+        return self.execute(command)
+
+    def reset_property_manager_password(self, account_id: Any) -> None:
+        self._reset_password_of(account_id, PROPERTY_MANAGER)
+
+    def delete_property_manager(self, account_id: Any) -> None:
+        self._delete(account_id, PROPERTY_MANAGER)
+
+    def _check_communities(self, assignments: list[dict[str, Any]]) -> None:
+        """Every community named is one of the caller's (topology answers, over RPC)."""
+        ids = [str(a["community_id"]) for a in assignments]
+        unknown = self.unknown_communities(ids) if self.unknown_communities else []
+        if unknown:
+            raise Invalid.field("communities", "Not communities of yours: "
+                                               f"{', '.join(sorted(unknown))}.")
 
     def reveal_password(self, account_id: Any, issue: Any) -> str | None:
         """The issued password `issue` of an account, for the email that carries it; None once
@@ -313,11 +418,16 @@ class AccountsApplication(ServiceApplication):
         return uid
 
     def _sub_installer(self, account_id: Any) -> PortalAccount:
+        return self._managed(account_id, SUB_INSTALLER)
+
+    def _managed(self, account_id: Any, role: str) -> PortalAccount:
+        """A live account of this role that the calling installer made, or NotFound."""
         installer_id = self._main_installer()
         uid = _uuid(account_id)
         account = self._portal_account(uid) if uid is not None else None
-        if account is None or not account.sub_account_of(installer_id):
-            raise NotFound(NO_SUB_INSTALLER)
+        if account is None or not account.account_of(installer_id, role):
+            raise NotFound(NO_SUB_INSTALLER if role == SUB_INSTALLER
+                           else "No such property manager account.")
         return account
 
     # -- sessions --------------------------------------------------------------------------
@@ -515,12 +625,16 @@ class AccountsApplication(ServiceApplication):
             raise Unauthorized(NOT_SIGNED_IN)
         if session["expires_at"] <= self.clock():
             raise Unauthorized(EXPIRED)
-        return {
+        principal = {
             "account_id": session["account_id"],
             "role": session["role"],
             "username": session["username"],
             "installer_id": session["installer_id"],
         }
+        if session["role"] == PROPERTY_MANAGER:
+            # Its communities and permissions there: what every context scopes it by.
+            principal["communities"] = self._views().scopes(session["account_id"])
+        return principal
 
     # -- residents' master accounts (policy on topology events) ----------------------------
     def on_topology_event(self, envelope: Mapping[str, Any]) -> list[Any]:

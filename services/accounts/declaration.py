@@ -75,6 +75,18 @@ def ensure_distributor(wiring: Wiring) -> None:
             app.ensure_distributor(username, password)
 
 
+def ask_topology_for_communities(wiring: Wiring) -> None:
+    """A property manager is assigned only communities of its installer's: topology says
+    which of those named are not (over RPC, as the caller)."""
+    remote = wiring.remote
+    if remote is None:
+        return  # wired on a test's logs: no topology to ask
+    app = wiring.app
+    assert isinstance(app, AccountsApplication)
+    app.unknown_communities = lambda ids: remote.call(
+        "topology", "unknown_communities", context.current().to_dict(), ids)
+
+
 def describe(settings: Settings) -> str:
     if not settings.bootstrap_distributor:
         return ""
@@ -109,7 +121,7 @@ CONTEXT = BoundedContext(
     read_models=read_models,
     policies=[Policy("topology", TOPOLOGY_EVENTS, "on_topology_event", lookups="lookups")],
     event_schemas=EVENT_SCHEMAS,
-    started=[ensure_distributor],
+    started=[ensure_distributor, ask_topology_for_communities],
     describe=describe,
     demo="services.accounts.declaration:demo_logins",
 )

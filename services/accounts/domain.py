@@ -26,7 +26,7 @@ from contracts.fields import EMAIL_PATTERN
 # Fixed forever: changing it would give every existing account a new id.
 ACCOUNTS_NAMESPACE = UUID("3b7e2f0a-5c1d-4f8e-9a61-0d4c2e8b7f13")
 
-DISTRIBUTOR, INSTALLER, SUB_INSTALLER = PORTAL_ROLES
+DISTRIBUTOR, INSTALLER, SUB_INSTALLER, PROPERTY_MANAGER = PORTAL_ROLES
 
 TOKEN_DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 # MAX_SESSIONS (contracts.accounts) bounds the state a busy account carries; the oldest session
@@ -109,6 +109,8 @@ class PortalAccount(Aggregate):
         # token digest -> expires_at (ISO 8601); insertion order is the order sessions opened.
         self.sessions: dict[str, str] = {}
         self.deleted = False
+        # A property manager's names, settings and communities (PropertyManagerSet).
+        self.property_manager: dict[str, Any] | None = None
         # Passwords the platform made for it, and the vault subject of the current one while
         # it may still be emailed (None once the account's owner chose a password of its own).
         self.password_issue = 0
@@ -167,17 +169,62 @@ class PortalAccount(Aggregate):
         return PortalAccount(role=SUB_INSTALLER, username=username, email=email,
                              password_hash=password_hash, created_by=self.id, phone=phone)
 
+    def create_property_manager(self, email: str, password_hash: str) -> PortalAccount:
+        """A property manager of this installer's communities (manual "Property Manager
+        Account"); its login is its email. Its profile and communities come next
+        (`set_property_manager`), in the same commit."""
+        if self.role != INSTALLER or self.deleted:
+            raise Forbidden("Only an installer can create property manager accounts.")
+        _validate_hash(password_hash)
+        _validate_email(email)
+        return PortalAccount(role=PROPERTY_MANAGER, username=email.lower(), email=email,
+                             password_hash=password_hash, created_by=self.id)
+
+    def set_property_manager(self, first_name: str, last_name: str, language: str,
+                             password_reminder: bool, two_factor: bool,
+                             communities: list[dict[str, Any]]) -> bool:
+        """Its names, settings and the communities it works on (each with its permissions),
+        as a whole; False when nothing changed."""
+        self._check_not_deleted()
+        if self.role != PROPERTY_MANAGER:
+            raise Forbidden("Only a property manager works on assigned communities.")
+        _validate_name(first_name, "first_name", "First name")
+        _validate_name(last_name, "last_name", "Last name")
+        if not communities:
+            raise Invalid.field("communities", "A property manager works on at least one "
+                                               "community.")
+        profile = {"first_name": first_name, "last_name": last_name, "language": language,
+                   "password_reminder": bool(password_reminder), "two_factor": bool(two_factor),
+                   "communities": [_assignment(a) for a in communities]}
+        if profile == self.property_manager:
+            return False
+        self._set_property_manager(installer_id=self.created_by, **profile)
+        return True
+
+    @event("PropertyManagerSet")
+    def _set_property_manager(self, first_name: str, last_name: str, language: str,
+                              password_reminder: bool, two_factor: bool, installer_id: UUID,
+                              communities: list[dict[str, Any]]) -> None:
+        self.property_manager = {"first_name": first_name, "last_name": last_name,
+                                 "language": language, "password_reminder": password_reminder,
+                                 "two_factor": two_factor, "communities": communities}
+
     @property
     def installer_id(self) -> UUID | None:
-        """Whose sites this account works on: its own for an installer, its main installer's
-        for a sub-installer, none for a distributor."""
+        """Whose sites this account works on: its own for an installer, its installer's for a
+        sub-installer or a property manager, none for a distributor."""
         if self.role == INSTALLER:
             return self.id
-        return self.created_by if self.role == SUB_INSTALLER else None
+        return self.created_by if self.role in (SUB_INSTALLER, PROPERTY_MANAGER) else None
+
+    def account_of(self, installer_id: UUID | str | None, role: str) -> bool:
+        """A live account of this role that this installer made (its sub-installer, its
+        property manager)."""
+        return (self.role == role and not self.deleted and installer_id is not None
+                and str(self.created_by) == str(installer_id))
 
     def sub_account_of(self, installer_id: UUID | str | None) -> bool:
-        return (self.role == SUB_INSTALLER and not self.deleted and installer_id is not None
-                and str(self.created_by) == str(installer_id))
+        return self.account_of(installer_id, SUB_INSTALLER)
 
     def issue_password(self, password_hash: str, password_subject: str,
                        password_sealed: str, reason: str) -> None:
@@ -276,8 +323,8 @@ class PortalAccount(Aggregate):
         nothing; the username stays taken (its id is derived from it)."""
         if self.deleted:
             return
-        if self.role != SUB_INSTALLER:
-            raise Forbidden("Only sub-installer accounts can be deleted.")
+        if self.role not in (SUB_INSTALLER, PROPERTY_MANAGER):
+            raise Forbidden("Only sub-installer and property manager accounts can be deleted.")
         self.end_sessions("deleted")
         self._delete()
 
@@ -507,6 +554,14 @@ class MasterAccount(Aggregate):
     def _check_open(self) -> None:
         if self.closed:
             raise Conflict("The app account is closed: its apartment was deleted.")
+
+
+def _assignment(assignment: dict[str, Any]) -> dict[str, Any]:
+    """One community of a property manager, in the one shape events carry."""
+    return {"community_id": str(_as_uuid(assignment.get("community_id"), "communities")),
+            "app": bool(assignment.get("app", True)),
+            "delete_account": bool(assignment.get("delete_account", False)),
+            "log_access_control": bool(assignment.get("log_access_control", False))}
 
 
 def _validate_contact(first_name: Any, last_name: Any, email: Any) -> None:

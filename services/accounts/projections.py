@@ -6,17 +6,29 @@ wrote them, so a caller reads its own write (a token works as soon as `login` re
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Engine
 
 from concierge.lists import containing, page_of, sort_key
 from concierge.projection import ProjectFn, ReadModel, Rows
 from concierge.subscription import Envelope
-from contracts.accounts import SUB_ACCOUNT_SORTS
-from services.accounts.domain import INSTALLER, SUB_INSTALLER
+from contracts.accounts import PM_SORTS, SUB_ACCOUNT_SORTS
+from services.accounts.domain import INSTALLER, PROPERTY_MANAGER, SUB_INSTALLER
 
 SOURCE = "accounts"
 
@@ -49,6 +61,21 @@ portal_accounts = Table(
     Column("email", String(254), nullable=True),
     Column("created_by", String(36), nullable=True, index=True),
     Column("phone", String(32), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+)
+
+property_managers = Table(
+    "property_managers", portal_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("installer_id", String(36), nullable=False, index=True),
+    Column("email", String(254), nullable=False),
+    Column("first_name", String(255), nullable=False),
+    Column("last_name", String(255), nullable=False),
+    Column("language", String(20), nullable=False),
+    Column("password_reminder", Boolean, nullable=False),
+    Column("two_factor", Boolean, nullable=False),
+    # [{community_id, app, delete_account, log_access_control}] as JSON text.
+    Column("communities", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=True),
 )
 
@@ -94,8 +121,9 @@ class SessionsView(ReadModel):
 
     name = "accounts_sessions"
     # 2: fed by the events alone (session_owners), no longer by the aggregate; 3: a
-    # sub-installer's sessions work on its main installer's data, and end all at once.
-    version = 3
+    # sub-installer's sessions work on its main installer's data, and end all at once; 4: so
+    # do a property manager's.
+    version = 4
     metadata = sessions_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -106,8 +134,8 @@ class SessionsView(ReadModel):
     @staticmethod
     def account_created(rows: Rows, env: Envelope) -> None:
         data = env["data"]
-        installer = {INSTALLER: env["stream_id"],
-                     SUB_INSTALLER: data.get("created_by")}.get(data["role"])
+        installer = {INSTALLER: env["stream_id"], SUB_INSTALLER: data.get("created_by"),
+                     PROPERTY_MANAGER: data.get("created_by")}.get(data["role"])
         rows.put(session_owners, account_id=env["stream_id"], role=data["role"],
                  username=data["username"], installer_id=_text(installer))
 
@@ -137,13 +165,29 @@ class PortalAccountsView(ReadModel):
     scoping by who created whom; a deleted account's row goes."""
 
     name = "accounts_portal_accounts"
-    version = 2  # 2: phone and creation time (the sub-account list), deleted accounts go
+    # 2: phone and creation time (the sub-account list), deleted accounts go; 3: property
+    # managers with their communities.
+    version = 3
     metadata = portal_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
         return {SOURCE: {"PortalAccountCreated": self.created,
                          "PortalAccountEdited": self.edited,
-                         "PortalAccountDeleted": self.deleted}}
+                         "PortalAccountDeleted": self.deleted,
+                         "PropertyManagerSet": self.manager_set}}
+
+    @staticmethod
+    def manager_set(rows: Rows, env: Envelope) -> None:
+        data = env["data"]
+        account = rows.get(portal_accounts, env["stream_id"])
+        rows.put(property_managers, id=env["stream_id"],
+                 installer_id=str(data["installer_id"]),
+                 email=(account or {}).get("email") or "", first_name=data["first_name"],
+                 last_name=data["last_name"], language=data["language"],
+                 password_reminder=bool(data["password_reminder"]),
+                 two_factor=bool(data["two_factor"]),
+                 communities=json.dumps(data["communities"], sort_keys=True),
+                 created_at=(account or {}).get("created_at"))
 
     @staticmethod
     def created(rows: Rows, env: Envelope) -> None:
@@ -162,6 +206,7 @@ class PortalAccountsView(ReadModel):
     @staticmethod
     def deleted(rows: Rows, env: Envelope) -> None:
         rows.delete(portal_accounts, env["stream_id"])
+        rows.delete(property_managers, env["stream_id"])
 
 
 class MasterAccountsView(ReadModel):
@@ -250,12 +295,53 @@ class AccountsViews:
             return page_of(conn, query, [*order, p.c.id], descending, page, per_page,
                            sub_installer_item)
 
+    def property_managers(self, installer_id: str, page: int = 1, per_page: int = 10,
+                          sort: str = "-created_at", q: str | None = None,
+                          community_id: Any = None) -> dict[str, Any]:
+        """The installer's property managers, searched by name or email; one community's."""
+        key, descending = sort_key(sort, PM_SORTS)
+        m = property_managers
+        query = select(m).where(m.c.installer_id == installer_id)
+        if q:
+            text = q.lower()
+            query = query.where(or_(containing(func.lower(m.c.first_name), text),
+                                    containing(func.lower(m.c.last_name), text),
+                                    containing(func.lower(m.c.email), text)))
+        if community_id is not None:
+            query = query.where(containing(m.c.communities, f'"{community_id}"'))
+        order = {"name": [m.c.first_name, m.c.last_name], "email": [m.c.email],
+                 "created_at": [m.c.created_at]}[key]
+        with self.engine.connect() as conn:
+            return page_of(conn, query, [*order, m.c.id], descending, page, per_page,
+                           property_manager_item)
+
+    def scopes(self, account_id: str) -> dict[str, dict[str, bool]]:
+        """A property manager's communities, each with its permissions there."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(property_managers.c.communities).where(
+                property_managers.c.id == account_id)).scalar_one_or_none()
+        assignments = json.loads(found) if found else []
+        return {a["community_id"]: {k: bool(a.get(k)) for k in
+                                    ("app", "delete_account", "log_access_control")}
+                for a in assignments}
+
     def portal_account(self, account_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(portal_accounts).where(portal_accounts.c.id == account_id)
             ).one_or_none()
         return dict(row._mapping) if row is not None else None
+
+
+def property_manager_item(row: Any) -> dict[str, Any]:
+    found = row._mapping
+    created = found["created_at"]
+    return {"id": found["id"], "email": found["email"], "first_name": found["first_name"],
+            "last_name": found["last_name"], "language": found["language"],
+            "password_reminder": found["password_reminder"], "two_factor": found["two_factor"],
+            "installer_id": found["installer_id"],
+            "communities": json.loads(found["communities"]),
+            "created_at": _instant(created).isoformat() if created is not None else None}
 
 
 def sub_installer_item(row: Any) -> dict[str, Any]:

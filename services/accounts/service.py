@@ -121,3 +121,38 @@ class AccountsService(ServiceBase):
     @command
     def reset_password(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
         self.runtime.app.reset_password(payload)
+
+    # --- property managers (manual "Property Manager Account"); the caller is the installer --
+
+    @rpc
+    @command
+    def create_property_manager(self, ctx: dict[str, Any], payload: dict[str, Any]
+                                ) -> dict[str, Any]:
+        return self.runtime.app.create_property_manager(payload)
+
+    @rpc
+    @command
+    def list_property_managers(self, ctx: dict[str, Any], query: dict[str, Any] | None = None
+                               ) -> dict[str, Any]:
+        return self.runtime.app.list_property_managers(query or {})
+
+    @rpc
+    @command
+    def get_property_manager(self, ctx: dict[str, Any], account_id: str) -> dict[str, Any]:
+        return self.runtime.app.get_property_manager(account_id)
+
+    @rpc
+    @command
+    def edit_property_manager(self, ctx: dict[str, Any], account_id: str,
+                              payload: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.edit_property_manager(account_id, payload)
+
+    @rpc
+    @command
+    def reset_property_manager_password(self, ctx: dict[str, Any], account_id: str) -> None:
+        self.runtime.app.reset_property_manager_password(account_id)
+
+    @rpc
+    @command
+    def delete_property_manager(self, ctx: dict[str, Any], account_id: str) -> None:
+        self.runtime.app.delete_property_manager(account_id)

@@ -26,7 +26,7 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.store import ServiceApplication
 from contracts import checked
-from contracts.accounts import INSTALLER_ROLES
+from contracts.accounts import INSTALLER_ROLES, PROPERTY_MANAGER
 from contracts.devices import (
     ALL_BUILDINGS,
     DEADLINE_DEFAULT,
@@ -83,9 +83,22 @@ _SYSTEM_RANDOM = random.SystemRandom()
 
 def _installer() -> str:
     ctx = context.current()
-    if ctx.role not in INSTALLER_ROLES or not ctx.installer_id:
+    if ctx.role not in (*INSTALLER_ROLES, PROPERTY_MANAGER) or not ctx.installer_id:
         raise Forbidden("Only an installer manages its devices and MAC library.")
     return str(ctx.installer_id)
+
+
+def _not_manager() -> None:
+    """What only an installer does: a property manager sees its communities' devices and
+    logs, and keeps their residents' credentials, but installs and runs nothing."""
+    if context.current().role == PROPERTY_MANAGER:
+        raise Forbidden("A property manager does not install, change or run devices.")
+
+
+def _may_read_logs(community_id: Any) -> None:
+    if not context.current().may(community_id, "log_access_control"):
+        raise Forbidden("The door and call logs take the Log Access Control permission in "
+                        "this community.")
 
 
 def _distributor() -> str:
@@ -172,7 +185,7 @@ class DevicesApplication(ServiceApplication):
         community = self._known(KnownCommunity, KnownCommunity.id_for(community_id),
                                 lambda c: c.belongs_to(installer)
                                 and (building_id is None or building_id in c.buildings))
-        if community is None:
+        if community is None or not context.current().in_scope(community.community_id):
             raise missing
         return community, building_id, apartment_id
 
@@ -187,7 +200,8 @@ class DevicesApplication(ServiceApplication):
     def _device(self, device_id: Any) -> Device:
         installer = _installer()
         device = self._get(Device, _uuid(device_id))
-        if device is None or device.removed or device.installer_id != installer:
+        if (device is None or device.removed or device.installer_id != installer
+                or not context.current().in_scope(device.community_id)):
             raise NotFound("Device not found.")
         return device
 
@@ -229,6 +243,7 @@ class DevicesApplication(ServiceApplication):
         taken (another installer's); malformed (not a MAC). Nothing is half-applied: the rows
         that can be added are, together, and the others say why not.
         """
+        _not_manager()
         distributor = _distributor()
         installer = self._check_installer(installer_id, distributor)
         data = checked(MacImport, payload)
@@ -277,9 +292,11 @@ class DevicesApplication(ServiceApplication):
         return self.execute(command)
 
     def list_macs(self, **query: Any) -> dict[str, Any]:
+        _not_manager()
         return self._views().list_macs(_installer(), **query)
 
     def remove_mac(self, mac: Any) -> None:
+        _not_manager()
         installer = _installer()
         normal = normal_mac(str(mac))
         if normal is None:
@@ -297,6 +314,7 @@ class DevicesApplication(ServiceApplication):
     # -- devices ------------------------------------------------------------------------------
     def add_device(self, area: str, area_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Install a device in a community's public area, a building's or an APT."""
+        _not_manager()
         if area not in ("community", "building", "apartment"):
             raise NotFound("No such area.")
         installer = _installer()
@@ -322,6 +340,7 @@ class DevicesApplication(ServiceApplication):
         """Add Devices Using a Template: many devices of one area in one request, each item's
         outcome reported (added, with its id and SIP, or refused, naming why); the items that
         can be added are, in one transaction."""
+        _not_manager()
         if area not in ("community", "building", "apartment"):
             raise NotFound("No such area.")
         installer = _installer()
@@ -432,9 +451,12 @@ class DevicesApplication(ServiceApplication):
             raise NotFound("No such log.")
         installer = _installer()
         if scope == "device":
-            scope_id = str(self._device(scope_id).id)
+            device = self._device(scope_id)
+            _may_read_logs(device.community_id)
+            scope_id = str(device.id)
         else:
             community, building_id, apartment_id = self._area(scope, scope_id, installer)
+            _may_read_logs(community.community_id)
             scope_id = {"community": community.community_id, "building": building_id,
                         "apartment": apartment_id}[scope]
         return self._views().traffic_log(
@@ -484,6 +506,7 @@ class DevicesApplication(ServiceApplication):
         }
 
     def edit_device(self, device_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        _not_manager()
         changes = checked(DeviceEdit, payload)
 
         def command() -> tuple[dict[str, Any], list[Any]]:
@@ -497,6 +520,8 @@ class DevicesApplication(ServiceApplication):
         return self.execute(command)
 
     def remove_device(self, device_id: Any) -> None:
+        _not_manager()
+
         def command() -> tuple[None, list[Any]]:
             return None, self._uninstall(self._device(device_id))
 
@@ -532,6 +557,7 @@ class DevicesApplication(ServiceApplication):
     def add_third_party(self, kind: str, area: str, area_id: Any,
                         payload: Mapping[str, Any]) -> dict[str, Any]:
         """A camera or a lock in a community's public area, a building's or an APT."""
+        _not_manager()
         if area not in ("community", "building", "apartment") or kind not in _THIRD_PARTY:
             raise NotFound("No such area.")
         installer = _installer()
@@ -589,7 +615,8 @@ class DevicesApplication(ServiceApplication):
         installer = _installer()
         device = self._get(ThirdPartyDevice, _uuid(device_id))
         if (device is None or device.removed or device.kind != kind
-                or device.installer_id != installer):
+                or device.installer_id != installer
+                or not context.current().in_scope(device.community_id)):
             raise NotFound(f"{kind.capitalize()} not found.")
         return device
 
@@ -598,6 +625,7 @@ class DevicesApplication(ServiceApplication):
 
     def edit_third_party(self, kind: str, device_id: Any, payload: Mapping[str, Any]
                          ) -> dict[str, Any]:
+        _not_manager()
         if kind not in _THIRD_PARTY:
             raise NotFound("No such device.")
         changes = checked(_THIRD_PARTY[kind][1], payload)
@@ -613,6 +641,8 @@ class DevicesApplication(ServiceApplication):
         return self.execute(command)
 
     def remove_third_party(self, kind: str, device_id: Any) -> None:
+        _not_manager()
+
         def command() -> tuple[None, list[Any]]:
             return None, self._remove_third_party(self._third_party(kind, device_id))
 
@@ -726,6 +756,7 @@ class DevicesApplication(ServiceApplication):
         """Reboot, reset, a connection type or Autop commands for one of the caller's devices,
         queued until its deadline. Kept Autop commands (not One-Time) are also kept on the
         device, one value per key."""
+        _not_manager()
         data = checked(CommandCreate, payload)
         kind = data["kind"]
         params: dict[str, Any] = {}
@@ -749,7 +780,8 @@ class DevicesApplication(ServiceApplication):
         """A command of one of the caller's devices, with its history."""
         installer = _installer()
         found = self._get(Command, _uuid(command_id))
-        if found is None or found.installer_id != installer:
+        if (found is None or found.installer_id != installer
+                or not context.current().in_scope(found.community_id)):
             raise NotFound("Command not found.")
         return {**_command_view(found), "history": list(found.history)}
 

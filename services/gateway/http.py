@@ -44,7 +44,7 @@ from concierge.green import DeadlineExceeded, deadline, time_left, time_limit
 from concierge.logs import printable
 from concierge.rpc import SignatureReadOnce, as_contract_error
 from contracts import load
-from contracts.accounts import APP_STATUSES, LOCKOUT_SECONDS, SUB_ACCOUNT_SORTS
+from contracts.accounts import APP_STATUSES, LOCKOUT_SECONDS, PM_SORTS, SUB_ACCOUNT_SORTS
 from contracts.devices import (
     COMMAND_STATES,
     DEVICE_SORTS,
@@ -588,6 +588,8 @@ def parse(service: Gatekeeper, route: Route, request: Request, request_id: str) 
             "role": role,
             "account_id": principal.get("account_id"),
             "client_address": ctx["client_address"],
+            # A property manager's communities and permissions (None for other roles).
+            "communities": principal.get("communities"),
         }
     body = read_body(request) if route.body is not None else {}
     query = read_query(request, route.query) if route.query is not None else {}
@@ -838,6 +840,13 @@ class SubInstallersQuery(ListQuery):
     """The installer's sub-accounts: search by account (username)."""
 
     sort = _sort(SUB_ACCOUNT_SORTS)
+
+
+class PropertyManagersQuery(ListQuery):
+    """The installer's property managers: search by name or email; one community's."""
+
+    sort = _sort(PM_SORTS)
+    community_id = fields.UUID()
 
 
 class MacLibraryQuery(ListQuery):

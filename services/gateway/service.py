@@ -20,6 +20,7 @@ from contracts.accounts import (
     LOCKOUT_WINDOW_SECONDS,
     LOGIN_LIMITS,
     MAX_SESSIONS,
+    PROPERTY_MANAGER,
     RESET_LIMITS,
     InstallerCreate,
     LoginRequest,
@@ -27,6 +28,8 @@ from contracts.accounts import (
     PasswordChange,
     PasswordForgotten,
     PasswordReset,
+    PropertyManagerCreate,
+    PropertyManagerEdit,
     SubInstallerCreate,
     SubInstallerEdit,
 )
@@ -64,6 +67,7 @@ from services.gateway.http import (
     LogQuery,
     MacLibraryQuery,
     PageQuery,
+    PropertyManagersQuery,
     ResidentsQuery,
     Sessions,
     SubInstallersQuery,
@@ -106,9 +110,22 @@ MAC_IMPORT_DESCRIPTION = (
 # by it and its sub-installers alike; topology refuses anyone else, and the gateway does so
 # first, before it looks at a body or a query.
 INSTALLER = INSTALLER_ROLES
+# What a property manager may use too, in its communities alone and as its permissions there
+# say (each context checks both): reading the sites, devices and logs, keeping the residents
+# and their credentials. Building, installing and running the sites stays the installer's.
+SITES = (*INSTALLER_ROLES, PROPERTY_MANAGER)
 # What only the main installer account does: its sub-accounts (manual: Users).
 MAIN_INSTALLER = ("installer",)
 SUB_INSTALLER = f"{V1}/sub-installers/<uuid:account_id>"
+PROPERTY_MANAGER_PATH = f"{V1}/property-managers/<uuid:account_id>"
+PROPERTY_MANAGER_DESCRIPTION = (
+    "The login is the email; the password is made by the platform and emailed, never "
+    "answered. A property manager sees only the communities it is given, and within them only "
+    "what its permissions there allow: reading sites, devices and residents, keeping the "
+    "residents and their credentials; resetting an APT (it removes the resident's account) "
+    "takes `delete_account`, the door and call logs take `log_access_control`. An unassigned "
+    "community is 404 to it; a route for installers alone, or one its permission there does "
+    "not allow, is 403.")
 SUB_INSTALLER_DESCRIPTION = (
     "The login password is made by the platform and emailed to `email` (manual: \"The "
     "SmartPlus portal login password will be sent to the email address\"); it is never "
@@ -263,15 +280,60 @@ class GatewayService:
         self.accounts.delete_sub_installer(call.ctx, account_id)
         self.sessions.forget_account(account_id)
 
+    # --- property managers (manual: Users > Property Manager) -----------------------------
+
+    @api("POST", f"{V1}/property-managers", summary="Create a property manager account",
+         tag="users", body=PropertyManagerCreate, status=201, returns="Created",
+         location=f"{V1}/property-managers/{{id}}", roles=MAIN_INSTALLER, errors=(409,),
+         description=PROPERTY_MANAGER_DESCRIPTION)
+    def create_property_manager(self, call: Call) -> Any:
+        return self.accounts.create_property_manager(call.ctx, call.body)
+
+    @api("GET", f"{V1}/property-managers", summary="The installer's property managers",
+         tag="users", query=PropertyManagersQuery, returns="Page", roles=MAIN_INSTALLER)
+    def list_property_managers(self, call: Call) -> Any:
+        query = dict(call.query)
+        if query.get("community_id") is not None:
+            query["community_id"] = str(query["community_id"])
+        return page(call, self.accounts.list_property_managers(call.ctx, query))
+
+    @api("GET", PROPERTY_MANAGER_PATH, summary="Get a property manager account", tag="users",
+         roles=MAIN_INSTALLER)
+    def get_property_manager(self, call: Call, account_id: str) -> Any:
+        return self.accounts.get_property_manager(call.ctx, account_id)
+
+    @api("PATCH", PROPERTY_MANAGER_PATH, summary="Edit a property manager: names, settings, "
+         "communities and permissions", tag="users", body=PropertyManagerEdit,
+         roles=MAIN_INSTALLER)
+    def edit_property_manager(self, call: Call, account_id: str) -> Any:
+        edited = self.accounts.edit_property_manager(call.ctx, account_id, call.body)
+        self.sessions.forget_account(account_id)  # its scope changed: ask accounts again
+        return edited
+
+    @api("POST", f"{PROPERTY_MANAGER_PATH}/reset-password", summary="Email a property manager "
+         "a new password", tag="users", status=204, returns=None, roles=MAIN_INSTALLER,
+         description="A new password is made and emailed; the old one stops working and every "
+                     "session of the account ends.")
+    def reset_property_manager_password(self, call: Call, account_id: str) -> Any:
+        self.accounts.reset_property_manager_password(call.ctx, account_id)
+        self.sessions.forget_account(account_id)
+
+    @api("DELETE", PROPERTY_MANAGER_PATH, summary="Delete a property manager account",
+         tag="users", status=204, returns=None, roles=MAIN_INSTALLER,
+         description="Its sessions end at once; its email stays taken as a login.")
+    def delete_property_manager(self, call: Call, account_id: str) -> Any:
+        self.accounts.delete_property_manager(call.ctx, account_id)
+        self.sessions.forget_account(account_id)
+
     # --- communities ------------------------------------------------------------------------
 
     @api("GET", f"{V1}/dashboard", summary="Dashboard figures", tag="communities",
-         roles=INSTALLER)
+         roles=SITES)
     def dashboard(self, call: Call) -> Any:
         return self.topology.dashboard(call.ctx)
 
     @api("GET", f"{V1}/communities", summary="List communities", tag="communities",
-         query=CommunitiesQuery, returns="Page", roles=INSTALLER)
+         query=CommunitiesQuery, returns="Page", roles=SITES)
     def list_communities(self, call: Call) -> Any:
         return page(call, self.topology.list_communities(call.ctx, call.query))
 
@@ -281,7 +343,7 @@ class GatewayService:
     def create_community(self, call: Call) -> Any:
         return created(self.topology.create_community(call.ctx, call.body))
 
-    @api("GET", COMMUNITY, summary="Get a community", tag="communities", roles=INSTALLER)
+    @api("GET", COMMUNITY, summary="Get a community", tag="communities", roles=SITES)
     def get_community(self, call: Call, community_id: str) -> Any:
         return self.topology.get_community(call.ctx, community_id)
 
@@ -298,14 +360,14 @@ class GatewayService:
         self.topology.delete_community(call.ctx, community_id, call.query["cascade"])
 
     @api("GET", f"{COMMUNITY}/residents", summary="List a community's residents",
-         tag="residents", query=ResidentsQuery, returns="Page", roles=INSTALLER)
+         tag="residents", query=ResidentsQuery, returns="Page", roles=SITES)
     def list_residents(self, call: Call, community_id: str) -> Any:
         return page(call, self.topology.list_residents(call.ctx, community_id, call.query))
 
     # --- buildings --------------------------------------------------------------------------
 
     @api("GET", f"{COMMUNITY}/buildings", summary="List a community's buildings",
-         tag="buildings", query=BuildingsQuery, returns="Page", roles=INSTALLER)
+         tag="buildings", query=BuildingsQuery, returns="Page", roles=SITES)
     def list_buildings(self, call: Call, community_id: str) -> Any:
         return page(call, self.topology.list_buildings(call.ctx, community_id, call.query))
 
@@ -315,7 +377,7 @@ class GatewayService:
     def add_building(self, call: Call, community_id: str) -> Any:
         return created(self.topology.add_building(call.ctx, community_id, call.body))
 
-    @api("GET", BUILDING, summary="Get a building", tag="buildings", roles=INSTALLER)
+    @api("GET", BUILDING, summary="Get a building", tag="buildings", roles=SITES)
     def get_building(self, call: Call, building_id: str) -> Any:
         return self.topology.get_building(call.ctx, building_id)
 
@@ -339,12 +401,12 @@ class GatewayService:
     def add_apartment(self, call: Call, building_id: str) -> Any:
         return created(self.topology.add_apartment(call.ctx, building_id, call.body))
 
-    @api("GET", APARTMENT, summary="Get an apartment", tag="apartments", roles=INSTALLER)
+    @api("GET", APARTMENT, summary="Get an apartment", tag="apartments", roles=SITES)
     def get_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.get_apartment(call.ctx, apartment_id)
 
     @api("PATCH", APARTMENT, summary="Edit an apartment and its resident", tag="apartments",
-         body=ApartmentEdit, roles=INSTALLER)
+         body=ApartmentEdit, roles=SITES)
     def edit_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.edit_apartment(call.ctx, apartment_id, call.body)
 
@@ -354,12 +416,12 @@ class GatewayService:
         self.topology.delete_apartment(call.ctx, apartment_id)
 
     @api("POST", f"{APARTMENT}/reset", summary="Reset an apartment (manual: Reset)",
-         tag="apartments", roles=INSTALLER)
+         tag="apartments", roles=SITES)
     def reset_apartment(self, call: Call, apartment_id: str) -> Any:
         return self.topology.reset_apartment(call.ctx, apartment_id)
 
     @api("GET", f"{APARTMENT}/history", summary="An apartment's event history, oldest first",
-         tag="apartments", query=PageQuery, returns="Page", roles=INSTALLER)
+         tag="apartments", query=PageQuery, returns="Page", roles=SITES)
     def apartment_history(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.topology.apartment_history(call.ctx, apartment_id, call.query))
 
@@ -426,24 +488,24 @@ class GatewayService:
         return self.devices.import_devices(call.ctx, "apartment", apartment_id, call.body)
 
     @api("GET", f"{COMMUNITY}/devices", summary="List a community's devices (every area)",
-         tag="devices", query=DevicesQuery, returns="Page", roles=INSTALLER)
+         tag="devices", query=DevicesQuery, returns="Page", roles=SITES)
     def list_community_devices(self, call: Call, community_id: str) -> Any:
         return page(call, self.devices.list_devices(call.ctx, "community", community_id,
                                                     call.query))
 
     @api("GET", f"{BUILDING}/devices", summary="List a building's devices (its APTs' too)",
-         tag="devices", query=DevicesQuery, returns="Page", roles=INSTALLER)
+         tag="devices", query=DevicesQuery, returns="Page", roles=SITES)
     def list_building_devices(self, call: Call, building_id: str) -> Any:
         return page(call, self.devices.list_devices(call.ctx, "building", building_id,
                                                     call.query))
 
     @api("GET", f"{APARTMENT}/devices", summary="List an apartment's devices", tag="devices",
-         query=DevicesQuery, returns="Page", roles=INSTALLER)
+         query=DevicesQuery, returns="Page", roles=SITES)
     def list_apartment_devices(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.devices.list_devices(call.ctx, "apartment", apartment_id,
                                                     call.query))
 
-    @api("GET", DEVICE, summary="Get a device (Device Info)", tag="devices", roles=INSTALLER)
+    @api("GET", DEVICE, summary="Get a device (Device Info)", tag="devices", roles=SITES)
     def get_device(self, call: Call, device_id: str) -> Any:
         return self.devices.get_device(call.ctx, device_id)
 
@@ -458,7 +520,7 @@ class GatewayService:
         self.devices.remove_device(call.ctx, device_id)
 
     @api("GET", f"{DEVICE}/history", summary="A device's event history, oldest first",
-         tag="devices", query=PageQuery, returns="Page", roles=INSTALLER)
+         tag="devices", query=PageQuery, returns="Page", roles=SITES)
     def device_history(self, call: Call, device_id: str) -> Any:
         return page(call, self.devices.device_history(call.ctx, device_id, call.query))
 
@@ -472,12 +534,12 @@ class GatewayService:
         return self.devices.queue_command(call.ctx, device_id, call.body)
 
     @api("GET", f"{DEVICE}/commands", summary="A device's remote operations, newest first",
-         tag="devices", query=CommandsQuery, returns="Page", roles=INSTALLER)
+         tag="devices", query=CommandsQuery, returns="Page", roles=SITES)
     def list_commands(self, call: Call, device_id: str) -> Any:
         return page(call, self.devices.list_commands(call.ctx, device_id, call.query))
 
     @api("GET", f"{V1}/commands/<uuid:command_id>", summary="A remote operation: its state and "
-         "history", tag="devices", roles=INSTALLER)
+         "history", tag="devices", roles=SITES)
     def get_command(self, call: Call, command_id: str) -> Any:
         return self.devices.get_command(call.ctx, command_id)
 
@@ -487,42 +549,42 @@ class GatewayService:
         return page(call, self.devices.traffic_log(call.ctx, kind, scope, scope_id, call.query))
 
     @api("GET", f"{COMMUNITY}/door-logs", summary="A community's door log, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def community_door_log(self, call: Call, community_id: str) -> Any:
         return self._log(call, "door", "community", community_id)
 
     @api("GET", f"{BUILDING}/door-logs", summary="A building's door log, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def building_door_log(self, call: Call, building_id: str) -> Any:
         return self._log(call, "door", "building", building_id)
 
     @api("GET", f"{APARTMENT}/door-logs", summary="An apartment's door log, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def apartment_door_log(self, call: Call, apartment_id: str) -> Any:
         return self._log(call, "door", "apartment", apartment_id)
 
     @api("GET", f"{DEVICE}/door-logs", summary="A device's door log, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def device_door_log(self, call: Call, device_id: str) -> Any:
         return self._log(call, "door", "device", device_id)
 
     @api("GET", f"{COMMUNITY}/call-logs", summary="A community's call history, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def community_call_log(self, call: Call, community_id: str) -> Any:
         return self._log(call, "call", "community", community_id)
 
     @api("GET", f"{BUILDING}/call-logs", summary="A building's call history, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def building_call_log(self, call: Call, building_id: str) -> Any:
         return self._log(call, "call", "building", building_id)
 
     @api("GET", f"{APARTMENT}/call-logs", summary="An apartment's call history, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def apartment_call_log(self, call: Call, apartment_id: str) -> Any:
         return self._log(call, "call", "apartment", apartment_id)
 
     @api("GET", f"{DEVICE}/call-logs", summary="A device's call history, newest first",
-         tag="logs", query=LogQuery, returns="Page", roles=INSTALLER)
+         tag="logs", query=LogQuery, returns="Page", roles=SITES)
     def device_call_log(self, call: Call, device_id: str) -> Any:
         return self._log(call, "call", "device", device_id)
 
@@ -536,7 +598,7 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{COMMUNITY}/cameras", summary="List the cameras of a community's public area",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_community_cameras(self, call: Call, community_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "camera", "community", community_id, call.query))
@@ -549,7 +611,7 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{BUILDING}/cameras", summary="List the cameras of a building's public area",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_building_cameras(self, call: Call, building_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "camera", "building", building_id, call.query))
@@ -562,13 +624,13 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{APARTMENT}/cameras", summary="List the cameras of an apartment",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_apartment_cameras(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "camera", "apartment", apartment_id, call.query))
 
     @api("GET", f"{V1}/cameras/<uuid:camera_id>", summary="Get a camera",
-         tag="third-party", roles=INSTALLER)
+         tag="third-party", roles=SITES)
     def get_camera(self, call: Call, camera_id: str) -> Any:
         return self.devices.get_third_party(call.ctx, "camera", camera_id)
 
@@ -590,7 +652,7 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{COMMUNITY}/locks", summary="List the locks of a community's public area",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_community_locks(self, call: Call, community_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "lock", "community", community_id, call.query))
@@ -603,7 +665,7 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{BUILDING}/locks", summary="List the locks of a building's public area",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_building_locks(self, call: Call, building_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "lock", "building", building_id, call.query))
@@ -616,13 +678,13 @@ class GatewayService:
                                                     call.body))
 
     @api("GET", f"{APARTMENT}/locks", summary="List the locks of an apartment",
-         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=INSTALLER)
+         tag="third-party", query=ThirdPartyQuery, returns="Page", roles=SITES)
     def list_apartment_locks(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.devices.list_third_party(
             call.ctx, "lock", "apartment", apartment_id, call.query))
 
     @api("GET", f"{V1}/locks/<uuid:lock_id>", summary="Get a lock",
-         tag="third-party", roles=INSTALLER)
+         tag="third-party", roles=SITES)
     def get_lock(self, call: Call, lock_id: str) -> Any:
         return self.devices.get_third_party(call.ctx, "lock", lock_id)
 
@@ -639,13 +701,13 @@ class GatewayService:
     # --- resident credentials ---------------------------------------------------------------
 
     @api("GET", f"{APARTMENT}/credentials", summary="An apartment's access credentials",
-         tag="credentials", roles=INSTALLER)
+         tag="credentials", roles=SITES)
     def list_credentials(self, call: Call, apartment_id: str) -> Any:
         return self.devices.list_credentials(call.ctx, apartment_id)
 
     @api("POST", f"{APARTMENT}/credentials", summary="Add an access credential (PIN, RF card, "
          "face, NFC, Bluetooth)", tag="credentials", body=CredentialCreate, status=201,
-         returns="Created", roles=INSTALLER, errors=(409,),
+         returns="Created", roles=SITES, errors=(409,),
          description="A PIN, RF card or NFC tag is unique within the community; any "
                      "credential is unique within its APT. An APT's reset wipes its PINs, "
                      "faces, NFC tags and Bluetooth phones (RF cards stay).")
@@ -654,7 +716,7 @@ class GatewayService:
 
     @api("DELETE", f"{APARTMENT}/credentials/<uuid:credential_id>",
          summary="Remove an access credential", tag="credentials", status=204, returns=None,
-         roles=INSTALLER)
+         roles=SITES)
     def remove_credential(self, call: Call, apartment_id: str, credential_id: str) -> Any:
         self.devices.remove_credential(call.ctx, apartment_id, credential_id)
 

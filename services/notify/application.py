@@ -137,7 +137,8 @@ class NotifyApplication(ServiceApplication):
         actor = str(envelope.get("actor") or "")
         inviter = actor.partition(":")[2] if actor.startswith("installer:") else ""
         rendered = self.render(template, username=data.get("username") or "",
-                               reason=data.get("reason"), password=SECRET_MARK,
+                               reason=data.get("reason"), role=data.get("role"),
+                               password=SECRET_MARK,
                                link=f"{self.portal_url}/reset-password?token={SECRET_MARK}",
                                expires_at=data.get("expires_at"),
                                inviter=f"Installer {inviter}" if inviter else "Your installer")

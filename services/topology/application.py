@@ -22,7 +22,7 @@ from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
 from contracts import checked
-from contracts.accounts import INSTALLER_ROLES
+from contracts.accounts import INSTALLER_ROLES, PROPERTY_MANAGER
 from contracts.errors import Busy, ConciergeError, Conflict, Forbidden, NotFound
 from contracts.topology import (
     EVENT_SCHEMAS,
@@ -42,14 +42,31 @@ _LABELS = {Community: "Community", Building: "Building", Apartment: "APT"}
 
 
 def _installer() -> UUID:
-    """The calling installer's id; topology is managed by installers only (manual: Sites)."""
+    """The calling installer's id; topology is managed by installers (manual: Sites), and read
+    and kept by property managers in their communities (`_load`, `_not_manager`)."""
     ctx = context.current()
-    if ctx.role not in INSTALLER_ROLES:
+    if ctx.role not in (*INSTALLER_ROLES, PROPERTY_MANAGER):
         raise Forbidden("Only an installer manages communities, buildings and apartments.")
     try:
         return UUID(str(ctx.installer_id))
     except ValueError:
         raise Forbidden("The call carries no installer account.") from None
+
+
+def _assigned() -> list[str] | None:
+    """A property manager's communities (None: every one of the installer's)."""
+    communities = context.current().communities
+    return None if communities is None else sorted(communities)
+
+
+def _not_manager() -> None:
+    """What only an installer does: a property manager works inside the sites it is given."""
+    if context.current().role == PROPERTY_MANAGER:
+        raise Forbidden("A property manager does not change its communities' structure.")
+
+
+def _community_of(aggregate: Any) -> Any:
+    return aggregate.id if isinstance(aggregate, Community) else aggregate.community_id
 
 
 def _when(aggregate: Any, name: str) -> str | None:
@@ -90,7 +107,8 @@ class TopologyApplication(ServiceApplication):
         except AggregateNotFoundError:
             raise missing from None
         if (not isinstance(aggregate, cls) or aggregate.installer_id != installer
-                or aggregate.deleted):
+                or aggregate.deleted
+                or not context.current().in_scope(_community_of(aggregate))):
             raise missing
         return aggregate
 
@@ -107,6 +125,7 @@ class TopologyApplication(ServiceApplication):
 
     # -- community --------------------------------------------------------------------------
     def create_community(self, payload: dict[str, Any]) -> str:
+        _not_manager()
         payload = checked(CommunityCreate, payload)
 
         def command() -> tuple[str, list[Any]]:
@@ -117,6 +136,7 @@ class TopologyApplication(ServiceApplication):
 
     def edit_community(self, community_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
         """The community as the edit left it (the answer a retry gets again)."""
+        _not_manager()
         payload = checked(CommunityEdit, payload)
 
         def command() -> tuple[dict[str, Any], list[Any]]:
@@ -132,6 +152,7 @@ class TopologyApplication(ServiceApplication):
         community is never one huge transaction; a retry after a failure goes on where it
         stopped), and every other context reacts to those events (accounts closes the
         residents' accounts, devices removes the devices and frees their MACs)."""
+        _not_manager()
         if cascade:
             community = self._load(Community, community_id)
             for building_id in list(community.buildings):
@@ -155,6 +176,7 @@ class TopologyApplication(ServiceApplication):
 
     # -- building ---------------------------------------------------------------------------
     def add_building(self, community_id: Any, payload: dict[str, Any]) -> str:
+        _not_manager()
         payload = checked(BuildingCreate, payload)
 
         def command() -> tuple[str, list[Any]]:
@@ -165,6 +187,7 @@ class TopologyApplication(ServiceApplication):
         return self.execute(command)
 
     def edit_building(self, building_id: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        _not_manager()
         payload = checked(BuildingEdit, payload)
 
         def command() -> tuple[dict[str, Any], list[Any]]:
@@ -177,6 +200,8 @@ class TopologyApplication(ServiceApplication):
     def delete_building(self, building_id: Any, cascade: bool = False) -> None:
         """Refused (Conflict) while it holds APTs, unless `cascade`: then its APTs are deleted
         with it, in the same transaction."""
+        _not_manager()
+
         def command() -> tuple[None, list[Any]]:
             building, community = self._building_and_community(building_id)
             changed: list[Any] = [building, community]
@@ -199,6 +224,7 @@ class TopologyApplication(ServiceApplication):
 
     # -- apartment --------------------------------------------------------------------------
     def add_apartment(self, building_id: Any, payload: dict[str, Any]) -> str:
+        _not_manager()
         payload = checked(ApartmentCreate, payload)
         apartment_id = uuid4()
         if payload.get("indoor_monitor_mac") and self.monitor_macs is not None:
@@ -246,12 +272,17 @@ class TopologyApplication(ServiceApplication):
     def reset_apartment(self, apartment_id: Any) -> dict[str, Any]:
         def command() -> tuple[dict[str, Any], list[Any]]:
             apartment = self._load(Apartment, apartment_id)
+            if not context.current().may(apartment.community_id, "delete_account"):
+                raise Forbidden("Resetting an APT removes its resident's account: it takes "
+                                "the Delete Account Permission in this community.")
             apartment.reset()
             return self._apartment_view(apartment), [apartment]
 
         return self.execute(command)
 
     def delete_apartment(self, apartment_id: Any) -> None:
+        _not_manager()
+
         def command() -> tuple[None, list[Any]]:
             apartment, building, _community = self._apartment_tree(apartment_id)
             apartment.delete(building)
@@ -348,8 +379,27 @@ class TopologyApplication(ServiceApplication):
         return {"items": items, "total": apartment.version, "page": page,
                 "per_page": per_page}
 
+    def unknown_communities(self, community_ids: list[Any]) -> list[str]:
+        """Those of the named communities that are not the caller's live ones."""
+        _not_manager()
+        installer = _installer()
+        unknown = []
+        for community_id in community_ids:
+            uid = _as_uuid(community_id)
+            found = self._get_any(uid) if uid is not None else None
+            if (not isinstance(found, Community) or found.installer_id != installer
+                    or found.deleted):
+                unknown.append(str(community_id))
+        return unknown
+
+    def _get_any(self, uid: UUID) -> Any:
+        try:
+            return self.repository.get(uid)
+        except AggregateNotFoundError:
+            return None
+
     def list_communities(self, **query: Any) -> dict[str, Any]:
-        return self._views().list_communities(str(_installer()), **query)
+        return self._views().list_communities(str(_installer()), only=_assigned(), **query)
 
     def list_buildings(self, community_id: Any, **query: Any) -> dict[str, Any]:
         community = self._load(Community, community_id)
@@ -364,7 +414,7 @@ class TopologyApplication(ServiceApplication):
                                             **query)
 
     def dashboard(self) -> dict[str, Any]:
-        return self._views().dashboard(str(_installer()))
+        return self._views().dashboard(str(_installer()), only=_assigned())
 
     def _views(self) -> TopologyViews:
         if self.views is None:

@@ -870,10 +870,14 @@ class TopologyViews:
 
     def list_communities(self, installer_id: str, page: int = 1,
                          per_page: int = PER_PAGE_DEFAULT, sort: str = "name",
-                         q: str | None = None) -> dict[str, Any]:
+                         q: str | None = None, only: list[str] | None = None
+                         ) -> dict[str, Any]:
+        """`only`: a property manager's communities (None: all the installer's)."""
         key, descending = sort_key(sort, COMMUNITY_SORTS)
         c = communities
         query = select(c).where(c.c.installer_id == installer_id)
+        if only is not None:
+            query = query.where(c.c.id.in_(only))
         if q and q.strip():
             query = query.where(containing(func.lower(c.c.name), q.strip().lower()))
         column = func.lower(c.c.name) if key == "name" else c.c.created_at
@@ -937,16 +941,20 @@ class TopologyViews:
             return {"app_status": UNREGISTERED, "master_account_id": None}
         return {"app_status": row.app_status, "master_account_id": row.master_account_id}
 
-    def dashboard(self, installer_id: str) -> dict[str, Any]:
-        """The Dashboard's quick view: sites, residents (end users), devices, app accounts."""
+    def dashboard(self, installer_id: str, only: list[str] | None = None) -> dict[str, Any]:
+        """The Dashboard's quick view: sites, residents (end users), devices, app accounts;
+        `only` a property manager's communities."""
         c, cc = communities, community_counts
+        scope = c.c.installer_id == installer_id
+        if only is not None:
+            scope = and_(scope, c.c.id.in_(only))
         with self.engine.connect() as conn:
             found = conn.execute(
                 select(func.count(c.c.id), func.sum(cc.c.buildings), func.sum(cc.c.apartments),
                        func.sum(cc.c.residents), func.sum(cc.c.registered),
                        func.sum(cc.c.devices))
                 .select_from(c.outerjoin(cc, cc.c.community_id == c.c.id))
-                .where(c.c.installer_id == installer_id)).one()
+                .where(scope)).one()
         sites, buildings_, apartments_, residents, registered, devices = (int(v or 0)
                                                                           for v in found)
         return {

@@ -45,6 +45,12 @@ class TopologyService(ServiceBase):
 
     @rpc
     @command
+    def unknown_communities(self, ctx: Ctx, community_ids: list[Any]) -> list[str]:
+        """Accounts asks, assigning a property manager: which of these are not the caller's."""
+        return self.app.unknown_communities(list(community_ids or []))
+
+    @rpc
+    @command
     def list_communities(self, ctx: Ctx, query: Any = None) -> dict[str, Any]:
         return self.app.list_communities(**load(CommunityListQuery, query or {}))
 

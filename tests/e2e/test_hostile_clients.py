@@ -488,6 +488,9 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "PasswordChange": {"current_password": "nope", "new_password": "long-enough-1"},
     "PasswordForgotten": {"username": "walker"},
     "PasswordReset": {"token": "x.y", "new_password": "long-enough-1"},
+    "PropertyManagerCreate": {"first_name": "P", "last_name": "M", "email": "walkpm@x.org",
+                              "communities": [{"community_id": str(uuid.uuid4())}]},
+    "PropertyManagerEdit": {"first_name": "Q"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.
@@ -495,9 +498,21 @@ DISTRIBUTOR_ROUTES = {"create_installer", "register_mac", "import_macs"}
 # Every signed-in account's own: its sessions, its account, its password.
 ANY_ROLE_ROUTES = {"logout", "logout_everywhere", "get_account", "change_password"}
 # The main installer's alone: its sub-accounts (manual: Users).
-MAIN_INSTALLER_ROUTES = {"create_sub_installer", "list_sub_installers", "get_sub_installer",
-                         "edit_sub_installer", "reset_sub_installer_password",
-                         "delete_sub_installer"}
+MAIN_INSTALLER_ROUTES = {f"{verb}_{kind}" for kind in ("sub_installer", "property_manager")
+                         for verb in ("create", "get", "edit", "delete")} | {
+    "list_sub_installers", "list_property_managers", "reset_sub_installer_password",
+    "reset_property_manager_password"}
+# What a property manager may use too (in its communities, as its permissions there say).
+SITE_ROUTES = {"dashboard", "list_communities", "get_community", "list_residents",
+               "list_buildings", "get_building", "get_apartment", "edit_apartment",
+               "reset_apartment", "apartment_history", "list_community_devices",
+               "list_building_devices", "list_apartment_devices", "get_device",
+               "device_history", "list_commands", "get_command", "list_community_cameras",
+               "list_building_cameras", "list_apartment_cameras", "get_camera",
+               "list_community_locks", "list_building_locks", "list_apartment_locks",
+               "get_lock", "list_credentials", "add_credential", "remove_credential",
+               *(f"{scope}_{kind}_log" for scope in ("community", "building", "apartment",
+                                                     "device") for kind in ("door", "call"))}
 
 
 def walkable(path: str) -> str:
@@ -551,7 +566,8 @@ def test_every_route_declares_its_one_role() -> None:
         if route.auth and route.name not in ANY_ROLE_ROUTES:
             expected = (("distributor",) if route.name in DISTRIBUTOR_ROUTES
                         else ("installer",) if route.name in MAIN_INSTALLER_ROUTES
-                        else ("installer", "sub_installer"))
+                        else ("installer", "sub_installer", "property_manager")
+                        if route.name in SITE_ROUTES else ("installer", "sub_installer"))
             assert route.roles == expected, route.name
 
 

@@ -71,13 +71,15 @@ def test_an_installer_email_follows_the_platforms_one_email_rule() -> None:
                                               if k != "email"}) == ["email"]
 
 
-def test_a_login_request_needs_a_username_and_a_password_of_at_most_64() -> None:
+def test_a_login_request_needs_a_username_of_at_most_254_and_a_password_of_at_most_64() -> None:
+    """A property manager's username is its email, up to an address's 254 characters."""
     good = {"username": "luna", "password": "p"}
+    longest = {"username": "x" * 254, "password": "x" * 64}
     assert refused(contract.LoginRequest, good) == []
-    assert refused(contract.LoginRequest, good | {"username": "x" * 64, "password": "x" * 64}) == []
+    assert refused(contract.LoginRequest, good | longest) == []
     for field in good:
         assert refused(contract.LoginRequest, good | {field: ""}) == [field]
-        assert refused(contract.LoginRequest, good | {field: "x" * 65}) == [field]
+        assert refused(contract.LoginRequest, good | {field: longest[field] + "x"}) == [field]
         assert refused(contract.LoginRequest, {k: v for k, v in good.items() if k != field}) == [
             field]
 
@@ -124,6 +126,9 @@ def a_full_history() -> list[Any]:
     sub.request_reset("c" * 64, "reset:x", "sealed:v1:r", LATER)
     sub.complete_reset("c" * 64, HASH, datetime.fromisoformat(LATER) - timedelta(minutes=1))
     sub.delete()
+    manager = installer.create_property_manager("pm@example.com", HASH)
+    manager.set_property_manager("Pat", "Lee", "en", True, True, [
+        {"community_id": str(uuid4()), "log_access_control": True}])
     account = MasterAccount.create(uuid4(), uuid4(), uuid4(), "Judy", "A", None)
     account.update_contact("Judy", "B", "judy@example.com")
     account.register(HASH)
@@ -131,7 +136,7 @@ def a_full_history() -> list[Any]:
     account.reset()
     account.close()
     return [*distributor.collect_events(), *installer.collect_events(),
-            *sub.collect_events(), *account.collect_events()]
+            *sub.collect_events(), *manager.collect_events(), *account.collect_events()]
 
 
 def test_every_event_has_a_schema_and_loads() -> None:

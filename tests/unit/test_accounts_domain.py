@@ -553,6 +553,7 @@ def test_every_event_has_a_schema() -> None:
         *PortalAccount.open_distributor("dist", HASH).collect_events(),
         *an_installer_with_history().collect_events(),
         *a_sub_installer_with_history().collect_events(),
+        *a_property_manager().collect_events(),
         *master_account_with_history().collect_events(),
     ]
 
@@ -615,6 +616,14 @@ def a_sub_installer_with_history() -> PortalAccount:
     sub.complete_reset("c" * 64, HASH, NOW)
     sub.delete()
     return sub
+
+
+def a_property_manager() -> PortalAccount:
+    manager = an_installer().create_property_manager("Pat.Lee@example.com", HASH)
+    manager.set_property_manager("Pat", "Lee", "en", False, True, [
+        {"community_id": str(uuid4()), "app": True, "delete_account": False,
+         "log_access_control": True}])
+    return manager
 
 
 def master_account_with_history() -> MasterAccount:
