@@ -174,3 +174,93 @@ def test_a_forgotten_password_is_reset_with_the_emailed_link(platform: Platform)
                          {"username": name, "password": "reset-pw-123"})[0] == 200
     assert platform.call("POST", "/api/v1/auth/reset-password",
                          {"token": reset_token, "new_password": "again-pw-123"})[0] == 422
+
+
+def a_site(platform: Platform, token: str, name: str) -> tuple[str, str, str]:
+    status, community = platform.call("POST", "/api/v1/communities",
+                                      {"name": name, "feature_plan": "premium"}, token)
+    assert status == 201, community
+    status, building = platform.call(
+        "POST", f"/api/v1/communities/{community['id']}/buildings", {"name": "A"}, token)
+    assert status == 201
+    status, apartment = platform.call(
+        "POST", f"/api/v1/buildings/{building['id']}/apartments",
+        {"number": "101", "resident": {"first_name": "Ann", "last_name": "Lee",
+                                       "email": f"ann.{uuid.uuid4().hex[:6]}@example.org"}},
+        token)
+    assert status == 201
+    return community["id"], building["id"], apartment["id"]
+
+
+def test_a_property_manager_sees_only_its_communities_and_what_its_permissions_allow(
+        platform: Platform) -> None:
+    _, token, installer = new_installer(platform)
+    _, other_token, _ = new_installer(platform)
+    seaside, building, apartment = a_site(platform, token, "Seaside")
+    hillside, hill_building, hill_apartment = a_site(platform, token, "Hillside")
+    foreign, _, _ = a_site(platform, other_token, "Foreign")
+
+    address = f"pm.{uuid.uuid4().hex[:8]}@example.org"
+    body: dict[str, Any] = {"first_name": "Pat", "last_name": "Lee", "email": address,
+                            "communities": [{"community_id": seaside}]}
+    status, problem = platform.call("POST", "/api/v1/property-managers",
+                                    {**body, "communities": [{"community_id": foreign}]}, token)
+    assert status == 422 and list(problem["errors"]) == ["communities"]
+    status, manager = platform.call("POST", "/api/v1/property-managers", body, token)
+    assert status == 201, manager
+    status, session = platform.call("POST", "/api/v1/auth/login",
+                                    {"username": address,
+                                     "password": mailed_password(platform, address)})
+    assert status == 200 and session["role"] == "property_manager"
+    pm = session["token"]
+
+    status, listed = platform.call("GET", "/api/v1/communities", None, pm)
+    assert status == 200 and [c["id"] for c in listed["items"]] == [seaside]
+    status, dashboard = platform.call("GET", "/api/v1/dashboard", None, pm)
+    assert status == 200 and dashboard["communities"] == 1
+    for path in (f"/api/v1/communities/{seaside}", f"/api/v1/communities/{seaside}/residents",
+                 f"/api/v1/buildings/{building}", f"/api/v1/apartments/{apartment}",
+                 f"/api/v1/apartments/{apartment}/devices",
+                 f"/api/v1/apartments/{apartment}/credentials"):
+        assert platform.call("GET", path, None, pm)[0] == 200, path
+    # Another community of its installer's, or another installer's: not there at all.
+    for path in (f"/api/v1/communities/{hillside}", f"/api/v1/buildings/{hill_building}",
+                 f"/api/v1/apartments/{hill_apartment}",
+                 f"/api/v1/apartments/{hill_apartment}/devices",
+                 f"/api/v1/communities/{hillside}/door-logs",
+                 f"/api/v1/communities/{foreign}", f"/api/v1/communities/{foreign}/residents"):
+        assert platform.call("GET", path, None, pm)[0] == 404, path
+    # Without Log Access Control, no logs; without Delete Account Permission, no reset.
+    assert platform.call("GET", f"/api/v1/communities/{seaside}/door-logs", None, pm)[0] == 403
+    assert platform.call("POST", f"/api/v1/apartments/{apartment}/reset", None, pm)[0] == 403
+    # Building and running the sites stays the installer's.
+    for method, path, payload in (
+            ("POST", "/api/v1/communities", {"name": "Mine", "feature_plan": "premium"}),
+            ("DELETE", f"/api/v1/communities/{seaside}", None),
+            ("POST", f"/api/v1/communities/{seaside}/buildings", {"name": "B"}),
+            ("GET", "/api/v1/mac-library", None),
+            ("GET", "/api/v1/property-managers", None)):
+        assert platform.call(method, path, payload, pm)[0] == 403, path
+    # What it may do: keep the residents.
+    status, edited = platform.call("PATCH", f"/api/v1/apartments/{apartment}",
+                                   {"resident": {"first_name": "Anna"}}, pm)
+    assert status == 200 and edited["resident"]["first_name"] == "Anna"
+
+    # Given both permissions, the logs and a reset open up for its next requests.
+    status, _ = platform.call("PATCH", f"/api/v1/property-managers/{manager['id']}",
+                              {"communities": [{"community_id": seaside,
+                                                "log_access_control": True,
+                                                "delete_account": True}]}, token)
+    assert status == 200
+    assert eventually(lambda: platform.call(
+        "GET", f"/api/v1/communities/{seaside}/door-logs", None, pm)[0] == 200)
+    assert platform.call("POST", f"/api/v1/apartments/{apartment}/reset", None, pm)[0] == 200
+    status, managers = platform.call("GET", f"/api/v1/property-managers?community_id={seaside}",
+                                     None, token)
+    assert status == 200 and [m["email"] for m in managers["items"]] == [address]
+    assert manager["installer_id"] == installer
+
+    status, _ = platform.call("DELETE", f"/api/v1/property-managers/{manager['id']}", None,
+                              token)
+    assert status == 204
+    assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, pm)[0] == 401)
