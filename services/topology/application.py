@@ -319,6 +319,7 @@ class TopologyApplication(ServiceApplication):
             "resident_count": counts.get("resident_count", 0),
             "device_count": counts.get("device_count", 0),
             "property_manager_count": counts.get("property_manager_count", 0),
+            "property_managers": counts.get("property_managers", []),
             "created_at": _when(community, "created_on"),
             "modified_at": _when(community, "modified_on"),
         })

@@ -10,6 +10,7 @@ source (an app status) is read for the page's rows by key.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,6 +168,23 @@ site_devices = Table(
     Column("community_id", String(36), nullable=False),
 )
 
+# Accounts' property managers: who each is and which communities it works on (the site list's
+# "Property Managers" column and its count).
+site_managers = Table(
+    "topology_site_managers",
+    sites_metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("communities", Text, nullable=False),  # JSON list of community ids
+)
+community_managers = Table(
+    "topology_community_managers",
+    sites_metadata,
+    Column("community_id", String(36), primary_key=True),
+    Column("account_id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+)
+
 # One row per APT that either source has spoken of.
 site_apartments = Table(
     "topology_site_apartments",
@@ -239,7 +257,9 @@ class SitesView(ReadModel):
     """Sites >> Community: name, plan, counts of buildings, APTs, end users and devices."""
 
     name = "topology_sites"
-    version = 4  # 3: counts kept per community; 4: devices counted from devices' events
+    # 3: counts kept per community; 4: devices counted from devices' events; 5: property
+    # managers from accounts' events.
+    version = 5
     metadata = sites_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -260,12 +280,36 @@ class SitesView(ReadModel):
                 "FamilyMemberAdded": self.family_member_added,
                 "MasterAccountReset": self.master_account_reset,
                 "MasterAccountClosed": self.master_account_closed,
+                "PropertyManagerSet": self.manager_set,
+                "PortalAccountDeleted": self.manager_deleted,
             },
             "devices": {
                 "DeviceAdded": self.device_added,
                 "DeviceRemoved": self.device_removed,
             },
         }
+
+    @staticmethod
+    def manager_set(rows: Rows, env: Envelope) -> None:
+        data, account = env["data"], env["stream_id"]
+        name = f"{data['first_name']} {data['last_name']}".strip()
+        now = sorted({str(a["community_id"]) for a in data["communities"]})
+        before = rows.get(site_managers, account)
+        for community in json.loads(before["communities"]) if before else []:
+            if community not in now:
+                rows.delete(community_managers, community, account)
+        for community in now:
+            rows.put(community_managers, community_id=community, account_id=account, name=name)
+        rows.put(site_managers, account_id=account, name=name, communities=json.dumps(now))
+
+    @staticmethod
+    def manager_deleted(rows: Rows, env: Envelope) -> None:
+        before = rows.get(site_managers, env["stream_id"])
+        if before is None:
+            return  # not a property manager (a sub-installer), or never seen
+        for community in json.loads(before["communities"]):
+            rows.delete(community_managers, community, env["stream_id"])
+        rows.delete(site_managers, env["stream_id"])
 
     @staticmethod
     def device_added(rows: Rows, env: Envelope) -> None:
@@ -401,6 +445,15 @@ def _community_counts(conn: Connection, community_ids: Sequence[str]) -> dict[st
         counts[row.community_id].update(
             building_count=row.buildings, apartment_count=row.apartments,
             resident_count=row.residents, device_count=row.devices)
+    cm = community_managers
+    names: dict[str, list[str]] = {cid: [] for cid in community_ids}
+    for row in conn.execute(select(cm.c.community_id, cm.c.name)
+                            .where(cm.c.community_id.in_(community_ids))
+                            .order_by(cm.c.community_id, cm.c.name, cm.c.account_id)):
+        names[row.community_id].append(row.name)
+    for cid in community_ids:
+        counts[cid]["property_manager_count"] = len(names[cid])
+        counts[cid]["property_managers"] = names[cid]  # type: ignore[assignment]
     return counts
 
 

@@ -260,7 +260,26 @@ def test_a_property_manager_sees_only_its_communities_and_what_its_permissions_a
     assert status == 200 and [m["email"] for m in managers["items"]] == [address]
     assert manager["installer_id"] == installer
 
+    def site_list() -> dict[str, tuple[int, list[str]]]:
+        _, listed = platform.call("GET", "/api/v1/communities?sort=name", None, token)
+        return {c["name"]: (c["property_manager_count"], c["property_managers"])
+                for c in listed["items"]}
+
+    # The site list shows each community's property managers and their count.
+    assert eventually(lambda: site_list() == {"Hillside": (0, []),
+                                              "Seaside": (1, ["Pat Lee"])})
+    status, _ = platform.call("PATCH", f"/api/v1/property-managers/{manager['id']}",
+                              {"last_name": "Li", "communities": [
+                                  {"community_id": seaside}, {"community_id": hillside}]},
+                              token)
+    assert status == 200
+    assert eventually(lambda: site_list() == {"Hillside": (1, ["Pat Li"]),
+                                              "Seaside": (1, ["Pat Li"])})
+    status, one = platform.call("GET", f"/api/v1/communities/{hillside}", None, token)
+    assert one["property_managers"] == ["Pat Li"] and one["property_manager_count"] == 1
+
     status, _ = platform.call("DELETE", f"/api/v1/property-managers/{manager['id']}", None,
                               token)
     assert status == 204
     assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, pm)[0] == 401)
+    assert eventually(lambda: site_list() == {"Hillside": (0, []), "Seaside": (0, [])})
