@@ -20,6 +20,11 @@ __all__ = [
     "EVENT_VERSION",
     "DistributorCreate",
     "FamilyMemberAddedSchema",
+    "FamilyMemberCreate",
+    "FamilyMemberEdit",
+    "FamilyMemberEditedSchema",
+    "FamilyMemberRemovedSchema",
+    "FamilySipClaimedSchema",
     "InstallerCreate",
     "LoginRequest",
     "LoginResponse",
@@ -71,6 +76,17 @@ PROPERTY_MANAGER = "property_manager"
 PM_PERMISSIONS = ("app", "delete_account", "log_access_control")
 PM_COMMUNITIES_MAX = 500
 PM_SORTS = ("name", "email", "created_at")
+# Family member accounts of one master account that cost nothing (manual: "You can create three
+# free family member accounts for each master account"); the fourth and later need an Additional
+# App (billing). A reset frees them again; a delete does not ("free ... after resetting, while
+# it charges after deleting").
+FREE_FAMILY_MEMBERS = 3
+# App accounts' SIP numbers: 10 digits starting 58 (devices' start 59), unique platform-wide.
+FAMILY_SIP_PREFIX = "58"
+SIP_DIGITS = 10
+ADDITIONAL_APP_NEEDED = (f"An Additional App is needed: the {FREE_FAMILY_MEMBERS} free family "
+                         "member accounts of this master account are used (a deleted one still "
+                         "counts until the APT is reset).")
 # Sub-account list: "Account" is the sortable column; the newest first by default.
 SUB_ACCOUNT_SORTS = ("username", "created_at")
 # A password the platform makes (a new sub-account's, a reset's): emailed, never shown.
@@ -96,7 +112,7 @@ LOCKOUT_WINDOW_SECONDS = 15 * 60
 LOCKOUT_SECONDS = 15 * 60
 
 # Event attributes kept in the accounts store and stripped from anything published.
-PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests",
+PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests", "member",
                             "password_sealed", "password_subject", "reset_digest",
                             "reset_sealed", "reset_subject"})
 
@@ -222,6 +238,27 @@ class PropertyManagerEdit(Schema):
     two_factor = fields.Boolean()
     communities = fields.List(fields.Nested(Assignment), validate=[
         validate.Length(min=1, max=PM_COMMUNITIES_MAX), _unique_communities])
+
+
+class FamilyMemberCreate(Schema):
+    """POST /api/v1/apartments/{id}/family-members (manual "Add/Edit/Delete Family Members"):
+    an app account in the resident's family, with a SIP number of its own."""
+
+    first_name = Text(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    last_name = Text(required=True, validate=validate.Length(min=1, max=NAME_MAX))
+    email = _required_email()
+    mobile = phone_field()
+
+
+class FamilyMemberEdit(Schema):
+    """PATCH /api/v1/family-members/{id}: the email cannot be edited (manual)."""
+
+    first_name = Text(validate=validate.Length(min=1, max=NAME_MAX))
+    last_name = Text(validate=validate.Length(min=1, max=NAME_MAX))
+    mobile = phone_field()
+
+
+EMAIL_FIXED = "A family member's email cannot be edited."
 
 
 class PasswordChange(Schema):
@@ -384,7 +421,27 @@ class MasterAccountRegisteredSchema(_EventData):
 
 
 class FamilyMemberAddedSchema(_EventData):
+    """A family member account joined the master account; the fields after the id came
+    later (older events: None), `free` says whether it took one of the free accounts."""
+
     family_member_id = fields.String(required=True, validate=validate.Length(min=1))
+    sip = fields.String(load_default=None, allow_none=True)
+    free = fields.Boolean(load_default=None, allow_none=True)
+
+
+class FamilyMemberEditedSchema(_EventData):
+    family_member_id = fields.String(required=True)
+
+
+class FamilyMemberRemovedSchema(_EventData):
+    """Deleted: its account stops working; the free account it took stays used."""
+
+    family_member_id = fields.String(required=True)
+
+
+class FamilySipClaimedSchema(_EventData):
+    sip = fields.String(required=True)
+    master_account_id = fields.UUID(required=True)
 
 
 class MasterAccountResetSchema(_EventData):
@@ -419,6 +476,9 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountRegistered": MasterAccountRegisteredSchema,
     "FamilyMemberAdded": FamilyMemberAddedSchema,
+    "FamilyMemberEdited": FamilyMemberEditedSchema,
+    "FamilyMemberRemoved": FamilyMemberRemovedSchema,
+    "FamilySipClaimed": FamilySipClaimedSchema,
     "MasterAccountReset": MasterAccountResetSchema,
     "MasterAccountClosed": MasterAccountClosedSchema,
 }

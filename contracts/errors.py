@@ -75,6 +75,14 @@ class Forbidden(ConciergeError):
     title = "Forbidden"
 
 
+class PaymentRequired(ConciergeError):
+    """What was asked is a paid item (a fourth family member's Additional App): refused until
+    it is paid for."""
+
+    status = 402
+    title = "Payment required"
+
+
 class TooManyAttempts(ConciergeError):
     """Too many failed attempts at a secret (a password, a code) from this caller or at this
     account: refused, without checking, until the lockout has passed."""
@@ -93,7 +101,7 @@ class Busy(ConciergeError):
 ERROR_TYPES: dict[str, type[ConciergeError]] = {
     cls.__name__: cls
     for cls in (ConciergeError, Invalid, NotFound, Conflict, Unauthorized, Forbidden, Busy,
-                TooManyAttempts)
+                TooManyAttempts, PaymentRequired)
 }
 
 

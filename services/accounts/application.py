@@ -23,13 +23,20 @@ from concierge.store import ServiceApplication
 from concierge.vault import Vault
 from contracts import checked
 from contracts.accounts import (
+    EMAIL_FIXED,
+    FAMILY_SIP_PREFIX,
+    FREE_FAMILY_MEMBERS,
     GENERATED_PASSWORD_LENGTH,
+    INSTALLER_ROLES,
     LOCKOUT_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
     LOGIN_LIMITS,
     RESET_LIMITS,
     RESET_LINK_SECONDS,
+    SIP_DIGITS,
     DistributorCreate,
+    FamilyMemberCreate,
+    FamilyMemberEdit,
     InstallerCreate,
     PasswordChange,
     PasswordForgotten,
@@ -52,6 +59,7 @@ from services.accounts.domain import (
     INSTALLER,
     PROPERTY_MANAGER,
     SUB_INSTALLER,
+    FamilySip,
     MasterAccount,
     PortalAccount,
 )
@@ -136,6 +144,14 @@ def _profile(values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]
         missing = [k for k in PROFILE_FIELDS if k not in profile]
         assert not missing, missing
     return profile
+
+
+def _family_view(account: MasterAccount, member_id: str) -> dict[str, Any]:
+    member = account.family.get(member_id) or {}
+    return {"id": member_id, "apartment_id": str(account.apartment_id),
+            "master_account_id": str(account.id), "sip": member.get("sip"),
+            "first_name": member.get("first_name"), "last_name": member.get("last_name"),
+            "email": member.get("email"), "mobile": member.get("mobile")}
 
 
 def _property_manager_view(account: PortalAccount) -> dict[str, Any]:
@@ -635,6 +651,94 @@ class AccountsApplication(ServiceApplication):
             # Its communities and permissions there: what every context scopes it by.
             principal["communities"] = self._views().scopes(session["account_id"])
         return principal
+
+    # -- family members (manual "Add/Edit/Delete Family Members") ---------------------------
+    def add_family_member(self, apartment_id: Any, payload: Mapping[str, Any]
+                          ) -> dict[str, Any]:
+        """A family member's app account for the APT's master account, with a SIP number of
+        its own; the fourth and later are refused (402) until billing sells an Additional
+        App."""
+        request = checked(FamilyMemberCreate, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            account = self._family_of(apartment_id)
+            sip = self._free_sip()
+            claim = FamilySip(sip=sip, master_account_id=account.id)
+            member = {"first_name": request["first_name"], "last_name": request["last_name"],
+                      "email": request["email"], "mobile": request.get("mobile")}
+            account.add_family_member(str(claim.id), sip, member)
+            return _family_view(account, str(claim.id)), [claim, account]
+
+        return self.execute(command)
+
+    def list_family_members(self, apartment_id: Any) -> dict[str, Any]:
+        account = self._family_of(apartment_id)
+        items = [_family_view(account, member) for member in account.family_member_ids]
+        return {"items": items, "total": len(items), "free_left": max(
+            0, FREE_FAMILY_MEMBERS - account.free_used)}
+
+    def get_family_member(self, member_id: Any) -> dict[str, Any]:
+        account, member = self._member(member_id)
+        return _family_view(account, member)
+
+    def edit_family_member(self, member_id: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(payload, Mapping) and "email" in payload:
+            raise Invalid.field("email", EMAIL_FIXED)
+        changes = checked(FamilyMemberEdit, payload)
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            account, member = self._member(member_id)
+            account.edit_family_member(member, changes)
+            return _family_view(account, member), [account]
+
+        return self.execute(command)
+
+    def remove_family_member(self, member_id: Any) -> None:
+        """Its app account stops working; the free account it took is not given back."""
+        def command() -> tuple[None, list[Any]]:
+            account, member = self._member(member_id)
+            if not context.current().may(account.community_id, "delete_account"):
+                raise Forbidden("Deleting a family member's account takes the Delete Account "
+                                "Permission in this community.")
+            account.remove_family_member(member)
+            return None, [account]
+
+        self.execute(command)
+
+    def _family_of(self, apartment_id: Any) -> MasterAccount:
+        """The APT's master account, when the caller works on that APT's community."""
+        caller = context.current()
+        if caller.role not in (*INSTALLER_ROLES, PROPERTY_MANAGER):
+            raise Forbidden("Only an installer or a property manager manages family members.")
+        uid = _uuid(apartment_id)
+        account = self._master_account(str(uid)) if uid is not None else None
+        if (account is None or account.closed
+                or str(account.installer_id) != str(caller.installer_id)
+                or not caller.in_scope(account.community_id)):
+            raise NotFound("No resident's account in this APT.")
+        return account
+
+    def _member(self, member_id: Any) -> tuple[MasterAccount, str]:
+        uid = _uuid(member_id)
+        claim = self._get(uid) if uid is not None else None
+        if not isinstance(claim, FamilySip):
+            raise NotFound("No such family member.")
+        found = self._get(claim.master_account_id)
+        if not isinstance(found, MasterAccount):
+            raise NotFound("No such family member.")
+        account = self._family_of(found.apartment_id)
+        if str(uid) not in account.family_member_ids:
+            raise NotFound("No such family member.")
+        return account, str(uid)
+
+    def _free_sip(self) -> str:
+        """A SIP number no family member holds (the store refuses a second claim of one, and
+        the chassis runs the command again with another)."""
+        while True:
+            sip = FAMILY_SIP_PREFIX + "".join(secrets.choice("0123456789") for _ in range(
+                SIP_DIGITS - len(FAMILY_SIP_PREFIX)))
+            if self._get(FamilySip.id_for(sip)) is None:
+                return sip
 
     # -- residents' master accounts (policy on topology events) ----------------------------
     def on_topology_event(self, envelope: Mapping[str, Any]) -> list[Any]:

@@ -19,8 +19,16 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import event
 
 from concierge.domain import Aggregate
-from contracts.accounts import APP_STATUSES, EMAIL_MAX, MAX_SESSIONS, NAME_MAX, PORTAL_ROLES
-from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
+from contracts.accounts import (
+    ADDITIONAL_APP_NEEDED,
+    APP_STATUSES,
+    EMAIL_MAX,
+    FREE_FAMILY_MEMBERS,
+    MAX_SESSIONS,
+    NAME_MAX,
+    PORTAL_ROLES,
+)
+from contracts.errors import Conflict, Forbidden, Invalid, PaymentRequired, Unauthorized
 from contracts.fields import EMAIL_PATTERN
 
 # Fixed forever: changing it would give every existing account a new id.
@@ -409,6 +417,11 @@ class MasterAccount(Aggregate):
         self.app_status = UNREGISTERED
         self.password_hash: str | None = None
         self.family_member_ids: list[str] = []
+        # Each family member's account: sip, first_name, last_name, email, mobile.
+        self.family: dict[str, dict[str, Any]] = {}
+        # Free family member accounts taken since the last reset (a delete does not give one
+        # back; a reset does).
+        self.free_used = 0
         # Each reset starts the app's set-up again (notify keys activation emails by it).
         self.resets = 0
         self.closed = False
@@ -498,18 +511,65 @@ class MasterAccount(Aggregate):
         self.password_hash = password_hash
         self.app_status = REGISTERED
 
-    def add_family_member(self, family_member_id: str) -> None:
-        """Link a family member account to this master account (full rules come later)."""
+    def add_family_member(self, family_member_id: str, sip: str | None = None,
+                          member: dict[str, Any] | None = None) -> None:
+        """A family member's app account (manual "Add/Edit/Delete Family Members"): the first
+        three are free; the fourth and later need an Additional App (PaymentRequired) until
+        billing sells one."""
         if not isinstance(family_member_id, str) or not family_member_id:
             raise Invalid.field("family_member_id", "A family member id is required.")
         self._check_open()
         if family_member_id in self.family_member_ids:
             raise Conflict("This family member is already linked to the account.")
-        self._add_family_member(family_member_id=family_member_id)
+        if self.free_used >= FREE_FAMILY_MEMBERS:
+            raise PaymentRequired(ADDITIONAL_APP_NEEDED)
+        if member is not None:
+            _validate_contact(member.get("first_name"), member.get("last_name"),
+                              member.get("email"))
+        self._add_family_member(family_member_id=family_member_id, sip=sip, free=True,
+                                member=dict(member or {}))
 
+    # `sip`, `free` and `member` were added later: older events replay with their defaults.
     @event("FamilyMemberAdded")
-    def _add_family_member(self, family_member_id: str) -> None:
+    def _add_family_member(self, family_member_id: str, sip: str | None = None,
+                           free: bool | None = None, member: dict[str, Any] | None = None
+                           ) -> None:
         self.family_member_ids.append(family_member_id)
+        self.family[family_member_id] = {"sip": sip, **(member or {})}
+        self.free_used += 1
+
+    def edit_family_member(self, family_member_id: str, changes: dict[str, Any]) -> bool:
+        """Names and mobile; the email stays (manual). False when nothing changed."""
+        self._check_open()
+        current = self.family.get(family_member_id)
+        if current is None:
+            raise Invalid.field("family_member_id", "Not a family member of this account.")
+        member = {k: v for k, v in current.items() if k != "sip"}
+        updated = {**member, **{k: changes[k] for k in ("first_name", "last_name", "mobile")
+                                if k in changes}}
+        _validate_contact(updated.get("first_name"), updated.get("last_name"),
+                          updated.get("email"))
+        if updated == member:
+            return False
+        self._edit_family_member(family_member_id=family_member_id, member=updated)
+        return True
+
+    @event("FamilyMemberEdited")
+    def _edit_family_member(self, family_member_id: str, member: dict[str, Any]) -> None:
+        self.family[family_member_id] = {"sip": self.family[family_member_id].get("sip"),
+                                         **member}
+
+    def remove_family_member(self, family_member_id: str) -> None:
+        """Its app account stops working; the free account it took stays taken."""
+        self._check_open()
+        if family_member_id not in self.family_member_ids:
+            raise Invalid.field("family_member_id", "Not a family member of this account.")
+        self._remove_family_member(family_member_id=family_member_id)
+
+    @event("FamilyMemberRemoved")
+    def _remove_family_member(self, family_member_id: str) -> None:
+        self.family_member_ids.remove(family_member_id)
+        self.family.pop(family_member_id, None)
 
     def reset(self) -> None:
         """Empty the account for the next tenant (manual: "Edit, Reset, and Delete Community
@@ -527,6 +587,9 @@ class MasterAccount(Aggregate):
         ]
         # The manual's Reset list removes email, mobile, country, landlines, family members and
         # credentials, not the names; topology keeps them too, so both lists stay in step.
+        for member in removed_family_member_ids:
+            self.family.pop(member, None)
+        self.free_used = 0  # "It is free to create a new account in the family after resetting"
         self.email = None
         self.password_hash = None
         self.app_status = UNREGISTERED
@@ -548,12 +611,31 @@ class MasterAccount(Aggregate):
         self.family_member_ids = [
             member for member in self.family_member_ids if member not in removed_family_member_ids
         ]
+        self.family = {}
         self.password_hash = None
         self.closed = True
 
     def _check_open(self) -> None:
         if self.closed:
             raise Conflict("The app account is closed: its apartment was deleted.")
+
+
+class FamilySip(Aggregate):
+    """A family member's SIP number, held for one master account: its id is derived from the
+    number, so the store refuses a second holder of it. The family member's id is this one."""
+
+    @staticmethod
+    def id_for(sip: str) -> UUID:
+        return uuid5(ACCOUNTS_NAMESPACE, f"family-sip:{sip}")
+
+    @staticmethod
+    def create_id(sip: str, master_account_id: UUID) -> UUID:
+        return FamilySip.id_for(sip)
+
+    @event("FamilySipClaimed")
+    def __init__(self, sip: str, master_account_id: UUID) -> None:
+        self.sip = sip
+        self.master_account_id = master_account_id
 
 
 def _assignment(assignment: dict[str, Any]) -> dict[str, Any]:

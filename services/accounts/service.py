@@ -156,3 +156,32 @@ class AccountsService(ServiceBase):
     @command
     def delete_property_manager(self, ctx: dict[str, Any], account_id: str) -> None:
         self.runtime.app.delete_property_manager(account_id)
+
+    # --- family members (manual "Add/Edit/Delete Family Members") ----------------------------
+
+    @rpc
+    @command
+    def add_family_member(self, ctx: dict[str, Any], apartment_id: str,
+                          payload: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.add_family_member(apartment_id, payload)
+
+    @rpc
+    @command
+    def list_family_members(self, ctx: dict[str, Any], apartment_id: str) -> dict[str, Any]:
+        return self.runtime.app.list_family_members(apartment_id)
+
+    @rpc
+    @command
+    def get_family_member(self, ctx: dict[str, Any], member_id: str) -> dict[str, Any]:
+        return self.runtime.app.get_family_member(member_id)
+
+    @rpc
+    @command
+    def edit_family_member(self, ctx: dict[str, Any], member_id: str,
+                           payload: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.edit_family_member(member_id, payload)
+
+    @rpc
+    @command
+    def remove_family_member(self, ctx: dict[str, Any], member_id: str) -> None:
+        self.runtime.app.remove_family_member(member_id)

@@ -59,6 +59,7 @@ from contracts.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    PaymentRequired,
     TooManyAttempts,
     Unauthorized,
 )
@@ -131,6 +132,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     NotFound: 404,
     Conflict: 409,
     Invalid: 422,
+    PaymentRequired: 402,  # a paid item (an Additional App) not paid for
     TooManyAttempts: 429,  # failed logins or codes: locked out for a while
     Busy: 503,  # e.g. accounts has as many logins in hand as it takes
     ConciergeError: 400,

@@ -76,7 +76,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not a JSON object or ended before its length "
                         "(`errors.body` says why), or a query parameter is not UTF-8 text."),
     401: ("Unauthorized", "No valid bearer token (or wrong credentials at login)."),
-    403: ("Forbidden", "This role may never do this."),
+    402: ("PaymentRequired", "A paid item that is not paid for (a fourth family member's "
+                             "Additional App); `detail` says which."),
+    403: ("Forbidden", "This role may never do this, or its permission in this community "
+                       "does not allow it."),
     404: ("NotFound", "No such route or resource, or not one the caller may see."),
     408: ("RequestTimeout", "The body stopped arriving before its end."),
     409: ("Conflict", "Clashes with the current state: a duplicate or a concurrent change."),

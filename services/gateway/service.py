@@ -15,6 +15,7 @@ from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
 from contracts.accounts import (
+    FREE_FAMILY_MEMBERS,
     INSTALLER_ROLES,
     LOCKOUT_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
@@ -22,6 +23,8 @@ from contracts.accounts import (
     MAX_SESSIONS,
     PROPERTY_MANAGER,
     RESET_LIMITS,
+    FamilyMemberCreate,
+    FamilyMemberEdit,
     InstallerCreate,
     LoginRequest,
     LoginResponse,
@@ -118,6 +121,13 @@ SITES = (*INSTALLER_ROLES, PROPERTY_MANAGER)
 MAIN_INSTALLER = ("installer",)
 SUB_INSTALLER = f"{V1}/sub-installers/<uuid:account_id>"
 PROPERTY_MANAGER_PATH = f"{V1}/property-managers/<uuid:account_id>"
+FAMILY_MEMBER = f"{V1}/family-members/<uuid:family_member_id>"
+FAMILY_DESCRIPTION = (
+    f"Each master account has {FREE_FAMILY_MEMBERS} free family member accounts; the fourth "
+    "and later are 402 with a problem saying an Additional App is needed. A deleted family "
+    "member's free account stays used until the APT is reset (manual: \"It is free to create "
+    "a new account in the family after resetting, while it charges after deleting\"). Each "
+    "family member gets a SIP number of its own (10 digits starting 58).")
 PROPERTY_MANAGER_DESCRIPTION = (
     "The login is the email; the password is made by the platform and emailed, never "
     "answered. A property manager sees only the communities it is given, and within them only "
@@ -424,6 +434,37 @@ class GatewayService:
          tag="apartments", query=PageQuery, returns="Page", roles=SITES)
     def apartment_history(self, call: Call, apartment_id: str) -> Any:
         return page(call, self.topology.apartment_history(call.ctx, apartment_id, call.query))
+
+    # --- family members (manual "Add/Edit/Delete Family Members") ---------------------------
+
+    @api("POST", f"{APARTMENT}/family-members", summary="Add a family member's app account",
+         tag="residents", body=FamilyMemberCreate, status=201, returns="Created",
+         location=f"{V1}/family-members/{{id}}", roles=SITES, errors=(402,),
+         description=FAMILY_DESCRIPTION)
+    def add_family_member(self, call: Call, apartment_id: str) -> Any:
+        return self.accounts.add_family_member(call.ctx, apartment_id, call.body)
+
+    @api("GET", f"{APARTMENT}/family-members", summary="The family members of an APT's "
+         "resident, and how many free accounts are left", tag="residents", roles=SITES)
+    def list_family_members(self, call: Call, apartment_id: str) -> Any:
+        return self.accounts.list_family_members(call.ctx, apartment_id)
+
+    @api("GET", FAMILY_MEMBER, summary="Get a family member's account", tag="residents",
+         roles=SITES)
+    def get_family_member(self, call: Call, family_member_id: str) -> Any:
+        return self.accounts.get_family_member(call.ctx, family_member_id)
+
+    @api("PATCH", FAMILY_MEMBER, summary="Edit a family member: names and mobile",
+         tag="residents", body=FamilyMemberEdit, roles=SITES,
+         description="The email cannot be edited (422 naming `email`).")
+    def edit_family_member(self, call: Call, family_member_id: str) -> Any:
+        return self.accounts.edit_family_member(call.ctx, family_member_id, call.body)
+
+    @api("DELETE", FAMILY_MEMBER, summary="Delete a family member's account", tag="residents",
+         status=204, returns=None, roles=SITES,
+         description="The free account it took is not given back (a reset of the APT does).")
+    def remove_family_member(self, call: Call, family_member_id: str) -> Any:
+        self.accounts.remove_family_member(call.ctx, family_member_id)
 
     # --- MAC library ------------------------------------------------------------------------
 

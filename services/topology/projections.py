@@ -258,8 +258,8 @@ class SitesView(ReadModel):
 
     name = "topology_sites"
     # 3: counts kept per community; 4: devices counted from devices' events; 5: property
-    # managers from accounts' events.
-    version = 5
+    # managers from accounts' events; 6: a deleted family member is no end user any more.
+    version = 6
     metadata = sites_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -278,6 +278,7 @@ class SitesView(ReadModel):
                 "MasterAccountCreated": self.master_account_created,
                 "MasterAccountRegistered": self.master_account_registered,
                 "FamilyMemberAdded": self.family_member_added,
+                "FamilyMemberRemoved": self.family_member_removed,
                 "MasterAccountReset": self.master_account_reset,
                 "MasterAccountClosed": self.master_account_closed,
                 "PropertyManagerSet": self.manager_set,
@@ -414,6 +415,14 @@ class SitesView(ReadModel):
         if row is not None:
             _change_apartment(rows, apartment_id, None,  # type: ignore[arg-type]
                               family_members=row["family_members"] + 1)
+
+    @staticmethod
+    def family_member_removed(rows: Rows, env: Envelope) -> None:
+        apartment_id = SitesView._account_apartment(rows, env)
+        row = rows.get(site_apartments, apartment_id) if apartment_id else None
+        if row is not None:
+            _change_apartment(rows, apartment_id, None,  # type: ignore[arg-type]
+                              family_members=max(0, row["family_members"] - 1))
 
     @staticmethod
     def master_account_reset(rows: Rows, env: Envelope) -> None:

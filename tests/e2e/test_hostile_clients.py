@@ -491,6 +491,8 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "PropertyManagerCreate": {"first_name": "P", "last_name": "M", "email": "walkpm@x.org",
                               "communities": [{"community_id": str(uuid.uuid4())}]},
     "PropertyManagerEdit": {"first_name": "Q"},
+    "FamilyMemberCreate": {"first_name": "K", "last_name": "L", "email": "k@x.org"},
+    "FamilyMemberEdit": {"mobile": "123"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.
@@ -511,6 +513,8 @@ SITE_ROUTES = {"dashboard", "list_communities", "get_community", "list_residents
                "list_building_cameras", "list_apartment_cameras", "get_camera",
                "list_community_locks", "list_building_locks", "list_apartment_locks",
                "get_lock", "list_credentials", "add_credential", "remove_credential",
+               "add_family_member", "list_family_members", "get_family_member",
+               "edit_family_member", "remove_family_member",
                *(f"{scope}_{kind}_log" for scope in ("community", "building", "apartment",
                                                      "device") for kind in ("door", "call"))}
 

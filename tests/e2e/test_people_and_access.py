@@ -283,3 +283,29 @@ def test_a_property_manager_sees_only_its_communities_and_what_its_permissions_a
     assert status == 204
     assert eventually(lambda: platform.call("GET", "/api/v1/dashboard", None, pm)[0] == 401)
     assert eventually(lambda: site_list() == {"Hillside": (0, []), "Seaside": (0, [])})
+
+
+def test_family_members_three_free_then_402_until_reset(platform: Platform) -> None:
+    _, token, _ = new_installer(platform)
+    community, _, apartment = a_site(platform, token, "Family Court")
+
+    def add(n: int) -> tuple[int, Any]:
+        return platform.call("POST", f"/api/v1/apartments/{apartment}/family-members",
+                             {"first_name": f"Kid{n}", "last_name": "Lee",
+                              "email": f"kid{n}.{uuid.uuid4().hex[:4]}@example.org"}, token)
+
+    # The master account comes from topology's ResidentAdded a moment later.
+    first = eventually(lambda: (lambda answer: answer[1] if answer[0] == 201 else None)(add(0)))
+    assert first["sip"].startswith("58")
+    assert [add(n)[0] for n in (1, 2)] == [201, 201]
+    status, problem = add(3)
+    assert status == 402 and "Additional App" in problem["detail"]
+    status, problem = platform.call("PATCH", f"/api/v1/family-members/{first['id']}",
+                                    {"email": "other@example.org"}, token)
+    assert status == 422 and list(problem["errors"]) == ["email"]
+    assert platform.call("DELETE", f"/api/v1/family-members/{first['id']}", None, token)[0] == 204
+    assert add(4)[0] == 402  # a deleted one still counts
+    assert eventually(lambda: platform.call(
+        "GET", f"/api/v1/communities/{community}", None, token)[1]["resident_count"] == 3)
+    assert platform.call("POST", f"/api/v1/apartments/{apartment}/reset", None, token)[0] == 200
+    assert eventually(lambda: add(5)[0] == 201)  # free again after the reset

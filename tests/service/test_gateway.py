@@ -949,7 +949,7 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
                   for method, op in item.items()}
     declared = {(r.method, openapi.openapi_path(r.path)[0]) for r in routes_of(GatewayService)}
     assert set(operations) == declared
-    assert len(declared) == 89
+    assert len(declared) == 94
     assert len({op["operationId"] for op in operations.values()}) == len(operations)
 
     for (method, path), op in operations.items():
@@ -1127,6 +1127,7 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
            "device_id": str(uuid.uuid4()), "credential_id": str(uuid.uuid4()),
            "camera_id": str(uuid.uuid4()), "lock_id": str(uuid.uuid4()),
            "command_id": str(uuid.uuid4()), "account_id": str(uuid.uuid4()),
+           "family_member_id": str(uuid.uuid4()),
            "mac": "0C11050B9814"}
     valid = {
         "LoginRequest": {"username": "luna", "password": "installer-pw"},
@@ -1158,6 +1159,8 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
         "PropertyManagerCreate": {"first_name": "P", "last_name": "M", "email": "p@x.org",
                                   "communities": [{"community_id": community_id}]},
         "PropertyManagerEdit": {"first_name": "Q"},
+        "FamilyMemberCreate": {"first_name": "K", "last_name": "L", "email": "k@x.org"},
+        "FamilyMemberEdit": {"mobile": "123"},
     }
     failures: list[str] = []
     cases = 0

@@ -15,7 +15,7 @@ import pytest
 from contracts import accounts as contract
 from contracts import checked
 from contracts.errors import Invalid
-from services.accounts.domain import MasterAccount, PortalAccount
+from services.accounts.domain import FamilySip, MasterAccount, PortalAccount
 from services.accounts.security import Credentials
 
 CREDENTIALS = Credentials.cheap()
@@ -132,11 +132,16 @@ def a_full_history() -> list[Any]:
     account = MasterAccount.create(uuid4(), uuid4(), uuid4(), "Judy", "A", None)
     account.update_contact("Judy", "B", "judy@example.com")
     account.register(HASH)
-    account.add_family_member("fm-1")
+    account.add_family_member("fm-1", "5800000001", {"first_name": "Kid", "last_name": "A",
+                                                     "email": "kid@example.com"})
+    account.edit_family_member("fm-1", {"mobile": "123"})
+    account.add_family_member("fm-2", None, None)
+    account.remove_family_member("fm-2")
     account.reset()
     account.close()
     return [*distributor.collect_events(), *installer.collect_events(),
-            *sub.collect_events(), *manager.collect_events(), *account.collect_events()]
+            *sub.collect_events(), *manager.collect_events(), *account.collect_events(),
+            *FamilySip("5800000001", uuid4()).collect_events()]
 
 
 def test_every_event_has_a_schema_and_loads() -> None:

@@ -15,7 +15,7 @@ from contracts import accounts as contract
 from contracts import checked
 from contracts.errors import Conflict, Forbidden, Invalid, Unauthorized
 from services.accounts import domain
-from services.accounts.domain import MasterAccount, PortalAccount
+from services.accounts.domain import FamilySip, MasterAccount, PortalAccount
 from services.accounts.security import Credentials
 
 CREDENTIALS = Credentials.cheap()
@@ -554,6 +554,7 @@ def test_every_event_has_a_schema() -> None:
         *an_installer_with_history().collect_events(),
         *a_sub_installer_with_history().collect_events(),
         *a_property_manager().collect_events(),
+        *FamilySip("5800000001", uuid4()).collect_events(),
         *master_account_with_history().collect_events(),
     ]
 
@@ -626,11 +627,17 @@ def a_property_manager() -> PortalAccount:
     return manager
 
 
+KID = {"first_name": "Kid", "last_name": "B", "email": "kid@example.com", "mobile": None}
+
+
 def master_account_with_history() -> MasterAccount:
     account = a_master_account()
     account.update_contact("Judy", "B", None)
     account.register(HASH)
-    account.add_family_member("fm-1")
+    account.add_family_member("fm-1", "5800000001", KID)
+    account.edit_family_member("fm-1", {"mobile": "123"})
+    account.add_family_member("fm-2", "5800000002", KID)
+    account.remove_family_member("fm-2")
     account.reset()
     account.close()
     return account
