@@ -18,6 +18,7 @@ from contracts.topology import LANGUAGE_REGEX, phone_field
 __all__ = [
     "EVENT_SCHEMAS",
     "EVENT_VERSION",
+    "AccountEdit",
     "DistributorCreate",
     "FamilyMemberAddedSchema",
     "FamilyMemberCreate",
@@ -26,8 +27,12 @@ __all__ = [
     "FamilyMemberRemovedSchema",
     "FamilySipClaimedSchema",
     "InstallerCreate",
+    "LoginChallengePassedSchema",
+    "LoginChallengedSchema",
+    "LoginCodeFailedSchema",
     "LoginRequest",
     "LoginResponse",
+    "LoginVerify",
     "MasterAccountClosedSchema",
     "MasterAccountContactChangedSchema",
     "MasterAccountCreatedSchema",
@@ -52,6 +57,8 @@ __all__ = [
     "SessionsEndedSchema",
     "SubInstallerCreate",
     "SubInstallerEdit",
+    "TwoFactorChallenge",
+    "TwoFactorSetSchema",
     "ValidationError",
 ]
 
@@ -98,6 +105,12 @@ PASSWORD_ISSUE_REASONS = ("welcome", "reset")
 MAX_SESSIONS = 20
 APP_STATUSES = ("unregistered", "registered")
 
+# Email two-factor login (manual: "a verification code for login"): a code of this many digits,
+# good for this long and this many tries.
+CODE_DIGITS = 6
+CODE_SECONDS = 10 * 60
+CODE_TRIES = 5
+
 # A forgotten password's emailed link works once, within this time.
 RESET_LINK_SECONDS = 60 * 60
 RESET_TOKEN_MAX = 200
@@ -114,7 +127,8 @@ LOCKOUT_SECONDS = 15 * 60
 # Event attributes kept in the accounts store and stripped from anything published.
 PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests", "member",
                             "password_sealed", "password_subject", "reset_digest",
-                            "reset_sealed", "reset_subject"})
+                            "reset_sealed", "reset_subject", "code_digest", "code_sealed",
+                            "code_subject", "challenge_digest"})
 
 
 def _username(**kwargs: object) -> Text:
@@ -155,11 +169,37 @@ class LoginRequest(Schema):
     password = Text(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
 
 
-class LoginResponse(Schema):
-    token = fields.String(required=True)
+class TwoFactorChallenge(Schema):
+    """A login that needs the emailed code: send it with `challenge` to /auth/login/verify."""
+
+    challenge = fields.String(required=True)
     expires_at = fields.AwareDateTime(required=True)
+    sent_to = fields.String(required=True, metadata={"description": "the email, masked"})
+
+
+class LoginResponse(Schema):
+    """A session (`token`), or, for an account with two-factor login, no token yet and the
+    `two_factor` challenge whose code was emailed."""
+
+    token = fields.String(required=True, allow_none=True)
+    expires_at = fields.AwareDateTime(required=True, allow_none=True)
     role = fields.String(required=True, validate=validate.OneOf(PORTAL_ROLES))
     account_id = fields.UUID(required=True)
+    two_factor = fields.Nested(TwoFactorChallenge, load_default=None, allow_none=True)
+
+
+class LoginVerify(Schema):
+    """POST /api/v1/auth/login/verify: the challenge a login answered and the emailed code."""
+
+    challenge = Text(required=True, validate=validate.Length(min=1, max=RESET_TOKEN_MAX))
+    code = Text(required=True, validate=validate.Regexp(
+        rf"^[0-9]{{{CODE_DIGITS}}}\Z", error=f"The code is {CODE_DIGITS} digits."))
+
+
+class AccountEdit(Schema):
+    """PATCH /api/v1/account: the caller's own settings."""
+
+    two_factor = fields.Boolean(metadata={"description": "email two-factor login"})
 
 
 class InstallerCreate(Schema):
@@ -340,6 +380,29 @@ class PasswordResetRequestedSchema(_EventData):
     email = fields.String(required=True)
 
 
+class LoginChallengedSchema(_EventData):
+    """A right password of an account with two-factor login: a code goes to its email (notify
+    asks accounts for it as it sends); `challenge` counts them."""
+
+    challenge = fields.Integer(required=True, validate=validate.Range(min=1))
+    expires_at = fields.AwareDateTime(required=True)
+    username = fields.String(required=True)
+    email = fields.String(required=True)
+
+
+class LoginCodeFailedSchema(_EventData):
+    challenge = fields.Integer(required=True)
+    tries = fields.Integer(required=True)
+
+
+class LoginChallengePassedSchema(_EventData):
+    challenge = fields.Integer(required=True)
+
+
+class TwoFactorSetSchema(_EventData):
+    on = fields.Boolean(required=True)
+
+
 class PasswordResetCompletedSchema(_EventData):
     """The link was used: the password is new and every session ended."""
 
@@ -467,6 +530,10 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "PasswordChanged": PasswordChangedSchema,
     "PasswordIssued": PasswordIssuedSchema,
     "PasswordResetRequested": PasswordResetRequestedSchema,
+    "LoginChallenged": LoginChallengedSchema,
+    "LoginCodeFailed": LoginCodeFailedSchema,
+    "LoginChallengePassed": LoginChallengePassedSchema,
+    "TwoFactorSet": TwoFactorSetSchema,
     "PasswordResetCompleted": PasswordResetCompletedSchema,
     "PortalAccountEdited": PortalAccountEditedSchema,
     "PropertyManagerSet": PropertyManagerSetSchema,

@@ -34,7 +34,7 @@ EVENT_VERSION = 1
 # Same values as services/notify/domain.py and mailer.py.
 # activation: a resident's app account; portal_password: a password the platform made for a
 # portal account (a new sub-installer's, a reset's), filled in only when the email is sent.
-TEMPLATES = ("activation", "portal_password", "password_reset_link")
+TEMPLATES = ("activation", "portal_password", "password_reset_link", "login_code")
 STATUSES = ("queued", "retrying", "sent", "failed", "cancelled")
 TRANSPORTS = ("smtp", "mail-folder")
 PER_PAGE_MAX = 100

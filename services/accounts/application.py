@@ -7,6 +7,7 @@ sees digests. Token checks read the sessions read model, never the event store.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -23,6 +24,8 @@ from concierge.store import ServiceApplication
 from concierge.vault import Vault
 from contracts import checked
 from contracts.accounts import (
+    CODE_DIGITS,
+    CODE_SECONDS,
     EMAIL_FIXED,
     FAMILY_SIP_PREFIX,
     FREE_FAMILY_MEMBERS,
@@ -34,10 +37,12 @@ from contracts.accounts import (
     RESET_LIMITS,
     RESET_LINK_SECONDS,
     SIP_DIGITS,
+    AccountEdit,
     DistributorCreate,
     FamilyMemberCreate,
     FamilyMemberEdit,
     InstallerCreate,
+    LoginVerify,
     PasswordChange,
     PasswordForgotten,
     PasswordReset,
@@ -93,6 +98,7 @@ def generated_password(length: int = GENERATED_PASSWORD_LENGTH) -> str:
             return password
 
 
+CODE_FAILED = "Wrong or expired code: log in again for a new one."
 LOCKED_OUT = (f"Too many failed logins: try again in {LOCKOUT_SECONDS // 60} minutes.")
 TOO_MANY_LINKS = (f"Too many password links asked for: try again in {LOCKOUT_SECONDS // 60} "
                   "minutes.")
@@ -113,6 +119,17 @@ def login_rules(username: str, address: str | None,
     return [(f"pair:{name}|{where}", rule(limits["pair"])),
             (f"user:{name}", rule(limits["user"])),
             (f"addr:{where}", rule(limits["addr"]))]
+
+
+def _code_digest(challenge: str, code: str) -> str:
+    """A login code as its challenge keeps it: only together with the challenge token."""
+    return hashlib.sha256(f"{challenge}:{code}".encode()).hexdigest()
+
+
+def _masked(email: str) -> str:
+    """lily@example.com -> l***@example.com: enough to know which mailbox to look in."""
+    name, _, domain = email.partition("@")
+    return f"{name[:1]}***@{domain}" if domain else "***"
 
 
 def _rule(limit: int) -> Rule:
@@ -471,6 +488,82 @@ class AccountsApplication(ServiceApplication):
         if account.password_subject is not None:
             # The emailed password reached its owner: nothing needs to open it any more.
             self._vault().shred([account.password_subject])
+        if account.needs_second_factor and account.email:
+            return self._challenge(account)
+        return self._open_session(account)
+
+    def _challenge(self, account: PortalAccount) -> dict[str, Any]:
+        """The right password of an account with two-factor login: a code is emailed (sealed
+        until notify sends it) and the caller gets the challenge to answer with it."""
+        challenge = f"{account.id}.{secrets.token_urlsafe(24)}"
+        code = "".join(secrets.choice("0123456789") for _ in range(CODE_DIGITS))
+        subject = f"code:{account.id}:{secrets.token_hex(8)}"
+        sealed = self._vault().seal(subject, code)
+        expires_at = (self.clock() + timedelta(seconds=CODE_SECONDS)).isoformat()
+        replaced: list[str] = []
+
+        def command() -> tuple[None, list[Any]]:
+            mine = self.repository.get(account.id)
+            if mine.challenge is not None:
+                replaced.append(mine.challenge["code_subject"])
+            mine.challenge_login(self.credentials.token_digest(challenge),
+                                 _code_digest(challenge, code), subject, sealed, expires_at)
+            return None, [mine]
+
+        with context.acting(replace(context.current(), actor=f"{account.role}:"
+                                                             f"{account.username}",
+                                    role=account.role, account_id=str(account.id))):
+            self.execute(command)
+        self._vault().shred(replaced)
+        return {"token": None, "expires_at": None, "role": account.role,
+                "account_id": str(account.id),
+                "two_factor": {"challenge": challenge, "expires_at": expires_at,
+                               "sent_to": _masked(account.email or "")}}
+
+    def verify_login(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The emailed code of a login's challenge: the session opens. A wrong code uses one
+        of the challenge's tries and counts as a failed login; an unknown, expired or spent
+        challenge is refused alike."""
+        request = checked(LoginVerify, payload)
+        challenge, code = request["challenge"], request["code"]
+        uid = _uuid(challenge.partition(".")[0])
+        account = self._portal_account(uid) if uid is not None else None
+        name = account.username if account is not None else challenge[:64]
+        rules = login_rules(name, context.current().client_address, self.login_limits)
+        if self._lockout().locked_for(key for key, _ in rules) > 0:
+            raise TooManyAttempts(LOCKED_OUT)
+        digest = self.credentials.token_digest(challenge)
+        if account is None or account.open_challenge(digest, self.clock()) is None:
+            self._lockout().failed(rules)
+            raise Unauthorized(CODE_FAILED)
+        passed: list[bool] = []
+        subject = (account.challenge or {}).get("code_subject")
+
+        def command() -> tuple[None, list[Any]]:
+            mine = self.repository.get(account.id)
+            passed[:] = [mine.answer_challenge(digest, _code_digest(challenge, code),
+                                               self.clock())]
+            return None, [mine]
+
+        with context.acting(replace(context.current(), actor=f"{account.role}:"
+                                                             f"{account.username}",
+                                    role=account.role, account_id=str(account.id))):
+            self.execute(command)
+        if not passed[0]:
+            self._lockout().failed(rules)
+            raise Unauthorized(CODE_FAILED)
+        if subject:
+            self._vault().shred([subject])
+        return self._open_session(self.repository.get(account.id))
+
+    def set_own_two_factor(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        changes = checked(AccountEdit, payload)
+        account = self._caller_account()
+        if "two_factor" in changes:
+            self._change(account.id, lambda a: a.set_two_factor(changes["two_factor"]))
+        return self.account()
+
+    def _open_session(self, account: PortalAccount) -> dict[str, Any]:
         token = self.credentials.new_token()
         digest = self.credentials.token_digest(token)
         expires_at = (self.clock() + self.token_ttl).isoformat()
@@ -492,7 +585,8 @@ class AccountsApplication(ServiceApplication):
         account = self._caller_account()
         return {"id": str(account.id), "username": account.username, "role": account.role,
                 "email": account.email, "phone": account.phone,
-                "installer_id": str(account.installer_id) if account.installer_id else None}
+                "installer_id": str(account.installer_id) if account.installer_id else None,
+                "two_factor": account.needs_second_factor}
 
     def change_password(self, token: str, payload: Mapping[str, Any]) -> None:
         """The caller's own password, proved by the current one; every other session ends
@@ -596,6 +690,14 @@ class AccountsApplication(ServiceApplication):
         or a forgotten password's link, only while it is still the account's current one."""
         if kind == "password":
             return self.reveal_password(account_id, issue)
+        if kind == "login_code":
+            uid = _uuid(account_id)
+            account = self._portal_account(uid) if uid is not None else None
+            pending = account.challenge if account is not None else None
+            if (pending is None or pending["number"] != issue or account is None
+                    or account.open_challenge(pending["challenge_digest"], self.clock()) is None):
+                return None
+            return self._vault().open(pending["code_subject"], pending["code_sealed"])
         if kind != "reset_link":
             return None
         uid = _uuid(account_id)

@@ -22,6 +22,7 @@ from concierge.domain import Aggregate
 from contracts.accounts import (
     ADDITIONAL_APP_NEEDED,
     APP_STATUSES,
+    CODE_TRIES,
     EMAIL_MAX,
     FREE_FAMILY_MEMBERS,
     MAX_SESSIONS,
@@ -124,6 +125,10 @@ class PortalAccount(Aggregate):
         self.password_issue = 0
         self.password_subject: str | None = None
         self.password_sealed: str | None = None
+        # Its own email two-factor login, and the login codes sent (the pending one, if any).
+        self.two_factor = False
+        self.challenges = 0
+        self.challenge: dict[str, Any] | None = None
         # Forgotten-password links asked for; the current one while it may still be used.
         self.reset_request = 0
         self.reset_digest: str | None = None
@@ -300,6 +305,81 @@ class PortalAccount(Aggregate):
         self.reset_expires_at = None
         self.reset_subject = None
         self.reset_sealed = None
+
+    @property
+    def needs_second_factor(self) -> bool:
+        """Its own setting, or, for a property manager, its installer's for it."""
+        return self.two_factor or bool((self.property_manager or {}).get("two_factor"))
+
+    def set_two_factor(self, on: bool) -> bool:
+        self._check_not_deleted()
+        if bool(on) == self.two_factor:
+            return False
+        self._set_two_factor(on=bool(on))
+        return True
+
+    @event("TwoFactorSet")
+    def _set_two_factor(self, on: bool) -> None:
+        self.two_factor = on
+
+    def challenge_login(self, challenge_digest: str, code_digest: str, code_subject: str,
+                        code_sealed: str, expires_at: str) -> int:
+        """A right password that needs the emailed code too: a new challenge replaces the one
+        before. Returns its number."""
+        self._check_not_deleted()
+        _validate_token_digest(challenge_digest)
+        _validate_token_digest(code_digest)
+        _parse_instant(expires_at, "expires_at")
+        if not self.email:
+            raise Conflict("This account has no email to send a login code to.")
+        number = self.challenges + 1
+        self._challenge_login(challenge=number, expires_at=expires_at, username=self.username,
+                              email=self.email, challenge_digest=challenge_digest,
+                              code_digest=code_digest, code_subject=code_subject,
+                              code_sealed=code_sealed)
+        return number
+
+    @event("LoginChallenged")
+    def _challenge_login(self, challenge: int, expires_at: str, username: str, email: str,
+                         challenge_digest: str, code_digest: str, code_subject: str,
+                         code_sealed: str) -> None:
+        self.challenges = challenge
+        self.challenge = {"number": challenge, "expires_at": expires_at,
+                          "challenge_digest": challenge_digest, "code_digest": code_digest,
+                          "code_subject": code_subject, "code_sealed": code_sealed, "tries": 0}
+
+    def open_challenge(self, challenge_digest: str, now: datetime) -> dict[str, Any] | None:
+        """The pending challenge with this digest, while it is unexpired and has tries left."""
+        found = self.challenge
+        if (found is None or self.deleted
+                or not hmac.compare_digest(found["challenge_digest"], challenge_digest)
+                or _parse_instant(found["expires_at"], "expires_at") <= now):
+            return None
+        return found
+
+    def answer_challenge(self, challenge_digest: str, code_digest: str, now: datetime
+                         ) -> bool:
+        """True for the right code (the challenge is spent); a wrong one uses a try, and the
+        last try ends the challenge."""
+        found = self.open_challenge(challenge_digest, now)
+        if found is None:
+            return False
+        if hmac.compare_digest(found["code_digest"], code_digest):
+            self._pass_challenge(challenge=found["number"])
+            return True
+        self._fail_code(challenge=found["number"], tries=found["tries"] + 1)
+        return False
+
+    @event("LoginCodeFailed")
+    def _fail_code(self, challenge: int, tries: int) -> None:
+        if self.challenge is not None:
+            self.challenge["tries"] = tries
+            if tries >= CODE_TRIES:
+                self.challenge = None
+
+    @event("LoginChallengePassed")
+    def _pass_challenge(self, challenge: int) -> None:
+        self.challenge = None
 
     def edit_contact(self, email: str | None, phone: str | None) -> bool:
         """False when nothing changed (nothing is recorded)."""

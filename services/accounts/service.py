@@ -30,6 +30,17 @@ class AccountsService(ServiceBase):
         with context.acting(ctx):
             return self.runtime.app.login(request["username"], request["password"])
 
+    @rpc(sensitive_arguments=("payload.code",))
+    @command
+    def verify_login(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """-> the session, for a login's challenge and its emailed code."""
+        return self.runtime.app.verify_login(payload)
+
+    @rpc
+    @command
+    def edit_account(self, ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.set_own_two_factor(payload)
+
     @rpc
     @translated
     def logout(self, token: str) -> None:

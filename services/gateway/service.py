@@ -15,6 +15,9 @@ from nameko.dependency_providers import Config
 
 from concierge.rpc import RpcProxy
 from contracts.accounts import (
+    CODE_DIGITS,
+    CODE_SECONDS,
+    CODE_TRIES,
     FREE_FAMILY_MEMBERS,
     INSTALLER_ROLES,
     LOCKOUT_SECONDS,
@@ -23,11 +26,13 @@ from contracts.accounts import (
     MAX_SESSIONS,
     PROPERTY_MANAGER,
     RESET_LIMITS,
+    AccountEdit,
     FamilyMemberCreate,
     FamilyMemberEdit,
     InstallerCreate,
     LoginRequest,
     LoginResponse,
+    LoginVerify,
     PasswordChange,
     PasswordForgotten,
     PasswordReset,
@@ -150,7 +155,9 @@ LOGIN_DESCRIPTION = (
     f"one address, {LOGIN_LIMITS['user']} for one username, or {LOGIN_LIMITS['addr']} from one "
     f"address within {LOCKOUT_WINDOW_SECONDS // 60} minutes lock that username or address "
     f"for {LOCKOUT_SECONDS // 60} minutes (429 with Retry-After), whether or not the username "
-    "exists, and the password is not checked meanwhile.")
+    "exists, and the password is not checked meanwhile. An account with two-factor login gets "
+    "no token yet: `two_factor` holds the challenge whose code was emailed "
+    "(POST /api/v1/auth/login/verify).")
 
 
 class GatewayService:
@@ -201,6 +208,16 @@ class GatewayService:
     def login(self, call: Call) -> Any:
         return self.accounts.login(call.body, ctx=call.ctx)
 
+    @api("POST", f"{V1}/auth/login/verify", summary="Finish a two-factor login with the "
+         "emailed code", tag="auth", auth=False, body=LoginVerify, returns=LoginResponse,
+         errors=(401, 429), description=(
+             "The `challenge` a login answered and the code emailed for it "
+             f"({CODE_DIGITS} digits, good for {CODE_SECONDS // 60} minutes and {CODE_TRIES} "
+             "tries): the session opens. A wrong, expired or spent code is 401 alike; wrong "
+             "codes count as failed logins."))
+    def verify_login(self, call: Call) -> Any:
+        return self.accounts.verify_login(call.ctx, call.body)
+
     @api("POST", f"{V1}/auth/logout", summary="Log out", tag="auth", status=204, returns=None)
     def logout(self, call: Call) -> Any:
         assert call.token is not None  # authenticated routes always have one
@@ -236,6 +253,11 @@ class GatewayService:
     @api("GET", f"{V1}/account", summary="The caller's own account", tag="account")
     def get_account(self, call: Call) -> Any:
         return self.accounts.account(call.ctx)
+
+    @api("PATCH", f"{V1}/account", summary="The caller's own settings: two-factor login",
+         tag="account", body=AccountEdit)
+    def edit_account(self, call: Call) -> Any:
+        return self.accounts.edit_account(call.ctx, call.body)
 
     @api("POST", f"{V1}/account/password", summary="Change the caller's password",
          tag="account", body=PasswordChange, status=204, returns=None, errors=(429,),

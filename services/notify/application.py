@@ -23,6 +23,7 @@ from concierge import context
 from concierge.records import META_KEY
 from concierge.store import ServiceApplication
 from contracts.accounts import (
+    LoginChallengedSchema,
     MasterAccountClosedSchema,
     MasterAccountContactChangedSchema,
     MasterAccountCreatedSchema,
@@ -34,6 +35,7 @@ from contracts.errors import Invalid
 from services.notify.domain import (
     ACCOUNT_CLOSED,
     ACTIVATION,
+    LOGIN_CODE,
     PASSWORD_RESET_LINK,
     PORTAL_PASSWORD,
     SECRET_MARK,
@@ -59,10 +61,12 @@ ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountClosed": MasterAccountClosedSchema,
     "PasswordIssued": PasswordIssuedSchema,
     "PasswordResetRequested": PasswordResetRequestedSchema,
+    "LoginChallenged": LoginChallengedSchema,
 }
 # Accounts events whose email carries a secret, with the template and what the secret is.
 SECRET_EMAILS = {"PasswordIssued": (PORTAL_PASSWORD, "password", "issue"),
-                 "PasswordResetRequested": (PASSWORD_RESET_LINK, "reset_link", "request")}
+                 "PasswordResetRequested": (PASSWORD_RESET_LINK, "reset_link", "request"),
+                 "LoginChallenged": (LOGIN_CODE, "login_code", "challenge")}
 
 
 # Devices' commands, each pushed to its device once (services/notify/pusher.py).

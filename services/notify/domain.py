@@ -29,7 +29,7 @@ from contracts.notify import STATUSES, TEMPLATES
 NOTIFY_NAMESPACE = UUID("9d3c1f52-7a0e-4b8d-8e21-5f6a0c4d2b97")
 
 # The vocabulary is the contracts' (contracts/notify.py, contracts/accounts.py), defined once.
-ACTIVATION, PORTAL_PASSWORD, PASSWORD_RESET_LINK = TEMPLATES
+ACTIVATION, PORTAL_PASSWORD, PASSWORD_RESET_LINK, LOGIN_CODE = TEMPLATES
 # Where a secret goes in a rendered body: the stored email holds this mark, never the secret,
 # which the mailer asks its owner for when it sends (`Email.secret`).
 SECRET_MARK = "[[secret]]"

@@ -493,12 +493,15 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "PropertyManagerEdit": {"first_name": "Q"},
     "FamilyMemberCreate": {"first_name": "K", "last_name": "L", "email": "k@x.org"},
     "FamilyMemberEdit": {"mobile": "123"},
+    "LoginVerify": {"challenge": "x.y", "code": "123456"},
+    "AccountEdit": {"two_factor": False},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.
 DISTRIBUTOR_ROUTES = {"create_installer", "register_mac", "import_macs"}
 # Every signed-in account's own: its sessions, its account, its password.
-ANY_ROLE_ROUTES = {"logout", "logout_everywhere", "get_account", "change_password"}
+ANY_ROLE_ROUTES = {"logout", "logout_everywhere", "get_account", "change_password",
+                   "edit_account"}
 # The main installer's alone: its sub-accounts (manual: Users).
 MAIN_INSTALLER_ROUTES = {f"{verb}_{kind}" for kind in ("sub_installer", "property_manager")
                          for verb in ("create", "get", "edit", "delete")} | {

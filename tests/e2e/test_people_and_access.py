@@ -309,3 +309,33 @@ def test_family_members_three_free_then_402_until_reset(platform: Platform) -> N
         "GET", f"/api/v1/communities/{community}", None, token)[1]["resident_count"] == 3)
     assert platform.call("POST", f"/api/v1/apartments/{apartment}/reset", None, token)[0] == 200
     assert eventually(lambda: add(5)[0] == 201)  # free again after the reset
+
+
+def test_two_factor_login_takes_the_emailed_code(platform: Platform) -> None:
+    name, token, _ = new_installer(platform)
+    status, me = platform.call("PATCH", "/api/v1/account", {"two_factor": True}, token)
+    assert status == 200 and me["two_factor"] is True
+    status, answer = platform.call("POST", "/api/v1/auth/login",
+                                   {"username": name, "password": "installer-pw-1"})
+    assert status == 200 and answer["token"] is None
+    challenge = answer["two_factor"]["challenge"]
+
+    def code() -> str:
+        folder = platform.data_dir / "mail"
+        for path in folder.glob("*.eml") if folder.exists() else []:
+            message: Any = email.message_from_bytes(path.read_bytes(),
+                                                    policy=email.policy.default)
+            if message["To"] == f"{name}@example.org" and "code" in message["Subject"]:
+                text = message.get_body(("plain",)).get_content()
+                return re.search(r"^\s*(\d{6})\s*$", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+        return ""
+
+    emailed = eventually(code)
+    wrong = f"{(int(emailed) + 1) % 1_000_000:06d}"
+    status, _ = platform.call("POST", "/api/v1/auth/login/verify",
+                              {"challenge": challenge, "code": wrong})
+    assert status == 401
+    status, session = platform.call("POST", "/api/v1/auth/login/verify",
+                                    {"challenge": challenge, "code": emailed})
+    assert status == 200 and session["token"]
+    assert platform.call("GET", "/api/v1/dashboard", None, session["token"])[0] == 200

@@ -201,3 +201,19 @@ def test_a_link_asked_for_again_before_it_went_is_not_sent(side: Side) -> None:
     assert len(sent(side)) == 1  # the first link was replaced: its email is cancelled
     statuses = sorted(e["status"] for e in side.notify_app.list_emails({})["items"])
     assert statuses == ["cancelled", "sent"]
+
+
+def test_a_login_code_goes_by_email_and_opens_the_session(side: Side) -> None:
+    installer_id = an_installer(side)
+    side.accounts_app._change(PortalAccount.id_for_username("luna"),
+                              lambda account: account.set_two_factor(True))
+    answer = side.accounts_app.login("luna", "luna-password")
+    challenge = answer["two_factor"]["challenge"]
+    assert side.deliver_and_send() == 1
+    [(to, text, _)] = sent(side)
+    assert to == "luna@example.com" and "login code" in text
+    [code] = [line.strip() for line in text.splitlines() if line.strip().isdigit()]
+    assert code not in notify_store_text(side)
+    with context.acting({"client_address": "10.0.0.1"}):
+        session = side.accounts_app.verify_login({"challenge": challenge, "code": code})
+    assert side.accounts_app.authenticate(session["token"])["account_id"] == installer_id

@@ -104,7 +104,7 @@ def test_an_account_sees_itself(app: AccountsApplication) -> None:
     with signed_in(app, app.login("lin", password)["token"]):
         assert app.account() == {"id": sub_id, "username": "lin", "role": "sub_installer",
                                  "email": "lin@example.com", "phone": "123",
-                                 "installer_id": installer_id}
+                                 "installer_id": installer_id, "two_factor": False}
     with context.acting({"role": "installer", "account_id": "not-an-id"}), \
             pytest.raises(Unauthorized):
         app.account()
@@ -190,3 +190,92 @@ def test_made_up_tokens_are_refused_naming_the_token(app: AccountsApplication) -
     link = app.reveal_secret("reset_link", installer_id, 1)
     assert link is not None
     reset(app, link)  # the real one still works after the guesses
+
+
+# --- email two-factor login ----------------------------------------------------------------------
+
+
+def two_factor_on(app: AccountsApplication) -> str:
+    installer_id = create_installer(app)
+    token = app.login("luna", "luna-password")["token"]
+    with signed_in(app, token):
+        assert app.set_own_two_factor({"two_factor": True})["two_factor"] is True
+    return installer_id
+
+
+def verify(app: AccountsApplication, challenge: str, code: str) -> dict[str, Any]:
+    with context.acting({"client_address": "10.0.0.1"}):
+        return app.verify_login({"challenge": challenge, "code": code})
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+def test_a_login_with_two_factor_opens_only_with_the_emailed_code(
+        wiring: Any, app: AccountsApplication) -> None:
+    installer_id = two_factor_on(app)
+    answer = app.login("luna", "luna-password")
+    assert answer["token"] is None
+    challenge = answer["two_factor"]
+    assert challenge["sent_to"] == "l***@example.com"
+    assert wiring.read_log(0, 1000)[-1]["type"] == "LoginChallenged"
+    code = app.reveal_secret("login_code", installer_id, 1)
+    assert code is not None and len(code) == 6 and code.isdigit()
+    assert code not in str(wiring.read_log(0, 1000))
+    session = verify(app, challenge["challenge"], code)
+    assert app.authenticate(session["token"])["username"] == "luna"
+    with pytest.raises(Unauthorized):  # spent
+        verify(app, challenge["challenge"], code)
+    assert app.reveal_secret("login_code", installer_id, 1) is None
+
+
+def test_five_wrong_codes_end_the_challenge(app: AccountsApplication) -> None:
+    installer_id = two_factor_on(app)
+    challenge = app.login("luna", "luna-password")["two_factor"]["challenge"]
+    code = app.reveal_secret("login_code", installer_id, 1)
+    assert code is not None
+    for _ in range(4):
+        with pytest.raises(Unauthorized):
+            verify(app, challenge, wrong(code))
+    with pytest.raises(Unauthorized):
+        verify(app, challenge, wrong(code))  # the fifth
+    with pytest.raises((Unauthorized, TooManyAttempts)):
+        verify(app, challenge, code)  # the right one is too late
+
+
+def test_a_code_expires_and_a_new_login_replaces_it(app: AccountsApplication,
+                                                    clock: Any) -> None:
+    installer_id = two_factor_on(app)
+    first = app.login("luna", "luna-password")["two_factor"]["challenge"]
+    first_code = app.reveal_secret("login_code", installer_id, 1)
+    second = app.login("luna", "luna-password")["two_factor"]["challenge"]
+    second_code = app.reveal_secret("login_code", installer_id, 2)
+    assert first_code and second_code
+    with pytest.raises(Unauthorized):
+        verify(app, first, first_code)
+    clock.now += timedelta(minutes=10)
+    with pytest.raises(Unauthorized):
+        verify(app, second, second_code)
+    for bad in ({"challenge": second, "code": "12345"}, {"challenge": second},
+                {"challenge": second, "code": "abcdef"}):
+        with pytest.raises(Invalid):
+            app.verify_login(bad)
+
+
+def test_a_property_manager_s_two_factor_is_its_installer_s_choice(
+        app: AccountsApplication) -> None:
+    from tests.unit.test_property_managers_application import SEASIDE
+
+    installer_id = create_installer(app)
+    app.unknown_communities = lambda ids: []
+    from tests.unit.test_sub_installers_application import as_installer
+
+    with as_installer(installer_id):
+        manager = app.create_property_manager({
+            "first_name": "Pat", "last_name": "Lee", "email": "pat@example.com",
+            "two_factor": True, "communities": [{"community_id": SEASIDE}]})
+    password = app.reveal_password(manager["id"], 1)
+    assert password is not None
+    answer = app.login("pat@example.com", password)
+    assert answer["token"] is None and answer["two_factor"]["sent_to"] == "p***@example.com"

@@ -88,7 +88,7 @@ def test_a_login_request_needs_a_username_of_at_most_254_and_a_password_of_at_mo
     ("schema", "good", "nullable"),
     [
         (contract.LoginResponse, {"token": "t", "expires_at": LATER, "role": "installer",
-                                  "account_id": str(uuid4())}, set()),
+                                  "account_id": str(uuid4())}, {"token", "expires_at"}),
         (contract.Principal, {"account_id": str(uuid4()), "role": "distributor",
                               "username": "root", "installer_id": None}, {"installer_id"}),
     ],
@@ -123,6 +123,12 @@ def a_full_history() -> list[Any]:
     sub.issue_password(HASH, "password:x", "sealed:v1:x", "welcome")
     sub.open_session("b" * 64, LATER)
     sub.edit_contact("lin@example.com", "123")
+    sub.set_two_factor(True)
+    sub.challenge_login("d" * 64, "e" * 64, "code:x", "sealed:v1:c", LATER)
+    sub.answer_challenge("d" * 64, "f" * 64, datetime.fromisoformat(LATER)
+                         - timedelta(minutes=1))
+    sub.answer_challenge("d" * 64, "e" * 64, datetime.fromisoformat(LATER)
+                         - timedelta(minutes=1))
     sub.request_reset("c" * 64, "reset:x", "sealed:v1:r", LATER)
     sub.complete_reset("c" * 64, HASH, datetime.fromisoformat(LATER) - timedelta(minutes=1))
     sub.delete()
