@@ -196,6 +196,32 @@ def login_rows(login: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
+def pm_scope_rows(pm: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """A property manager's scope check on list routes (issue #19), at 20 clients: the same
+    routes on the same community with the installer's token and the property manager's, side
+    by side in time, beside a key lookup through the gateway in the same run."""
+    rows: list[tuple[str, Any, str]] = []
+    for route, label in (("residents", "a community's residents, one page of "
+                                       f"{pm['apartments_per_community']}"),
+                         ("communities", "the community list")):
+        mine, theirs = pm[f"{route}_property_manager"], pm[f"{route}_installer"]
+        diff = pm["pm_minus_installer"][route]
+        rows.append((f"{label}, 20 clients, installer / property manager token: req/s "
+                     "(p50 / p99 ms)",
+                     f"{theirs['per_s']} ({theirs['ms']['p50']} / {theirs['ms']['p99']}) / "
+                     f"{mine['per_s']} ({mine['ms']['p50']} / {mine['ms']['p99']})",
+                     f"no target; PM - installer p50 {diff['p50_ms']:+} ms "
+                     f"({diff['p50_share']:+.1%}), services' CPU "
+                     f"{diff['services_cpu_ms_per_request']:+} ms a request"))
+    base, alone = pm["apartment_get_installer"], pm["check_alone_us"]
+    rows.append(("  ... GET one APT, installer token, 20 clients: req/s (p50 / p99 ms)",
+                 f"{base['per_s']} ({base['ms']['p50']} / {base['ms']['p99']})",
+                 "baseline: the hops alone"))
+    rows.append(("  ... the check alone in process, installer / property manager ctx (us)",
+                 f"{alone['installer']} / {alone['property_manager']}", "baseline"))
+    return rows
+
+
 def main() -> None:
     ensure_database(DATABASE)
     raw = run("raw_pika.py", AMQP.replace("5672/", "5672/%2F") if AMQP.endswith("5672/")
@@ -212,6 +238,7 @@ def main() -> None:
     fleet = run("fleet.py", "100000", "150")
     commands = run("commands.py", "1000", "1000", "20")
     login = run("login.py", "60")
+    pm_scope = run("pm_scope.py")
     half_raw = raw["pika_publish_per_s"] / 2
     lat = latency["event_latency_ms"]
     one = gateway["add_apartment_1_client"]
@@ -256,6 +283,7 @@ def main() -> None:
     rows.extend(fleet_rows(fleet))
     rows.extend(command_rows(commands))
     rows.extend(login_rows(login))
+    rows.extend(pm_scope_rows(pm_scope))
     width = max(len(r[0]) for r in rows)
     print(f"{'figure'.ljust(width)}  value  verdict")
     for name, value, note in rows:
@@ -263,7 +291,7 @@ def main() -> None:
     print(json.dumps({"raw": raw, "relay": relay, "latency": latency, "gateway": gateway,
                       "rebuild": rebuild, "scale": scaled, "scale_50_communities": spread,
                       "devices": devices, "traffic": traffic, "fleet": fleet,
-                      "commands": commands, "login": login}))
+                      "commands": commands, "login": login, "pm_scope": pm_scope}))
 
 
 if __name__ == "__main__":

@@ -77,3 +77,25 @@ def test_the_login_benchmark_times_each_kind_of_login_on_one_core() -> None:
     for kind in ("raw_verify_ms", "login_ms", "wrong_password_ms", "unknown_username_ms"):
         assert figures[kind]["n"] == 2 and figures[kind]["p50"] > 0
     assert figures["logins_per_s"] > 0 and figures["raw_verifies_per_s"] > 0
+
+
+@pytest.mark.broker
+@pytest.mark.postgres
+def test_the_property_manager_benchmark_times_both_tokens_on_each_list(
+        rabbit_uri: str, postgres_url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_AMQP_URI": rabbit_uri,
+           "BENCH_DATABASE_URL": postgres_url, "BENCH_PORT": str(free_port())}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "pm_scope.py"), "0.2", "2", "3"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["rounds"] == 2 and figures["apartments_per_community"] == 3
+    for route in ("residents", "communities"):
+        for who in ("installer", "property_manager"):
+            assert figures[f"{route}_{who}"]["ms"]["n"] > 0
+            assert len(figures[f"{route}_{who}"]["p50_by_round"]) == 2
+        assert len(figures["pm_minus_installer"][route]["p50_ms_by_round"]) == 2
+    assert figures["residents_property_manager"]["items_per_answer"] == 3
+    assert figures["communities_property_manager"]["items_per_answer"] == 1
+    assert figures["apartment_get_installer"]["per_s"] > 0
+    assert figures["check_alone_us"]["property_manager"] > 0
