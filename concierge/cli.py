@@ -200,7 +200,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     finally:
         printer.close()
         wiring.close()
-    names = sorted(args.only) if args.only else [m.name for m in wiring.read_models]
+    names = sorted(args.only) if args.only else [m.name for m in wiring.read_models
+                                                  if m.metadata.sorted_tables]
     print(f"rebuilt {', '.join(names)} of {args.service} from {total} events in "
           f"{time.monotonic() - started:.1f} s, swapped in while it served")
     return 0

@@ -11,23 +11,45 @@ from eventsourcing.persistence import Mapper
 
 from concierge import context
 from concierge.records import META_KEY, plain
+from concierge.vault import SUBJECT_KEY, PersonalData, Vault, is_sealed, open_personal
 
 
 class StampingMapper(Mapper):
-    """Adds who/why metadata to each stored event and hides it from the domain on the way back."""
+    """Adds who/why metadata to each stored event and hides it from the domain on the way back.
+
+    With `personal` and `vault` set (a context that declares personal data), the personal
+    fields of its events are stored sealed with their subject's key and opened on the way back
+    (concierge.vault): once the key is shredded they read as None, everywhere and for good.
+    """
+
+    personal: PersonalData | None = None
+    vault: Vault | None = None
 
     def to_stored_event(self, domain_event: Any) -> Any:
         attributes = object.__getattribute__(domain_event, "__dict__")
         if META_KEY not in attributes:  # not stamped by a unit of work (`ServiceApplication`)
             attributes[META_KEY] = stamp()
+        sealed = None
+        if self.personal is not None and self.vault is not None:
+            sealed = self.personal.seal(self.vault, type(domain_event).__qualname__, attributes)
+        original = dict(attributes) if sealed is not None else None
+        if sealed is not None:
+            attributes.clear()
+            attributes.update(sealed)
         try:
             return super().to_stored_event(domain_event)
         finally:
+            if original is not None:
+                attributes.clear()
+                attributes.update(original)
             attributes.pop(META_KEY, None)
 
     def to_domain_event(self, stored_event: Any) -> Any:
         domain_event = super().to_domain_event(stored_event)
-        object.__getattribute__(domain_event, "__dict__").pop(META_KEY, None)
+        attributes = object.__getattribute__(domain_event, "__dict__")
+        attributes.pop(META_KEY, None)
+        if self.vault is not None and SUBJECT_KEY in attributes:
+            open_personal(self.vault, attributes)
         return domain_event
 
     def decode_state(self, state: bytes) -> dict[str, Any]:
@@ -40,7 +62,13 @@ class StampingMapper(Mapper):
         decoder = self.__dict__.get("_plain_decoder")
         if decoder is None:
             decoder = self.__dict__["_plain_decoder"] = PlainDecoder(self.transcoder)
-        return decoder.decode(state)
+        decoded = decoder.decode(state)
+        if SUBJECT_KEY in decoded:
+            if self.vault is None:
+                decoded.pop(SUBJECT_KEY)
+                return {k: (None if is_sealed(v) else v) for k, v in decoded.items()}
+            open_personal(self.vault, decoded)
+        return decoded
 
 
 

@@ -352,7 +352,9 @@ class _Rebuild:
                              f"read models: {', '.join(sorted(known))}")
         self.wiring = wiring
         self.service = wiring.service
-        self.models = [m for m in wiring.read_models if only is None or m.name in only]
+        # A model with nothing to show (a shredder of keys) has nothing to rebuild.
+        self.models = [m for m in wiring.read_models if (only is None or m.name in only)
+                       and m.metadata.sorted_tables]
         # By name: the order in which every writer locks several models (`models_locked`,
         # the advisory keys of `concierge.subscription._Together`).
         self.names = sorted(m.name for m in self.models)

@@ -23,6 +23,7 @@ from concierge.decoding import StampingMapper
 from concierge.loading import LoadsTogether
 from concierge.reads import StoreReads
 from concierge.unit import GroupCommit, UnitRepository
+from concierge.vault import PersonalData, Vault
 
 
 class ServiceApplication(Commits, StoreReads, LoadsTogether, Application):
@@ -37,6 +38,8 @@ class ServiceApplication(Commits, StoreReads, LoadsTogether, Application):
     # read 5000 at a time (fewer transactions); callers still choose their own limit.
     log_section_size = 5000
     service_name = "service"
+    # The personal fields of this context's events (concierge.vault), sealed in its store.
+    personal_data: PersonalData | None = None
 
     def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
         self.engine = engine
@@ -51,9 +54,22 @@ class ServiceApplication(Commits, StoreReads, LoadsTogether, Application):
         return UnitRepository(super().construct_repository())
 
     def construct_mapper(self) -> Mapper:
-        return self.factory.mapper(
+        mapper = self.factory.mapper(
             transcoder=self.construct_transcoder(), mapper_class=StampingMapper
         )
+        if self.personal_data is not None and self.engine is not None:
+            # Personal fields sealed with keys in the context's own database.
+            mapper.personal = self.personal_data
+            mapper.vault = self.shared_vault()
+        return mapper
+
+    def shared_vault(self) -> Vault:
+        """The context's one vault (its keys, and on PostgreSQL its one connection)."""
+        found = self.__dict__.get("_shared_vault")
+        if found is None:
+            assert self.engine is not None, "a vault needs the context's database"
+            found = self.__dict__["_shared_vault"] = Vault(self.engine)
+        return found
 
     def construct_recorder(self) -> Any:
         return self.factory.process_recorder()

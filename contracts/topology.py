@@ -825,15 +825,20 @@ class ApartmentAddedSchema(_ApartmentIds):
 
 
 class ResidentAddedSchema(_ApartmentIds):
-    """The family master's details: accounts creates the master account, notify emails it."""
+    """The family master's details: accounts creates the master account, notify emails it.
 
-    first_name = fields.String(required=True)
-    last_name = fields.String(required=True)
+    Personal fields are None when read after the tenancy ended (a reset or delete destroyed
+    the tenant's key): a replay or a rebuild never brings them back."""
+
+    first_name = fields.String(required=True, allow_none=True)
+    last_name = fields.String(required=True, allow_none=True)
     email = fields.String(required=True, allow_none=True)
     language = fields.String(required=True)
     country = fields.String(required=True, allow_none=True)
     mobile = fields.String(required=True, allow_none=True)
-    landlines = fields.List(fields.String(), required=True)
+    landlines = fields.List(fields.String(), required=True, allow_none=True)
+    # Which tenant of the APT (each reset starts the next); added later, older events: 0.
+    tenancy = fields.Integer(load_default=0)
 
 
 class ApartmentEditedSchema(_ApartmentIds):
@@ -842,6 +847,7 @@ class ApartmentEditedSchema(_ApartmentIds):
 
 class ResidentEditedSchema(_ApartmentIds):
     changes = fields.Nested(ResidentChanges, required=True)
+    tenancy = fields.Integer(load_default=0)
 
 
 class ApartmentResetSchema(_ApartmentIds):
@@ -851,6 +857,11 @@ class ApartmentResetSchema(_ApartmentIds):
     cleared_fields = fields.List(
         fields.String(validate=validate.OneOf(RESET_CLEARS)), required=True
     )
+    # The next tenancy, and the names it keeps (manual: a reset keeps them); added later:
+    # older resets carry 0 and None.
+    tenancy = fields.Integer(load_default=0)
+    first_name = fields.String(load_default=None, allow_none=True)
+    last_name = fields.String(load_default=None, allow_none=True)
 
 
 class ApartmentCredentialsWipedSchema(_ApartmentIds):
@@ -862,6 +873,7 @@ class ApartmentCredentialsWipedSchema(_ApartmentIds):
 
 class ApartmentDeletedSchema(_ApartmentIds):
     number = fields.String(required=True)
+    tenancy = fields.Integer(load_default=0)  # the tenant whose key goes with it
 
 
 EVENT_SCHEMAS: dict[str, type[Schema]] = {

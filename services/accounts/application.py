@@ -211,8 +211,9 @@ class AccountsApplication(ServiceApplication):
         self.clock = clock or (lambda: datetime.now(UTC))
         # The read models' queries; none without a read side.
         self.views = AccountsViews(engine) if engine is not None else None
-        # Issued passwords, sealed until notify has emailed them (crypto-shredding).
-        self.vault = Vault(engine) if engine is not None else None
+        # Issued passwords, sealed until notify has emailed them (crypto-shredding); the
+        # store's vault, made with it below.
+        self.vault: Vault | None = None
         # Which of the named communities are not the calling installer's (topology over RPC,
         # set when wired); None: nothing to ask (accounts alone, in a test).
         self.unknown_communities: Callable[[list[str]], list[str]] | None = None
@@ -222,6 +223,8 @@ class AccountsApplication(ServiceApplication):
         # unknown username must not cost a hash more than the others.
         self._decoy_hash = self.credentials.hash_password(secrets.token_urlsafe(16))
         super().__init__(env=env, engine=engine)
+        if engine is not None:
+            self.vault = self.shared_vault()
 
     # -- portal accounts -------------------------------------------------------------------
     def ensure_distributor(self, username: str, password: str) -> str:
@@ -828,7 +831,11 @@ class AccountsApplication(ServiceApplication):
         found = self._get(claim.master_account_id)
         if not isinstance(found, MasterAccount):
             raise NotFound("No such family member.")
-        account = self._family_of(found.apartment_id)
+        try:
+            account = self._family_of(found.apartment_id)
+        except NotFound:
+            # Out of the caller's scope: answered as an id that exists nowhere.
+            raise NotFound("No such family member.") from None
         if str(uid) not in account.family_member_ids:
             raise NotFound("No such family member.")
         return account, str(uid)

@@ -21,6 +21,7 @@ from concierge.envelope import Publishable
 from concierge.envelope import build as build_envelope
 from concierge.records import plain
 from concierge.store import ServiceApplication
+from concierge.vault import Personal, PersonalData
 from contracts import checked
 from contracts.accounts import INSTALLER_ROLES, PROPERTY_MANAGER
 from contracts.errors import Busy, ConciergeError, Conflict, Forbidden, NotFound
@@ -82,8 +83,25 @@ def _as_uuid(item_id: Any) -> UUID | None:
         return None
 
 
+def tenant(attributes: dict[str, Any]) -> str:
+    """The key of the APT's tenant an event is about (each reset starts the next tenancy)."""
+    return f"tenant:{attributes['apartment_id']}:{int(attributes.get('tenancy') or 0)}"
+
+
+# The residents' personal fields, sealed with their tenant's key (concierge.vault): a reset or
+# a delete destroys it, and from then on no route, replay or rebuild reads them.
+PERSONAL_FIELDS = ("first_name", "last_name", "email", "mobile", "landlines", "country")
+PERSONAL_DATA = PersonalData({
+    "Apartment.ResidentAdded": Personal(tenant, PERSONAL_FIELDS),
+    "Apartment.ResidentEdited": Personal(tenant, PERSONAL_FIELDS, nested=("changes",)),
+    "Apartment.ApartmentReset": Personal(tenant, ("first_name", "last_name")),
+})
+
+
 class TopologyApplication(ServiceApplication):
     service_name = "topology"
+
+    personal_data = PERSONAL_DATA
 
     def __init__(self, env: dict[str, str] | None = None, engine: Any = None) -> None:
         super().__init__(env=env, engine=engine)
@@ -411,6 +429,11 @@ class TopologyApplication(ServiceApplication):
         community = self._load(Community, community_id)
         if query.get("building_id") is not None:
             query["building_id"] = str(query["building_id"])
+            if _as_uuid(query["building_id"]) not in {_as_uuid(b) for b in community.buildings}:
+                # Not a building of this community: as for one that exists nowhere, whose
+                # ever it is (its APT count is not the caller's to learn).
+                return {"items": [], "total": 0, "page": query.get("page", 1),
+                        "per_page": query.get("per_page", PER_PAGE_DEFAULT)}
         return self._views().list_residents(str(community.installer_id), str(community.id),
                                             **query)
 

@@ -489,6 +489,9 @@ class Apartment(Aggregate):
         self.indoor_monitor_network_group = indoor_monitor_network_group
         self.indoor_monitor_relays = list(indoor_monitor_relays)
         self.deleted = False  # the resident's fields follow in ResidentAdded, in the same save
+        # Which tenant lives here: each reset starts the next. Each tenant's personal fields
+        # are sealed with a key of its own, destroyed by the reset or delete that ends it.
+        self.tenancy = 0
 
     @staticmethod
     def create_id(apartment_id: UUID) -> UUID:
@@ -525,6 +528,7 @@ class Apartment(Aggregate):
         country: str | None,
         mobile: str | None,
         landlines: list[str],
+        tenancy: int = 0,
     ) -> None:
         self.first_name = first_name
         self.last_name = last_name
@@ -579,7 +583,8 @@ class Apartment(Aggregate):
                 previous_number=previous_number,
             )
         if resident_changed:
-            self._edit_resident(**self._ids(), changes=resident_changed)
+            self._edit_resident(**self._ids(), changes=resident_changed,
+                                tenancy=self.tenancy)
 
     @event("ApartmentEdited")
     def _edit(
@@ -601,6 +606,7 @@ class Apartment(Aggregate):
         community_id: UUID,
         installer_id: UUID,
         changes: dict[str, Any],
+        tenancy: int = 0,
     ) -> None:
         for name, value in changes.items():
             setattr(self, name, _copy(value))
@@ -613,8 +619,13 @@ class Apartment(Aggregate):
         login without sending an email. Names, language, SIP/IP call and the indoor monitor stay.
         """
         self._check_live()
-        self._reset(**self._ids(), cleared_fields=list(RESET_CLEARS))
+        # The names stay (manual); they are recorded again for the next tenancy, whose key
+        # outlives the previous tenant's, destroyed with this reset.
+        self._reset(**self._ids(), cleared_fields=list(RESET_CLEARS),
+                    tenancy=self.tenancy + 1, first_name=self.first_name,
+                    last_name=self.last_name)
 
+    # `tenancy` and the names came later: older resets replay with their defaults.
     @event("ApartmentReset")
     def _reset(
         self,
@@ -623,9 +634,16 @@ class Apartment(Aggregate):
         community_id: UUID,
         installer_id: UUID,
         cleared_fields: list[str],
+        tenancy: int = 0,
+        first_name: str | None = None,
+        last_name: str | None = None,
     ) -> None:
         for name in cleared_fields:
             setattr(self, name, [] if name == "landlines" else None)
+        if tenancy:
+            self.tenancy = tenancy
+            self.first_name = first_name
+            self.last_name = last_name
 
     def note_credentials_wiped(self, kinds: list[str], removed: int) -> None:
         """Devices wiped the APT's access credentials for its reset: the APT's history says
@@ -644,7 +662,7 @@ class Apartment(Aggregate):
         self._check_live()
         if building.id != self.building_id:
             raise NotFound("The apartment is not in this building.")
-        self._delete(**self._ids(), number=self.number)
+        self._delete(**self._ids(), number=self.number, tenancy=self.tenancy)
         building._release_apartment_number(
             building_id=building.id,
             community_id=self.community_id,
@@ -660,6 +678,7 @@ class Apartment(Aggregate):
         community_id: UUID,
         installer_id: UUID,
         number: str,
+        tenancy: int = 0,
     ) -> None:
         self.deleted = True
 

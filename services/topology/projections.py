@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from concierge.lists import containing, page_of, sort_field, sort_key, trigram_index
 from concierge.projection import ProjectFn, ReadModel, Rows
+from concierge.vault import shred_on
 from contracts import fields as contract_fields
 from contracts.topology import BUILDING_SORTS, COMMUNITY_SORTS, RESIDENT_SORTS
 
@@ -793,10 +794,15 @@ class ResidentsView(ReadModel):
 
     @staticmethod
     def apartment_reset(rows: Rows, env: Envelope) -> None:
-        cleared = set(env["data"].get("cleared_fields") or [])
-        rows.update(apartments, env["stream_id"],
-                    **{k: None for k in ("email", "mobile") if k in cleared})
-        if "email" in cleared:
+        data = env["data"]
+        cleared = set(data.get("cleared_fields") or [])
+        values: dict[str, Any] = {k: None for k in ("email", "mobile") if k in cleared}
+        if data.get("tenancy"):
+            # The names the next tenancy keeps: what a rebuild reads once the previous
+            # tenant's key is gone (its ResidentAdded then reads as None).
+            values.update(first_name=data.get("first_name"), last_name=data.get("last_name"))
+        rows.update(apartments, env["stream_id"], **values)
+        if values:
             _searchable(rows, env["stream_id"])
 
     @staticmethod
@@ -843,7 +849,20 @@ class ResidentsView(ReadModel):
 
 _ACCOUNT_CHANGES = ("MasterAccountRegistered", "MasterAccountReset", "MasterAccountClosed")
 
-READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView)
+def _ended_tenancy(env: Envelope) -> list[str]:
+    """The tenant a reset or a delete ends: its key goes (concierge.vault)."""
+    data = env["data"]
+    tenancy = int(data.get("tenancy") or 0)
+    if env["type"] == "ApartmentReset":
+        return [f"tenant:{env['stream_id']}:{tenancy - 1}"] if tenancy else []
+    return [f"tenant:{env['stream_id']}:{tenancy}"]
+
+
+TenantKeys = shred_on({"ApartmentReset": _ended_tenancy, "ApartmentDeleted": _ended_tenancy},
+                      "topology", "topology_tenant_keys")
+
+READ_MODELS: tuple[type[ReadModel], ...] = (SitesView, BuildingsView, ResidentsView,
+                                            TenantKeys)
 
 
 # --- queries ---------------------------------------------------------------------------------

@@ -357,11 +357,9 @@ def probe_every_route(platform: Platform, token: str, role: str, real: dict[str,
     return findings
 
 
-# Found by these probes: a family member's id of another installer's (or of a community not
-# given to a property manager) is 404 as an unknown id is, but its detail differs: "No
-# resident's account in this APT." against "No such family member." (services/accounts
-# application.py `_member` looks the id up before it checks the caller's scope). Probed apart,
-# in the xfail test below, so that every other route stays proven.
+# A family member's id of another installer's (or of a community not given to a property
+# manager) is answered as an unknown id, detail included (these probes once found the details
+# told them apart); probed in a test of their own.
 TELLS_FAMILY_MEMBERS_APART = {"get_family_member", "edit_family_member", "remove_family_member"}
 PROBED_ROUTES = [r for r in ID_ROUTES if r.name not in TELLS_FAMILY_MEMBERS_APART]
 
@@ -444,9 +442,6 @@ def test_a_distributor_cannot_act_as_an_installer(
     assert_untouched(platform, world, before)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "accounts tells a real family member's id apart from an unknown one: both 404, but "
-    "\"No resident's account in this APT.\" against \"No such family member.\""))
 def test_a_family_member_of_another_installer_s_is_answered_as_an_unknown_id(
         platform: Platform, world: World, before: dict[str, Any]) -> None:
     routes = [r for r in ID_ROUTES if r.name in TELLS_FAMILY_MEMBERS_APART]
@@ -541,10 +536,6 @@ def test_another_installer_s_ids_in_a_body_or_a_query_are_unknown_ids(
     assert_untouched(platform, world, before)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "topology's list_residents takes the kept APT total of the `building_id` filter as given "
-    "(services/topology/projections.py, _kept_total(conn, building_id)), unchecked against "
-    "the community: items [] but total = the other building's APT count; 0 for an unknown id"))
 def test_filtering_residents_by_another_installer_s_building_tells_nothing_of_it(
         platform: Platform, world: World, before: dict[str, Any]) -> None:
     """GET /communities/{own}/residents?building_id={another's}: answered as for a building

@@ -24,9 +24,10 @@ from concierge.config import Settings
 from tests.support.harness import eventually, free_port
 
 REPLICAS = ("accounts", "accounts", "topology", "topology", "notify", "notify", "gateway")
-# The README's budget: two pools of CONCIERGE_DB_POOL_SIZE each, and one connection for the
-# leader locks (relay, mailer); the gateway holds none.
-PER_PROCESS = 2 * Settings().db_pool_size + 1
+# The README's budget: two pools of CONCIERGE_DB_POOL_SIZE each, one connection for the leader
+# locks (relay, mailer) and one for the vault of a context that keeps personal data; the
+# gateway holds none.
+PER_PROCESS = 2 * Settings().db_pool_size + 2
 PER_DEPLOYMENT = PER_PROCESS * sum(1 for s in REPLICAS if s != "gateway")
 WRITERS, READERS, WRITES_EACH = 10, 10, 8
 

@@ -709,3 +709,51 @@ def test_the_read_models_do_not_depend_on_which_source_comes_first(
         sub.catch_up()
 
     assert read_model_rows(wiring) == live
+
+
+# --- a tenant's personal data after a reset or a delete (crypto-shredding) -------------------
+
+
+def raw_store(wiring: Wiring) -> bytes:
+    """Every byte the event store holds, as a backup of it would."""
+    notes = wiring.app.recorder.select_notifications(1, 100_000)
+    return b"".join(bytes(n.state) for n in notes)
+
+
+@both_stores
+def test_a_reset_or_a_delete_leaves_nothing_of_the_tenant_anywhere(
+        svc: TopologyService, wiring: Wiring) -> None:
+    _, _, apartment = a_site(svc)
+    svc.edit_apartment(LUNA_CTX, apartment, {"resident": {
+        "mobile": "5550100", "landlines": ["5550101"], "country": "FR"}})
+    secrets_ = ("lily@example.com", "5550100", "5550101", "Lily", "Green")
+    # Sealed in the store from the start; read back in the open while the tenant lives.
+    assert not any(s.encode() in raw_store(wiring) for s in secrets_)
+    assert svc.get_apartment(LUNA_CTX, apartment)["resident"]["mobile"] == "5550100"
+    assert "lily@example.com" in json.dumps(wiring.read_log(0, 1000))
+
+    reset = svc.reset_apartment(LUNA_CTX, apartment)
+    assert (reset["resident"]["email"], reset["resident"]["mobile"]) == (None, None)
+    # The names stay (manual), recorded again for the next tenancy.
+    assert (reset["resident"]["first_name"], reset["resident"]["last_name"]) == ("Lily",
+                                                                                 "Green")
+    history = svc.apartment_history(LUNA_CTX, apartment, {"per_page": 100})
+    told = json.dumps(history)
+    gone = ("lily@example.com", "5550100", "5550101")
+    assert not any(s in told for s in gone), told
+    added = next(h for h in history["items"] if h["type"] == "ResidentAdded")
+    assert added["actor"] == "installer:luna" and added["data"]["email"] is None  # who, when
+    assert not any(s in json.dumps(wiring.read_log(0, 1000)) for s in gone)  # a replay
+    rows = json.dumps(read_model_rows(wiring), default=str)
+    assert not any(s in rows for s in gone)
+    rebuild(wiring)
+    rows = json.dumps(read_model_rows(wiring), default=str)
+    assert not any(s in rows for s in gone) and "Lily" in rows  # the kept names, rebuilt
+
+    svc.edit_apartment(LUNA_CTX, apartment, {"resident": {"email": "next@example.com"}})
+    svc.delete_apartment(LUNA_CTX, apartment)
+    everything = json.dumps(wiring.read_log(0, 1000)) + json.dumps(
+        read_model_rows(wiring), default=str)
+    assert not any(s in everything for s in ("next@example.com", "Lily", "Green"))
+    with pytest.raises(NotFound):
+        svc.apartment_history(LUNA_CTX, apartment, {})
