@@ -454,11 +454,14 @@ class PasswordChangedSchema(_EventData):
 
 
 class MasterAccountCreatedSchema(_EventData):
+    """Its names and email read as None once the tenancy ended (a reset or a delete destroyed
+    the tenant's key): a replay never brings them back."""
+
     apartment_id = fields.UUID(required=True)
     community_id = fields.UUID(required=True)
     installer_id = fields.UUID(required=True)
-    first_name = fields.String(required=True)
-    last_name = fields.String(required=True)
+    first_name = fields.String(required=True, allow_none=True)
+    last_name = fields.String(required=True, allow_none=True)
     email = fields.String(required=True, allow_none=True)
 
 
@@ -466,8 +469,8 @@ class MasterAccountContactChangedSchema(_EventData):
     """The installer edited the resident. The fields after `email` were added later (events
     recorded before them carry None): with them notify decides on an activation email."""
 
-    first_name = fields.String(required=True)
-    last_name = fields.String(required=True)
+    first_name = fields.String(required=True, allow_none=True)
+    last_name = fields.String(required=True, allow_none=True)
     email = fields.String(required=True, allow_none=True)
     previous_email = fields.String(load_default=None, allow_none=True)
     apartment_id = fields.UUID(load_default=None, allow_none=True)
@@ -490,10 +493,12 @@ class FamilyMemberAddedSchema(_EventData):
     family_member_id = fields.String(required=True, validate=validate.Length(min=1))
     sip = fields.String(load_default=None, allow_none=True)
     free = fields.Boolean(load_default=None, allow_none=True)
+    resets = fields.Integer(load_default=None, allow_none=True)
 
 
 class FamilyMemberEditedSchema(_EventData):
     family_member_id = fields.String(required=True)
+    resets = fields.Integer(load_default=None, allow_none=True)
 
 
 class FamilyMemberRemovedSchema(_EventData):
@@ -511,6 +516,10 @@ class MasterAccountResetSchema(_EventData):
     """App status back to `unregistered`, credentials and contact data cleared."""
 
     removed_family_member_ids = fields.List(fields.String(), required=True)
+    # The next tenancy and the names it keeps (manual); added later: older resets carry None.
+    resets = fields.Integer(load_default=None, allow_none=True)
+    first_name = fields.String(load_default=None, allow_none=True)
+    last_name = fields.String(load_default=None, allow_none=True)
 
 
 class MasterAccountClosedSchema(_EventData):
@@ -521,6 +530,7 @@ class MasterAccountClosedSchema(_EventData):
 
     apartment_id = fields.UUID(required=True)
     removed_family_member_ids = fields.List(fields.String(), required=True)
+    resets = fields.Integer(load_default=None, allow_none=True)  # added later
 
 
 EVENT_SCHEMAS: dict[str, type[Schema]] = {

@@ -21,7 +21,7 @@ from eventsourcing.application import AggregateNotFoundError
 from concierge import context
 from concierge.lockout import Lockout, Rule
 from concierge.store import ServiceApplication
-from concierge.vault import Vault
+from concierge.vault import Personal, PersonalData, Vault
 from contracts import checked
 from contracts.accounts import (
     CODE_DIGITS,
@@ -191,10 +191,25 @@ def _uuid(value: Any) -> UUID | None:
         return None
 
 
+def tenant_account(attributes: dict[str, Any]) -> str:
+    """The key of a master account's tenant (each reset starts the next; concierge.vault)."""
+    return f"master:{attributes['originator_id']}:{int(attributes.get('resets') or 0)}"
+
+
+# A resident's and its family members' personal fields, sealed with their tenant's key: the
+# APT's reset or delete destroys it (AccountsKeys), and no route, replay or rebuild reads them.
+RESIDENT_FIELDS = ("first_name", "last_name", "email", "previous_email", "member")
+PERSONAL_DATA = PersonalData({
+    f"MasterAccount.{name}": Personal(tenant_account, RESIDENT_FIELDS)
+    for name in ("MasterAccountCreated", "MasterAccountContactChanged", "MasterAccountReset",
+                 "FamilyMemberAdded", "FamilyMemberEdited")})
+
+
 class AccountsApplication(ServiceApplication):
     """Commands and queries of the accounts context."""
 
     service_name = "accounts"
+    personal_data = PERSONAL_DATA
 
     def __init__(
         self,

@@ -607,13 +607,13 @@ class MasterAccount(Aggregate):
             _validate_contact(member.get("first_name"), member.get("last_name"),
                               member.get("email"))
         self._add_family_member(family_member_id=family_member_id, sip=sip, free=True,
-                                member=dict(member or {}))
+                                member=dict(member or {}), resets=self.resets)
 
     # `sip`, `free` and `member` were added later: older events replay with their defaults.
     @event("FamilyMemberAdded")
     def _add_family_member(self, family_member_id: str, sip: str | None = None,
-                           free: bool | None = None, member: dict[str, Any] | None = None
-                           ) -> None:
+                           free: bool | None = None, member: dict[str, Any] | None = None,
+                           resets: int | None = None) -> None:
         self.family_member_ids.append(family_member_id)
         self.family[family_member_id] = {"sip": sip, **(member or {})}
         self.free_used += 1
@@ -631,13 +631,15 @@ class MasterAccount(Aggregate):
                           updated.get("email"))
         if updated == member:
             return False
-        self._edit_family_member(family_member_id=family_member_id, member=updated)
+        self._edit_family_member(family_member_id=family_member_id, member=updated,
+                                 resets=self.resets)
         return True
 
     @event("FamilyMemberEdited")
-    def _edit_family_member(self, family_member_id: str, member: dict[str, Any]) -> None:
+    def _edit_family_member(self, family_member_id: str, member: dict[str, Any],
+                            resets: int | None = None) -> None:
         self.family[family_member_id] = {"sip": self.family[family_member_id].get("sip"),
-                                         **member}
+                                         **(member or {})}
 
     def remove_family_member(self, family_member_id: str) -> None:
         """Its app account stops working; the free account it took stays taken."""
@@ -658,10 +660,16 @@ class MasterAccount(Aggregate):
         has nothing left to reset."""
         if self.closed:
             return
-        self._reset(removed_family_member_ids=list(self.family_member_ids))
+        # The names stay: recorded again under the next tenancy's key (the previous tenant's
+        # key is destroyed with this reset, concierge.vault).
+        self._reset(removed_family_member_ids=list(self.family_member_ids),
+                    resets=self.resets + 1, first_name=self.first_name,
+                    last_name=self.last_name)
 
+    # `resets` and the names came later: older resets replay with None.
     @event("MasterAccountReset")
-    def _reset(self, removed_family_member_ids: list[str]) -> None:
+    def _reset(self, removed_family_member_ids: list[str], resets: int | None = None,
+               first_name: str | None = None, last_name: str | None = None) -> None:
         self.family_member_ids = [
             member for member in self.family_member_ids if member not in removed_family_member_ids
         ]
@@ -673,7 +681,12 @@ class MasterAccount(Aggregate):
         self.email = None
         self.password_hash = None
         self.app_status = UNREGISTERED
-        self.resets += 1
+        if resets is None:
+            self.resets += 1
+        else:
+            self.resets = resets
+            self.first_name = first_name  # type: ignore[assignment]
+            self.last_name = last_name  # type: ignore[assignment]
 
     def close(self) -> None:
         """Delete APT: the resident's app account and its family member accounts stop working.
@@ -684,10 +697,11 @@ class MasterAccount(Aggregate):
         if self.closed:
             return
         self._close(apartment_id=self.apartment_id,
-                    removed_family_member_ids=list(self.family_member_ids))
+                    removed_family_member_ids=list(self.family_member_ids), resets=self.resets)
 
     @event("MasterAccountClosed")
-    def _close(self, apartment_id: UUID, removed_family_member_ids: list[str]) -> None:
+    def _close(self, apartment_id: UUID, removed_family_member_ids: list[str],
+               resets: int | None = None) -> None:
         self.family_member_ids = [
             member for member in self.family_member_ids if member not in removed_family_member_ids
         ]

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from concierge.lists import containing, page_of, sort_key
 from concierge.projection import ProjectFn, ReadModel, Rows
 from concierge.subscription import Envelope
+from concierge.vault import shred_on
 from contracts.accounts import PM_SORTS, SUB_ACCOUNT_SORTS
 from services.accounts.domain import INSTALLER, PROPERTY_MANAGER, SUB_INSTALLER
 
@@ -86,8 +87,8 @@ master_accounts = Table(
     Column("apartment_id", String(36), nullable=False, unique=True),
     Column("community_id", String(36), nullable=False, index=True),
     Column("installer_id", String(36), nullable=False, index=True),
-    Column("first_name", String(255), nullable=False),
-    Column("last_name", String(255), nullable=False),
+    Column("first_name", String(255), nullable=True),  # None: a shredded tenant's
+    Column("last_name", String(255), nullable=True),
     Column("email", String(254), nullable=True),
     Column("app_status", String(20), nullable=False),
 )
@@ -214,6 +215,7 @@ class MasterAccountsView(ReadModel):
     accounts that still work (a closed account's row is removed)."""
 
     name = "accounts_master_accounts"
+    version = 2  # 2: names as the reset keeps them (a shredded tenant's read as None)
     metadata = master_metadata
 
     def handlers(self) -> dict[str, dict[str, ProjectFn]]:
@@ -245,8 +247,12 @@ class MasterAccountsView(ReadModel):
 
     @staticmethod
     def reset(rows: Rows, env: Envelope) -> None:
-        # Names stay: the manual's Reset list does not remove them.
-        _set(rows, env, email=None, app_status="unregistered")
+        # Names stay: the manual's Reset list does not remove them. The reset records them
+        # again for the next tenancy (what a rebuild reads once the previous key is gone).
+        data = env["data"]
+        names = ({"first_name": data.get("first_name"), "last_name": data.get("last_name")}
+                 if data.get("resets") is not None else {})
+        _set(rows, env, email=None, app_status="unregistered", **names)
 
     @staticmethod
     def closed(rows: Rows, env: Envelope) -> None:
@@ -352,6 +358,20 @@ def sub_installer_item(row: Any) -> dict[str, Any]:
             "created_at": _instant(created).isoformat() if created is not None else None}
 
 
+def _ended_tenancy(env: Envelope) -> list[str]:
+    """The tenant a reset or a close ends: its key goes (concierge.vault)."""
+    resets = env["data"].get("resets")
+    if resets is None:
+        return []  # recorded before tenants had keys: nothing was sealed
+    if env["type"] == "MasterAccountReset":
+        return [f"master:{env['stream_id']}:{int(resets) - 1}"]
+    return [f"master:{env['stream_id']}:{int(resets)}"]
+
+
+AccountsKeys = shred_on({"MasterAccountReset": _ended_tenancy,
+                         "MasterAccountClosed": _ended_tenancy}, SOURCE, "accounts_tenant_keys")
+
+
 def read_models(app: Any = None) -> list[ReadModel]:
     """Every read model of the accounts service, in the order they are brought up to date."""
-    return [SessionsView(), PortalAccountsView(), MasterAccountsView()]
+    return [SessionsView(), PortalAccountsView(), MasterAccountsView(), AccountsKeys()]

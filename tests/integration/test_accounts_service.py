@@ -260,7 +260,8 @@ def test_apartment_deleted_closes_the_master_account_once_even_when_delivered_tw
 
     assert stack.accounts_events(before) == ["MasterAccountClosed"]
     [closed] = stack.wiring.read_log(before, 10)
-    assert closed["data"] == {"apartment_id": apartment_id, "removed_family_member_ids": ["fm-1"]}
+    assert closed["data"] == {"apartment_id": apartment_id, "removed_family_member_ids": ["fm-1"],
+                              "resets": 0}
     account = stack.master_account(apartment_id)
     assert (account.closed, account.family_member_ids, account.password_hash) == (True, [], None)
     # The app account no longer exists for the portal.

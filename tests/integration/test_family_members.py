@@ -127,3 +127,33 @@ def test_only_the_apt_s_installer_or_its_community_s_manager_reaches_them(stack:
     with context.acting({"actor": "distributor:root", "role": "distributor"}), \
             pytest.raises(Forbidden):
         stack.accounts.list_family_members(apartment)
+
+
+def test_a_reset_or_a_delete_leaves_nothing_of_the_tenant_in_accounts(stack: Stack) -> None:
+    from concierge.rebuild import rebuild
+
+    apartment = an_apartment(stack)
+    with installer():
+        stack.accounts.add_family_member(apartment, {**kid(0), "mobile": "5550199"})
+    notes = stack.accounts.recorder.select_notifications(1, 100_000)
+    raw = b"".join(bytes(n.state) for n in notes)
+    gone = ("lily@example.com", "kid0@example.com", "5550199")
+    assert not any(s.encode() in raw for s in (*gone, "Lily", "Kid0"))  # sealed from the start
+    assert "lily@example.com" in str(stack.wiring.read_log(0, 1000))  # open while it lives
+
+    stack.topology.reset(apartment)
+    stack.deliver_all()
+    account = stack.master_account(apartment)
+    assert (account.email, account.first_name, account.family) == (None, "Lily", {})
+    told = str(stack.wiring.read_log(0, 1000))  # what a replay would publish
+    assert not any(s in told for s in gone)
+    rebuild(stack.wiring)
+    assert stack.accounts.views is not None
+    row = stack.accounts.views.master_account(apartment)
+    assert row is not None and (row["email"], row["first_name"]) == (None, "Lily")
+    again = stack.accounts.repository.get(account.id)  # from its events, as after a restart
+    assert (again.email, again.first_name, again.last_name) == (None, "Lily", "Green")
+
+    stack.topology.delete(apartment)
+    stack.deliver_all()
+    assert not any(s in str(stack.wiring.read_log(0, 1000)) for s in ("Lily", "Green"))

@@ -591,7 +591,8 @@ def test_a_closed_account_publishes_its_apartment_and_removed_family_members() -
 
     loaded = contract.EVENT_SCHEMAS["MasterAccountClosed"]().load(data)
 
-    assert loaded == {"apartment_id": account.apartment_id, "removed_family_member_ids": ["fm-1"]}
+    assert loaded == {"apartment_id": account.apartment_id, "removed_family_member_ids": ["fm-1"],
+                      "resets": 0}
 
 
 def test_public_event_schemas_declare_no_secret() -> None:
