@@ -227,11 +227,13 @@ def _holds_keys(conn: Any) -> bool:
 
 
 def shred_on(events: dict[str, Callable[[dict[str, Any]], Iterable[str]]],
-             source: str, name: str) -> Any:
+             source: str, name: str,
+             also: Callable[[Any, dict[str, Any]], None] | None = None) -> Any:
     """A read model of a context's own events that destroys the keys each event ends (a
     tenant's, at its APT's reset or delete), in the transaction that records the event's
     tracking: a crash cannot leave a key that should be gone, and a rebuild destroys nothing
-    more than what is already gone. No tables of its own."""
+    more than what is already gone. No tables of its own. `also`: what else the same event
+    erases in the live tables (an email list's addresses), in the same transaction."""
     from sqlalchemy import MetaData as _MetaData
 
     from concierge.projection import ReadModel, Rows
@@ -243,6 +245,8 @@ def shred_on(events: dict[str, Callable[[dict[str, Any]], Iterable[str]]],
             # there to destroy (what the log ends was destroyed when it was recorded).
             if wanted and _holds_keys(rows.conn):
                 rows.execute(delete(vault_keys).where(vault_keys.c.subject.in_(wanted)))
+                if also is not None:
+                    also(rows, env)
         return shred
 
     class Shredder(ReadModel):

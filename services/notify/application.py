@@ -22,11 +22,13 @@ from marshmallow import Schema
 from concierge import context
 from concierge.records import META_KEY
 from concierge.store import ServiceApplication
+from concierge.vault import Personal, PersonalData
 from contracts.accounts import (
     LoginChallengedSchema,
     MasterAccountClosedSchema,
     MasterAccountContactChangedSchema,
     MasterAccountCreatedSchema,
+    MasterAccountResetSchema,
     PasswordIssuedSchema,
     PasswordResetRequestedSchema,
 )
@@ -34,6 +36,7 @@ from contracts.devices import CommandQueuedSchema
 from contracts.errors import Invalid
 from services.notify.domain import (
     ACCOUNT_CLOSED,
+    ACCOUNT_RESET,
     ACTIVATION,
     LOGIN_CODE,
     PASSWORD_RESET_LINK,
@@ -59,6 +62,7 @@ ACCOUNTS_EVENTS: dict[str, type[Schema]] = {
     "MasterAccountCreated": MasterAccountCreatedSchema,
     "MasterAccountContactChanged": MasterAccountContactChangedSchema,
     "MasterAccountClosed": MasterAccountClosedSchema,
+    "MasterAccountReset": MasterAccountResetSchema,
     "PasswordIssued": PasswordIssuedSchema,
     "PasswordResetRequested": PasswordResetRequestedSchema,
     "LoginChallenged": LoginChallengedSchema,
@@ -97,8 +101,27 @@ def template_environment(folder: Path = TEMPLATES_DIR) -> Environment:
     )
 
 
+def tenant_mail(attributes: dict[str, Any]) -> str | None:
+    """The key of an activation email's tenant (its master account and resets: the
+    activation key names both); other emails hold no resident's data."""
+    key = str(attributes.get("idempotency_key") or "")
+    prefix, _, rest = key.partition(":")
+    account, _, rest = rest.partition(":")
+    resets = rest.partition(":")[0]
+    if prefix != ACTIVATION or not account or not resets.isdigit():
+        return None
+    return f"mail:{account}:{resets}"
+
+
+# A resident's address and the bodies naming it, sealed with the tenancy's key: the reset or
+# close of its master account destroys it (NotifyKeys), and the email reads as None.
+PERSONAL_DATA = PersonalData({"Email.EmailQueued": Personal(
+    tenant_mail, ("recipient", "subject", "text", "html", "idempotency_key"))})
+
+
 class NotifyApplication(ServiceApplication):
     service_name = "notify"
+    personal_data = PERSONAL_DATA
 
     def __init__(self, env: dict[str, str] | None = None, engine: Any = None,
                  templates: Path = TEMPLATES_DIR, sender: MailSender | None = None,
@@ -119,7 +142,9 @@ class NotifyApplication(ServiceApplication):
         reset and address (the rule is `activation_due`); or, when the account is closed, its
         activation emails still pending, cancelled. Its `data` arrives loaded through its
         contract schema (`ACCOUNTS_EVENTS`, by the chassis)."""
-        if envelope["type"] == "MasterAccountClosed":
+        if envelope["type"] in ("MasterAccountClosed", "MasterAccountReset"):
+            # Closed, or reset for the next tenant: what the account's activation emails
+            # still pending would activate is gone, and so is the address (its key goes).
             return self._cancel_activation(envelope)
         if envelope["type"] in SECRET_EMAILS:
             return self._queue_secret_email(envelope, envelope["data"])
@@ -226,11 +251,12 @@ class NotifyApplication(ServiceApplication):
         """Closing a master account cancels its activation emails still pending: the app account
         they activate no longer works. A repeated close finds none pending and changes nothing."""
         cancelled_at = _occurred_at(envelope)
+        reason = ACCOUNT_CLOSED if envelope["type"] == "MasterAccountClosed" else ACCOUNT_RESET
         emails = []
         for email_id in self._pending_activation(envelope["stream_id"]):
             email = self.email(email_id)
             if email.pending:  # a mailer may have delivered it since the view was read
-                email.cancel(ACCOUNT_CLOSED, cancelled_at)
+                email.cancel(reason, cancelled_at)
                 emails.append(email)
         return emails
 

@@ -17,7 +17,7 @@ from contracts.notify import EVENT_SCHEMAS
 from contracts.traffic import PUSH_EXCHANGE, PUSH_QUEUE_ARGUMENTS, push_queue_name
 from services.notify.application import ACCOUNTS_EVENTS, DEVICES_EVENTS, NotifyApplication
 from services.notify.mailer import Mailer, MailFolderSender, MailSender, SmtpSender
-from services.notify.projections import EmailsView, PendingPushesView
+from services.notify.projections import EmailsView, NotifyKeys, PendingPushesView
 from services.notify.pusher import Pusher
 
 
@@ -75,11 +75,12 @@ CONTEXT = BoundedContext(
     application=NotifyApplication,
     options=lambda settings: {"sender": mail_sender(settings),
                               "portal_url": settings.portal_address},
-    read_models=lambda app: [EmailsView(), PendingPushesView()],
+    read_models=lambda app: [EmailsView(), PendingPushesView(), NotifyKeys()],
     # Their data loaded through these schemas. A close reads the emails view, which shows
     # nothing of a unit not yet recorded: alone.
     policies=[Policy("accounts", ACCOUNTS_EVENTS, "on_accounts_event",
-                     alone={"MasterAccountClosed"}, lookups="lookups", schemas=ACCOUNTS_EVENTS),
+                     alone={"MasterAccountClosed", "MasterAccountReset"}, lookups="lookups",
+                     schemas=ACCOUNTS_EVENTS),
               Policy("devices", set(DEVICES_EVENTS), "on_devices_event", schemas=DEVICES_EVENTS)],
     event_schemas=EVENT_SCHEMAS,
     started=[start_mailer, start_pusher],

@@ -33,6 +33,9 @@ ACTIVATION, PORTAL_PASSWORD, PASSWORD_RESET_LINK, LOGIN_CODE = TEMPLATES
 # Where a secret goes in a rendered body: the stored email holds this mark, never the secret,
 # which the mailer asks its owner for when it sends (`Email.secret`).
 SECRET_MARK = "[[secret]]"
+# Why an email still pending is cancelled when its resident's tenancy ended: its address and
+# bodies were erased with the tenant's key.
+ERASED = "its resident's personal data was erased (the APT was reset or deleted)"
 # Why an email carrying a secret is cancelled: its owner no longer answers for it.
 SECRET_GONE = "what it carries (a password, a link) is no longer the account's"
 UNREGISTERED = APP_STATUSES[0]
@@ -42,6 +45,8 @@ PENDING = (QUEUED, RETRYING)
 # Why an activation email is cancelled: the APT was deleted, so the app account it activates
 # no longer works.
 ACCOUNT_CLOSED = "master account closed"
+# ... or reset for the next tenant (its app is to be set up again, by someone else).
+ACCOUNT_RESET = "master account reset"
 
 # Back-off after the n-th failed attempt: 1, 2, 4, ... minutes, never more than an hour apart.
 # After MAX_ATTEMPTS failures (about two hours of a mail server down) the email is given up.

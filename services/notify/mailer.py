@@ -37,7 +37,7 @@ from concierge.green import Wakeup
 from concierge.leader import LeaderLoop
 from concierge.locks import LeaderLock
 from services.notify.application import NotifyApplication
-from services.notify.domain import SECRET_GONE, SECRET_MARK, Email
+from services.notify.domain import ERASED, SECRET_GONE, SECRET_MARK, Email
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +421,9 @@ class Mailer:
     def _deliver(self, email: Email, delivered: list[tuple[Email, datetime]]) -> int:
         if not email.is_due(self.clock()):  # the view lagged behind the store
             return 0
+        if not email.recipient:  # its tenant's data was erased (concierge.vault) before it went
+            self.app.cancel_email(email.id, ERASED, self.clock())
+            return 1
         outgoing: Email | WithSecret = email
         if getattr(email, "secret", None):
             try:

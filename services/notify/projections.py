@@ -20,11 +20,13 @@ from sqlalchemy import (
     and_,
     func,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 
 from concierge.database import projection_tracking
 from concierge.projection import ReadModel, Rows
+from concierge.vault import shred_on
 from services.notify.domain import (
     ACTIVATION,
     CANCELLED,
@@ -44,8 +46,8 @@ emails = Table(
     Column("id", String(36), primary_key=True),
     Column("position", BigInteger, nullable=False, index=True),
     Column("template", String(50), nullable=False),
-    Column("recipient", String(254), nullable=False, index=True),
-    Column("subject", Text, nullable=False),
+    Column("recipient", String(254), nullable=True, index=True),  # None: erased
+    Column("subject", Text, nullable=True),
     Column("status", String(20), nullable=False, index=True),
     Column("attempts", Integer, nullable=False),
     # Naive UTC: SQLite keeps no zone; every value here is converted on the way in and out.
@@ -60,6 +62,28 @@ emails = Table(
     # The master account an activation email activates (closing it cancels the email).
     Column("master_account_id", String(36), nullable=True, index=True),
 )
+
+
+def _ended_tenancy(env: dict[str, Any]) -> list[str]:
+    resets = env["data"].get("resets")
+    if resets is None:
+        return []  # recorded before tenants had keys: nothing was sealed
+    ended = int(resets) - 1 if env["type"] == "MasterAccountReset" else int(resets)
+    return [f"mail:{env['stream_id']}:{ended}"]
+
+
+def _erase_listed(rows: Rows, env: dict[str, Any]) -> None:
+    """The account's emails queued so far were the ended tenant's (the next tenant's come from
+    accounts' later events, applied after this one): no address or subject of theirs stays
+    listed. A rebuild of the list reads their sealed copies as None anyway; this model is not
+    rebuilt (it has no tables)."""
+    rows.execute(update(emails).where(emails.c.master_account_id == str(env["stream_id"]))
+                 .values(recipient=None, subject=None))
+
+
+NotifyKeys = shred_on({"MasterAccountReset": _ended_tenancy,
+                       "MasterAccountClosed": _ended_tenancy}, "accounts", "notify_tenant_keys",
+                      also=_erase_listed)
 
 
 def _naive_utc(value: datetime | str | None) -> datetime | None:
@@ -79,7 +103,9 @@ class EmailsView(ReadModel):
     """Every email and its delivery state, from notify's own events."""
 
     name = "notify_emails"
-    version = 2  # 2: master_account_id and cancelled emails
+    # 2: master_account_id and cancelled emails; 3: a tenant's address and subject erased
+    # when its tenancy ends.
+    version = 3
     metadata = metadata
 
     def handlers(self) -> dict[str, dict[str, Any]]:

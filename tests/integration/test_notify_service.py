@@ -847,3 +847,38 @@ def test_a_close_on_the_bus_cancels_an_activation_email_stuck_retrying(
     assert [m["To"] for m in smtp.parsed()] == ["marker@example.com"]
     with services.rpc() as proxy:
         assert proxy.notify.list_emails(None, {})["total"] == 2
+
+
+# --- a resident's address after its tenancy ends (crypto-shredding) ---------------------------
+
+
+def test_a_reset_erases_the_resident_s_address_from_notify_for_good(stack: NotifyStack) -> None:
+    notify = stack.open()
+    app = app_of(notify)
+    created = master_account_created(1, "judy.private@example.com", first_name="Judy")
+    reset = dict(created, event_id=str(uuid4()), type="MasterAccountReset", stream_version=2,
+                 position=2, occurred_at=datetime.now(UTC).isoformat(),
+                 data={"removed_family_member_ids": [], "resets": 1,
+                       "first_name": "Judy", "last_name": "Anders"})
+    log = AccountsLog([created, reset])
+    subscribe(notify, log).deliver(created)
+    email_id = activation_id(created)
+    raw = b"".join(bytes(n.state) for n in app.recorder.select_notifications(1, 1000))
+    assert b"judy.private@example.com" not in raw  # sealed in the store from the start
+    assert app.email(email_id).recipient == "judy.private@example.com"
+    assert app.list_emails({})["items"][0]["recipient"] == "judy.private@example.com"
+
+    # The tenant-key model follows accounts' log as the other read models do.
+    [keys] = [s for subs in notify.subscriptions.values() for s in subs
+              if s.handler.name == "notify_tenant_keys"]
+    keys.read_log = log
+    keys.catch_up()
+    assert app.list_emails({})["items"][0]["recipient"] is None
+    assert "judy.private" not in str(notify.read_log(0, 1000))
+    # Still pending at the reset: cancelled by notify's policy, never sent.
+    subscribe(notify, log).deliver(reset)
+    assert notify.loop(Mailer).send_due() == 0 and stack.files() == []
+    notify = stack.restart(notify)  # read from the store again, as any replica would
+    erased = app_of(notify).email(email_id)
+    assert (erased.recipient, erased.text, erased.idempotency_key) == (None, None, None)
+    assert (erased.status, erased.cancel_reason) == ("cancelled", "master account reset")

@@ -416,12 +416,8 @@ def test_a_master_account_without_email_gets_nothing(app: NotifyApplication,
     assert app.on_accounts_event(master_account_created(email_=address)) == []
 
 
-def test_a_reset_sends_no_email(app: NotifyApplication) -> None:
-    # Manual: after a reset "the user is not going to receive the reset email".
-    envelope = master_account_created(type_="MasterAccountReset")
-    envelope["data"] = {"removed_family_member_ids": []}
-
-    assert app.on_accounts_event(envelope) == []
+# A reset sends no email (manual: "the user is not going to receive the reset email") and
+# cancels the activation emails still pending: tests/integration/test_notify_service.py.
 
 
 def test_the_same_cause_queues_no_second_email(app: NotifyApplication) -> None:
