@@ -339,3 +339,32 @@ def test_two_factor_login_takes_the_emailed_code(platform: Platform) -> None:
                                     {"challenge": challenge, "code": emailed})
     assert status == 200 and session["token"]
     assert platform.call("GET", "/api/v1/dashboard", None, session["token"])[0] == 200
+
+
+def test_after_a_reset_no_route_tells_the_previous_tenant_s_contact(platform: Platform) -> None:
+    _, token, _ = new_installer(platform)
+    community, _, apartment = a_site(platform, token, "Erasure Court")
+    status, _ = platform.call("PATCH", f"/api/v1/apartments/{apartment}",
+                              {"resident": {"mobile": "5550142", "landlines": ["5550143"]}},
+                              token)
+    assert status == 200
+    status, before = platform.call("GET", f"/api/v1/apartments/{apartment}", None, token)
+    address = before["resident"]["email"]
+    assert address and before["resident"]["mobile"] == "5550142"
+
+    assert platform.call("POST", f"/api/v1/apartments/{apartment}/reset", None, token)[0] == 200
+
+    def told() -> str:
+        answers = [platform.call("GET", path, None, token)[1] for path in (
+            f"/api/v1/apartments/{apartment}",
+            f"/api/v1/apartments/{apartment}/history?per_page=100",
+            f"/api/v1/communities/{community}/residents")]
+        return str(answers)
+
+    assert eventually(lambda: not any(s in told() for s in (address, "5550142", "5550143")))
+    status, after = platform.call("GET", f"/api/v1/apartments/{apartment}", None, token)
+    assert (after["resident"]["first_name"], after["resident"]["email"]) == ("Ann", None)
+    history = platform.call("GET", f"/api/v1/apartments/{apartment}/history?per_page=100",
+                            None, token)[1]["items"]
+    added = next(h for h in history if h["type"] == "ResidentAdded")
+    assert added["actor"].startswith("installer:") and added["data"]["email"] is None
