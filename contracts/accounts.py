@@ -13,7 +13,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from contracts.fields import EMAIL_PATTERN, Email, Text
-from contracts.topology import LANGUAGE_REGEX, phone_field
+from contracts.topology import LANGUAGE_REGEX, phone_field, time_zone_rule
 
 __all__ = [
     "EVENT_SCHEMAS",
@@ -27,6 +27,8 @@ __all__ = [
     "FamilyMemberRemovedSchema",
     "FamilySipClaimedSchema",
     "InstallerCreate",
+    "InstallerSettings",
+    "InstallerSettingsSetSchema",
     "LoginChallengePassedSchema",
     "LoginChallengedSchema",
     "LoginCodeFailedSchema",
@@ -126,6 +128,7 @@ LOCKOUT_SECONDS = 15 * 60
 
 # Event attributes kept in the accounts store and stripped from anything published.
 PRIVATE_FIELDS = frozenset({"password_hash", "token_digest", "token_digests", "member",
+                            "settings",
                             "password_sealed", "password_subject", "reset_digest",
                             "reset_sealed", "reset_subject", "code_digest", "code_sealed",
                             "code_subject", "challenge_digest"})
@@ -194,6 +197,56 @@ class LoginVerify(Schema):
     challenge = Text(required=True, validate=validate.Length(min=1, max=RESET_TOKEN_MAX))
     code = Text(required=True, validate=validate.Regexp(
         rf"^[0-9]{{{CODE_DIGITS}}}\Z", error=f"The code is {CODE_DIGITS} digits."))
+
+
+def _optional_email() -> Email:
+    return Email(allow_none=True, validate=[validate.Length(max=EMAIL_MAX), _email_address])
+
+
+def _line(limit: int = 255) -> Text:
+    return Text(allow_none=True, validate=validate.Length(max=limit))
+
+
+class BillingInformation(Schema):
+    """Setting > Billing Information (manual): what an invoice names."""
+
+    company = _line()
+    attn = _line()
+    address = _line(500)
+    tel = phone_field()
+    fax = phone_field()
+    email = _optional_email()
+
+
+class CustomerService(Schema):
+    """Setting > Customer Service: how the installer's customers reach it."""
+
+    phone = phone_field()
+    email = _optional_email()
+    receive_feedback = fields.Boolean()
+
+
+class InstallerSettings(Schema):
+    """PATCH /api/v1/account/settings (manual "Setting"): each part given replaces that part;
+    `allow_distributor_access` is off until the installer turns it on."""
+
+    time_zone = Text(validate=time_zone_rule)
+    billing = fields.Nested(BillingInformation)
+    customer_service = fields.Nested(CustomerService)
+    notification_email = _optional_email()
+    notifications = fields.Boolean(metadata={"description": "emails from the platform on"})
+    allow_distributor_access = fields.Boolean()
+
+
+INSTALLER_SETTINGS_DEFAULTS: dict[str, object] = {
+    "time_zone": "UTC",
+    "billing": {"company": None, "attn": None, "address": None, "tel": None, "fax": None,
+                "email": None},
+    "customer_service": {"phone": None, "email": None, "receive_feedback": False},
+    "notification_email": None,
+    "notifications": True,
+    "allow_distributor_access": False,
+}
 
 
 class AccountEdit(Schema):
@@ -399,6 +452,13 @@ class LoginChallengePassedSchema(_EventData):
     challenge = fields.Integer(required=True)
 
 
+class InstallerSettingsSetSchema(_EventData):
+    """The installer's settings as they now are (manual "Setting"); only the fact that the
+    distributor may or may not access the account is published."""
+
+    allow_distributor_access = fields.Boolean(required=True)
+
+
 class TwoFactorSetSchema(_EventData):
     on = fields.Boolean(required=True)
 
@@ -544,6 +604,7 @@ EVENT_SCHEMAS: dict[str, type[Schema]] = {
     "LoginCodeFailed": LoginCodeFailedSchema,
     "LoginChallengePassed": LoginChallengePassedSchema,
     "TwoFactorSet": TwoFactorSetSchema,
+    "InstallerSettingsSet": InstallerSettingsSetSchema,
     "PasswordResetCompleted": PasswordResetCompletedSchema,
     "PortalAccountEdited": PortalAccountEditedSchema,
     "PropertyManagerSet": PropertyManagerSetSchema,

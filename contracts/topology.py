@@ -356,8 +356,10 @@ def _phone(**kwargs: Any) -> Text:
     )
 
 
-# The one phone rule, for the other contexts' contracts too (a sub-installer's phone).
+# The one phone and time zone rules, for the other contexts' contracts too (a sub-installer's
+# phone, an installer's time zone).
 phone_field = _phone
+time_zone_rule = _time_zone
 
 
 def _mac(**kwargs: Any) -> Text:

@@ -7,6 +7,7 @@ sees digests. Token checks read the sessions read model, never the event store.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import secrets
@@ -31,6 +32,7 @@ from contracts.accounts import (
     FREE_FAMILY_MEMBERS,
     GENERATED_PASSWORD_LENGTH,
     INSTALLER_ROLES,
+    INSTALLER_SETTINGS_DEFAULTS,
     LOCKOUT_SECONDS,
     LOCKOUT_WINDOW_SECONDS,
     LOGIN_LIMITS,
@@ -42,6 +44,7 @@ from contracts.accounts import (
     FamilyMemberCreate,
     FamilyMemberEdit,
     InstallerCreate,
+    InstallerSettings,
     LoginVerify,
     PasswordChange,
     PasswordForgotten,
@@ -161,6 +164,14 @@ def _profile(values: Mapping[str, Any], partial: bool = False) -> dict[str, Any]
         missing = [k for k in PROFILE_FIELDS if k not in profile]
         assert not missing, missing
     return profile
+
+
+def _settings_view(account: PortalAccount) -> dict[str, Any]:
+    stored = account.installer_settings or {}
+    view = copy.deepcopy(INSTALLER_SETTINGS_DEFAULTS)
+    for key, value in stored.items():
+        view[key] = {**view[key], **value} if isinstance(view.get(key), dict) else value
+    return view
 
 
 def _family_view(account: MasterAccount, member_id: str) -> dict[str, Any]:
@@ -573,6 +584,32 @@ class AccountsApplication(ServiceApplication):
         if subject:
             self._vault().shred([subject])
         return self._open_session(self.repository.get(account.id))
+
+    def installer_settings(self) -> dict[str, Any]:
+        """The calling installer's Setting module, defaults where it set nothing."""
+        account = self._portal_account(self._main_installer())
+        if account is None:
+            raise Unauthorized(NOT_SIGNED_IN)
+        return _settings_view(account)
+
+    def edit_installer_settings(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        changes = checked(InstallerSettings, payload)
+        installer_id = self._main_installer()
+
+        def command() -> tuple[dict[str, Any], list[Any]]:
+            account = self._portal_account(installer_id)
+            if account is None:
+                raise Unauthorized(NOT_SIGNED_IN)
+            current = _settings_view(account)
+            merged = {**current, **{k: v for k, v in changes.items()
+                                    if k not in ("billing", "customer_service")}}
+            for part in ("billing", "customer_service"):
+                if part in changes:
+                    merged[part] = {**current[part], **changes[part]}
+            account.set_installer_settings(merged)
+            return _settings_view(account), [account]
+
+        return self.execute(command)
 
     def set_own_two_factor(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         changes = checked(AccountEdit, payload)

@@ -125,6 +125,8 @@ class PortalAccount(Aggregate):
         self.password_issue = 0
         self.password_subject: str | None = None
         self.password_sealed: str | None = None
+        # An installer's Setting module (time zone, billing information, ...); None: defaults.
+        self.installer_settings: dict[str, Any] | None = None
         # Its own email two-factor login, and the login codes sent (the pending one, if any).
         self.two_factor = False
         self.challenges = 0
@@ -305,6 +307,24 @@ class PortalAccount(Aggregate):
         self.reset_expires_at = None
         self.reset_subject = None
         self.reset_sealed = None
+
+    def set_installer_settings(self, settings: dict[str, Any]) -> bool:
+        """The installer's Setting module as a whole (the application merges a change into the
+        current settings); False when nothing changed."""
+        self._check_not_deleted()
+        if self.role != INSTALLER:
+            raise Forbidden("Only an installer has these settings.")
+        if settings == self.installer_settings:
+            return False
+        self._set_installer_settings(settings=settings,
+                                     allow_distributor_access=bool(
+                                         settings.get("allow_distributor_access")))
+        return True
+
+    @event("InstallerSettingsSet")
+    def _set_installer_settings(self, settings: dict[str, Any],
+                                allow_distributor_access: bool) -> None:
+        self.installer_settings = settings
 
     @property
     def needs_second_factor(self) -> bool:

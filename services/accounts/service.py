@@ -42,6 +42,17 @@ class AccountsService(ServiceBase):
         return self.runtime.app.set_own_two_factor(payload)
 
     @rpc
+    @command
+    def installer_settings(self, ctx: dict[str, Any]) -> dict[str, Any]:
+        return self.runtime.app.installer_settings()
+
+    @rpc
+    @command
+    def edit_installer_settings(self, ctx: dict[str, Any], payload: dict[str, Any]
+                                ) -> dict[str, Any]:
+        return self.runtime.app.edit_installer_settings(payload)
+
+    @rpc
     @translated
     def logout(self, token: str) -> None:
         self.runtime.app.logout(token)

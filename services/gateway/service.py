@@ -30,6 +30,7 @@ from contracts.accounts import (
     FamilyMemberCreate,
     FamilyMemberEdit,
     InstallerCreate,
+    InstallerSettings,
     LoginRequest,
     LoginResponse,
     LoginVerify,
@@ -258,6 +259,20 @@ class GatewayService:
          tag="account", body=AccountEdit)
     def edit_account(self, call: Call) -> Any:
         return self.accounts.edit_account(call.ctx, call.body)
+
+    @api("GET", f"{V1}/account/settings", summary="The installer's settings (manual: Setting)",
+         tag="account", roles=MAIN_INSTALLER)
+    def installer_settings(self, call: Call) -> Any:
+        return self.accounts.installer_settings(call.ctx)
+
+    @api("PATCH", f"{V1}/account/settings", summary="Change the installer's settings: time "
+         "zone, billing information, customer service, notification email, distributor access",
+         tag="account", body=InstallerSettings, roles=MAIN_INSTALLER,
+         description="Each part given replaces that part (billing and customer service field by "
+                     "field); the distributor may not access the account until "
+                     "`allow_distributor_access` is turned on.")
+    def edit_installer_settings(self, call: Call) -> Any:
+        return self.accounts.edit_installer_settings(call.ctx, call.body)
 
     @api("POST", f"{V1}/account/password", summary="Change the caller's password",
          tag="account", body=PasswordChange, status=204, returns=None, errors=(429,),

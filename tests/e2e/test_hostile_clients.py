@@ -495,6 +495,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "FamilyMemberEdit": {"mobile": "123"},
     "LoginVerify": {"challenge": "x.y", "code": "123456"},
     "AccountEdit": {"two_factor": False},
+    "InstallerSettings": {"time_zone": "Europe/Paris"},
 }
 # Routes of a distributor's (creating installers, registering MACs to them); the others are
 # an installer's.
@@ -506,7 +507,7 @@ ANY_ROLE_ROUTES = {"logout", "logout_everywhere", "get_account", "change_passwor
 MAIN_INSTALLER_ROUTES = {f"{verb}_{kind}" for kind in ("sub_installer", "property_manager")
                          for verb in ("create", "get", "edit", "delete")} | {
     "list_sub_installers", "list_property_managers", "reset_sub_installer_password",
-    "reset_property_manager_password"}
+    "reset_property_manager_password", "installer_settings", "edit_installer_settings"}
 # What a property manager may use too (in its communities, as its permissions there say).
 SITE_ROUTES = {"dashboard", "list_communities", "get_community", "list_residents",
                "list_buildings", "get_building", "get_apartment", "edit_apartment",

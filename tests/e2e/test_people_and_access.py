@@ -368,3 +368,19 @@ def test_after_a_reset_no_route_tells_the_previous_tenant_s_contact(platform: Pl
                             None, token)[1]["items"]
     added = next(h for h in history if h["type"] == "ResidentAdded")
     assert added["actor"].startswith("installer:") and added["data"]["email"] is None
+
+
+def test_an_installer_s_settings(platform: Platform) -> None:
+    _, token, _ = new_installer(platform)
+    status, settings = platform.call("GET", "/api/v1/account/settings", None, token)
+    assert status == 200 and settings["allow_distributor_access"] is False
+    status, changed = platform.call("PATCH", "/api/v1/account/settings", {
+        "time_zone": "Asia/Shanghai", "customer_service": {"phone": "5550100"},
+        "allow_distributor_access": True}, token)
+    assert status == 200 and (changed["time_zone"], changed["customer_service"]["phone"]) == (
+        "Asia/Shanghai", "5550100")
+    status, problem = platform.call("PATCH", "/api/v1/account/settings",
+                                    {"time_zone": "Mars/Base"}, token)
+    assert status == 422 and list(problem["errors"]) == ["time_zone"]
+    assert platform.call("GET", "/api/v1/account/settings", None,
+                         platform.distributor_token())[0] == 403

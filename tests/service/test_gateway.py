@@ -962,7 +962,7 @@ def test_openapi_document_describes_every_route(base_url: str) -> None:
                   for method, op in item.items()}
     declared = {(r.method, openapi.openapi_path(r.path)[0]) for r in routes_of(GatewayService)}
     assert set(operations) == declared
-    assert len(declared) == 96
+    assert len(declared) == 98
     assert len({op["operationId"] for op in operations.values()}) == len(operations)
 
     for (method, path), op in operations.items():
@@ -1177,6 +1177,7 @@ def test_garbage_never_yields_a_500(base_url: str, installer: Client,
         "FamilyMemberEdit": {"mobile": "123"},
         "LoginVerify": {"challenge": "x.y", "code": "123456"},
         "AccountEdit": {"two_factor": False},
+        "InstallerSettings": {"time_zone": "Europe/Paris"},
     }
     failures: list[str] = []
     cases = 0

@@ -11,7 +11,7 @@ import pytest
 
 from concierge import context
 from contracts.accounts import LOGIN_LIMITS, RESET_LIMITS
-from contracts.errors import Invalid, TooManyAttempts, Unauthorized
+from contracts.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
 from services.accounts.application import AccountsApplication
 from tests.unit.test_accounts_application import (  # noqa: F401 - fixtures and helpers
     app,
@@ -279,3 +279,35 @@ def test_a_property_manager_s_two_factor_is_its_installer_s_choice(
     assert password is not None
     answer = app.login("pat@example.com", password)
     assert answer["token"] is None and answer["two_factor"]["sent_to"] == "p***@example.com"
+
+
+# --- the installer's settings (manual "Setting") -------------------------------------------------
+
+
+def test_an_installer_keeps_its_settings_part_by_part(app: AccountsApplication) -> None:
+    installer_id = create_installer(app)
+    token = app.login("luna", "luna-password")["token"]
+    with signed_in(app, token):
+        settings = app.installer_settings()
+        assert (settings["time_zone"], settings["allow_distributor_access"],
+                settings["notifications"]) == ("UTC", False, True)
+        app.edit_installer_settings({"time_zone": "Europe/Paris", "billing": {
+            "company": "Luna Ltd", "attn": "Luna", "tel": "5550100"}})
+        changed = app.edit_installer_settings({"billing": {"fax": "5550101"},
+                                               "customer_service": {"receive_feedback": True}})
+        assert changed["time_zone"] == "Europe/Paris"
+        assert changed["billing"] == {"company": "Luna Ltd", "attn": "Luna", "address": None,
+                                      "tel": "5550100", "fax": "5550101", "email": None}
+        assert changed["customer_service"]["receive_feedback"] is True
+        for bad, field in (({"time_zone": "Mars/Base"}, "time_zone"),
+                           ({"billing": {"email": "nope"}}, "billing"),
+                           ({"notification_email": "x@"}, "notification_email")):
+            with pytest.raises(Invalid) as caught:
+                app.edit_installer_settings(bad)
+            assert list(caught.value.errors) == [field]
+    assert app.reveal_password(installer_id, 1) is None  # nothing to do with settings
+    from tests.unit.test_sub_installers_application import new_sub
+
+    _, password = new_sub(app, installer_id)
+    with signed_in(app, app.login("lin", password)["token"]), pytest.raises(Forbidden):
+        app.installer_settings()  # the main account's alone

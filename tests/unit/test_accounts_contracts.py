@@ -119,6 +119,8 @@ def a_full_history() -> list[Any]:
     installer.open_session("a" * 64, LATER)
     installer.close_session("a" * 64)
     installer.change_password(HASH)
+    installer.set_installer_settings({"time_zone": "Europe/Paris",
+                                      "allow_distributor_access": True})
     sub = installer.create_sub_installer("lin", "lin@example.com", None, HASH)
     sub.issue_password(HASH, "password:x", "sealed:v1:x", "welcome")
     sub.open_session("b" * 64, LATER)

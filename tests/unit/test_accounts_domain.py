@@ -606,6 +606,7 @@ def an_installer_with_history() -> PortalAccount:
     installer.open_session(digest, LATER)
     installer.close_session(digest)
     installer.change_password(HASH)
+    installer.set_installer_settings({"time_zone": "Europe/Paris"})
     return installer
 
 
