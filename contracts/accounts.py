@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from contracts.fields import EMAIL_PATTERN, Email, Text
+from contracts.fields import EMAIL_PATTERN, Boolean, Email, Text
 from contracts.topology import LANGUAGE_REGEX, phone_field, time_zone_rule
 
 __all__ = [
@@ -223,7 +223,7 @@ class CustomerService(Schema):
 
     phone = phone_field()
     email = _optional_email()
-    receive_feedback = fields.Boolean()
+    receive_feedback = Boolean()
 
 
 class InstallerSettings(Schema):
@@ -234,8 +234,8 @@ class InstallerSettings(Schema):
     billing = fields.Nested(BillingInformation)
     customer_service = fields.Nested(CustomerService)
     notification_email = _optional_email()
-    notifications = fields.Boolean(metadata={"description": "emails from the platform on"})
-    allow_distributor_access = fields.Boolean()
+    notifications = Boolean(metadata={"description": "emails from the platform on"})
+    allow_distributor_access = Boolean()
 
 
 INSTALLER_SETTINGS_DEFAULTS: dict[str, object] = {
@@ -252,7 +252,7 @@ INSTALLER_SETTINGS_DEFAULTS: dict[str, object] = {
 class AccountEdit(Schema):
     """PATCH /api/v1/account: the caller's own settings."""
 
-    two_factor = fields.Boolean(metadata={"description": "email two-factor login"})
+    two_factor = Boolean(metadata={"description": "email two-factor login"})
 
 
 class InstallerCreate(Schema):
@@ -287,12 +287,12 @@ class Assignment(Schema):
     """One community a property manager works on, with what it may do there."""
 
     community_id = fields.UUID(required=True)
-    app = fields.Boolean(load_default=True, metadata={
+    app = Boolean(load_default=True, metadata={
         "description": "SmartPlus app on for this property manager"})
-    delete_account = fields.Boolean(load_default=False, metadata={
+    delete_account = Boolean(load_default=False, metadata={
         "description": "Delete Account Permission: it may reset an APT (remove its resident's "
                        "account)"})
-    log_access_control = fields.Boolean(load_default=False, metadata={
+    log_access_control = Boolean(load_default=False, metadata={
         "description": "Log Access Control: it may read the door and call logs"})
 
 
@@ -311,12 +311,14 @@ class PropertyManagerCreate(Schema):
     email = _required_email()
     language = Text(load_default="en", validate=validate.Regexp(
         LANGUAGE_REGEX, error="Not a language tag such as 'en'."))
-    password_reminder = fields.Boolean(load_default=False, metadata={
+    password_reminder = Boolean(load_default=False, metadata={
         "description": "a monthly email reminding it to change its password"})
-    two_factor = fields.Boolean(load_default=False, metadata={
+    two_factor = Boolean(load_default=False, metadata={
         "description": "email two-factor login"})
     communities = fields.List(fields.Nested(Assignment), required=True, validate=[
         validate.Length(min=1, max=PM_COMMUNITIES_MAX), _unique_communities])
+
+    state_rules = {"communities": "communities of the calling installer's"}
 
 
 class PropertyManagerEdit(Schema):
@@ -327,10 +329,12 @@ class PropertyManagerEdit(Schema):
     last_name = Text(validate=validate.Length(min=1, max=NAME_MAX))
     language = Text(validate=validate.Regexp(LANGUAGE_REGEX,
                                              error="Not a language tag such as 'en'."))
-    password_reminder = fields.Boolean()
-    two_factor = fields.Boolean()
+    password_reminder = Boolean()
+    two_factor = Boolean()
     communities = fields.List(fields.Nested(Assignment), validate=[
         validate.Length(min=1, max=PM_COMMUNITIES_MAX), _unique_communities])
+
+    state_rules = {"communities": "communities of the calling installer's"}
 
 
 class FamilyMemberCreate(Schema):
@@ -361,6 +365,9 @@ class PasswordChange(Schema):
     current_password = Text(required=True, validate=validate.Length(min=1, max=PASSWORD_MAX))
     new_password = _password()
 
+    state_rules = {"current_password": "the caller's password as it is now",
+                   "new_password": "another than the current one"}
+
 
 class PasswordForgotten(Schema):
     """POST /api/v1/auth/forgot-password: always accepted alike; a link goes to the account's
@@ -374,6 +381,8 @@ class PasswordReset(Schema):
 
     token = Text(required=True, validate=validate.Length(min=1, max=RESET_TOKEN_MAX))
     new_password = _password()
+
+    state_rules = {"token": "the account's current link, unused and not expired"}
 
 
 class DistributorCreate(Schema):

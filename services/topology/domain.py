@@ -536,7 +536,7 @@ class Apartment(Aggregate):
         self.language = language
         self.country = country
         self.mobile = mobile
-        self.landlines = list(landlines)
+        self.landlines = list(landlines or [])  # None: a tenant whose key was destroyed
 
     def edit(
         self,

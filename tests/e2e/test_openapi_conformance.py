@@ -25,13 +25,14 @@ EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("FUZZ_SEED", "20261207")
 
 
-# Who calls, and which operations: an installer everything but logging itself out (which would
-# end the session the run uses) and the distributor's routes; a distributor those (creating
-# installers, registering MACs to them).
+# Who calls, and which operations: an installer everything but logging itself out, here or
+# everywhere (which would end the session the run uses), and the distributor's routes; a
+# distributor those (creating installers, registering MACs to them).
 DISTRIBUTOR_PATHS = ("/api/v1/installers", "/api/v1/installers/{installer_id}/mac-library",
                      "/api/v1/installers/{installer_id}/mac-library/import")
 RUNS = {
     "installer": ["--exclude-path", "/api/v1/auth/logout",
+                  "--exclude-path", "/api/v1/auth/logout-everywhere",
                   *(arg for path in DISTRIBUTOR_PATHS for arg in ("--exclude-path", path))],
     "distributor": [arg for path in DISTRIBUTOR_PATHS for arg in ("--include-path", path)],
 }

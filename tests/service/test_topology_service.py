@@ -749,6 +749,15 @@ def test_a_reset_or_a_delete_leaves_nothing_of_the_tenant_anywhere(
     rebuild(wiring)
     rows = json.dumps(read_model_rows(wiring), default=str)
     assert not any(s in rows for s in gone) and "Lily" in rows  # the kept names, rebuilt
+    # Loaded afresh from its events, as by another replica or after a restart.
+    fresh = TOPOLOGY.wire(wiring.settings, read_remote=lambda *_: [])
+    try:
+        again = worker_factory(TopologyService, runtime=fresh).get_apartment(LUNA_CTX,
+                                                                             apartment)
+    finally:
+        fresh.close()
+    assert (again["resident"]["email"], again["resident"]["landlines"],
+            again["resident"]["first_name"]) == (None, [], "Lily")
 
     svc.edit_apartment(LUNA_CTX, apartment, {"resident": {"email": "next@example.com"}})
     svc.delete_apartment(LUNA_CTX, apartment)
@@ -757,3 +766,9 @@ def test_a_reset_or_a_delete_leaves_nothing_of_the_tenant_anywhere(
     assert not any(s in everything for s in ("next@example.com", "Lily", "Green"))
     with pytest.raises(NotFound):
         svc.apartment_history(LUNA_CTX, apartment, {})
+    fresh = TOPOLOGY.wire(wiring.settings, read_remote=lambda *_: [])
+    try:
+        with pytest.raises(NotFound):  # its events replay with nothing of the tenant
+            worker_factory(TopologyService, runtime=fresh).get_apartment(LUNA_CTX, apartment)
+    finally:
+        fresh.close()

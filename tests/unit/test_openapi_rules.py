@@ -144,6 +144,10 @@ def test_an_operation_names_the_fields_it_also_checks_against_what_is_stored() -
                                ("locks", ["linked_device_id", "lock_id"]))},
         "patch /api/v1/cameras/{camera_id}": ["linked_device_id"],
         "patch /api/v1/locks/{lock_id}": ["linked_device_id"],
+        "post /api/v1/property-managers": ["communities"],
+        "patch /api/v1/property-managers/{account_id}": ["communities"],
+        "post /api/v1/account/password": ["current_password", "new_password"],
+        "post /api/v1/auth/reset-password": ["token"],
     }
     assert "basic plan" in operations["post /api/v1/buildings/{building_id}/apartments"][
         "description"]
